@@ -1,0 +1,38 @@
+"""memrag: RAG that reads documents once, offline, as memory slots for a frozen LLM.
+
+The public API is imported lazily, so ``import memrag`` is cheap and does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from memrag.version import __version__
+
+_EXPORTS = {
+    "Compressor": "memrag.compressor.model",
+    "CompressorConfig": "memrag.compressor.config",
+    "CompressorMismatchError": "memrag.compressor.model",
+    "GenerationOptions": "memrag.generation",
+    "Generation": "memrag.generation",
+    "Slots": "memrag.slots",
+    "Splicer": "memrag.splice",
+    "SpliceBatch": "memrag.splice",
+    "Task": "memrag.splice",
+    "BaseModel": "memrag.models.loading",
+    "load_base_model": "memrag.models.loading",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memrag' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

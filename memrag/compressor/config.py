@@ -1,0 +1,111 @@
+"""Configuration of a compressor and the names of the files it is saved as."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from memrag.version import __version__
+
+#: Format version of a saved compressor directory. Bump on incompatible changes.
+COMPRESSOR_FORMAT_VERSION = 1
+
+CONFIG_NAME = "memrag_config.json"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+EMBEDDINGS_NAME = "memory_embeddings.safetensors"
+
+#: Every file a saved compressor directory holds, and nothing else.
+SAVED_FILES = (CONFIG_NAME, ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, EMBEDDINGS_NAME)
+
+SlotKind = Literal["embedding", "kv"]
+TASK_NAMES = ("reconstruct", "continue", "answer")
+
+
+@dataclass
+class CompressorConfig:
+    """Everything that defines a compressor, apart from its learned weights.
+
+    Args:
+        base_model: Hugging Face id, local path, or embedded name (``"gemma-3-270m"``) of the
+            frozen decoder-only LM the compressor is built on.
+        base_model_revision: Revision (commit, tag) of ``base_model``, when it has one.
+        base_model_signature: Shape facts and a weight checksum of the base model, used to
+            refuse loading against a different model. Filled in when the compressor is built.
+        slot_kind: ``"embedding"`` (hidden states spliced through ``inputs_embeds``) or ``"kv"``.
+        segment_length: Maximum number of text tokens compressed together as one segment.
+        compression_rate: Text tokens per memory slot; a segment of ``n`` tokens yields
+            ``ceil(n / compression_rate)`` slots.
+        lora_rank: Rank of the LoRA adapter of the encoder.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: Dropout on the LoRA branch during training.
+        lora_target_modules: Module names the adapter is put on.
+        format_version: Format of the saved directory.
+        memrag_version: memrag version that saved it.
+    """
+
+    base_model: str = "gemma-3-270m"
+    base_model_revision: str | None = None
+    base_model_signature: dict[str, Any] = field(default_factory=dict)
+    slot_kind: SlotKind = "embedding"
+    segment_length: int = 128
+    compression_rate: int = 4
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    format_version: int = COMPRESSOR_FORMAT_VERSION
+    memrag_version: str = __version__
+
+    def __post_init__(self) -> None:
+        if self.slot_kind not in ("embedding", "kv"):
+            raise ValueError(f"slot_kind must be 'embedding' or 'kv', got {self.slot_kind!r}")
+        if self.segment_length < 1:
+            raise ValueError(f"segment_length must be >= 1, got {self.segment_length}")
+        if self.compression_rate < 1:
+            raise ValueError(f"compression_rate must be >= 1, got {self.compression_rate}")
+
+    @property
+    def num_memory_tokens(self) -> int:
+        """Number of learned memory embeddings: the slots of one full segment."""
+        return self.slots_for(self.segment_length)
+
+    def slots_for(self, num_tokens: int) -> int:
+        """Number of slots a segment of ``num_tokens`` text tokens is compressed into."""
+        return math.ceil(num_tokens / self.compression_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-serialisable dict (includes ``num_memory_tokens``)."""
+        data = dataclasses.asdict(self)
+        data["num_memory_tokens"] = self.num_memory_tokens
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CompressorConfig":
+        """Builds a config from :meth:`to_dict` output, rejecting unknown or newer formats."""
+        data = dict(data)
+        version = data.get("format_version", COMPRESSOR_FORMAT_VERSION)
+        if version > COMPRESSOR_FORMAT_VERSION:
+            raise ValueError(
+                f"compressor format version {version} is newer than this memrag supports "
+                f"({COMPRESSOR_FORMAT_VERSION}); upgrade memrag"
+            )
+        data.pop("num_memory_tokens", None)
+        data.pop("fingerprint", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown compressor config fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def save(self, path: Path, fingerprint: str) -> None:
+        """Writes the config JSON with its fingerprint to ``path``."""
+        payload = self.to_dict()
+        payload["fingerprint"] = fingerprint
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,0 +1,237 @@
+"""Decoding with Hugging Face ``generate`` over spliced inputs: options, stop strings, streaming."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from memrag.splice import SpliceBatch
+
+
+@dataclass
+class GenerationOptions:
+    """How to decode.
+
+    Args:
+        max_new_tokens: Maximum number of tokens to generate.
+        temperature: 0 means greedy decoding; above 0 samples.
+        top_p: Nucleus sampling mass (sampling only).
+        top_k: Top-k sampling cutoff (sampling only).
+        stop: Strings that end generation; they are not included in the output.
+        seed: Seed for sampling, for reproducible samples.
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    stop: Sequence[str] = field(default_factory=tuple)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+    def generate_kwargs(self, tokenizer: Any) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate``."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+            kwargs["top_k"] = self.top_k if self.top_k is not None else 0
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.stop:
+            kwargs.update(stop_strings=list(self.stop), tokenizer=tokenizer)
+        return kwargs
+
+
+@dataclass
+class Generation:
+    """One generated answer.
+
+    Attributes:
+        text: The decoded text, cut before any stop string.
+        num_tokens: Tokens generated (including a stop string's tokens, not padding).
+        finish_reason: ``"stop"`` (EOS or a stop string) or ``"length"``.
+        prompt_positions: Decoder context positions of the prompt.
+    """
+
+    text: str
+    num_tokens: int
+    finish_reason: str
+    prompt_positions: int
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cuts ``text`` before the earliest stop string; returns (text, whether one was found)."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _seeded(options: GenerationOptions, device: torch.device) -> None:
+    if options.seed is not None and options.temperature > 0:
+        torch.manual_seed(options.seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed_all(options.seed)
+
+
+def generate(
+    model: Any, tokenizer: Any, batch: SpliceBatch, options: GenerationOptions
+) -> list[Generation]:
+    """Decodes every row of ``batch`` with ``model.generate``.
+
+    ``model`` must already be in decoder mode (the compressor's adapter disabled).
+    """
+    _seeded(options, batch.inputs_embeds.device)
+    with torch.inference_mode():
+        output = model.generate(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            **options.generate_kwargs(tokenizer),
+        )
+    results = []
+    for row, prompt_positions in zip(output, batch.prompt_lengths):
+        ids = row.tolist()
+        special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
+        hit_eos = tokenizer.eos_token_id in ids
+        if hit_eos:
+            ids = ids[: ids.index(tokenizer.eos_token_id)]
+        num_tokens = len(ids) + int(hit_eos)
+        ids = [i for i in ids if i not in special]
+        text, hit_stop = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), options.stop)
+        finished = hit_eos or hit_stop
+        results.append(
+            Generation(
+                text=text,
+                num_tokens=num_tokens,
+                finish_reason="stop" if finished or num_tokens < options.max_new_tokens else "length",
+                prompt_positions=prompt_positions,
+            )
+        )
+    return results
+
+
+class StopStringFilter:
+    """Streams text while holding back anything that could be the start of a stop string."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self.stop = tuple(stop)
+        self._held = ""
+        self.stopped = False
+        self._hold = max((len(s) for s in self.stop), default=1) - 1
+
+    def push(self, chunk: str) -> str:
+        """Adds ``chunk``; returns the text that is now safe to emit."""
+        if self.stopped:
+            return ""
+        self._held += chunk
+        text, found = cut_at_stop(self._held, self.stop)
+        if found:
+            self.stopped = True
+            self._held = ""
+            return text
+        safe = len(self._held) - self._hold if self._hold else len(self._held)
+        emitted, self._held = self._held[: max(safe, 0)], self._held[max(safe, 0):]
+        return emitted
+
+    def flush(self) -> str:
+        """The held-back tail, at the end of the stream."""
+        text, self._held = ("" if self.stopped else self._held), ""
+        return text
+
+
+def stream(
+    model: Any,
+    tokenizer: Any,
+    batch: SpliceBatch,
+    options: GenerationOptions,
+    *,
+    lock: threading.RLock | None = None,
+    enter_decoder: Any = None,
+) -> Iterator[str]:
+    """Yields text chunks of a single-row ``batch`` as ``generate`` produces them.
+
+    ``generate`` runs in a worker thread feeding a ``TextIteratorStreamer``. ``enter_decoder``
+    is a zero-argument callable returning a context manager that puts the model in decoder
+    mode for the thread's lifetime; ``lock`` is held by the worker for the same time. Closing
+    the iterator early stops the generation.
+    """
+    from transformers import TextIteratorStreamer
+
+    if batch.inputs_embeds.shape[0] != 1:
+        raise ValueError("streaming takes one prompt at a time")
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
+    error: list[BaseException] = []
+    cancelled = threading.Event()
+
+    class _Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), cancelled.is_set(), device=input_ids.device)
+
+    def worker() -> None:
+        try:
+            if lock is not None:
+                lock.acquire()
+            try:
+                _seeded(options, batch.inputs_embeds.device)
+                context = enter_decoder() if enter_decoder is not None else _null_context()
+                with context, torch.inference_mode():
+                    model.generate(
+                        inputs_embeds=batch.inputs_embeds,
+                        attention_mask=batch.attention_mask,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                        **options.generate_kwargs(tokenizer),
+                    )
+            finally:
+                if lock is not None:
+                    lock.release()
+        except BaseException as exc:  # surfaced in the consumer thread below
+            error.append(exc)
+            streamer.end()
+
+    thread = threading.Thread(target=worker, name="memrag-generate", daemon=True)
+    thread.start()
+    stops = StopStringFilter(options.stop)
+    try:
+        for chunk in streamer:
+            text = stops.push(chunk)
+            if text:
+                yield text
+            if stops.stopped:
+                break
+        tail = stops.flush()
+        if tail:
+            yield tail
+    finally:
+        # A consumer that stops early (a client that disconnects) ends the generation too.
+        cancelled.set()
+        thread.join()
+    if error:
+        raise error[0]
+
+
+class _null_context:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,202 @@
+"""The single splice path: prompts with memory slots -> decoder inputs (and training labels).
+
+A prompt is a sequence of *parts*: plain text, a document's :class:`~memrag.slots.Slots`, or a
+:class:`Task` marker. :class:`Splicer` turns a batch of such prompts into left-padded
+``inputs_embeds``, attention mask and position ids for the frozen decoder. Training appends
+target text and gets labels that are ``-100`` everywhere but on the target tokens; inference
+passes the same batch to ``generate``. Every consumer (training, ``memrag ask``, LangChain,
+the server) goes through :meth:`Splicer.build`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from memrag.slots import Slots
+
+IGNORE_INDEX = -100
+
+
+class Task(str, enum.Enum):
+    """Learned task markers, placed after slots. They are vectors outside the vocabulary."""
+
+    RECONSTRUCT = "reconstruct"
+    CONTINUE = "continue"
+    ANSWER = "answer"
+
+
+PromptPart = Union[str, Slots, Task]
+
+
+@dataclass
+class SpliceBatch:
+    """Left-padded decoder inputs for a batch of spliced prompts.
+
+    Attributes:
+        inputs_embeds: ``(batch, length, hidden)`` input embeddings.
+        attention_mask: ``(batch, length)``, 0 on left padding.
+        position_ids: ``(batch, length)``, counting from 0 at each row's first real position.
+        labels: ``(batch, length)`` token ids on target positions, ``-100`` elsewhere; ``None``
+            when no targets were given.
+        prompt_lengths: Number of real (non-padding) prompt positions of each row.
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None
+    prompt_lengths: list[int]
+
+    @property
+    def context_positions(self) -> list[int]:
+        """Alias of ``prompt_lengths``: decoder positions each prompt costs to prefill."""
+        return self.prompt_lengths
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch, as ``generate`` computes them."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+class Splicer:
+    """Builds decoder inputs from prompts made of text, slots and task markers.
+
+    Args:
+        tokenizer: The base model's tokenizer.
+        token_embeddings: The base model's input embedding module (it applies any scaling the
+            model does, e.g. Gemma's sqrt(hidden) factor).
+        task_embeddings: ``(len(Task), hidden)`` learned marker vectors, in :class:`Task` order.
+        add_bos: Prepend the tokenizer's BOS token to each prompt (turn off when the prompt was
+            rendered by a chat template that already contains it).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        token_embeddings: nn.Module,
+        task_embeddings: torch.Tensor,
+        *,
+        add_bos: bool = True,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.token_embeddings = token_embeddings
+        self.task_embeddings = task_embeddings
+        self.add_bos = add_bos
+
+    @property
+    def _weight(self) -> torch.Tensor:
+        return self.token_embeddings.weight
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens added."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _embed_ids(self, ids: list[int]) -> torch.Tensor:
+        tensor = torch.tensor(ids, dtype=torch.long, device=self._weight.device)
+        return self.token_embeddings(tensor)
+
+    def embed_prompt(self, parts: Sequence[PromptPart], *, add_bos: bool | None = None) -> torch.Tensor:
+        """Embeds one prompt into ``(length, hidden)``, in the decoder's dtype."""
+        weight = self._weight
+        pieces: list[torch.Tensor] = []
+        ids: list[int] = []
+        bos = self.tokenizer.bos_token_id
+        if (self.add_bos if add_bos is None else add_bos) and bos is not None:
+            ids.append(bos)
+        task_order = list(Task)
+        for part in parts:
+            if isinstance(part, Task):
+                if ids:
+                    pieces.append(self._embed_ids(ids))
+                    ids = []
+                marker = self.task_embeddings[task_order.index(part)]
+                pieces.append(marker.to(device=weight.device, dtype=weight.dtype).unsqueeze(0))
+            elif isinstance(part, Slots):
+                if ids:
+                    pieces.append(self._embed_ids(ids))
+                    ids = []
+                if part.kind != "embedding":
+                    raise ValueError(f"cannot splice {part.kind!r} slots through inputs_embeds")
+                if part.tensor.shape[-1] != weight.shape[-1]:
+                    raise ValueError(
+                        f"slots have hidden size {part.tensor.shape[-1]}, decoder expects "
+                        f"{weight.shape[-1]}"
+                    )
+                pieces.append(part.tensor.to(device=weight.device, dtype=weight.dtype))
+            elif isinstance(part, str):
+                ids.extend(self.tokenize(part))
+            else:
+                raise TypeError(f"prompt parts must be str, Slots or Task, got {type(part).__name__}")
+        if ids:
+            pieces.append(self._embed_ids(ids))
+        if not pieces:
+            raise ValueError("cannot splice an empty prompt")
+        return torch.cat(pieces, dim=0)
+
+    def build(
+        self,
+        prompts: Sequence[Sequence[PromptPart]],
+        targets: Sequence[str | Sequence[int]] | None = None,
+        *,
+        append_eos: bool = True,
+        max_target_tokens: int | None = None,
+    ) -> SpliceBatch:
+        """Builds a left-padded batch from ``prompts`` (and training ``targets``).
+
+        Args:
+            prompts: One sequence of parts per row.
+            targets: Optional text (or token ids) each row must be trained to produce after its
+                prompt.
+            append_eos: End each target with the EOS token, so the model learns to stop.
+            max_target_tokens: Truncate targets to this many tokens (EOS included).
+        """
+        if targets is not None and len(targets) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+        weight = self._weight
+        rows: list[torch.Tensor] = []
+        label_rows: list[list[int]] = []
+        prompt_lengths: list[int] = []
+        for index, parts in enumerate(prompts):
+            embedded = self.embed_prompt(parts)
+            prompt_lengths.append(embedded.shape[0])
+            row_labels = [IGNORE_INDEX] * embedded.shape[0]
+            if targets is not None:
+                target = targets[index]
+                target_ids = self.tokenize(target) if isinstance(target, str) else list(target)
+                if append_eos and self.tokenizer.eos_token_id is not None:
+                    target_ids.append(self.tokenizer.eos_token_id)
+                if max_target_tokens is not None:
+                    target_ids = target_ids[:max_target_tokens]
+                if not target_ids:
+                    raise ValueError(f"target {index} is empty")
+                embedded = torch.cat([embedded, self._embed_ids(target_ids)], dim=0)
+                # Position t predicts token t+1: the model sees the target shifted inside HF's
+                # loss, so labels sit on the target tokens themselves.
+                row_labels += target_ids
+            rows.append(embedded)
+            label_rows.append(row_labels)
+        length = max(row.shape[0] for row in rows)
+        hidden = weight.shape[-1]
+        batch = len(rows)
+        inputs_embeds = weight.new_zeros((batch, length, hidden))
+        attention_mask = torch.zeros((batch, length), dtype=torch.long, device=weight.device)
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long, device=weight.device)
+        for i, row in enumerate(rows):
+            start = length - row.shape[0]
+            inputs_embeds[i, start:] = row
+            attention_mask[i, start:] = 1
+            labels[i, start:] = torch.tensor(label_rows[i], dtype=torch.long, device=weight.device)
+        return SpliceBatch(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            labels=labels if targets is not None else None,
+            prompt_lengths=prompt_lengths,
+        )
