@@ -108,7 +108,10 @@ class Splicer:
         pieces: list[torch.Tensor] = []
         ids: list[int] = []
         bos = self.tokenizer.bos_token_id
-        if (self.add_bos if add_bos is None else add_bos) and bos is not None:
+        bos_text = self.tokenizer.bos_token
+        # A prompt rendered by a chat template already starts with the BOS token's text.
+        starts_with_bos = bool(parts) and isinstance(parts[0], str) and bool(bos_text) and parts[0].startswith(bos_text)
+        if (self.add_bos if add_bos is None else add_bos) and bos is not None and not starts_with_bos:
             ids.append(bos)
         task_order = list(Task)
         for part in parts:

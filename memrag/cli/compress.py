@@ -1,0 +1,42 @@
+"""``memrag compress``: compress text and show the slots it becomes."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from memrag.cli.app import app
+from memrag.cli.common import CompressorOption, DeviceOption, DtypeOption, fail, load_compressor, setup_logging
+
+
+@app.command()
+def compress(
+    texts: list[str] = typer.Argument(None, help="Texts to compress ('-' or nothing: read one from stdin)."),
+    compressor: str = CompressorOption,
+    untrained: bool = typer.Option(
+        False, "--untrained", help="Use a freshly initialised compressor over the default base model."
+    ),
+    base_model: str = typer.Option("gemma-3-270m", "--base-model", help="Base model for --untrained."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is happening."),
+) -> None:
+    """Compress TEXTS into memory slots and print slot counts and shapes."""
+    setup_logging(verbose)
+    if not texts or texts == ["-"]:
+        texts = [sys.stdin.read()]
+    try:
+        model = load_compressor(compressor, device, dtype, fresh_base=base_model if untrained else None)
+        slots = model.compress(texts)
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+        return
+    typer.echo(f"compressor {model.fingerprint} (rate {model.config.compression_rate}, "
+               f"segment {model.config.segment_length} tokens, {model.config.slot_kind} slots)")
+    for index, memory in enumerate(slots):
+        typer.echo(
+            f"text {index}: {memory.num_tokens} tokens -> {memory.num_slots} slots "
+            f"shape {tuple(memory.tensor.shape)} dtype {str(memory.tensor.dtype).removeprefix('torch.')} "
+            f"segments {memory.segment_slot_counts}"
+        )
