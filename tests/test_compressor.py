@@ -173,3 +173,10 @@ def test_config_validation_and_newer_format() -> None:
 def test_unknown_compressor_name_is_clear() -> None:
     with pytest.raises(FileNotFoundError, match="no compressor at 'does-not-exist'"):
         Compressor.from_pretrained("does-not-exist", base=tiny_base_model())
+
+
+def test_a_base_model_serves_one_compressor() -> None:
+    base = tiny_base_model(seed=4)
+    Compressor(base, CompressorConfig(base_model=base.name, segment_length=16, lora_rank=2))
+    with pytest.raises(ValueError, match="already carries a compressor's adapter"):
+        Compressor(base, CompressorConfig(base_model=base.name, segment_length=16, lora_rank=2))

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,11 @@ class Compressor(nn.Module):
         super().__init__()
         from peft import LoraConfig, get_peft_model
 
+        if hasattr(base.model, "peft_config"):
+            raise ValueError(
+                f"the base model {base.name!r} already carries a compressor's adapter; load a "
+                "fresh base model for each compressor (or pass none and let it load its own)"
+            )
         self.config = config
         self.tokenizer = base.tokenizer
         self.base_name = base.name
@@ -77,7 +83,10 @@ class Compressor(nn.Module):
             bias="none",
             task_type="CAUSAL_LM",
         )
-        self.peft_model = get_peft_model(base.model, lora)
+        with warnings.catch_warnings():
+            # transformers' own deprecation noise when peft inspects the model.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            self.peft_model = get_peft_model(base.model, lora)
         hidden = int(base.model.config.hidden_size)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         mean, std = self._token_embedding_stats()
