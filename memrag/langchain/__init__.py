@@ -1,0 +1,48 @@
+"""LangChain integration: models that splice stored memory slots, markers, helpers.
+
+Only ``langchain-core`` is needed. Names are imported lazily, so importing this package is
+cheap::
+
+    from memrag.langchain import ChatMemrag, InMemoryDocumentSource, create_rag_chain, format_docs
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ChatMemrag": "memrag.langchain.chat_models",
+    "MemragLLM": "memrag.langchain.llms",
+    "DocumentSource": "memrag.langchain.sources",
+    "DocumentNotFoundError": "memrag.langchain.sources",
+    "InMemoryDocumentSource": "memrag.langchain.sources",
+    "DocumentReference": "memrag.langchain.markers",
+    "MarkerCodec": "memrag.langchain.markers",
+    "DOCUMENT_BLOCK_TYPE": "memrag.langchain.markers",
+    "REFERENCE_KEY_ENV": "memrag.langchain.markers",
+    "document_block": "memrag.langchain.markers",
+    "document_marker": "memrag.langchain.markers",
+    "escape_markers": "memrag.langchain.markers",
+    "unescape_markers": "memrag.langchain.markers",
+    "split_markers": "memrag.langchain.markers",
+    "format_docs": "memrag.langchain.formatting",
+    "prepare_question": "memrag.langchain.formatting",
+    "DEFAULT_DOCUMENT_TEMPLATE": "memrag.langchain.formatting",
+    "DEFAULT_QA_TEMPLATE": "memrag.langchain.formatting",
+    "create_rag_chain": "memrag.langchain.chains",
+    "default_rag_prompt": "memrag.langchain.chains",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memrag.langchain' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

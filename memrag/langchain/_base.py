@@ -1,0 +1,375 @@
+"""What :class:`ChatMemrag` and :class:`MemragLLM` share: fields, prompt resolution, decoding.
+
+A prompt is first *parsed* into a :class:`PromptSpec` (turns of literal text and verified
+document references), then the referenced documents are fetched from the document source in
+one call, *materialized* into prompt parts (slots, or text for ``use_text`` documents, rendered
+through the chat template for chat prompts) and decoded with the compressor's ``generate`` or
+``stream``: the one splice path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from langchain_core.runnables.config import run_in_executor
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from memrag.generation import Generation, GenerationOptions
+from memrag.langchain.markers import DocumentReference, MarkerCodec, Piece, get_codec
+from memrag.langchain.sources import DocumentSource, fetch_records
+from memrag.prompts import render_chat
+from memrag.splice import PromptPart
+from memrag.store.records import ChunkRecord
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Constructor arguments of remote API clients that a local model accepts and ignores, so
+#: code (and LangChain's standard tests) written for API models can build it unchanged.
+IGNORED_CLIENT_PARAMS = ("api_key", "base_url", "timeout", "request_timeout", "max_retries")
+#: Per-call keyword arguments that override the model's generation fields.
+CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed")
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """A parsed prompt: turns of literal text and document references.
+
+    Attributes:
+        turns: ``(role, pieces)`` pairs; a single turn with role ``None`` is a raw completion
+            prompt (no chat template).
+    """
+
+    turns: tuple[tuple[str | None, tuple[Piece, ...]], ...]
+
+    @property
+    def document_ids(self) -> list[str]:
+        """Referenced document ids, unique, in order of first reference."""
+        ids = (p.id for _, pieces in self.turns for p in pieces if isinstance(p, DocumentReference))
+        return list(dict.fromkeys(ids))
+
+    def materialize(self, records: dict[str, ChunkRecord], tokenizer: Any) -> list[PromptPart]:
+        """Prompt parts with each reference replaced by its document's slots (or text)."""
+
+        def resolve(pieces: Sequence[Piece]) -> list[str | Any]:
+            return [records[p.id].context() if isinstance(p, DocumentReference) else p for p in pieces]
+
+        if len(self.turns) == 1 and self.turns[0][0] is None:
+            return resolve(self.turns[0][1])
+        messages = [{"role": role, "content": resolve(pieces)} for role, pieces in self.turns]
+        return render_chat(tokenizer, messages)
+
+
+class _Precomputed:
+    """Answers computed ahead by ``batch``, claimed by the per-input calls that follow."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._results: dict[tuple[PromptSpec, str], list[Generation]] = {}
+
+    def put(self, key: tuple[PromptSpec, str], generation: Generation) -> None:
+        with self._lock:
+            self._results.setdefault(key, []).append(generation)
+
+    def take(self, key: tuple[PromptSpec, str]) -> Generation | None:
+        with self._lock:
+            found = self._results.get(key)
+            return found.pop(0) if found else None
+
+
+_PRECOMPUTED: contextvars.ContextVar[_Precomputed | None] = contextvars.ContextVar(
+    "memrag_precomputed", default=None
+)
+
+
+@dataclass
+class StreamEnd:
+    """Marks the end of a stream: what a non-streaming call would have reported.
+
+    ``num_tokens`` of a live stream is the answer re-tokenized (the streamer reports text only).
+    """
+
+    generation: Generation
+
+
+class MemragModelMixin(BaseModel):
+    """Fields and behaviour shared by the memrag chat model and LLM.
+
+    Fields:
+        compressor: The :class:`~memrag.compressor.Compressor` whose frozen decoder answers
+            (default: the document source's ``compressor``).
+        source: The document source referenced documents come from (a ``MemoryStore``, an
+            :class:`~memrag.langchain.sources.InMemoryDocumentSource`, ...).
+        model_name: Name reported in response metadata and traces (alias ``model``); defaults
+            to ``"<base model>+memrag-<compressor fingerprint[:8]>"``.
+        max_tokens: Maximum number of new tokens.
+        temperature: 0 decodes greedily; above 0 samples.
+        top_p / top_k: Sampling cutoffs (sampling only).
+        seed: Seed for reproducible sampling.
+        stop: Default stop strings (a call's ``stop`` replaces them).
+        streaming: Answer ``invoke`` through the streaming path (token callbacks fire).
+        batch_size: Prompts per decoder ``generate`` call in ``batch`` / ``abatch``.
+        reference_key: Key that verifies document markers (default: the process key; see
+            :mod:`memrag.langchain.markers`).
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
+
+    compressor: Any = Field(default=None, exclude=True, repr=False)
+    source: Any = Field(default=None, exclude=True, repr=False)
+    model_name: str | None = Field(default=None, alias="model")
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+    stop: list[str] | None = None
+    streaming: bool = False
+    batch_size: int = Field(default=8, ge=1)
+    reference_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_client_params(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            ignored = [name for name in IGNORED_CLIENT_PARAMS if name in values]
+            if ignored:
+                logger.debug("%s ignores API-client parameters %s", cls.__name__, ignored)
+                values = {k: v for k, v in values.items() if k not in IGNORED_CLIENT_PARAMS}
+        return values
+
+    @model_validator(mode="after")
+    def _resolve_compressor(self) -> MemragModelMixin:
+        if self.source is not None and not isinstance(self.source, DocumentSource):
+            raise TypeError(
+                f"source must have get(ids, with_slots=True) -> list[ChunkRecord], "
+                f"got {type(self.source).__name__}"
+            )
+        if self.compressor is None:
+            self.compressor = getattr(self.source, "compressor", None)
+        if self.compressor is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a compressor (pass compressor=..., or a source "
+                "that has one, such as a MemoryStore)"
+            )
+        if self.model_name is None:
+            base = getattr(self.compressor, "base_name", None) or "model"
+            self.model_name = f"{base}+memrag-{self.compressor.fingerprint[:8]}"
+        return self
+
+    # ------------------------------------------------------------------ options
+    @property
+    def codec(self) -> MarkerCodec:
+        """The marker codec for this model's reference key."""
+        return get_codec(self.reference_key)
+
+    def generation_options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> GenerationOptions:
+        """The decoding options of one call: the fields, overridden by call arguments.
+
+        Raises:
+            TypeError: an unknown keyword argument was passed.
+            ValueError: ``model`` names a different model (one instance serves one compressor).
+        """
+        unknown = sorted(set(kwargs) - set(CALL_OPTIONS) - {"model"})
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword argument(s) {unknown}; "
+                f"per-call options are {list(CALL_OPTIONS)} and stop"
+            )
+        model = kwargs.get("model")
+        if model is not None and model != self.model_name:
+            raise ValueError(
+                f"{type(self).__name__} serves {self.model_name!r} and cannot switch to {model!r} "
+                "per call; build another instance with that compressor"
+            )
+        values = {name: kwargs.get(name, getattr(self, name)) for name in CALL_OPTIONS}
+        return GenerationOptions(
+            max_new_tokens=values["max_tokens"],
+            temperature=values["temperature"],
+            top_p=values["top_p"],
+            top_k=values["top_k"],
+            seed=values["seed"],
+            stop=tuple(stop if stop is not None else (self.stop or ())),
+        )
+
+    def memrag_identifying_params(self) -> dict[str, Any]:
+        """Parameters that identify this model's answers (used by LangChain caching)."""
+        return {
+            "model_name": self.model_name,
+            "compressor_fingerprint": self.compressor.fingerprint,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+
+    def memrag_ls_params(self, model_type: str, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """LangSmith tracing parameters (``ls_*``), honouring per-call overrides."""
+        model = kwargs.get("model")
+        params: dict[str, Any] = {
+            "ls_provider": "memrag",
+            "ls_model_name": model if isinstance(model, str) else self.model_name,
+            "ls_model_type": model_type,
+            "ls_temperature": kwargs.get("temperature", self.temperature),
+            "ls_max_tokens": kwargs.get("max_tokens", self.max_tokens),
+        }
+        stop = stop if stop is not None else self.stop
+        if stop:
+            params["ls_stop"] = list(stop)
+        return params
+
+    # ------------------------------------------------------------------ parsing
+    def parse_text(self, text: str) -> tuple[Piece, ...]:
+        """Literal text and verified references of one piece of prompt text."""
+        return tuple(self.codec.split(text))
+
+    # ------------------------------------------------------------------ decoding
+    def _materialize(self, specs: Sequence[PromptSpec]) -> list[list[PromptPart]]:
+        records = fetch_records(self.source, [i for spec in specs for i in spec.document_ids])
+        return [spec.materialize(records, self.compressor.tokenizer) for spec in specs]
+
+    def _decode(self, prompts: Sequence[list[PromptPart]], options: GenerationOptions) -> list[Generation]:
+        generations: list[Generation] = []
+        for start in range(0, len(prompts), self.batch_size):
+            generations += self.compressor.generate(prompts[start : start + self.batch_size], options)
+        return generations
+
+    def run_specs(self, specs: Sequence[PromptSpec], options: GenerationOptions) -> list[Generation]:
+        """Answers each prompt, taking answers ``batch`` precomputed where there are some.
+
+        The rest are fetched in one source call and decoded in batches of ``batch_size``
+        prompts by the compressor's batched ``generate``.
+        """
+        precomputed = _PRECOMPUTED.get()
+        option_key = repr(options)
+        results: list[Generation | None] = [
+            precomputed.take((spec, option_key)) if precomputed is not None else None for spec in specs
+        ]
+        todo = [i for i, result in enumerate(results) if result is None]
+        if todo:
+            generations = self._decode(self._materialize([specs[i] for i in todo]), options)
+            for index, generation in zip(todo, generations):
+                results[index] = generation
+        return [result for result in results if result is not None]
+
+    def precompute(self, specs: Sequence[PromptSpec | None], options: GenerationOptions) -> _Precomputed:
+        """Decodes the prompts of a batch together, for the per-input calls to claim.
+
+        ``None`` entries (inputs that could not be parsed) and prompts that cannot be
+        materialized (e.g. an unknown document) are left out, so that each such input's own
+        call raises its error in its own run.
+        """
+        store = _Precomputed()
+        valid = [spec for spec in specs if spec is not None]
+        try:
+            prompts = self._materialize(valid)
+        except Exception:  # noqa: BLE001 - find the prompts that fail, one by one
+            kept: list[PromptSpec] = []
+            prompts = []
+            for spec in valid:
+                try:
+                    prompts += self._materialize([spec])
+                    kept.append(spec)
+                except Exception:  # noqa: BLE001
+                    continue
+            valid = kept
+        if not valid:
+            return store
+        try:
+            generations = self._decode(prompts, options)
+        except Exception:  # noqa: BLE001 - each input's own call raises it in its own run
+            logger.debug("batched generation failed; answering inputs one by one", exc_info=True)
+            return store
+        option_key = repr(options)
+        for spec, generation in zip(valid, generations):
+            store.put((spec, option_key), generation)
+        return store
+
+    def stream_spec(self, spec: PromptSpec, options: GenerationOptions) -> Iterator[str | StreamEnd]:
+        """Yields the answer's text chunks, then a :class:`StreamEnd`.
+
+        Closing the iterator early stops the decoder.
+        """
+        precomputed = _PRECOMPUTED.get()
+        generation = precomputed.take((spec, repr(options))) if precomputed is not None else None
+        if generation is not None:
+            if generation.text:
+                yield generation.text
+            yield StreamEnd(generation)
+            return
+        (prompt,) = self._materialize([spec])
+        positions = self.compressor.build([prompt]).prompt_lengths[0]
+        pieces: list[str] = []
+        iterator = self.compressor.stream(prompt, options)
+        try:
+            for piece in iterator:
+                pieces.append(piece)
+                yield piece
+        finally:
+            iterator.close()
+        text = "".join(pieces)
+        num_tokens = len(self.compressor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        finish = "length" if num_tokens >= options.max_new_tokens else "stop"
+        yield StreamEnd(Generation(text, num_tokens, finish, positions))
+
+    @staticmethod
+    def usage(generation: Generation) -> dict[str, int]:
+        """LangChain usage metadata: decoder positions prefilled in, tokens generated out."""
+        return {
+            "input_tokens": generation.prompt_positions,
+            "output_tokens": generation.num_tokens,
+            "total_tokens": generation.prompt_positions + generation.num_tokens,
+        }
+
+
+@contextlib.contextmanager
+def using_precomputed(store: _Precomputed | None) -> Iterator[None]:
+    """Makes ``store``'s answers visible to the calls made inside (threads and tasks included).
+
+    ``None`` changes nothing.
+    """
+    if store is None:
+        yield
+        return
+    token = _PRECOMPUTED.set(store)
+    try:
+        yield
+    finally:
+        _PRECOMPUTED.reset(token)
+
+
+async def iterate_in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
+    """Iterates a blocking iterator from async code, one ``next`` at a time in a worker thread.
+
+    When the consumer stops early (or is cancelled) the iterator is closed once its pending
+    ``next`` returns, which stops the decoder.
+    """
+    done = object()
+    pending: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            pending = asyncio.ensure_future(run_in_executor(None, next, iterator, done))
+            item = await asyncio.shield(pending)
+            pending = None
+            if item is done:
+                return
+            yield item
+    finally:
+        if pending is not None and not pending.done():
+            try:
+                await asyncio.wait([pending])
+            except BaseException:  # noqa: BLE001 - the consumer is going away anyway
+                pass
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
