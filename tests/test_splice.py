@@ -136,3 +136,19 @@ def test_stop_filter_holds_back_partial_matches() -> None:
     flt = StopStringFilter(["END"])
     assert flt.push("abcE") + flt.push("x") + flt.flush() == "abcEx"
     assert cut_at_stop("a.b;c", [";", "."]) == ("a", True)
+
+
+def test_loss_on_target_positions_equals_full_logits_loss(tiny_compressor: Compressor) -> None:
+    a, b = tiny_compressor.compress(["Paris is the capital of France.", "In 1889 the tower was completed " * 3])
+    batch = tiny_compressor.build([[a, Task.RECONSTRUCT], ["Context:", b, "\nQ: when?\nA:"]], ["Paris ok", "1889"])
+    fast = tiny_compressor.decoder_forward(batch).loss
+    with tiny_compressor.decoder_mode() as decoder:
+        logits = decoder(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+        ).logits
+    shifted = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    )
+    torch.testing.assert_close(fast, shifted, rtol=1e-5, atol=1e-6)

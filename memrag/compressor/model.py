@@ -423,14 +423,30 @@ class Compressor(nn.Module):
         return self.splicer.build(prompts, targets, **kwargs)
 
     def decoder_forward(self, batch: SpliceBatch) -> Any:
-        """Runs the frozen decoder on a spliced batch; returns the HF output (loss if labels)."""
+        """Runs the frozen decoder on a spliced batch; returns the HF output (loss if labels).
+
+        With labels, logits are computed only for the trailing positions that hold targets
+        (targets always end the left-padded rows): the vocabulary projection dominates the cost
+        of a small model with a large vocabulary, and prompt positions need none. ``logits``
+        then covers only those positions; the loss equals the full computation's.
+        """
+        labels = batch.labels
+        kwargs: dict[str, Any] = {}
+        if labels is not None:
+            labelled = (labels != -100).any(dim=0).nonzero()
+            first = int(labelled[0]) if labelled.numel() else labels.shape[1] - 1
+            keep = labels.shape[1] - first + 1
+            if keep < labels.shape[1]:
+                kwargs["logits_to_keep"] = keep
+                labels = labels[:, -keep:]
         with self.decoder_mode() as decoder:
             return decoder(
                 inputs_embeds=batch.inputs_embeds,
                 attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids,
-                labels=batch.labels,
+                labels=labels,
                 use_cache=False,
+                **kwargs,
             )
 
     def generate(
