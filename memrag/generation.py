@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from memrag.splice import SpliceBatch
 
@@ -57,8 +58,29 @@ class GenerationOptions:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if self.stop:
-            kwargs.update(stop_strings=list(self.stop), tokenizer=tokenizer)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnStrings(tokenizer, self.stop)])
         return kwargs
+
+
+class StopOnStrings(StoppingCriteria):
+    """Stops a row once its recent generated text contains a stop string.
+
+    Only the last few tokens are decoded at each step. (transformers' own ``stop_strings``
+    pre-computes a table over the whole vocabulary on every call, which costs seconds for a
+    262k-token vocabulary.)
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        # Every token decodes to at least one character, so a stop string of n characters
+        # lies within the last n + 1 tokens (one more for a token that straddles its start).
+        self.window = max(len(s) for s in self.stop) + 1
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, -self.window :], skip_special_tokens=True)
+        done = [any(s in text for s in self.stop) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -176,8 +198,6 @@ def stream(
 
     if batch.inputs_embeds.shape[0] != 1:
         raise ValueError("streaming takes one prompt at a time")
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
     error: list[BaseException] = []
     cancelled = threading.Event()
@@ -198,8 +218,7 @@ def stream(
                         inputs_embeds=batch.inputs_embeds,
                         attention_mask=batch.attention_mask,
                         streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_Cancelled()]),
-                        **options.generate_kwargs(tokenizer),
+                        **_with_criterion(options.generate_kwargs(tokenizer), _Cancelled()),
                     )
             finally:
                 if lock is not None:
@@ -227,6 +246,12 @@ def stream(
         thread.join()
     if error:
         raise error[0]
+
+
+def _with_criterion(kwargs: dict[str, Any], criterion: StoppingCriteria) -> dict[str, Any]:
+    criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", []))
+    criteria.append(criterion)
+    return {**kwargs, "stopping_criteria": criteria}
 
 
 class _null_context:
