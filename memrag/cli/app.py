@@ -31,3 +31,4 @@ def root(
 # Command modules register their commands on import.
 from memrag.cli import compress as _compress  # noqa: E402,F401
 from memrag.cli import demo as _demo  # noqa: E402,F401
+from memrag.cli import index as _index  # noqa: E402,F401

@@ -1,0 +1,353 @@
+"""``memrag index``: build, update, search, inspect, verify and compact memory stores."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from memrag.cli.app import app
+from memrag.cli.common import CompressorOption, DeviceOption, DtypeOption, fail, setup_logging
+
+index_app = typer.Typer(
+    help="Build and manage memory stores (chunks + FAISS vectors + memory slots).",
+    no_args_is_help=True,
+)
+app.add_typer(index_app, name="index")
+
+StoreArgument = typer.Argument(..., help="Store directory.")
+VerboseOption = typer.Option(False, "--verbose", "-v", help="Log what is happening.")
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+#: Errors shown as one clean line (exit status 2) instead of a traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, OSError, ImportError)
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _parse_json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        fail(f"{option} must be a JSON object: {err}")
+    if not isinstance(value, dict):
+        fail(f"{option} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _index_options(pairs: list[str] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"--index-option takes KEY=VALUE, got {pair!r}")
+        options[key.strip().replace("-", "_")] = json.loads(value) if value.strip() else None
+    return options
+
+
+def _compressor_spec(compressor: str | None, untrained: bool, base_model: str, device: str, dtype: str) -> Any:
+    if untrained:
+        from memrag.compressor import Compressor
+
+        # A factory, so that Ray workers can build the same (seeded) untrained compressor.
+        return functools.partial(Compressor.from_base, base_model, device=device, dtype=dtype)
+    return compressor
+
+
+@index_app.command("build")
+def build(
+    corpus: Path = typer.Option(..., "--corpus", help="JSONL file, text file, or directory of them."),
+    store: Path = typer.Option(..., "--store", help="Store directory (created, or resumed / updated)."),
+    compressor: str = CompressorOption,
+    untrained: bool = typer.Option(False, "--untrained", help="Use an untrained compressor over --base-model."),
+    base_model: str = typer.Option("gemma-3-270m", "--base-model", help="Base model for --untrained."),
+    embedder: str = typer.Option(
+        None, "--embedder", help="Embedder id: a sentence-transformers name/path or hashing:DIM (default all-MiniLM-L6-v2)."
+    ),
+    index: str = typer.Option("flat", "--index", help="New stores: flat (exact), hnsw or ivf."),
+    index_option: list[str] = typer.Option(
+        None, "--index-option", help="New stores: index parameter KEY=VALUE (hnsw_m, hnsw_ef_search, ivf_nprobe, ...)."
+    ),
+    slot_dtype: str = typer.Option("float16", "--slot-dtype", help="New stores: float16, bfloat16 or float32."),
+    fidelity: bool = typer.Option(True, "--fidelity/--no-fidelity", help="New stores: score chunk fidelity."),
+    fidelity_threshold: float = typer.Option(0.5, "--fidelity-threshold", help="New stores: below it, serve text."),
+    chunk_tokens: int = typer.Option(None, "--chunk-tokens", help="New stores: tokens per chunk (default: segment length)."),
+    chunk_overlap: int = typer.Option(None, "--chunk-overlap", help="New stores: tokens shared by neighbouring chunks."),
+    batch_chunks: int = typer.Option(64, "--batch-chunks", min=1, help="Chunks per committed batch."),
+    compress_batch_size: int = typer.Option(16, "--compress-batch-size", min=1, help="Segments per encoder pass."),
+    backend: str = typer.Option("local", "--backend", help="local, or ray (distributed over Ray workers)."),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: a local Ray."
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="Ray workers (one model copy each)."),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="CPUs per Ray worker."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs per Ray worker (runs on CUDA)."),
+    on_error: str = typer.Option("skip", "--on-error", help="skip bad input (reported at the end) or raise."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = JsonOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Compress a corpus into a store. Re-run it to resume an interrupted build or to update."""
+    setup_logging(verbose)
+    from memrag.data.readers import BadRowError
+    from memrag.indexing import BuildOptions, build_index
+    from memrag.indexing.ray_backend import RayOptions
+    from memrag.store.errors import StoreError
+
+    create_options = {
+        "index": index,
+        "index_options": _index_options(index_option),
+        "slot_dtype": slot_dtype,
+        "fidelity": "reconstruct" if fidelity else "none",
+        "fidelity_threshold": fidelity_threshold,
+        "chunk_tokens": chunk_tokens,
+        "chunk_overlap": chunk_overlap,
+    }
+    try:
+        options = BuildOptions(
+            batch_chunks=batch_chunks,
+            compress_batch_size=compress_batch_size,
+            on_error=on_error,
+            show_progress=not quiet,
+        )
+        ray_options = RayOptions(
+            address=ray_address,
+            num_workers=workers,
+            num_cpus_per_worker=cpus_per_worker,
+            num_gpus_per_worker=gpus_per_worker,
+        )
+        report = build_index(
+            corpus,
+            store,
+            compressor=_compressor_spec(compressor, untrained, base_model, device, dtype),
+            embedder=embedder,
+            backend=backend,
+            options=options,
+            ray_options=ray_options,
+            device=device,
+            dtype=dtype,
+            create_options=create_options,
+        )
+    except (StoreError, BadRowError, *_USER_ERRORS) as err:
+        fail(str(err))
+        return
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        typer.echo(report.summary())
+
+
+@index_app.command("add")
+def add(
+    store: Path = StoreArgument,
+    text: list[str] = typer.Option(None, "--text", help="A document to add (repeatable; '-' reads stdin)."),
+    doc_id: list[str] = typer.Option(None, "--id", help="Id of each --text (default: a new UUID)."),
+    metadata: str = typer.Option(None, "--metadata", help="JSON object of metadata for every --text."),
+    chunk: bool = typer.Option(False, "--chunk/--no-chunk", help="Cut --text documents into token chunks."),
+    corpus: Path = typer.Option(None, "--corpus", help="Add (or update) a whole corpus, like `index build`."),
+    compressor: str = CompressorOption,
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Add documents to an existing store (re-adding an id replaces it)."""
+    setup_logging(verbose)
+    from memrag.indexing import BuildOptions, build_index
+    from memrag.store import MemoryStore
+    from memrag.store.errors import StoreError
+
+    if not text and corpus is None:
+        fail("give --text (one or more) or --corpus")
+    meta = _parse_json_object(metadata, "--metadata")
+    try:
+        opened = MemoryStore.open(store, compressor, device=device, dtype=dtype)
+        with opened:
+            if corpus is not None:
+                report = build_index(corpus, opened, options=BuildOptions(), device=device, dtype=dtype)
+                typer.echo(report.summary())
+            if text:
+                texts = [sys.stdin.read() if t == "-" else t for t in text]
+                if doc_id and len(doc_id) != len(texts):
+                    fail(f"got {len(texts)} --text but {len(doc_id)} --id")
+                ids = opened.add(texts, ids=doc_id or None, metadatas=[meta] * len(texts) if meta else None, chunk=chunk)
+                typer.echo(f"added {len(ids)} chunk(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+    except (StoreError, *_USER_ERRORS) as err:
+        fail(str(err))
+
+
+@index_app.command("delete")
+def delete(
+    store: Path = StoreArgument,
+    ids: list[str] = typer.Argument(..., help="Chunk ids (or document ids with --source)."),
+    source: bool = typer.Option(False, "--source", help="IDS are document ids: delete all their chunks."),
+    verbose: bool = VerboseOption,
+) -> None:
+    """Delete chunks (unknown ids are ignored)."""
+    setup_logging(verbose)
+    from memrag.store import MemoryStore
+    from memrag.store.errors import StoreError
+
+    try:
+        with MemoryStore.open(store) as opened:
+            count = opened.delete_sources(ids) if source else opened.delete(ids)
+    except (StoreError, *_USER_ERRORS) as err:
+        fail(str(err))
+        return
+    typer.echo(f"deleted {count} chunk(s)")
+
+
+@index_app.command("search")
+def search(
+    store: Path = StoreArgument,
+    query: str = typer.Argument(..., help="Query text."),
+    k: int = typer.Option(4, "-k", "--k", min=1, help="Number of results."),
+    filter: str = typer.Option(None, "--filter", help='Metadata filter as JSON, e.g. {"lang": "en"}.'),
+    device: str = DeviceOption,
+    as_json: bool = JsonOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Search a store (does not load the compressor)."""
+    setup_logging(verbose)
+    from memrag.store import MemoryStore
+    from memrag.store.errors import StoreError
+
+    where = _parse_json_object(filter, "--filter")
+    try:
+        with MemoryStore.open(store, read_only=True, device=device) as opened:
+            records = opened.search(query, k=k, filter=where, with_slots=True)
+    except (StoreError, *_USER_ERRORS) as err:
+        fail(str(err))
+        return
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "id": r.id,
+                    "score": r.score,
+                    "fidelity": r.fidelity,
+                    "use_text": r.use_text,
+                    "num_slots": r.slots.num_slots if r.slots is not None else 0,
+                    "metadata": r.metadata,
+                    "text": r.text,
+                }
+                for r in records
+            ]
+        )
+        return
+    if not records:
+        typer.echo("no results")
+    for rank, r in enumerate(records, 1):
+        slots = f"{r.slots.num_slots} slots" if r.slots is not None else "no slots"
+        fid = "n/a" if r.fidelity is None else f"{r.fidelity:.3f}"
+        mode = "text" if r.use_text else "slots"
+        snippet = " ".join(r.text.split())[:160]
+        typer.echo(f"{rank}. {r.score:.4f}  {r.id}  [{slots}, fidelity {fid}, serve {mode}]\n   {snippet}")
+
+
+@index_app.command("info")
+def info(store: Path = StoreArgument, as_json: bool = JsonOption, verbose: bool = VerboseOption) -> None:
+    """Show what a store holds and how it was made."""
+    setup_logging(verbose)
+    from memrag.store import MemoryStore
+    from memrag.store.errors import StoreError
+
+    try:
+        with MemoryStore.open(store, read_only=True) as opened:
+            data = opened.info()
+    except (StoreError, *_USER_ERRORS) as err:
+        fail(str(err))
+        return
+    if as_json:
+        _echo_json(data)
+        return
+    manifest, counts = data["manifest"], data["counts"]
+    comp, emb, options = manifest["compressor"], manifest["embedder"], manifest["options"]
+    typer.echo(f"store {data['path']} (format {manifest['format_version']}, memrag {manifest['memrag_version']})")
+    typer.echo(
+        f"  chunks {counts['chunks']:,}  tokens {counts['tokens']:,}  slots {counts['slots']:,}  "
+        f"shards {counts['shards']}  served as text {counts['use_text']:,}"
+    )
+    typer.echo(
+        f"  compressor {comp['fingerprint']} ({comp['source'] or 'untrained ' + comp['base_model']}; "
+        f"{comp['slot_kind']} slots, width {comp['hidden_size']}, rate {comp['compression_rate']}, "
+        f"segment {comp['segment_length']}); slots stored as {options['slot_dtype']}"
+    )
+    typer.echo(f"  embedder {emb['id']} (dimension {emb['dimension']})")
+    idx = data["index"]
+    typer.echo(
+        f"  index {manifest['index']['type']} (now {idx['structure']}; {idx['vectors']:,} vectors, "
+        f"{idx['tombstones']} tombstones, {idx['journal_pending']} journal entries since the last checkpoint)"
+    )
+    if data["fidelity"]:
+        q = data["fidelity"]
+        typer.echo(
+            f"  fidelity ({options['fidelity']}, threshold {options['fidelity_threshold']}): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in q.items())
+        )
+    disk = data["disk_bytes"]
+    typer.echo("  disk " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in disk.items()))
+
+
+@index_app.command("verify")
+def verify(
+    store: Path = StoreArgument,
+    fast: bool = typer.Option(False, "--fast", help="Skip shard checksums and SQLite's full integrity check."),
+    repair: bool = typer.Option(False, "--repair", help="Rebuild the index / re-compress damaged chunks."),
+    compressor: str = CompressorOption,
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    as_json: bool = JsonOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Check every file of a store; exit status 1 when something is wrong."""
+    setup_logging(verbose)
+    from memrag.store.errors import StoreError
+    from memrag.store.verify import repair_store, verify_store
+
+    if repair:
+        try:
+            result = repair_store(store, compressor=compressor, device=device, dtype=dtype)
+        except (StoreError, *_USER_ERRORS) as err:
+            fail(str(err))
+            return
+        report = result.after
+        if not as_json:
+            typer.echo(result.before.summary() if result.before is not None else "")
+            typer.echo("repair: " + result.summary())
+    else:
+        report = verify_store(store, full=not fast)
+    assert report is not None
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        typer.echo(report.summary())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@index_app.command("compact")
+def compact(
+    store: Path = StoreArgument,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Drop deleted slots, merge small shards and rebuild the index (trains IVF, clears HNSW tombstones)."""
+    setup_logging(verbose)
+    from memrag.store import MemoryStore
+    from memrag.store.errors import StoreError
+
+    try:
+        with MemoryStore.open(store) as opened:
+            result = opened.compact()
+    except (StoreError, *_USER_ERRORS) as err:
+        fail(str(err))
+        return
+    typer.echo("compacted: " + result.summary())

@@ -1,0 +1,85 @@
+"""Token-aware chunking with overlap, using the compressor's own tokenizer.
+
+A document is tokenized once (with character offsets); windows of ``chunk_tokens`` tokens,
+``chunk_tokens - overlap`` apart, become chunks. A chunk's text is the exact substring of
+the document its tokens cover, so ``document[char_start:char_end] == chunk.text``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """A piece of a document.
+
+    Attributes:
+        index: Position of the chunk in its document (0-based).
+        text: The chunk's text, ``document[char_start:char_end]``.
+        char_start: Offset of its first character in the document.
+        char_end: Offset one past its last character.
+        num_tokens: Tokens of the window it was cut from.
+    """
+
+    index: int
+    text: str
+    char_start: int
+    char_end: int
+    num_tokens: int
+
+
+class Chunker:
+    """Cuts documents into overlapping windows of tokens.
+
+    Args:
+        tokenizer: A Hugging Face fast tokenizer (it must return offset mappings).
+        chunk_tokens: Tokens per chunk.
+        overlap: Tokens shared by consecutive chunks.
+    """
+
+    def __init__(self, tokenizer: Any, chunk_tokens: int, overlap: int = 0) -> None:
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+        if not 0 <= overlap < chunk_tokens:
+            raise ValueError(f"overlap must be in [0, chunk_tokens), got {overlap} (chunk_tokens={chunk_tokens})")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("chunking needs a fast tokenizer (one that returns character offsets)")
+        self.tokenizer = tokenizer
+        self.chunk_tokens = chunk_tokens
+        self.overlap = overlap
+
+    def _offsets(self, text: str) -> list[tuple[int, int]]:
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
+
+    def chunk(self, text: str) -> list[TextChunk]:
+        """The chunks of ``text`` (none for empty or whitespace-only text)."""
+        if not text or not text.strip():
+            return []
+        offsets = self._offsets(text)
+        if len(offsets) <= self.chunk_tokens:
+            return [self._make(0, text, 0, len(text), len(offsets))] if offsets else []
+        stride = self.chunk_tokens - self.overlap
+        chunks: list[TextChunk] = []
+        start = 0
+        while start < len(offsets):
+            window = offsets[start : start + self.chunk_tokens]
+            chunk = self._make(len(chunks), text, window[0][0], window[-1][1], len(window))
+            if chunk.text:
+                chunks.append(chunk)
+            if start + self.chunk_tokens >= len(offsets):
+                break
+            start += stride
+        return chunks
+
+    @staticmethod
+    def _make(index: int, text: str, char_start: int, char_end: int, num_tokens: int) -> TextChunk:
+        # Tokenizers fold leading spaces into tokens; keep offsets exact but trim the edges.
+        piece = text[char_start:char_end]
+        stripped = piece.strip()
+        if stripped != piece:
+            char_start += len(piece) - len(piece.lstrip())
+            char_end = char_start + len(stripped)
+        return TextChunk(index, stripped, char_start, char_end, num_tokens)

@@ -1,0 +1,463 @@
+"""The store's SQLite database: chunk text, metadata, fidelity, vectors and slot locations.
+
+SQLite runs in WAL mode, so many readers (threads or processes) read while one writer
+writes; every write is one transaction. The database is the source of truth of a store:
+
+* ``chunks``: one row per chunk. ``vid`` (``INTEGER PRIMARY KEY AUTOINCREMENT``, never
+  reused) is the chunk's id in the FAISS index; the row holds the text, metadata (JSON),
+  a content hash (to skip unchanged chunks when a build resumes), the fidelity score, the
+  ``use_text`` flag, the embedding vector (float32 blob) and where its slots are
+  (``shard_id``, ``slot_start``, ``slot_count``).
+* ``shards``: the slot shard files with their size and SHA-256.
+* ``journal``: every vector added or deleted since the last index checkpoint, in order,
+  so the FAISS index can be brought up to date from any checkpoint.
+* ``meta``: key/value pairs (schema version, index checkpoint sequence number).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from memrag.store.errors import StoreCorruptError, StoreVersionError
+from memrag.store.metadata import compile_filter
+
+SCHEMA_VERSION = 1
+_IN_BATCH = 900  # stay far below SQLite's bound-parameter limit
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE shards (
+    shard_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file TEXT NOT NULL UNIQUE,
+    num_slots INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    created REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
+);
+CREATE TABLE chunks (
+    vid INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    source_id TEXT,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    num_tokens INTEGER NOT NULL,
+    fidelity REAL,
+    use_text INTEGER NOT NULL DEFAULT 0,
+    shard_id INTEGER REFERENCES shards(shard_id),
+    slot_start INTEGER,
+    slot_count INTEGER,
+    segment_slot_counts TEXT NOT NULL DEFAULT '[]',
+    vector BLOB NOT NULL
+);
+CREATE INDEX chunks_source ON chunks(source_id);
+CREATE INDEX chunks_shard ON chunks(shard_id);
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL CHECK (op IN ('add', 'del')),
+    vid INTEGER NOT NULL
+);
+"""
+
+_ROW_COLUMNS = (
+    "c.vid, c.id, c.source_id, c.text, c.metadata, c.content_hash, c.num_tokens, c.fidelity, "
+    "c.use_text, c.shard_id, c.slot_start, c.slot_count, c.segment_slot_counts, s.file"
+)
+_ROW_FROM = "chunks AS c LEFT JOIN shards AS s ON s.shard_id = c.shard_id"
+
+
+@dataclass
+class ChunkRow:
+    """One row of ``chunks`` (plus its shard's file name)."""
+
+    vid: int
+    id: str
+    source_id: str | None
+    text: str
+    metadata: dict[str, Any]
+    content_hash: str
+    num_tokens: int
+    fidelity: float | None
+    use_text: bool
+    shard_id: int | None
+    slot_start: int | None
+    slot_count: int | None
+    segment_slot_counts: list[int]
+    shard_file: str | None
+
+    @classmethod
+    def from_sql(cls, row: Sequence[Any]) -> "ChunkRow":
+        return cls(
+            vid=int(row[0]),
+            id=row[1],
+            source_id=row[2],
+            text=row[3],
+            metadata=json.loads(row[4]),
+            content_hash=row[5],
+            num_tokens=int(row[6]),
+            fidelity=None if row[7] is None else float(row[7]),
+            use_text=bool(row[8]),
+            shard_id=row[9],
+            slot_start=row[10],
+            slot_count=row[11],
+            segment_slot_counts=json.loads(row[12]),
+            shard_file=row[13],
+        )
+
+
+@dataclass
+class NewChunk:
+    """A chunk to insert (its slots already written to ``shard_id``)."""
+
+    id: str
+    source_id: str | None
+    text: str
+    metadata_json: str
+    content_hash: str
+    num_tokens: int
+    fidelity: float | None
+    use_text: bool
+    vector: np.ndarray
+    shard_id: int | None = None
+    slot_start: int | None = None
+    slot_count: int | None = None
+    segment_slot_counts: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ShardRow:
+    """One row of ``shards``."""
+
+    shard_id: int
+    file: str
+    num_slots: int
+    bytes: int
+    sha256: str
+
+
+def _batches(items: Sequence[Any], size: int = _IN_BATCH) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
+
+
+class Database:
+    """A connection to a store's SQLite file, shared by the threads of one process.
+
+    Args:
+        path: The SQLite file.
+        read_only: Open it read-only.
+        create: Create the file and its schema (it must not exist).
+
+    Raises:
+        StoreCorruptError: the file is missing (and ``create`` is False), is not a SQLite
+            database, or lacks memrag's schema.
+        StoreVersionError: its schema is newer than this memrag supports.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False, create: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        if create:
+            if self.path.exists():
+                raise FileExistsError(f"{self.path} already exists")
+            self._conn = self._connect("rwc")
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            with self.transaction() as conn:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                conn.execute("INSERT INTO meta VALUES ('index_checkpoint_seq', '0')")
+        else:
+            if not self.path.is_file():
+                raise StoreCorruptError(f"the store's database {self.path} is missing")
+            self._conn = self._connect("ro" if read_only else "rw")
+        self._check_schema()
+
+    def _connect(self, mode: str) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path.resolve()))}?mode={mode}"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=60.0)
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as err:
+            raise StoreCorruptError(f"cannot open the store's database {self.path}: {err}") from None
+        return conn
+
+    def _check_schema(self) -> None:
+        try:
+            version = self.get_meta("schema_version")
+            tables = {row[0] for row in self._execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as err:
+            raise StoreCorruptError(f"{self.path} is not a readable SQLite database: {err}") from None
+        missing = {"meta", "shards", "chunks", "journal"} - tables
+        if missing or version is None:
+            raise StoreCorruptError(f"{self.path} lacks memrag's tables ({', '.join(sorted(missing)) or 'meta'})")
+        if int(version) > SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"{self.path}: database schema {version} is newer than this memrag supports ({SCHEMA_VERSION})"
+            )
+
+    def close(self) -> None:
+        """Closes the connection."""
+        with self._lock:
+            self._conn.close()
+
+    # ------------------------------------------------------------------ plumbing
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``), committed on success, else rolled back."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of the ``meta`` table."""
+        rows = self._execute("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    @staticmethod
+    def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+        """Sets a ``meta`` value inside a transaction."""
+        conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # ------------------------------------------------------------------ writes
+    @staticmethod
+    def insert_shard(conn: sqlite3.Connection, file: str, num_slots: int, size: int, sha256: str) -> int:
+        """Registers a shard file inside a transaction; returns its id."""
+        cursor = conn.execute(
+            "INSERT INTO shards (file, num_slots, bytes, sha256) VALUES (?, ?, ?, ?)", (file, num_slots, size, sha256)
+        )
+        return int(cursor.lastrowid)
+
+    @staticmethod
+    def delete_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> list[int]:
+        """Deletes chunks by id inside a transaction, journaling their vids; returns them."""
+        vids: list[int] = []
+        for batch in _batches(list(ids)):
+            vids += [r[0] for r in conn.execute(f"SELECT vid FROM chunks WHERE id IN ({_marks(len(batch))})", batch)]
+        for batch in _batches(vids):
+            conn.execute(f"DELETE FROM chunks WHERE vid IN ({_marks(len(batch))})", batch)
+        conn.executemany("INSERT INTO journal (op, vid) VALUES ('del', ?)", [(v,) for v in vids])
+        return vids
+
+    @staticmethod
+    def insert_chunks(conn: sqlite3.Connection, chunks: Sequence[NewChunk]) -> list[int]:
+        """Inserts chunks inside a transaction, journaling their new vids; returns them."""
+        vids: list[int] = []
+        for chunk in chunks:
+            cursor = conn.execute(
+                "INSERT INTO chunks (id, source_id, text, metadata, content_hash, num_tokens, fidelity, "
+                "use_text, shard_id, slot_start, slot_count, segment_slot_counts, vector) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    chunk.id,
+                    chunk.source_id,
+                    chunk.text,
+                    chunk.metadata_json,
+                    chunk.content_hash,
+                    chunk.num_tokens,
+                    chunk.fidelity,
+                    int(chunk.use_text),
+                    chunk.shard_id,
+                    chunk.slot_start,
+                    chunk.slot_count,
+                    json.dumps(chunk.segment_slot_counts),
+                    np.ascontiguousarray(chunk.vector, dtype=np.float32).tobytes(),
+                ),
+            )
+            vids.append(int(cursor.lastrowid))
+        conn.executemany("INSERT INTO journal (op, vid) VALUES ('add', ?)", [(v,) for v in vids])
+        return vids
+
+    # ------------------------------------------------------------------ reads
+    def rows_by_ids(self, ids: Sequence[str]) -> dict[str, ChunkRow]:
+        """Rows of the given chunk ids (unknown ids are absent)."""
+        found: dict[str, ChunkRow] = {}
+        unique = list(dict.fromkeys(ids))
+        for batch in _batches(unique):
+            sql = f"SELECT {_ROW_COLUMNS} FROM {_ROW_FROM} WHERE c.id IN ({_marks(len(batch))})"
+            for row in self._execute(sql, batch):
+                found[row[1]] = ChunkRow.from_sql(row)
+        return found
+
+    def rows_by_vids(self, vids: Sequence[int]) -> dict[int, ChunkRow]:
+        """Rows of the given vids (deleted vids are absent)."""
+        found: dict[int, ChunkRow] = {}
+        unique = [int(v) for v in dict.fromkeys(vids)]
+        for batch in _batches(unique):
+            sql = f"SELECT {_ROW_COLUMNS} FROM {_ROW_FROM} WHERE c.vid IN ({_marks(len(batch))})"
+            for row in self._execute(sql, batch):
+                found[int(row[0])] = ChunkRow.from_sql(row)
+        return found
+
+    def rows_by_shard(self, shard_id: int) -> list[ChunkRow]:
+        """Live rows whose slots are in ``shard_id``, in slot order."""
+        sql = f"SELECT {_ROW_COLUMNS} FROM {_ROW_FROM} WHERE c.shard_id = ? ORDER BY c.slot_start"
+        return [ChunkRow.from_sql(r) for r in self._execute(sql, (shard_id,))]
+
+    def content_hashes(self, ids: Sequence[str]) -> dict[str, str]:
+        """``id -> content hash`` of the given chunk ids that exist."""
+        found: dict[str, str] = {}
+        for batch in _batches(list(dict.fromkeys(ids))):
+            sql = f"SELECT id, content_hash FROM chunks WHERE id IN ({_marks(len(batch))})"
+            found.update(self._execute(sql, batch))
+        return found
+
+    def hashes_of_source(self, source_id: str) -> dict[str, str]:
+        """``chunk id -> content hash`` of the chunks cut from one source document."""
+        return dict(self._execute("SELECT id, content_hash FROM chunks WHERE source_id = ?", (source_id,)))
+
+    def ids_of_sources(self, source_ids: Sequence[str]) -> list[str]:
+        """Chunk ids cut from the given source documents."""
+        found: list[str] = []
+        for batch in _batches(list(dict.fromkeys(source_ids))):
+            sql = f"SELECT id FROM chunks WHERE source_id IN ({_marks(len(batch))})"
+            found += [r[0] for r in self._execute(sql, batch)]
+        return found
+
+    def vectors(self, vids: Sequence[int], dimension: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(vids, vectors)`` of the given vids that still exist, in ascending vid order."""
+        rows: list[tuple[int, bytes]] = []
+        for batch in _batches(sorted(int(v) for v in set(vids))):
+            rows += self._execute(f"SELECT vid, vector FROM chunks WHERE vid IN ({_marks(len(batch))})", batch)
+        return self._unpack(rows, dimension)
+
+    def iter_vectors(self, dimension: int, batch_size: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All ``(vids, vectors)`` in ascending vid order, ``batch_size`` rows at a time."""
+        last = -1
+        while True:
+            rows = self._execute("SELECT vid, vector FROM chunks WHERE vid > ? ORDER BY vid LIMIT ?", (last, batch_size))
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            yield self._unpack(rows, dimension)
+
+    def all_vectors(self, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every ``(vids, vectors)`` of the store."""
+        parts = list(self.iter_vectors(dimension))
+        if not parts:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, dimension), dtype=np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _unpack(self, rows: list[tuple[int, bytes]], dimension: int) -> tuple[np.ndarray, np.ndarray]:
+        vids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vectors = np.zeros((len(rows), dimension), dtype=np.float32)
+        for i, (vid, blob) in enumerate(rows):
+            if len(blob) != 4 * dimension:
+                raise StoreCorruptError(
+                    f"{self.path}: the vector of chunk vid {vid} has {len(blob)} bytes, expected {4 * dimension}"
+                )
+            vectors[i] = np.frombuffer(blob, dtype=np.float32)
+        return vids, vectors
+
+    def all_vids(self) -> np.ndarray:
+        """Every live vid, ascending."""
+        rows = self._execute("SELECT vid FROM chunks ORDER BY vid")
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def filter_vids(self, filter: dict[str, Any]) -> np.ndarray:
+        """Vids of the chunks whose metadata match ``filter`` (see :mod:`memrag.store.metadata`)."""
+        sql, params = compile_filter(filter)
+        rows = self._execute(f"SELECT vid FROM chunks WHERE {sql}", params)
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def iter_rows(self, batch_size: int = 1000) -> Iterator[ChunkRow]:
+        """Every row, in vid order."""
+        last = -1
+        while True:
+            rows = self._execute(
+                f"SELECT {_ROW_COLUMNS} FROM {_ROW_FROM} WHERE c.vid > ? ORDER BY c.vid LIMIT ?", (last, batch_size)
+            )
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            yield from (ChunkRow.from_sql(r) for r in rows)
+
+    def shards(self) -> list[ShardRow]:
+        """Every registered shard."""
+        rows = self._execute("SELECT shard_id, file, num_slots, bytes, sha256 FROM shards ORDER BY shard_id")
+        return [ShardRow(*row) for row in rows]
+
+    def live_slots_by_shard(self) -> dict[int, int]:
+        """``shard_id -> slots still referenced by live chunks``."""
+        rows = self._execute(
+            "SELECT shard_id, COALESCE(SUM(slot_count), 0) FROM chunks WHERE shard_id IS NOT NULL GROUP BY shard_id"
+        )
+        return {int(s): int(n) for s, n in rows}
+
+    # ------------------------------------------------------------------ journal
+    def journal_head(self) -> int:
+        """Sequence number of the last journal entry ever written (0 if none)."""
+        rows = self._execute("SELECT seq FROM sqlite_sequence WHERE name = 'journal'")
+        return int(rows[0][0]) if rows else 0
+
+    def checkpoint_seq(self) -> int:
+        """Sequence number the newest index checkpoint is at (entries up to it are dropped)."""
+        return int(self.get_meta("index_checkpoint_seq") or 0)
+
+    def journal_since(self, seq: int) -> tuple[int, list[tuple[int, str, int]]]:
+        """``(head, entries)``: journal entries after ``seq``, read in one snapshot."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                entries = self._conn.execute(
+                    "SELECT seq, op, vid FROM journal WHERE seq > ? ORDER BY seq", (seq,)
+                ).fetchall()
+                head_rows = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'journal'").fetchall()
+                checkpoint = self._conn.execute("SELECT value FROM meta WHERE key = 'index_checkpoint_seq'").fetchall()
+            finally:
+                self._conn.execute("COMMIT")
+        head = int(head_rows[0][0]) if head_rows else 0
+        if checkpoint and int(checkpoint[0][0]) > seq:
+            raise LookupError(f"journal entries after {seq} were folded into checkpoint {checkpoint[0][0]}")
+        return head, entries
+
+    def counts(self) -> dict[str, int]:
+        """Chunk, slot, shard and flagged-chunk counts."""
+        chunks, slots, flagged, tokens = self._execute(
+            "SELECT COUNT(*), COALESCE(SUM(slot_count), 0), COALESCE(SUM(use_text), 0), "
+            "COALESCE(SUM(num_tokens), 0) FROM chunks"
+        )[0]
+        shards = self._execute("SELECT COUNT(*) FROM shards")[0][0]
+        return {"chunks": chunks, "slots": slots, "use_text": flagged, "tokens": tokens, "shards": shards}
+
+    def fidelity_values(self) -> np.ndarray:
+        """Every measured fidelity score."""
+        rows = self._execute("SELECT fidelity FROM chunks WHERE fidelity IS NOT NULL")
+        return np.fromiter((r[0] for r in rows), dtype=np.float64, count=len(rows))
+
+    def vacuum(self) -> None:
+        """Folds the WAL into the main file and rebuilds it without free pages."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("VACUUM")
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's own ``PRAGMA integrity_check`` findings (empty when fine)."""
+        rows = [r[0] for r in self._execute("PRAGMA integrity_check")]
+        return [] if rows == ["ok"] else rows

@@ -1,0 +1,50 @@
+"""Errors raised by the memory store."""
+
+from __future__ import annotations
+
+from memrag.compressor.model import CompressorMismatchError
+
+
+class StoreError(RuntimeError):
+    """Base class of the store's errors."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """The path is not a memrag store (no manifest), or the store does not exist."""
+
+
+class StoreExistsError(StoreError, FileExistsError):
+    """A store (or a non-empty directory) is already at the path given to ``create``."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written by a newer memrag (its format version is not supported)."""
+
+
+class StoreCorruptError(StoreError):
+    """A file of the store is missing, truncated or does not match its checksum."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the store's writer lock."""
+
+
+class StoreReadOnlyError(StoreError):
+    """A write was attempted on a store opened with ``read_only=True``."""
+
+
+class EmbedderMismatchError(StoreError, ValueError):
+    """The embedder given does not match the one the store's vectors were made with."""
+
+
+__all__ = [
+    "CompressorMismatchError",
+    "EmbedderMismatchError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreExistsError",
+    "StoreLockedError",
+    "StoreNotFoundError",
+    "StoreReadOnlyError",
+    "StoreVersionError",
+]

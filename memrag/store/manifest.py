@@ -1,0 +1,187 @@
+"""The store's manifest: what made the store and how to read it (``manifest.json``).
+
+The manifest is written atomically. Counts in it are informational (refreshed after each
+write); the SQLite database is the source of truth for what the store holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memrag.store.errors import StoreCorruptError, StoreNotFoundError, StoreVersionError
+from memrag.store.index import IndexSpec
+from memrag.utils.atomic import atomic_write_text
+from memrag.version import __version__
+
+#: Format of a store directory. Bump on incompatible changes; older memrag refuses newer.
+STORE_FORMAT_VERSION = 1
+STORE_FORMAT = "memrag-store"
+
+MANIFEST_NAME = "manifest.json"
+DATABASE_NAME = "store.sqlite"
+INDEX_DIR = "index"
+SHARDS_DIR = "shards"
+LOCK_NAME = ".write.lock"
+
+SLOT_DTYPES = ("float16", "bfloat16", "float32")
+FIDELITY_METHODS = ("reconstruct", "none")
+
+
+@dataclass
+class CompressorInfo:
+    """The compressor whose slots the store holds.
+
+    Attributes:
+        fingerprint: Its fingerprint; a store refuses any other compressor.
+        base_model: Name or path of its base model.
+        source: Directory or shipped name it was loaded from; ``None`` for an untrained
+            compressor built with ``Compressor.from_base`` (seed 0), which can be rebuilt.
+        slot_kind: ``"embedding"`` or ``"kv"``.
+        segment_length: Tokens per compressed segment.
+        compression_rate: Tokens per slot.
+        hidden_size: Width of a slot.
+    """
+
+    fingerprint: str
+    base_model: str
+    source: str | None
+    slot_kind: str
+    segment_length: int
+    compression_rate: int
+    hidden_size: int
+
+
+@dataclass
+class EmbedderInfo:
+    """The embedder the store's vectors were made with."""
+
+    id: str
+    dimension: int
+
+
+@dataclass
+class Options:
+    """Store-wide settings used when chunks are added.
+
+    Attributes:
+        slot_dtype: Dtype the slots are stored in (``float16`` by default).
+        fidelity: ``"reconstruct"`` (score each chunk by how well the frozen decoder
+            reconstructs it from its slots) or ``"none"``.
+        fidelity_threshold: Chunks scoring below it are flagged ``use_text``.
+        fidelity_max_tokens: Score at most this many tokens of a chunk.
+        chunk_tokens: Chunk length in compressor tokens (``None``: the segment length).
+        chunk_overlap: Tokens shared by consecutive chunks of a document (``None``: an
+            eighth of the chunk length).
+    """
+
+    slot_dtype: str = "float16"
+    fidelity: str = "reconstruct"
+    fidelity_threshold: float = 0.5
+    fidelity_max_tokens: int = 512
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.slot_dtype not in SLOT_DTYPES:
+            raise ValueError(f"slot_dtype must be one of {', '.join(SLOT_DTYPES)}, got {self.slot_dtype!r}")
+        if self.fidelity not in FIDELITY_METHODS:
+            raise ValueError(f"fidelity must be one of {', '.join(FIDELITY_METHODS)}, got {self.fidelity!r}")
+        if not 0.0 <= float(self.fidelity_threshold) <= 1.0:
+            raise ValueError(f"fidelity_threshold must be in [0, 1], got {self.fidelity_threshold}")
+        if self.fidelity_max_tokens < 1:
+            raise ValueError(f"fidelity_max_tokens must be >= 1, got {self.fidelity_max_tokens}")
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
+        if self.chunk_overlap is not None and (
+            self.chunk_overlap < 0 or (self.chunk_tokens is not None and self.chunk_overlap >= self.chunk_tokens)
+        ):
+            raise ValueError(f"chunk_overlap must be >= 0 and smaller than chunk_tokens, got {self.chunk_overlap}")
+
+
+@dataclass
+class Manifest:
+    """Contents of ``manifest.json``."""
+
+    compressor: CompressorInfo
+    embedder: EmbedderInfo
+    index: IndexSpec
+    options: Options = field(default_factory=Options)
+    counts: dict[str, int] = field(default_factory=dict)
+    format: str = STORE_FORMAT
+    format_version: int = STORE_FORMAT_VERSION
+    memrag_version: str = __version__
+    created: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "format": self.format,
+            "format_version": self.format_version,
+            "memrag_version": self.memrag_version,
+            "created": self.created,
+            "compressor": dataclasses.asdict(self.compressor),
+            "embedder": dataclasses.asdict(self.embedder),
+            "index": self.index.to_dict(),
+            "options": dataclasses.asdict(self.options),
+            "counts": dict(self.counts),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, path: Path | str = MANIFEST_NAME) -> "Manifest":
+        """Parses a manifest, refusing newer format versions and malformed content.
+
+        Raises:
+            StoreVersionError: written by a newer memrag.
+            StoreCorruptError: not a memrag store manifest, or a field is missing / invalid.
+        """
+        if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
+            raise StoreCorruptError(f"{path}: not a memrag store manifest (format is not {STORE_FORMAT!r})")
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise StoreCorruptError(f"{path}: format_version is missing or not an integer")
+        if version > STORE_FORMAT_VERSION:
+            raise StoreVersionError(
+                f"{path}: store format version {version} is newer than this memrag "
+                f"({__version__}) supports ({STORE_FORMAT_VERSION}); upgrade memrag to read it"
+            )
+        try:
+            return cls(
+                compressor=CompressorInfo(**data["compressor"]),
+                embedder=EmbedderInfo(**data["embedder"]),
+                index=IndexSpec.from_dict(data["index"]),
+                options=Options(**data.get("options", {})),
+                counts={str(k): int(v) for k, v in data.get("counts", {}).items()},
+                format=data["format"],
+                format_version=version,
+                memrag_version=str(data.get("memrag_version", "")),
+                created=float(data.get("created", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise StoreCorruptError(f"{path}: invalid manifest ({type(err).__name__}: {err})") from None
+
+    def save(self, directory: Path) -> None:
+        """Writes ``manifest.json`` into ``directory`` atomically."""
+        atomic_write_text(directory / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> "Manifest":
+        """Reads ``manifest.json`` from ``directory``.
+
+        Raises:
+            StoreNotFoundError: there is no manifest (not a store).
+            StoreVersionError: written by a newer memrag.
+            StoreCorruptError: unreadable or invalid.
+        """
+        path = Path(directory) / MANIFEST_NAME
+        if not path.is_file():
+            raise StoreNotFoundError(f"{directory} is not a memrag store: {MANIFEST_NAME} is missing")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise StoreCorruptError(f"{path}: unreadable manifest ({err})") from None
+        return cls.from_dict(data, path=path)

@@ -1,0 +1,1078 @@
+"""The memory store: chunks, FAISS vectors and pre-computed memory slots in one directory.
+
+Layout of a store directory::
+
+    manifest.json        what made the store (format version, compressor fingerprint,
+                         embedder id and dimension, index type, slot kind and dtype, counts)
+    store.sqlite         chunk text, metadata, fidelity, vectors, slot locations (WAL mode)
+    index/index-<seq>.faiss + .json
+                         FAISS index checkpoint after journal entry <seq>, with its SHA-256
+    shards/shard-<uuid>.safetensors
+                         memory slots of many chunks (memory-mapped on read)
+    .write.lock          the writer lock
+
+Consistency: a write (one batch of chunks) writes its slot shard atomically, then commits
+one SQLite transaction that inserts the chunks and journals their vector ids. The FAISS
+index on disk is a checkpoint plus that journal, so it can always be brought up to date;
+killing a writer at any point (even ``kill -9``) loses at most the uncommitted batch, and
+the files it leaves behind (temporary files, an unreferenced shard) are removed by the next
+writer. One writer at a time holds the file lock; any number of readers in other threads or
+processes search concurrently and catch up with the journal before each search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from memrag.slots import Slots
+from memrag.store.chunking import Chunker
+from memrag.store.database import ChunkRow, Database, NewChunk
+from memrag.store.embedder import Embedder, load_embedder
+from memrag.store.errors import (
+    CompressorMismatchError,
+    EmbedderMismatchError,
+    StoreCorruptError,
+    StoreExistsError,
+    StoreLockedError,
+    StoreReadOnlyError,
+)
+from memrag.store.index import (
+    IndexSpec,
+    VectorIndex,
+    list_checkpoints,
+    read_checkpoint,
+    write_checkpoint,
+)
+from memrag.store.manifest import (
+    DATABASE_NAME,
+    INDEX_DIR,
+    LOCK_NAME,
+    SHARDS_DIR,
+    CompressorInfo,
+    EmbedderInfo,
+    Manifest,
+    Options,
+)
+from memrag.store.metadata import RESERVED_KEYS, MetadataError, check_metadata, dumps
+from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch
+from memrag.store.records import ChunkRecord
+from memrag.store.shards import ShardReader, check_shard, write_shard
+from memrag.utils.atomic import atomic_directory
+from memrag.utils.torch_utils import dtype_name
+
+logger = logging.getLogger(__name__)
+
+#: Filtered searches on HNSW / IVF with at most this many candidates are done exactly.
+EXACT_FILTER_LIMIT = 20_000
+#: Index checkpoints are always written when the index is at most this big.
+_SMALL_INDEX_BYTES = 8 << 20
+
+
+class InvalidDocumentsError(ValueError):
+    """Some documents given to :meth:`MemoryStore.add` cannot be stored (nothing was written).
+
+    Attributes:
+        problems: ``(position, id, reason)`` for each bad document.
+    """
+
+    def __init__(self, problems: list[tuple[int, str | None, str]]) -> None:
+        self.problems = problems
+        shown = "; ".join(f"#{pos} (id {doc_id!r}): {reason}" for pos, doc_id, reason in problems[:10])
+        more = f"; ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        super().__init__(f"cannot add {len(problems)} document(s), nothing was written: {shown}{more}")
+
+
+@dataclass
+class CompactReport:
+    """What :meth:`MemoryStore.compact` did."""
+
+    shards_before: int
+    shards_after: int
+    shard_bytes_before: int
+    shard_bytes_after: int
+    slots_dropped: int
+    tombstones_dropped: int
+    index_structure: str
+
+    def summary(self) -> str:
+        """One line for people."""
+        return (
+            f"shards {self.shards_before} -> {self.shards_after}, slot bytes {self.shard_bytes_before:,} -> "
+            f"{self.shard_bytes_after:,} ({self.slots_dropped} dead slots dropped), "
+            f"{self.tombstones_dropped} index tombstones dropped, index {self.index_structure}"
+        )
+
+
+def _document_fields(item: Any) -> tuple[Any, Any, Any]:
+    """``(text, metadata, id)`` of a string or a LangChain-style Document."""
+    if isinstance(item, str):
+        return item, None, None
+    if hasattr(item, "page_content"):
+        return item.page_content, getattr(item, "metadata", None), getattr(item, "id", None)
+    return item, None, None
+
+
+def _load_compressor(spec: Any, device: str | None, dtype: Any) -> Any:
+    from memrag.compressor import Compressor
+
+    if spec is None or isinstance(spec, (str, os.PathLike)):
+        return Compressor.from_pretrained(None if spec is None else str(spec), device=device, dtype=dtype)
+    return spec
+
+
+class MemoryStore:
+    """A directory of chunks with their vectors and memory slots. Use :meth:`create` / :meth:`open`.
+
+    Thread-safe: searches may run from many threads while one thread writes.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        database: Database,
+        *,
+        compressor: Any | None = None,
+        embedder: Embedder | None = None,
+        read_only: bool = False,
+        lock_timeout: float = 30.0,
+        device: str | None = "cpu",
+        dtype: Any = None,
+    ) -> None:
+        import filelock
+
+        self.path = Path(path)
+        self.manifest = manifest
+        self.db = database
+        self.read_only = read_only
+        self.lock_timeout = lock_timeout
+        self._device = device
+        self._dtype = dtype
+        self._compressor = compressor
+        self._embedder = embedder
+        self._processor: ChunkProcessor | None = None
+        self._chunker: Chunker | None = None
+        self._shards = ShardReader(self.path / SHARDS_DIR)
+        self._file_lock = filelock.FileLock(str(self.path / LOCK_NAME)) if not read_only else None
+        self._write_lock = threading.RLock()
+        self._write_depth = 0
+        self._cleaned = False
+        self._index_lock = threading.RLock()
+        self._index: VectorIndex
+        self._applied_seq = 0
+        self._closed = False
+        self._dirty = False
+        #: True when :meth:`open` had to rebuild the index (``rebuild_index=True``).
+        self.index_was_rebuilt = False
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        compressor: Any = None,
+        embedder: Embedder | str | None = None,
+        *,
+        index: str | IndexSpec = "flat",
+        index_options: Mapping[str, Any] | None = None,
+        slot_dtype: str = "float16",
+        fidelity: str = "reconstruct",
+        fidelity_threshold: float = 0.5,
+        fidelity_max_tokens: int = 512,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        lock_timeout: float = 30.0,
+        device: str | None = "cpu",
+        dtype: Any = None,
+    ) -> "MemoryStore":
+        """Creates an empty store at ``path`` (which must not exist, or be an empty directory).
+
+        Args:
+            path: The store directory.
+            compressor: A :class:`~memrag.compressor.Compressor`, a compressor directory or
+                shipped name, or ``None`` for the trained default shipped with memrag.
+            embedder: An embedder, an embedder id (``"hashing:256"``, a sentence-transformers
+                name or path), or ``None`` for all-MiniLM-L6-v2 from its pip package.
+            index: ``"flat"`` (exact, default), ``"hnsw"`` or ``"ivf"``, or an :class:`IndexSpec`.
+            index_options: Extra :class:`IndexSpec` fields (``hnsw_m``, ``ivf_nprobe``, ...).
+            slot_dtype: ``"float16"`` (default), ``"bfloat16"`` or ``"float32"``.
+            fidelity: ``"reconstruct"`` (score chunks at index time) or ``"none"``.
+            fidelity_threshold: Chunks scoring below it get ``use_text=True``.
+            fidelity_max_tokens: Tokens scored per chunk at most.
+            chunk_tokens: Chunk length for documents added with ``chunk=True`` and by the
+                indexing job (default: the compressor's segment length).
+            chunk_overlap: Tokens shared by consecutive chunks (default: an eighth of a chunk).
+            lock_timeout: Seconds to wait for the writer lock before raising.
+            device: Device for models loaded here.
+            dtype: Dtype for a compressor loaded here.
+
+        Raises:
+            StoreExistsError: ``path`` exists and is not an empty directory.
+        """
+        target = Path(path)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise StoreExistsError(f"cannot create a store at {target}: it exists and is not an empty directory")
+        compressor = _load_compressor(compressor, device, dtype)
+        embedder = load_embedder(embedder, device=device)
+        spec = index if isinstance(index, IndexSpec) else IndexSpec(type=index, **dict(index_options or {}))
+        options = Options(
+            slot_dtype=slot_dtype,
+            fidelity=fidelity,
+            fidelity_threshold=fidelity_threshold,
+            fidelity_max_tokens=fidelity_max_tokens,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+        )
+        config = compressor.config
+        manifest = Manifest(
+            compressor=CompressorInfo(
+                fingerprint=compressor.fingerprint,
+                base_model=config.base_model,
+                source=getattr(compressor, "source", None),
+                slot_kind=config.slot_kind,
+                segment_length=config.segment_length,
+                compression_rate=config.compression_rate,
+                hidden_size=compressor.hidden_size,
+            ),
+            embedder=EmbedderInfo(id=embedder.model_id, dimension=int(embedder.dimension)),
+            index=spec,
+            options=options,
+        )
+        if target.is_dir():
+            target.rmdir()  # empty: replaced atomically below
+        with atomic_directory(target) as tmp:
+            (tmp / SHARDS_DIR).mkdir()
+            Database(tmp / DATABASE_NAME, create=True).close()
+            write_checkpoint(tmp / INDEX_DIR, 0, VectorIndex(spec, manifest.embedder.dimension))
+            manifest.counts = {"chunks": 0, "slots": 0, "use_text": 0, "tokens": 0, "shards": 0}
+            manifest.save(tmp)
+        logger.info("created store %s (compressor %s, embedder %s)", target, compressor.fingerprint, embedder.model_id)
+        return cls.open(target, compressor, embedder, lock_timeout=lock_timeout, device=device, dtype=dtype)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        compressor: Any = None,
+        embedder: Embedder | str | None = None,
+        read_only: bool = False,
+        *,
+        check: bool | str = True,
+        rebuild_index: bool = False,
+        lock_timeout: float = 30.0,
+        device: str | None = "cpu",
+        dtype: Any = None,
+    ) -> "MemoryStore":
+        """Opens an existing store.
+
+        The compressor and embedder named in the manifest are loaded on first use when not
+        given (searching needs only the embedder; reading slots needs neither).
+
+        Args:
+            path: The store directory.
+            compressor: The store's compressor (instance, directory or shipped name); one with
+                a different fingerprint is refused.
+            embedder: The store's embedder (instance or id); a different one is refused.
+            read_only: Open for reading only (no lock, no writes).
+            check: ``True``: check every slot shard's size and header (cheap); ``"full"``:
+                also their SHA-256 (reads every shard); ``False``: no check.
+            rebuild_index: When the index cannot be loaded, rebuild it from the database
+                instead of raising (not for ``read_only``).
+            lock_timeout: Seconds a write waits for the writer lock.
+            device: Device for models loaded by the store.
+            dtype: Dtype for a compressor loaded by the store.
+
+        Raises:
+            StoreNotFoundError: no store at ``path``.
+            StoreVersionError: the store was written by a newer memrag.
+            StoreCorruptError: a file is missing, truncated or corrupt (nothing is modified).
+            CompressorMismatchError: ``compressor`` differs from the store's (both fingerprints named).
+            EmbedderMismatchError: ``embedder`` differs from the store's.
+        """
+        root = Path(path)
+        manifest = Manifest.load(root)
+        if compressor is not None:
+            compressor = _load_compressor(compressor, device, dtype)
+            _check_compressor(root, manifest, compressor)
+        if embedder is not None:
+            embedder = load_embedder(embedder, device=device)
+            _check_embedder(root, manifest, embedder)
+        database = Database(root / DATABASE_NAME, read_only=read_only)
+        store = cls(
+            root,
+            manifest,
+            database,
+            compressor=compressor,
+            embedder=embedder,
+            read_only=read_only,
+            lock_timeout=lock_timeout,
+            device=device,
+            dtype=dtype,
+        )
+        try:
+            if check:
+                store._check_shards(full=check == "full")
+            try:
+                store._index, store._applied_seq = store._load_index()
+            except StoreCorruptError as err:
+                if not rebuild_index or read_only:
+                    raise
+                logger.warning("%s; rebuilding the index from the database", err)
+                store._index, store._applied_seq = VectorIndex(manifest.index, manifest.embedder.dimension), 0
+                store._applied_seq = database.journal_head()
+                with store.writing():
+                    store._rebuild_index()
+                store.index_was_rebuilt = True
+        except BaseException:
+            database.close()
+            raise
+        return store
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, compressor: Any = None, embedder: Any = None, **options: Any) -> "MemoryStore":
+        """Opens the store at ``path`` if there is one (checking the compressor), else creates it.
+
+        ``options`` are :meth:`create`'s keyword arguments; for an existing store only
+        ``lock_timeout``, ``device`` and ``dtype`` apply.
+        """
+        root = Path(path)
+        if (root / "manifest.json").is_file():
+            keep = {k: v for k, v in options.items() if k in ("lock_timeout", "device", "dtype")}
+            return cls.open(root, compressor, embedder, **keep)
+        return cls.create(root, compressor, embedder, **options)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def compressor(self) -> Any:
+        """The store's compressor (loaded from the manifest's source on first use)."""
+        if self._compressor is None:
+            self._compressor = self._load_manifest_compressor()
+        return self._compressor
+
+    @property
+    def embedder(self) -> Embedder:
+        """The store's embedder (loaded from the manifest's id on first use)."""
+        if self._embedder is None:
+            embedder = load_embedder(self.manifest.embedder.id, device=self._device)
+            _check_embedder(self.path, self.manifest, embedder)
+            self._embedder = embedder
+        return self._embedder
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the compressor whose slots the store holds."""
+        return self.manifest.compressor.fingerprint
+
+    @property
+    def dimension(self) -> int:
+        """Width of the store's vectors."""
+        return self.manifest.embedder.dimension
+
+    @property
+    def chunker(self) -> Chunker:
+        """Token-aware chunker with the store's chunk length and overlap."""
+        if self._chunker is None:
+            options = self.manifest.options
+            size = options.chunk_tokens or self.manifest.compressor.segment_length
+            overlap = size // 8 if options.chunk_overlap is None else min(options.chunk_overlap, size - 1)
+            self._chunker = Chunker(self.compressor.tokenizer, size, overlap)
+        return self._chunker
+
+    @property
+    def processor(self) -> ChunkProcessor:
+        """The embed / compress / score step used by :meth:`add`."""
+        if self._processor is None:
+            self._processor = self.make_processor(self.compressor, self.embedder)
+        return self._processor
+
+    def make_processor(self, compressor: Any, embedder: Embedder, *, compress_batch_size: int = 16) -> ChunkProcessor:
+        """A :class:`ChunkProcessor` with this store's slot dtype and fidelity settings."""
+        options = self.manifest.options
+        return ChunkProcessor(
+            compressor,
+            embedder,
+            slot_dtype=options.slot_dtype,
+            compress_batch_size=compress_batch_size,
+            fidelity=options.fidelity,
+            fidelity_max_tokens=options.fidelity_max_tokens,
+        )
+
+    def __len__(self) -> int:
+        return self.db.counts()["chunks"]
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return isinstance(chunk_id, str) and bool(self.db.content_hashes([chunk_id]))
+
+    def __enter__(self) -> "MemoryStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({str(self.path)!r}, index={self.manifest.index.type!r}, read_only={self.read_only})"
+
+    # ------------------------------------------------------------------ reading
+    def get(self, ids: Sequence[str], with_slots: bool = True) -> list[ChunkRecord]:
+        """The chunks with these ids, in the requested order; unknown ids are absent.
+
+        A repeated id is returned once, at its first position.
+        """
+        if isinstance(ids, str):
+            ids = [ids]
+        rows = self.db.rows_by_ids(list(ids))
+        ordered = [rows[i] for i in dict.fromkeys(ids) if i in rows]
+        return self._records(ordered, with_slots)
+
+    def search(
+        self, query: str, k: int = 4, filter: dict | None = None, with_slots: bool = True
+    ) -> list[ChunkRecord]:
+        """The ``k`` chunks closest to ``query`` (score: cosine similarity, higher is closer).
+
+        Args:
+            query: The query text (embedded with the store's embedder).
+            k: Number of results.
+            filter: Metadata filter (see :mod:`memrag.store.metadata`), e.g. ``{"lang": "en"}``.
+            with_slots: Also load each chunk's slots.
+        """
+        return self.search_by_vector(self.embedder.embed_query(query), k, filter, with_slots)
+
+    def search_by_vector(
+        self, vector: Sequence[float] | np.ndarray, k: int = 4, filter: dict | None = None, with_slots: bool = True
+    ) -> list[ChunkRecord]:
+        """Like :meth:`search`, for a query vector of the store's dimension."""
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != self.dimension:
+            raise ValueError(f"query vector has dimension {query.shape[1]}, the store's vectors {self.dimension}")
+        if k <= 0:
+            return []
+        self.refresh()
+        allowed = None
+        if filter:
+            allowed = self.db.filter_vids(filter)
+            if len(allowed) == 0:
+                return []
+        with self._index_lock:
+            index = self._index
+            if allowed is not None and index.structure != "flat" and len(allowed) <= EXACT_FILTER_LIMIT:
+                scores, vids = self._exact_search(query[0], allowed, k)
+            else:
+                scores, vids = index.search(query, k, allowed=allowed)
+                scores, vids = scores[0], vids[0]
+        hits = [(int(v), float(s)) for v, s in zip(vids, scores) if v >= 0]
+        rows = self.db.rows_by_vids([v for v, _ in hits])
+        found = [(rows[v], s) for v, s in hits if v in rows]
+        records = self._records([row for row, _ in found], with_slots)
+        for record, (_, score) in zip(records, found):
+            record.score = score
+        return records
+
+    def _exact_search(self, query: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from memrag.store.index import normalize
+
+        vids, vectors = self.db.vectors(allowed.tolist(), self.dimension)
+        scores = normalize(vectors) @ normalize(query)[0] if len(vids) else np.zeros(0, dtype=np.float32)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return scores[top], vids[top]
+
+    def _records(self, rows: list[ChunkRow], with_slots: bool) -> list[ChunkRecord]:
+        slots = self._read_slots(rows) if with_slots else {}
+        return [
+            ChunkRecord(
+                id=row.id,
+                text=row.text,
+                metadata=row.metadata,
+                slots=slots.get(row.vid),
+                use_text=row.use_text,
+                fidelity=row.fidelity,
+            )
+            for row in rows
+        ]
+
+    def _read_slots(self, rows: list[ChunkRow], *, retry: bool = True) -> dict[int, Slots]:
+        info = self.manifest.compressor
+        result: dict[int, Slots] = {}
+        for row in rows:
+            if row.shard_file is None or not row.slot_count:
+                continue
+            try:
+                tensor = self._shards.read(row.shard_file, int(row.slot_start or 0), int(row.slot_count))
+            except FileNotFoundError:
+                if not retry:
+                    raise StoreCorruptError(f"slot shard {row.shard_file} of chunk {row.id!r} is missing") from None
+                # A concurrent compaction moved the slots: read the rows' new locations.
+                self._shards.forget()
+                fresh = self.db.rows_by_vids([r.vid for r in rows])
+                return self._read_slots([fresh[r.vid] for r in rows if r.vid in fresh], retry=False)
+            result[row.vid] = Slots(
+                tensor=tensor,
+                kind=info.slot_kind,
+                fingerprint=info.fingerprint,
+                num_tokens=row.num_tokens,
+                segment_slot_counts=list(row.segment_slot_counts),
+            )
+        return result
+
+    # ------------------------------------------------------------------ writing
+    @contextlib.contextmanager
+    def writing(self) -> Iterator["MemoryStore"]:
+        """Holds the writer lock for a series of writes (re-entrant).
+
+        Raises:
+            StoreReadOnlyError: the store was opened read-only.
+            StoreLockedError: another process holds the lock longer than ``lock_timeout``.
+        """
+        import filelock
+
+        if self.read_only or self._file_lock is None:
+            raise StoreReadOnlyError(f"{self.path} was opened read-only")
+        with self._write_lock:
+            if self._write_depth == 0:
+                try:
+                    self._file_lock.acquire(timeout=self.lock_timeout)
+                except filelock.Timeout:
+                    raise StoreLockedError(
+                        f"{self.path} is being written by another process (lock {self._file_lock.lock_file}); "
+                        f"waited {self.lock_timeout:.0f}s"
+                    ) from None
+                try:
+                    if not self._cleaned:
+                        self._remove_debris()
+                        self._cleaned = True
+                    self.refresh()
+                except BaseException:
+                    self._file_lock.release()
+                    raise
+            self._write_depth += 1
+            self._dirty = True
+            try:
+                yield self
+            finally:
+                self._write_depth -= 1
+                if self._write_depth == 0:
+                    try:
+                        self._maybe_checkpoint()
+                        self._save_counts()
+                    finally:
+                        self._file_lock.release()
+
+    def add(
+        self,
+        texts_or_documents: Iterable[Any] | str,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        chunk: bool = False,
+        batch_size: int = 64,
+        show_progress: bool = False,
+    ) -> list[str]:
+        """Compresses, embeds and stores documents; re-adding an id replaces it.
+
+        Args:
+            texts_or_documents: Strings, or LangChain-style documents (``page_content``,
+                ``metadata``, optional ``id``).
+            ids: One id per document (default: the document's ``id``, else a new UUID).
+            metadatas: One metadata dict per document (default: the document's metadata).
+                Values must be JSON (str, int, float, bool, None, lists, dicts).
+            chunk: Cut each document into token windows (ids ``<id>#<n>``, metadata with
+                ``source_id`` and character offsets); a re-added document's old chunks go.
+                Without it each document is stored as one chunk (several segments of slots
+                if it is long).
+            batch_size: Chunks per committed batch.
+            show_progress: Show a progress bar.
+
+        Returns:
+            The ids of the stored chunks, in input order.
+
+        Raises:
+            InvalidDocumentsError: some documents are empty, not text, have duplicate ids or
+                bad metadata; nothing is written and every problem is listed.
+        """
+        if isinstance(texts_or_documents, str):
+            texts_or_documents = [texts_or_documents]
+        items = list(texts_or_documents)
+        inputs, sources = self._prepare(items, ids, metadatas, chunk)
+        if not inputs:
+            return []
+        with self.writing():
+            stale = []
+            if sources:
+                keep = {c.id for c in inputs}
+                stale = [i for i in self.db.ids_of_sources(sources) if i not in keep]
+            self.add_chunks(inputs, batch_size=batch_size, show_progress=show_progress, delete_ids=stale)
+        return [c.id for c in inputs]
+
+    def add_chunks(
+        self,
+        chunks: Sequence[ChunkInput],
+        *,
+        batch_size: int = 64,
+        show_progress: bool = False,
+        delete_ids: Sequence[str] = (),
+    ) -> None:
+        """Processes and writes prepared chunks, ``batch_size`` per committed batch."""
+        from memrag.utils.progress import progress
+
+        order = sorted(range(len(chunks)), key=lambda i: len(chunks[i].text), reverse=True)
+        with self.writing(), progress(
+            total=len(chunks), desc="adding", unit="chunk", disable=not show_progress
+        ) as bar:
+            if delete_ids:
+                self.delete(delete_ids)
+            for start in range(0, len(order), batch_size):
+                batch = [chunks[i] for i in order[start : start + batch_size]]
+                self.write(self.processor.process(batch))
+                bar.update(len(batch))
+
+    def _prepare(
+        self,
+        items: list[Any],
+        ids: Sequence[str] | None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None,
+        chunk: bool,
+    ) -> tuple[list[ChunkInput], list[str]]:
+        if ids is not None and len(ids) != len(items):
+            raise ValueError(f"got {len(items)} documents but {len(ids)} ids")
+        if metadatas is not None and len(metadatas) != len(items):
+            raise ValueError(f"got {len(items)} documents but {len(metadatas)} metadatas")
+        problems: list[tuple[int, str | None, str]] = []
+        inputs: list[ChunkInput] = []
+        sources: list[str] = []
+        seen: dict[str, int] = {}
+        for pos, item in enumerate(items):
+            text, doc_metadata, doc_id = _document_fields(item)
+            if ids is not None:
+                doc_id = ids[pos]
+            doc_id = doc_id if doc_id is not None else uuid.uuid4().hex
+            if not isinstance(doc_id, str) or not doc_id:
+                problems.append((pos, None, f"id must be a non-empty string, got {doc_id!r}"))
+                continue
+            if doc_id in seen:
+                problems.append((pos, doc_id, f"duplicate id (also at #{seen[doc_id]})"))
+                continue
+            seen[doc_id] = pos
+            if not isinstance(text, str):
+                problems.append((pos, doc_id, f"text must be a string, got {type(text).__name__}"))
+                continue
+            if not text.strip():
+                problems.append((pos, doc_id, "empty or whitespace-only text"))
+                continue
+            try:
+                metadata = check_metadata(metadatas[pos] if metadatas is not None else doc_metadata, reserved_ok=not chunk)
+            except MetadataError as err:
+                problems.append((pos, doc_id, str(err)))
+                continue
+            if chunk:
+                inputs.extend(document_chunks(self.chunker, doc_id, text, metadata))
+                sources.append(doc_id)
+            else:
+                inputs.append(ChunkInput(doc_id, text, metadata))
+        if problems:
+            raise InvalidDocumentsError(problems)
+        return inputs, sources
+
+    def write(self, batch: ProcessedBatch) -> list[int]:
+        """Writes a processed batch: one slot shard, one transaction; replaces existing ids.
+
+        Returns:
+            The new vector ids of the chunks.
+
+        Raises:
+            CompressorMismatchError: the slots were made by another compressor.
+            EmbedderMismatchError: the vectors were made by another embedder.
+            ValueError: the batch is inconsistent with the store (shapes, dtype).
+        """
+        self._check_batch(batch)
+        if not batch.chunks:
+            return []
+        threshold = self.manifest.options.fidelity_threshold
+        with self.writing():
+            shard = None
+            if batch.slots.shape[0]:
+                shard = write_shard(
+                    self.path / SHARDS_DIR, batch.slots, fingerprint=batch.fingerprint, slot_kind=batch.slot_kind
+                )
+            try:
+                offsets = np.concatenate([[0], np.cumsum(batch.slot_counts)]).tolist()
+                new = [
+                    NewChunk(
+                        id=c.id,
+                        source_id=c.source_id,
+                        text=c.text,
+                        metadata_json=dumps(c.metadata),
+                        content_hash=c.content_hash,
+                        num_tokens=batch.num_tokens[i],
+                        fidelity=batch.fidelity[i],
+                        use_text=batch.fidelity[i] is not None and batch.fidelity[i] < threshold,
+                        vector=batch.vectors[i],
+                        slot_start=int(offsets[i]) if shard else None,
+                        slot_count=int(batch.slot_counts[i]) if shard else None,
+                        segment_slot_counts=list(batch.segment_slot_counts[i]),
+                    )
+                    for i, c in enumerate(batch.chunks)
+                ]
+                with self.db.transaction() as conn:
+                    if shard is not None:
+                        shard_id = Database.insert_shard(conn, shard.file, shard.num_slots, shard.bytes, shard.sha256)
+                        for chunk in new:
+                            chunk.shard_id = shard_id
+                    removed = Database.delete_ids(conn, [c.id for c in new])
+                    vids = Database.insert_chunks(conn, new)
+            except BaseException:
+                if shard is not None:
+                    (self.path / SHARDS_DIR / shard.file).unlink(missing_ok=True)
+                raise
+            with self._index_lock:
+                self._index.remove(np.asarray(removed, dtype=np.int64))
+                self._index.add(np.asarray(vids, dtype=np.int64), batch.vectors)
+                self._applied_seq = self.db.journal_head()
+            self._maybe_checkpoint()
+        return vids
+
+    def _check_batch(self, batch: ProcessedBatch) -> None:
+        if batch.fingerprint != self.fingerprint:
+            raise CompressorMismatchError(
+                f"slots made by compressor {batch.fingerprint} cannot go into {self.path}, "
+                f"which holds slots of compressor {self.fingerprint}"
+            )
+        if batch.embedder_id != self.manifest.embedder.id:
+            raise EmbedderMismatchError(
+                f"vectors made by embedder {batch.embedder_id!r} cannot go into {self.path}, "
+                f"whose embedder is {self.manifest.embedder.id!r}"
+            )
+        n = len(batch.chunks)
+        if batch.vectors.shape != (n, self.dimension):
+            raise ValueError(f"expected vectors of shape ({n}, {self.dimension}), got {tuple(batch.vectors.shape)}")
+        if dtype_name(batch.slots.dtype) != self.manifest.options.slot_dtype:
+            raise ValueError(f"slots are {dtype_name(batch.slots.dtype)}, the store keeps {self.manifest.options.slot_dtype}")
+        if n and batch.slots.shape[-1] != self.manifest.compressor.hidden_size:
+            raise ValueError(f"slots have width {batch.slots.shape[-1]}, expected {self.manifest.compressor.hidden_size}")
+        if sum(batch.slot_counts) != batch.slots.shape[0] or not (
+            len(batch.slot_counts) == len(batch.fidelity) == len(batch.num_tokens) == n
+        ):
+            raise ValueError("inconsistent batch: slot counts, fidelity or token counts do not match the chunks")
+
+    def delete(self, ids: Sequence[str] | None) -> int:
+        """Deletes chunks by id; unknown ids are ignored. Returns how many were deleted."""
+        if ids is None:
+            return 0
+        if isinstance(ids, str):
+            ids = [ids]
+        with self.writing():
+            with self.db.transaction() as conn:
+                vids = Database.delete_ids(conn, list(ids))
+            with self._index_lock:
+                self._index.remove(np.asarray(vids, dtype=np.int64))
+                self._applied_seq = self.db.journal_head()
+        return len(vids)
+
+    def delete_sources(self, source_ids: Sequence[str]) -> int:
+        """Deletes every chunk cut from the given documents. Returns how many were deleted."""
+        return self.delete(self.db.ids_of_sources(list(source_ids)))
+
+    def set_fidelity_threshold(self, threshold: float) -> int:
+        """Re-flags every chunk against a new threshold. Returns how many are now ``use_text``."""
+        options = Options(**{**self.manifest.options.__dict__, "fidelity_threshold": float(threshold)})
+        with self.writing():
+            with self.db.transaction() as conn:
+                conn.execute(
+                    "UPDATE chunks SET use_text = (fidelity IS NOT NULL AND fidelity < ?)", (options.fidelity_threshold,)
+                )
+            self.manifest.options = options
+        return self.db.counts()["use_text"]
+
+    # ------------------------------------------------------------------ index upkeep
+    def refresh(self) -> None:
+        """Brings the in-memory index up to date with other writers' committed changes."""
+        with self._index_lock:
+            try:
+                head, entries = self.db.journal_since(self._applied_seq)
+            except LookupError:  # folded into a newer checkpoint (e.g. after a compaction)
+                self._index, self._applied_seq = self._load_index()
+                return
+            if entries:
+                self._replay(self._index, entries)
+            self._applied_seq = max(self._applied_seq, head)
+
+    def _replay(self, index: VectorIndex, entries: list[tuple[int, str, int]]) -> None:
+        added = {vid for _, op, vid in entries if op == "add"}
+        deleted = {vid for _, op, vid in entries if op == "del"}
+        index.remove(np.fromiter(deleted - added, dtype=np.int64))
+        vids, vectors = self.db.vectors(sorted(added - deleted), self.dimension)
+        index.add(vids, vectors)
+
+    def _load_index(self) -> tuple[VectorIndex, int]:
+        directory = self.path / INDEX_DIR
+        required = self.db.checkpoint_seq()
+        usable = [c for c in list_checkpoints(directory) if c.seq >= required]
+        if not usable:
+            raise StoreCorruptError(
+                f"{directory}: no index checkpoint at or after journal entry {required}; "
+                "`memrag index verify --repair` rebuilds the index from the database"
+            )
+        newest = usable[-1]
+        index = read_checkpoint(newest, self.manifest.index, self.dimension)
+        head, entries = self.db.journal_since(newest.seq)
+        if entries:
+            self._replay(index, entries)
+        return index, max(newest.seq, head)
+
+    def _maybe_checkpoint(self, force: bool = False) -> None:
+        if self.read_only:
+            return
+        with self._index_lock:
+            pending = self._applied_seq - self.db.checkpoint_seq()
+            if pending <= 0 and not self._index.wants_training():
+                return
+            size = self._index.ntotal * self.dimension * 4
+            due = force or size <= _SMALL_INDEX_BYTES or pending >= max(10_000, self._index.ntotal // 4)
+            if not due:
+                return
+            if self._index.wants_training():
+                self._rebuild_index()
+                return
+            self._write_checkpoint()
+
+    def _write_checkpoint(self) -> None:
+        directory = self.path / INDEX_DIR
+        seq = self._applied_seq
+        checkpoint = write_checkpoint(directory, seq, self._index)
+        with self.db.transaction() as conn:
+            Database.set_meta(conn, "index_checkpoint_seq", str(seq))
+            conn.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
+        for old in list_checkpoints(directory):
+            if old.seq < checkpoint.seq:
+                old.file.unlink(missing_ok=True)
+                old.sidecar.unlink(missing_ok=True)
+        logger.info("index checkpoint %s (%d vectors)", checkpoint.file.name, checkpoint.ntotal)
+
+    def _rebuild_index(self) -> None:
+        """Rebuilds the FAISS index from the database's vectors and checkpoints it."""
+        with self._index_lock:
+            self._applied_seq = self.db.journal_head()
+            vids, vectors = self.db.all_vectors(self.dimension)
+            self._index = VectorIndex.build(self.manifest.index, self.dimension, vids, vectors)
+            self._write_checkpoint()
+
+    def flush(self) -> None:
+        """Writes an index checkpoint now if the journal has entries after the last one."""
+        if not self.read_only:
+            with self.writing():
+                self._maybe_checkpoint(force=True)
+
+    # ------------------------------------------------------------------ maintenance
+    def compact(self, *, target_shard_slots: int = 65_536) -> CompactReport:
+        """Rewrites slot shards without deleted slots, merges small shards, rebuilds the index.
+
+        Concurrent readers keep working: they re-read a chunk's location when its old shard
+        has gone.
+        """
+        with self.writing():
+            before = self.db.shards()
+            live = self.db.live_slots_by_shard()
+            rewrite = [s for s in before if live.get(s.shard_id, 0) < s.num_slots or s.num_slots < target_shard_slots // 2]
+            dropped = sum(s.num_slots - live.get(s.shard_id, 0) for s in rewrite)
+            self._rewrite_shards(rewrite, target_shard_slots)
+            tombstones = len(self._index.tombstones)
+            self._rebuild_index()
+            self.db.vacuum()
+            after = self.db.shards()
+            return CompactReport(
+                shards_before=len(before),
+                shards_after=len(after),
+                shard_bytes_before=sum(s.bytes for s in before),
+                shard_bytes_after=sum(s.bytes for s in after),
+                slots_dropped=dropped,
+                tombstones_dropped=tombstones,
+                index_structure=self._index.structure,
+            )
+
+    def _rewrite_shards(self, shards: list, target_slots: int) -> None:
+        info = self.manifest.compressor
+        pending_rows: list[ChunkRow] = []
+        pending_tensors: list[torch.Tensor] = []
+        pending_old: list = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal size
+            files = [s.file for s in pending_old]
+            if pending_rows:
+                shard = write_shard(
+                    self.path / SHARDS_DIR, torch.cat(pending_tensors), fingerprint=info.fingerprint, slot_kind=info.slot_kind
+                )
+            with self.db.transaction() as conn:
+                if pending_rows:
+                    shard_id = Database.insert_shard(conn, shard.file, shard.num_slots, shard.bytes, shard.sha256)
+                    start = 0
+                    for row in pending_rows:
+                        conn.execute(
+                            "UPDATE chunks SET shard_id = ?, slot_start = ? WHERE vid = ?", (shard_id, start, row.vid)
+                        )
+                        start += int(row.slot_count or 0)
+                conn.executemany("DELETE FROM shards WHERE shard_id = ?", [(s.shard_id,) for s in pending_old])
+            self._shards.forget(set(files))
+            for name in files:
+                (self.path / SHARDS_DIR / name).unlink(missing_ok=True)
+            pending_rows.clear()
+            pending_tensors.clear()
+            pending_old.clear()
+            size = 0
+
+        for shard in shards:
+            rows = self.db.rows_by_shard(shard.shard_id)
+            for row in rows:
+                pending_tensors.append(self._shards.read(shard.file, int(row.slot_start or 0), int(row.slot_count or 0)))
+                pending_rows.append(row)
+                size += int(row.slot_count or 0)
+            pending_old.append(shard)
+            if size >= target_slots:
+                flush()
+        if pending_old:
+            flush()
+
+    def _remove_debris(self) -> None:
+        """Removes what interrupted writers left: temporary files and unreferenced shards."""
+        known = {s.file for s in self.db.shards()}
+        removed = 0
+        for directory in (self.path, self.path / SHARDS_DIR, self.path / INDEX_DIR):
+            if not directory.is_dir():
+                continue
+            for entry in directory.iterdir():
+                stray_tmp = entry.name.startswith(".") and entry.name.endswith(".tmp")
+                stray_shard = directory.name == SHARDS_DIR and entry.suffix == ".safetensors" and entry.name not in known
+                if stray_tmp or stray_shard:
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            logger.warning("removed %d file(s) left by an interrupted write in %s", removed, self.path)
+
+    def _check_shards(self, *, full: bool = False) -> None:
+        from memrag.utils.atomic import sha256_file
+
+        for shard in self.db.shards():
+            path = self.path / SHARDS_DIR / shard.file
+            check_shard(path, num_slots=shard.num_slots, size=shard.bytes, fingerprint=self.fingerprint)
+            if full and sha256_file(path) != shard.sha256:
+                raise StoreCorruptError(f"slot shard {path} does not match its checksum (corrupt)")
+
+    def _save_counts(self) -> None:
+        self.manifest.counts = self.db.counts()
+        self.manifest.save(self.path)
+
+    def _load_manifest_compressor(self) -> Any:
+        from memrag.compressor import Compressor
+
+        info = self.manifest.compressor
+        try:
+            if info.source:
+                compressor = Compressor.from_pretrained(info.source, device=self._device, dtype=self._dtype)
+            else:
+                compressor = Compressor.from_base(info.base_model, device=self._device, dtype=self._dtype)
+        except (OSError, ValueError) as err:
+            raise CompressorMismatchError(
+                f"cannot load the compressor of {self.path} (fingerprint {info.fingerprint}, "
+                f"source {info.source or 'untrained over ' + info.base_model}): {err}; pass compressor="
+            ) from err
+        _check_compressor(self.path, self.manifest, compressor)
+        return compressor
+
+    def info(self) -> dict[str, Any]:
+        """Manifest, live counts, fidelity statistics and disk usage."""
+        counts = self.db.counts()
+        fidelity = self.db.fidelity_values()
+        quantiles = (
+            dict(zip(("min", "p10", "p50", "p90", "max"), np.quantile(fidelity, [0, 0.1, 0.5, 0.9, 1]).round(4).tolist()))
+            if len(fidelity)
+            else {}
+        )
+        disk = {
+            "shards": sum(p.stat().st_size for p in (self.path / SHARDS_DIR).glob("*.safetensors")),
+            "index": sum(p.stat().st_size for p in (self.path / INDEX_DIR).glob("*.faiss")),
+            "database": sum(p.stat().st_size for p in self.path.glob(DATABASE_NAME + "*")),
+        }
+        with self._index_lock:
+            index = {
+                "structure": self._index.structure,
+                "vectors": self._index.live_count,
+                "tombstones": len(self._index.tombstones),
+                "journal_pending": self._applied_seq - self.db.checkpoint_seq(),
+            }
+        return {
+            "path": str(self.path),
+            "manifest": self.manifest.to_dict(),
+            "counts": counts,
+            "index": index,
+            "fidelity": quantiles,
+            "disk_bytes": disk,
+        }
+
+    def verify(self, *, full: bool = True) -> Any:
+        """Checks every file of the store; see :func:`memrag.store.verify.verify_store`."""
+        from memrag.store.verify import verify_store
+
+        return verify_store(self.path, full=full)
+
+    def close(self) -> None:
+        """Writes a pending index checkpoint (writers) and closes the database."""
+        if self._closed:
+            return
+        try:
+            if not self.read_only and self._dirty:
+                with contextlib.suppress(StoreLockedError):
+                    self.flush()
+        finally:
+            self._shards.forget()
+            self.db.close()
+            self._closed = True
+
+
+def document_chunks(chunker: Chunker, doc_id: str, text: str, metadata: dict[str, Any]) -> list[ChunkInput]:
+    """Cuts one document into :class:`ChunkInput` s (ids ``<doc_id>#<n>``, offsets in metadata)."""
+    chunks = []
+    for piece in chunker.chunk(text):
+        meta = {
+            **metadata,
+            "source_id": doc_id,
+            "chunk_index": piece.index,
+            "char_start": piece.char_start,
+            "char_end": piece.char_end,
+        }
+        chunks.append(ChunkInput(f"{doc_id}#{piece.index}", piece.text, meta, source_id=doc_id))
+    return chunks
+
+
+def _check_compressor(path: Path, manifest: Manifest, compressor: Any) -> None:
+    if compressor.fingerprint != manifest.compressor.fingerprint:
+        raise CompressorMismatchError(
+            f"{path} holds slots of compressor {manifest.compressor.fingerprint} "
+            f"({manifest.compressor.source or manifest.compressor.base_model}); the compressor given has "
+            f"fingerprint {compressor.fingerprint}. Slots of one compressor cannot be read by another."
+        )
+
+
+def _check_embedder(path: Path, manifest: Manifest, embedder: Embedder) -> None:
+    info = manifest.embedder
+    if embedder.model_id != info.id or int(embedder.dimension) != info.dimension:
+        raise EmbedderMismatchError(
+            f"{path} was indexed with embedder {info.id!r} (dimension {info.dimension}); "
+            f"the embedder given is {embedder.model_id!r} (dimension {embedder.dimension})"
+        )
+
+
+__all__ = ["CompactReport", "InvalidDocumentsError", "MemoryStore", "document_chunks", "RESERVED_KEYS"]

@@ -1,0 +1,175 @@
+"""Chunk metadata: what may be stored (JSON values) and metadata filters compiled to SQL.
+
+Metadata is a JSON object stored as text in SQLite. Keys are strings; values are JSON
+values: ``str``, ``int``, ``float`` (finite), ``bool``, ``None`` and lists / dicts of these.
+Anything else (bytes, dates, NumPy scalars, sets, objects) is refused with an error that
+names the field, because it would not round-trip.
+
+Filters are dicts over top-level keys, MongoDB-style::
+
+    {"lang": "en"}                            # equality
+    {"year": {"$gte": 2000, "$lt": 2010}}      # $eq $ne $gt $gte $lt $lte
+    {"source_id": {"$in": ["a", "b"]}}         # $in $nin
+    {"title": {"$exists": True}}
+    {"$or": [{"lang": "en"}, {"lang": "fr"}]}  # $and / $or of sub-filters
+
+``$ne`` and ``$nin`` also match chunks that lack the key. Comparison values must be
+scalars (str, int, float, bool, None).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+#: Keys memrag itself puts into the metadata of chunks cut from a document.
+RESERVED_KEYS = ("source_id", "chunk_index", "char_start", "char_end")
+
+_COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class MetadataError(ValueError):
+    """Metadata that cannot be stored (not a JSON object, or a value that is not JSON)."""
+
+
+def _json_problem(value: Any, where: str) -> str | None:
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is {value!r}, which JSON cannot represent"
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _json_problem(item, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has a non-string key {key!r}"
+            problem = _json_problem(item, f"{where}[{key!r}]")
+            if problem:
+                return problem
+        return None
+    return (
+        f"{where} has type {type(value).__name__}; metadata values must be JSON "
+        "(str, int, float, bool, None, list, dict)"
+    )
+
+
+def check_metadata(metadata: Any, *, reserved_ok: bool = True) -> dict[str, Any]:
+    """Validates metadata and returns a plain ``dict`` copy (tuples become lists).
+
+    Args:
+        metadata: The metadata (``None`` is an empty dict).
+        reserved_ok: When False, keys in :data:`RESERVED_KEYS` are refused.
+
+    Raises:
+        MetadataError: naming the offending field.
+    """
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise MetadataError(f"metadata must be a JSON object (dict), got {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise MetadataError(f"metadata key {key!r} is not a string")
+        if not reserved_ok and key in RESERVED_KEYS:
+            raise MetadataError(f"metadata key {key!r} is reserved by memrag (reserved: {', '.join(RESERVED_KEYS)})")
+        problem = _json_problem(value, f"metadata field {key!r}")
+        if problem:
+            raise MetadataError(problem)
+    return json.loads(json.dumps(dict(metadata)))
+
+
+def dumps(metadata: dict[str, Any]) -> str:
+    """Canonical JSON text of validated metadata (sorted keys)."""
+    return json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+def _path(key: str) -> str:
+    if not isinstance(key, str) or not key or '"' in key or "\\" in key:
+        raise ValueError(f"filter keys must be non-empty strings without quotes or backslashes, got {key!r}")
+    return f'$."{key}"'
+
+
+def _scalar(value: Any, key: str, op: str) -> Any:
+    if not isinstance(value, _SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"filter {key!r} {op}: values must be str, int, float, bool or None, got {value!r}")
+    return value
+
+
+def _equals(key: str, value: Any, params: list[Any]) -> str:
+    path = _path(key)
+    value = _scalar(value, key, "$eq")
+    if value is None:
+        params.append(path)
+        return "json_type(metadata, ?) = 'null'"
+    if isinstance(value, bool):
+        params.append(path)
+        return f"json_type(metadata, ?) = '{'true' if value else 'false'}'"
+    params.extend([path, path, value])
+    kind = "'text'" if isinstance(value, str) else "'integer', 'real'"
+    return f"(json_type(metadata, ?) IN ({kind}) AND json_extract(metadata, ?) = ?)"
+
+
+def _condition(key: str, condition: Any, params: list[Any]) -> str:
+    if not isinstance(condition, Mapping) or not condition or not all(str(op).startswith("$") for op in condition):
+        return _equals(key, condition, params)
+    clauses: list[str] = []
+    for op, value in condition.items():
+        if op == "$eq":
+            clauses.append(_equals(key, value, params))
+        elif op == "$ne":
+            clauses.append(f"NOT COALESCE({_equals(key, value, params)}, 0)")
+        elif op in _COMPARISONS:
+            value = _scalar(value, key, op)
+            if value is None or isinstance(value, bool):
+                raise ValueError(f"filter {key!r} {op}: cannot order by {value!r}")
+            path = _path(key)
+            kind = "'text'" if isinstance(value, str) else "'integer', 'real'"
+            params.extend([path, path, value])
+            clauses.append(f"(json_type(metadata, ?) IN ({kind}) AND json_extract(metadata, ?) {_COMPARISONS[op]} ?)")
+        elif op in ("$in", "$nin"):
+            if not isinstance(value, (list, tuple, set)):
+                raise ValueError(f"filter {key!r} {op}: expected a list, got {type(value).__name__}")
+            parts = [_equals(key, item, params) for item in value] or ["0"]
+            either = "(" + " OR ".join(parts) + ")"
+            clauses.append(either if op == "$in" else f"NOT COALESCE({either}, 0)")
+        elif op == "$exists":
+            params.append(_path(key))
+            clauses.append("json_type(metadata, ?) IS NOT NULL" if value else "json_type(metadata, ?) IS NULL")
+        else:
+            raise ValueError(f"unknown filter operator {op!r} for {key!r}")
+    return "(" + " AND ".join(clauses) + ")"
+
+
+def compile_filter(filter: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """Turns a metadata filter into a SQL boolean expression over the ``metadata`` column.
+
+    Returns:
+        ``(sql, params)`` to use as ``WHERE sql``.
+
+    Raises:
+        ValueError: an unknown operator, a bad key, or a non-scalar comparison value.
+    """
+    if not isinstance(filter, Mapping):
+        raise ValueError(f"a filter must be a dict, got {type(filter).__name__}")
+    params: list[Any] = []
+    clauses: list[str] = []
+    for key, condition in filter.items():
+        if key in ("$and", "$or"):
+            if not isinstance(condition, (list, tuple)) or not condition:
+                raise ValueError(f"filter {key} needs a non-empty list of filters")
+            parts = []
+            for sub in condition:
+                sql, sub_params = compile_filter(sub)
+                parts.append(sql)
+                params.extend(sub_params)
+            clauses.append("(" + f" {key[1:].upper()} ".join(parts) + ")")
+        else:
+            clauses.append(_condition(key, condition, params))
+    return ("(" + " AND ".join(clauses) + ")" if clauses else "1"), params
