@@ -31,4 +31,6 @@ def root(
 # Command modules register their commands on import.
 from memrag.cli import compress as _compress  # noqa: E402,F401
 from memrag.cli import demo as _demo  # noqa: E402,F401
+from memrag.cli import train as _train  # noqa: E402,F401
+from memrag.cli import eval as _eval  # noqa: E402,F401
 from memrag.cli import index as _index  # noqa: E402,F401

@@ -1,0 +1,187 @@
+"""``memrag eval qa`` and ``memrag eval ae``: how well a compressor works, in numbers.
+
+The logic lives in :mod:`memrag.eval.qa` and :mod:`memrag.eval.ae`; these commands load the
+compressor, read the data, print a table and write the JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from memrag.cli.app import app
+from memrag.cli.common import fail, setup_logging
+from memrag.cli.options import Spec, dataclass_options
+from memrag.version import __version__
+
+eval_app = typer.Typer(
+    help="Measure a compressor: QA answered from slots against text (`qa`), and reconstruction (`ae`).",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+
+def _arg(default: Any, help: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class EvalOptions:
+    """Options every evaluation command takes."""
+
+    compressor: str | None = _arg(
+        None, "Compressor directory or shipped name (default: the trained default shipped with memrag)."
+    )
+    untrained: bool = _arg(False, "Use a freshly initialised compressor over --base-model (a baseline).")
+    base_model: str = _arg("gemma-3-270m", "Base model for --untrained.")
+    limit: int | None = _arg(None, "Evaluate at most N items (a seeded random sample).", min=1)
+    seed: int = _arg(0, "Seed of the sample.")
+    batch_size: int = _arg(8, "Items per generate call.", min=1)
+    json_out: str | None = _arg(None, "Write the JSON report to this file.")
+    samples_out: str | None = _arg(None, "Write every prediction as JSON lines to this file.")
+    on_bad_row: str = _arg("skip", "Bad data rows: skip (reported with file:line) or raise.")
+    device: str = _arg("cpu", "Device: cpu, cuda, cuda:N or auto.")
+    dtype: str = _arg("float32", "Weight dtype: float32, bfloat16 or float16.")
+    verbose: bool = _arg(False, "Log what is happening.")
+
+
+_FLAGS = {"verbose": ("--verbose", "-v")}
+
+
+def _load(options: EvalOptions, *, needs_trained: bool) -> Any:
+    from memrag.compressor import Compressor
+
+    if options.untrained:
+        return Compressor.from_base(options.base_model, device=options.device, dtype=options.dtype)
+    try:
+        return Compressor.from_pretrained(options.compressor, device=options.device, dtype=options.dtype)
+    except FileNotFoundError as err:
+        if options.compressor is not None or needs_trained:
+            fail(f"{err}\n(pass --compressor DIR, or --untrained for a baseline)")
+        typer.secho("no trained compressor found; using an untrained one (fine for these modes)", fg=typer.colors.YELLOW)
+        return Compressor.from_base(options.base_model, device=options.device, dtype=options.dtype)
+
+
+def _describe(compressor: Any, options: EvalOptions) -> dict[str, Any]:
+    return {
+        "compressor": getattr(compressor, "source", None) or ("untrained" if options.untrained else options.compressor),
+        "fingerprint": compressor.fingerprint,
+        "base_model": compressor.config.base_model,
+        "segment_length": compressor.config.segment_length,
+        "compression_rate": compressor.config.compression_rate,
+        "memrag_version": __version__,
+    }
+
+
+def _write(options: EvalOptions, report: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+    from memrag.utils.atomic import atomic_write_text
+
+    if options.json_out:
+        atomic_write_text(Path(options.json_out), json.dumps(report, indent=2) + "\n")
+        typer.echo(f"wrote {options.json_out}")
+    if options.samples_out:
+        atomic_write_text(Path(options.samples_out), "".join(json.dumps(s) + "\n" for s in samples))
+        typer.echo(f"wrote {options.samples_out}")
+
+
+@eval_app.command("qa")
+@dataclass_options(options=Spec(EvalOptions, flags=_FLAGS))
+def qa(
+    data: Path = typer.Option(
+        Path("../shared/data/squad_v1.1/dev.jsonl.gz"), "--data", help="SQuAD-style JSONL(.gz): context, question, answers."
+    ),
+    modes: str = typer.Option(
+        "text,slots,truncated,none",
+        "--modes",
+        help="Comma-separated: text (passage as text), slots (its memory slots), truncated (its text cut "
+        "to as many tokens as it has slots), none (no passage).",
+    ),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Answer length limit."),
+    *,
+    options: EvalOptions,
+) -> None:
+    """Answer each question from its own passage read four ways; SQuAD exact match and F1 (%).
+
+    Same frozen decoder, same prompt wording (the one fine-tuning uses), greedy decoding.
+    """
+    setup_logging(options.verbose)
+    from memrag.data.readers import BadRowError, ReadReport
+    from memrag.eval.qa import MODES, evaluate_qa, sample_qa_records
+
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in MODES]
+    if unknown or not chosen:
+        fail(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
+    report = ReadReport()
+    try:
+        records = sample_qa_records(data, limit=options.limit, seed=options.seed, on_error=options.on_bad_row, report=report)  # type: ignore[arg-type]
+    except (BadRowError, OSError, ValueError) as err:
+        fail(str(err))
+        return
+    if not records:
+        fail(f"no usable questions in {data} ({report.summary()})")
+    compressor = _load(options, needs_trained="slots" in chosen)
+    start = time.perf_counter()
+    result = evaluate_qa(
+        compressor, records, modes=chosen, batch_size=options.batch_size, max_new_tokens=max_new_tokens, show_progress=True
+    )
+    typer.echo(result.table())
+    payload = result.to_json(
+        data=str(data), limit=options.limit, seed=options.seed, modes=chosen, max_new_tokens=max_new_tokens,
+        seconds=round(time.perf_counter() - start, 1), skipped_rows=report.rows_skipped, **_describe(compressor, options),
+    )
+    _write(options, payload, result.predictions)
+
+
+@eval_app.command("ae")
+@dataclass_options(options=Spec(EvalOptions, defaults={"limit": 200}, flags=_FLAGS))
+def ae(
+    data: list[Path] = typer.Option(
+        [Path("../shared/data/wikipedia_en_partial/articles.jsonl.gz")], "--data", help="JSONL(.gz) text file(s)."
+    ),
+    text_field: str = typer.Option("text", "--text-field", help="Name of the text field."),
+    holdout_fraction: float = typer.Option(
+        0.0, "--holdout-fraction", min=0.0, max=0.99,
+        help="Read only the last fraction of each file's lines (use the value pretraining held out, e.g. 0.01).",
+    ),
+    min_length: int = typer.Option(16, "--min-length", min=1, help="Shortest segment (tokens)."),
+    max_length: int = typer.Option(0, "--max-length", min=0, help="Longest segment (0: the compressor's segment length)."),
+    *,
+    options: EvalOptions,
+) -> None:
+    """Reconstruct text segments from their slots; BLEU-4 (0-1) and exact match (%), by segment length.
+
+    Segment lengths are drawn uniformly between --min-length and --max-length.
+    """
+    setup_logging(options.verbose)
+    from memrag.data.readers import BadRowError
+    from memrag.eval.ae import evaluate_ae, sample_segments
+
+    compressor = _load(options, needs_trained=True)
+    longest = max_length or compressor.config.segment_length
+    if longest > compressor.config.segment_length:
+        fail(f"--max-length {longest} exceeds the compressor's segment length {compressor.config.segment_length}")
+    try:
+        segments = sample_segments(
+            data, compressor.tokenizer, limit=options.limit or 200, max_length=longest, min_length=min_length,
+            seed=options.seed, holdout_fraction=holdout_fraction, text_field=text_field, on_error=options.on_bad_row,  # type: ignore[arg-type]
+        )
+    except (BadRowError, OSError, ValueError) as err:
+        fail(str(err))
+        return
+    if not segments:
+        fail(f"no text segments found in {', '.join(map(str, data))}")
+    start = time.perf_counter()
+    result = evaluate_ae(compressor, segments, batch_size=options.batch_size, show_progress=True)
+    typer.echo(result.table())
+    payload = result.to_json(
+        data=[str(p) for p in data], limit=options.limit, seed=options.seed, holdout_fraction=holdout_fraction,
+        min_length=min_length, max_length=longest, seconds=round(time.perf_counter() - start, 1),
+        **_describe(compressor, options),
+    )
+    _write(options, payload, result.samples)

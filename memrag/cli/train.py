@@ -1,0 +1,133 @@
+"""``memrag train pretrain`` and ``memrag train finetune``: the two stages of the recipe.
+
+Every option comes from the argument dataclasses of :mod:`memrag.training.arguments`, so the
+help shown here is the documentation of the Python API too. Several GPUs:
+``torchrun --nproc-per-node N $(which memrag) train ...``.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from memrag.cli.app import app
+from memrag.cli.common import fail, setup_logging
+from memrag.cli.options import Spec, dataclass_options
+from memrag.training.arguments import (
+    FinetuneDataArguments,
+    ModelArguments,
+    PretrainDataArguments,
+    TrainingArguments,
+)
+
+train_app = typer.Typer(
+    help="Train a compressor: `pretrain` on plain text (autoencoding + continuation), then "
+    "`finetune` on QA over slots. Writes checkpoints, log.jsonl, curves.png and final/ to --output.",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
+
+SHARED_DATA = "../shared/data"
+PRETRAIN_DATA = [
+    f"{SHARED_DATA}/wikipedia_en_partial/articles.jsonl.gz",
+    f"{SHARED_DATA}/gutenberg_en/books.jsonl.gz",
+]
+_OUTPUT_FLAGS = {"output_dir": ("--output", "-o")}
+_RESUME = typer.Option(
+    False,
+    "--resume",
+    help="Continue from the newest checkpoint in --output (exactly: weights, optimizer, schedule, "
+    "RNG and data position). Without it, an --output holding checkpoints is refused.",
+)
+_VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what is happening (INFO).")
+
+
+def _run(kind: str, model: ModelArguments, data: object, train: TrainingArguments, resume: bool, verbose: bool) -> None:
+    setup_logging(verbose)
+    from memrag.data.readers import BadRowError
+    from memrag.training import recipes
+    from memrag.training.trainer import FINAL_DIR, SUMMARY_NAME, OutputExistsError
+
+    build = recipes.pretraining_trainer if kind == "pretrain" else recipes.finetuning_trainer
+    try:
+        trainer = build(model, data, train)  # type: ignore[arg-type]
+        if not trainer.dist.is_main:
+            trainer.train(resume=resume)
+            return
+        config = trainer.compressor.config
+        typer.echo(
+            f"{kind}: {config.base_model} (segment {config.segment_length}, rate {config.compression_rate}, "
+            f"LoRA r={config.lora_rank}) on {trainer.device}, {trainer.dist.world_size} process(es) -> {train.output_dir}"
+        )
+        state = trainer.train(resume=resume)
+    except (BadRowError, OutputExistsError, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+        return
+    for report in getattr(trainer.train_data, "reports", []):
+        if report.rows_skipped:
+            typer.secho(f"data: {report.summary()}", fg=typer.colors.YELLOW)
+    typer.echo(
+        f"done: {state.step} steps, {state.examples} examples, {state.source_tokens + state.target_tokens} tokens, "
+        f"{state.wall_s / 60:.1f} min; compressor in {train.output_path / FINAL_DIR}, "
+        f"summary in {train.output_path / SUMMARY_NAME}"
+    )
+    if state.last_eval:
+        typer.echo("last evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(state.last_eval.items())))
+
+
+@train_app.command("pretrain")
+@dataclass_options(
+    model_args=Spec(ModelArguments),
+    data_args=Spec(PretrainDataArguments, defaults={"data": PRETRAIN_DATA}),
+    train_args=Spec(
+        TrainingArguments,
+        defaults={"output_dir": "runs/pretrain", "max_steps": 20000, "learning_rate": 1e-4, "warmup_steps": 300,
+                  "eval_every": 500, "save_every": 500},
+        flags=_OUTPUT_FLAGS,
+    ),
+)
+def pretrain(
+    resume: bool = _RESUME,
+    verbose: bool = _VERBOSE,
+    *,
+    model_args: ModelArguments,
+    data_args: PretrainDataArguments,
+    train_args: TrainingArguments,
+) -> None:
+    """Pretrain a compressor on plain text: reconstruct segments from their slots, or continue them.
+
+    Each example is a segment of --min-segment-length..--segment-length tokens; with probability
+    --ae-probability the frozen decoder must reconstruct it from its slots followed by the
+    reconstruct marker, otherwise produce the --continuation-length tokens that follow from its
+    slots followed by the continue marker. The last --holdout-fraction of each file is never trained on; it gives the
+    evaluation loss and reconstruction BLEU.
+    """
+    _run("pretrain", model_args, data_args, train_args, resume, verbose)
+
+
+@train_app.command("finetune")
+@dataclass_options(
+    model_args=Spec(ModelArguments),
+    data_args=Spec(FinetuneDataArguments),
+    train_args=Spec(
+        TrainingArguments,
+        defaults={"output_dir": "runs/finetune", "max_steps": 5000, "learning_rate": 5e-5, "warmup_steps": 100,
+                  "eval_every": 500, "save_every": 500},
+        flags=_OUTPUT_FLAGS,
+    ),
+)
+def finetune(
+    resume: bool = _RESUME,
+    verbose: bool = _VERBOSE,
+    *,
+    model_args: ModelArguments,
+    data_args: FinetuneDataArguments,
+    train_args: TrainingArguments,
+) -> None:
+    """Fine-tune a compressor on QA: answer from the slots of the gold passage among distractors.
+
+    Start from a pretrained compressor with --init-from (e.g. runs/pretrain). Each question's
+    prompt holds its gold passage's slots and 0..--max-distractors other passages' slots in
+    random order, then the question (the prompt of memrag.prompts.qa_parts, rendered by the
+    chat template when the model has one); the loss is on the answer tokens only.
+    """
+    _run("finetune", model_args, data_args, train_args, resume, verbose)

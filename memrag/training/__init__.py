@@ -1,0 +1,55 @@
+"""Training the compressor: arguments, data streams, objectives, trainer, recipes.
+
+Kept apart as in sentence-transformers: :mod:`.arguments` (what to do), :mod:`.data` (resumable
+example streams), :mod:`.objectives` (losses), :mod:`.trainer` (the loop and checkpoints),
+:mod:`.evaluators` (periodic metrics) and :mod:`.recipes` (pretraining and fine-tuning wired
+together, as the CLI runs them).
+
+The names below are imported lazily, so importing the package (or its light
+:mod:`.arguments`) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FinetuneDataArguments": "memrag.training.arguments",
+    "LossEvaluator": "memrag.training.evaluators",
+    "ModelArguments": "memrag.training.arguments",
+    "ObjectiveOutput": "memrag.training.objectives",
+    "PretrainDataArguments": "memrag.training.arguments",
+    "PretrainExample": "memrag.training.data",
+    "PretrainObjective": "memrag.training.objectives",
+    "PretrainStream": "memrag.training.data",
+    "QAExample": "memrag.training.data",
+    "QAObjective": "memrag.training.objectives",
+    "QAStream": "memrag.training.data",
+    "ReconstructionEvaluator": "memrag.training.evaluators",
+    "SquadEvaluator": "memrag.training.evaluators",
+    "Trainer": "memrag.training.trainer",
+    "TrainerState": "memrag.training.checkpoint",
+    "TrainingArguments": "memrag.training.arguments",
+    "finetuning_trainer": "memrag.training.recipes",
+    "holdout_start_line": "memrag.training.data",
+    "latest_checkpoint": "memrag.training.checkpoint",
+    "list_checkpoints": "memrag.training.checkpoint",
+    "pretraining_trainer": "memrag.training.recipes",
+    "qa_prompt": "memrag.training.objectives",
+    "qa_target_ids": "memrag.training.objectives",
+    "reconstruct_prompt": "memrag.training.objectives",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memrag.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,177 @@
+"""The two training recipes, from argument dataclasses to a trained compressor directory.
+
+``pretrain`` and ``finetune`` are what ``memrag train pretrain`` / ``memrag train finetune``
+run; they wire a compressor, a data stream, an objective, evaluators and the :class:`Trainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from memrag.training.arguments import (
+    FinetuneDataArguments,
+    ModelArguments,
+    PretrainDataArguments,
+    TrainingArguments,
+)
+from memrag.training.data import PretrainStream, QAStream, take
+from memrag.training.distributed import DistInfo, setup_distributed
+from memrag.training.evaluators import LossEvaluator, ReconstructionEvaluator, SquadEvaluator
+from memrag.training.objectives import PretrainObjective, QAObjective
+from memrag.training.trainer import FINAL_DIR, Trainer
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_init_from(path: str | Path) -> Path | str:
+    """A compressor directory from a compressor, checkpoint or run directory (or a shipped name)."""
+    from memrag.compressor.config import CONFIG_NAME
+    from memrag.training.checkpoint import COMPRESSOR_DIR, latest_checkpoint
+
+    directory = Path(path)
+    if (directory / CONFIG_NAME).is_file():
+        return directory
+    if (directory / COMPRESSOR_DIR / CONFIG_NAME).is_file():
+        return directory / COMPRESSOR_DIR
+    if (directory / FINAL_DIR / CONFIG_NAME).is_file():
+        return directory / FINAL_DIR
+    latest = latest_checkpoint(directory)
+    if latest is not None:
+        return latest / COMPRESSOR_DIR
+    return str(path)  # a shipped compressor name, or an error from from_pretrained
+
+
+def build_compressor(args: ModelArguments, device: Any, *, seed: int = 0) -> Any:
+    """The compressor to train: loaded from ``init_from``, or fresh over ``base_model``."""
+    from memrag.compressor import Compressor, CompressorConfig
+    from memrag.models.loading import load_base_model
+
+    if args.init_from:
+        source = resolve_init_from(args.init_from)
+        logger.info("starting from compressor %s", source)
+        return Compressor.from_pretrained(source, device=device, dtype=args.dtype)
+    base = load_base_model(args.base_model, device=device, dtype=args.dtype)
+    config = CompressorConfig(
+        base_model=base.name,
+        base_model_revision=base.revision,
+        segment_length=args.segment_length,
+        compression_rate=args.compression_rate,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+    )
+    return Compressor(base, config, seed=seed)
+
+
+def _tokenizer_fn(compressor: Any) -> Callable[[str], list[int]]:
+    tokenizer = compressor.tokenizer
+    return lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _run_info(kind: str, model: ModelArguments, data: Any, compressor: Any) -> dict[str, Any]:
+    return {
+        "objective": kind,
+        "model_args": model.to_dict(),
+        "data_args": data.to_dict(),
+        "compressor_config": {k: v for k, v in compressor.config.to_dict().items() if k != "base_model_signature"},
+    }
+
+
+def _setup(model: ModelArguments, train: TrainingArguments, compressor: Any | None) -> tuple[Any, DistInfo]:
+    dist, device = setup_distributed(train.device)
+    if compressor is None:
+        compressor = build_compressor(model, device, seed=train.seed)
+    return compressor, dist
+
+
+def pretraining_trainer(
+    model: ModelArguments,
+    data: PretrainDataArguments,
+    train: TrainingArguments,
+    *,
+    compressor: Any | None = None,
+) -> Trainer:
+    """A trainer for ICAE pretraining (autoencoding + continuation) on plain text.
+
+    Args:
+        model: Which compressor (ignored when ``compressor`` is given).
+        data: Text files and how examples are cut.
+        train: Optimisation settings.
+        compressor: An already-built compressor (tests pass tiny ones).
+    """
+    compressor, dist = _setup(model, train, compressor)
+    tokenize = _tokenizer_fn(compressor)
+    common = dict(
+        max_length=compressor.config.segment_length,
+        min_length=min(data.min_segment_length, compressor.config.segment_length),
+        continuation=data.continuation_length,
+        weights=data.weights(),
+        holdout_fraction=data.holdout_fraction,
+        open_records=data.open_records,
+        text_field=data.text_field,
+        on_error=data.on_bad_row,
+    )
+    stream = PretrainStream(
+        data.data, tokenize, ae_probability=data.ae_probability, seed=train.seed,
+        shard=dist.rank, num_shards=dist.world_size, **common,
+    )
+    objective = PretrainObjective()
+    evaluators: list[Any] = []
+    if data.holdout_fraction > 0 and dist.is_main:
+        if data.eval_examples:
+            heldout = PretrainStream(
+                data.data, tokenize, ae_probability=data.ae_probability, split="heldout", seed=train.seed + 1, **common
+            )
+            evaluators.append(LossEvaluator(objective, take(heldout, data.eval_examples), batch_size=train.batch_size))
+        if data.eval_ae_segments:
+            segments = PretrainStream(data.data, tokenize, ae_probability=1.0, split="heldout", seed=train.seed + 2, **common)
+            evaluators.append(
+                ReconstructionEvaluator([e.segment for e in take(segments, data.eval_ae_segments)], batch_size=train.batch_size)
+            )
+    return Trainer(
+        compressor, objective, stream, train, evaluators=evaluators, dist=dist,
+        run_info=_run_info("pretrain", model, data, compressor),
+    )
+
+
+def finetuning_trainer(
+    model: ModelArguments,
+    data: FinetuneDataArguments,
+    train: TrainingArguments,
+    *,
+    compressor: Any | None = None,
+) -> Trainer:
+    """A trainer for QA fine-tuning over slots (gold passage among distractors).
+
+    Args:
+        model: Which compressor (usually ``init_from`` a pretrained one).
+        data: QA files and distractor settings.
+        train: Optimisation settings.
+        compressor: An already-built compressor (tests pass tiny ones).
+    """
+    from memrag.eval.qa import sample_qa_records
+
+    compressor, dist = _setup(model, train, compressor)
+    stream = QAStream(
+        data.data, max_distractors=data.max_distractors, shuffle_buffer=data.shuffle_buffer,
+        seed=train.seed, on_error=data.on_bad_row, shard=dist.rank, num_shards=dist.world_size,
+    )
+    objective = QAObjective(max_answer_tokens=data.max_answer_tokens)
+    evaluators: list[Any] = []
+    if data.eval_data and dist.is_main:
+        if data.eval_examples:
+            heldout = QAStream(
+                data.eval_data, max_distractors=data.max_distractors, shuffle_buffer=data.shuffle_buffer,
+                seed=train.seed + 1, cycle=False, on_error=data.on_bad_row,
+            )
+            evaluators.append(LossEvaluator(objective, take(heldout, data.eval_examples), batch_size=train.batch_size))
+        if data.eval_questions:
+            records = sample_qa_records(data.eval_data, limit=data.eval_questions, seed=train.seed, on_error=data.on_bad_row)
+            evaluators.append(SquadEvaluator(records, batch_size=train.batch_size))
+    return Trainer(
+        compressor, objective, stream, train, evaluators=evaluators, dist=dist,
+        run_info=_run_info("finetune", model, data, compressor),
+    )

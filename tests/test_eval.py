@@ -1,0 +1,142 @@
+"""``memrag eval qa`` / ``memrag eval ae`` end to end on a tiny compressor, and their helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from memrag.compressor import Compressor
+from memrag.eval.ae import evaluate_ae, sample_segments
+from memrag.eval.qa import MODES, evaluate_qa, sample_qa_records, truncated_context
+from memrag.models.loading import load_base_model
+from memrag.testing import tiny_base_model, tiny_compressor
+from training_fixtures import qa_corpus, text_corpus, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny base model directory and a compressor over it, both saved (CLI-loadable)."""
+    root = tmp_path_factory.mktemp("saved")
+    base = tiny_base_model(seed=0)
+    base.model.save_pretrained(root / "base")
+    base.tokenizer.save_pretrained(root / "base")
+    compressor = tiny_compressor(seed=0, base=load_base_model(str(root / "base")))
+    compressor.save_pretrained(root / "compressor")
+    data = root / "data"
+    return {
+        "base": root / "base",
+        "compressor": root / "compressor",
+        "qa": qa_corpus(data / "qa.jsonl", paragraphs=4, questions=2),
+        "text": text_corpus(data / "text.jsonl", documents=12),
+    }
+
+
+def test_evaluate_qa_all_modes_shape_and_positions(tiny_compressor: Compressor, tmp_path: Path) -> None:
+    records = sample_qa_records(qa_corpus(tmp_path / "qa.jsonl", paragraphs=3, questions=2))
+    result = evaluate_qa(tiny_compressor, records, batch_size=4, max_new_tokens=4)
+    assert list(result.results) == list(MODES)
+    for scores in result.results.values():
+        assert set(scores) == {"exact_match", "f1", "n"} and scores["n"] == len(records)
+        assert 0.0 <= scores["f1"] <= 100.0 and 0.0 <= scores["exact_match"] <= 100.0
+    positions = result.passage_positions
+    assert positions["none"] == 0 and positions["slots"] < positions["text"]
+    assert abs(positions["truncated"] - positions["slots"]) <= 1.0
+    assert len(result.predictions) == len(records) * len(MODES)
+    assert "slots" in result.table()
+    json.dumps(result.to_json(extra=1))
+
+
+def test_truncated_context_has_as_many_tokens_as_slots(tiny_compressor: Compressor) -> None:
+    context = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris, France. " * 3
+    (slots,) = tiny_compressor.compress([context])
+    cut = truncated_context(tiny_compressor, context)
+    assert context.startswith(cut.strip()[:10])
+    ids = tiny_compressor.tokenizer(cut, add_special_tokens=False)["input_ids"]
+    assert abs(len(ids) - slots.num_slots) <= 1
+
+
+def test_sample_qa_records_is_seeded_and_in_file_order(tmp_path: Path) -> None:
+    path = qa_corpus(tmp_path / "qa.jsonl", paragraphs=10, questions=3)
+    first = sample_qa_records(path, limit=7, seed=3)
+    assert [r.id for r in first] == [r.id for r in sample_qa_records(path, limit=7, seed=3)]
+    assert [r.id for r in first] != [r.id for r in sample_qa_records(path, limit=7, seed=4)]
+    assert [r.line for r in first] == sorted(r.line for r in first) and len(first) == 7
+
+
+def test_evaluate_ae_buckets(tiny_compressor: Compressor, tmp_path: Path) -> None:
+    segments = sample_segments([text_corpus(tmp_path / "t.jsonl")], tiny_compressor.tokenizer, limit=6, max_length=16, min_length=4)
+    assert len(segments) == 6 and all(4 <= len(s) <= 16 for s in segments)
+    result = evaluate_ae(tiny_compressor, segments, buckets=(8, 16), batch_size=4)
+    assert result.overall["n"] == 6 and 0.0 <= result.overall["bleu4"] <= 1.0
+    assert set(result.by_length) <= {"1-8", "9-16"}
+    assert sum(b["n"] for b in result.by_length.values()) == 6
+    assert "all" in result.table()
+
+
+def test_eval_qa_cli_writes_json(saved: dict[str, Path], tmp_path: Path) -> None:
+    from memrag.cli import app
+
+    out = tmp_path / "qa.json"
+    result = CliRunner().invoke(app, [
+        "eval", "qa", "--data", str(saved["qa"]), "--compressor", str(saved["compressor"]), "--limit", "5",
+        "--seed", "1", "--max-new-tokens", "3", "--json-out", str(out), "--samples-out", str(tmp_path / "p.jsonl"),
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == set(MODES)
+    for scores in report["results"].values():
+        assert set(scores) == {"exact_match", "f1", "n"} and scores["n"] == 5
+    assert report["fingerprint"] and report["seed"] == 1
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 5 * len(MODES)
+    for mode in MODES:
+        assert mode in result.output
+
+
+def test_eval_qa_cli_untrained_baseline_and_bad_modes(saved: dict[str, Path]) -> None:
+    from memrag.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, [
+        "eval", "qa", "--data", str(saved["qa"]), "--untrained", "--base-model", str(saved["base"]),
+        "--modes", "text,none", "--limit", "2", "--max-new-tokens", "2",
+    ])
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(app, ["eval", "qa", "--data", str(saved["qa"]), "--modes", "text,pictures"])
+    assert bad.exit_code == 2 and "pictures" in bad.output
+
+
+def test_eval_qa_cli_bad_rows(saved: dict[str, Path], tmp_path: Path) -> None:
+    from memrag.cli import app
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"context": "c", "question": "q", "answers": "not a list"}])
+    result = CliRunner().invoke(app, ["eval", "qa", "--data", str(bad), "--on-bad-row", "raise", "--compressor", str(saved["compressor"])])
+    assert result.exit_code == 2
+    assert "bad.jsonl:1: field 'answers' must be a list of strings, got string" in result.output
+
+
+def test_eval_ae_cli_writes_json(saved: dict[str, Path], tmp_path: Path) -> None:
+    from memrag.cli import app
+
+    out = tmp_path / "ae.json"
+    result = CliRunner().invoke(app, [
+        "eval", "ae", "--data", str(saved["text"]), "--compressor", str(saved["compressor"]), "--limit", "4",
+        "--holdout-fraction", "0.5", "--min-length", "4", "--json-out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["results"]["overall"]["n"] == 4
+    assert set(report["results"]["overall"]) == {"bleu4", "exact_match", "n"}
+    assert report["results"]["by_length"] and report["holdout_fraction"] == 0.5
+
+
+@pytest.mark.parametrize("command", ["qa", "ae"])
+def test_eval_cli_help(command: str) -> None:
+    from memrag.cli import app
+
+    result = CliRunner().invoke(app, ["eval", command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--data", "--compressor", "--limit", "--json-out", "--untrained"):
+        assert option in result.output

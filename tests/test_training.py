@@ -1,0 +1,340 @@
+"""Training on tiny random models: objectives, streams, trainer, checkpoints, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from memrag.compressor import Compressor
+from memrag.compressor.config import SAVED_FILES
+from memrag.data.readers import BadRowError
+from memrag.testing import randomize_lora, tiny_base_model, tiny_compressor
+from memrag.training import (
+    FinetuneDataArguments,
+    ModelArguments,
+    PretrainDataArguments,
+    PretrainStream,
+    QAStream,
+    TrainingArguments,
+    finetuning_trainer,
+    holdout_start_line,
+    pretraining_trainer,
+)
+from memrag.training.checkpoint import CHECKPOINT_FILES, optimizer_from_files, optimizer_to_files
+from memrag.training.data import take
+from memrag.training.objectives import PretrainObjective, QAObjective, qa_prompt, qa_target_ids
+from memrag.training.trainer import OutputExistsError, lr_factor
+from training_fixtures import qa_corpus, text_corpus, write_jsonl
+
+
+def _tokenize(compressor: Compressor):
+    return lambda text: compressor.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _args(tmp_path: Path, **overrides) -> TrainingArguments:
+    values = dict(
+        output_dir=str(tmp_path / "run"), max_steps=2, batch_size=3, save_every=2, eval_every=0,
+        warmup_steps=1, log_every=1, device="cpu", progress=False, learning_rate=1e-2,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def _pretrain_data(tmp_path: Path, **overrides) -> PretrainDataArguments:
+    corpus = tmp_path / "text.jsonl"
+    if not corpus.exists():
+        text_corpus(corpus)
+    values = dict(
+        data=[str(corpus)], holdout_fraction=0.1, min_segment_length=4, continuation_length=6,
+        open_records=3, eval_examples=0, eval_ae_segments=0,
+    )
+    values.update(overrides)
+    return PretrainDataArguments(**values)
+
+
+def _finetune_data(tmp_path: Path, **overrides) -> FinetuneDataArguments:
+    corpus = tmp_path / "qa.jsonl"
+    if not corpus.exists():
+        qa_corpus(corpus)
+    values = dict(data=str(corpus), eval_data=None, max_distractors=2, shuffle_buffer=6)
+    values.update(overrides)
+    return FinetuneDataArguments(**values)
+
+
+def _trainer(kind: str, tmp_path: Path, compressor: Compressor, **overrides):
+    if kind == "pretrain":
+        return pretraining_trainer(ModelArguments(), _pretrain_data(tmp_path), _args(tmp_path, **overrides), compressor=compressor)
+    return finetuning_trainer(ModelArguments(), _finetune_data(tmp_path), _args(tmp_path, **overrides), compressor=compressor)
+
+
+def _learned(compressor: Compressor) -> dict[str, torch.Tensor]:
+    weights = {n: p.detach().clone() for n, p in compressor.peft_model.named_parameters() if "lora_" in n}
+    weights["memory"] = compressor.memory_embeddings.detach().clone()
+    weights["task"] = compressor.task_embeddings.detach().clone()
+    return weights
+
+
+def _log(run: Path, event: str = "train") -> list[dict]:
+    lines = (run / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+# --------------------------------------------------------------------------- smoke
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_two_steps_train_learned_weights_only_and_checkpoint(kind: str, tmp_path: Path) -> None:
+    compressor = tiny_compressor(seed=0)
+    frozen = {n: p.detach().clone() for n, p in compressor.peft_model.named_parameters() if "lora_" not in n}
+    before = _learned(compressor)
+    trainer = _trainer(kind, tmp_path, compressor)
+    state = trainer.train()
+
+    assert state.step == 2 and state.target_tokens > 0
+    losses = [r["loss"] for r in _log(tmp_path / "run")]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    after = _learned(compressor)
+    lora_changed = [n for n in before if n not in ("memory", "task") and not torch.equal(before[n], after[n])]
+    assert lora_changed, "no LoRA weight changed"
+    assert not torch.equal(before["memory"], after["memory"])
+    for name, parameter in compressor.peft_model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(parameter, frozen[name]), f"frozen weight {name} changed"
+
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoint-0000002"
+    assert sorted(p.name for p in checkpoint.iterdir()) == sorted(CHECKPOINT_FILES)
+    assert sorted(p.name for p in (checkpoint / "compressor").iterdir()) == sorted(SAVED_FILES)
+    assert sorted(p.name for p in (run / "final").iterdir()) == sorted(SAVED_FILES)
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["objective"] == kind
+    loaded = Compressor.from_pretrained(run / "final", base=tiny_base_model(seed=0))
+    assert loaded.fingerprint == compressor.fingerprint == summary["fingerprint"]
+
+
+def test_only_lora_and_embeddings_are_optimised(tmp_path: Path) -> None:
+    trainer = _trainer("pretrain", tmp_path, tiny_compressor(seed=0))
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    names = [n for n, p in trainer.compressor.named_parameters() if id(p) in optimised]
+    assert names and all("lora_" in n or n in ("memory_embeddings", "task_embeddings") for n in names)
+    assert {"memory_embeddings", "task_embeddings"} <= set(names)
+
+
+# --------------------------------------------------------------------------- resume
+class _Interrupted(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_resume_continues_exactly(kind: str, tmp_path: Path) -> None:
+    straight = _trainer(kind, tmp_path / "a", tiny_compressor(seed=0), max_steps=4, save_every=2)
+    straight.train()
+    expected = [r["loss"] for r in _log(tmp_path / "a" / "run")]
+
+    interrupted = _trainer(kind, tmp_path / "b", tiny_compressor(seed=0), max_steps=4, save_every=2)
+    original_step = interrupted.train_step
+    calls = []
+
+    def flaky_step():
+        calls.append(1)
+        if len(calls) == 3:
+            raise _Interrupted("power cut")
+        return original_step()
+
+    interrupted.train_step = flaky_step  # type: ignore[method-assign]
+    with pytest.raises(_Interrupted):
+        interrupted.train()
+    with pytest.raises(OutputExistsError):
+        _trainer(kind, tmp_path / "b", tiny_compressor(seed=0), max_steps=4, save_every=2).train()
+
+    fresh = tiny_compressor(seed=0)
+    randomize_lora(fresh, seed=7)  # the checkpoint's weights must replace these
+    resumed = _trainer(kind, tmp_path / "b", fresh, max_steps=4, save_every=2)
+    resumed.train(resume=True)
+    got = [r["loss"] for r in _log(tmp_path / "b" / "run")]
+    assert [r["step"] for r in _log(tmp_path / "b" / "run")] == [1, 2, 3, 4]
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert resumed.compressor.fingerprint == straight.compressor.fingerprint
+
+
+def test_optimizer_state_round_trips_through_safetensors_and_json() -> None:
+    parameter = torch.nn.Parameter(torch.randn(3, 2))
+    optimizer = torch.optim.AdamW([parameter], lr=0.1)
+    parameter.grad = torch.randn(3, 2)
+    optimizer.step()
+    tensors, meta = optimizer_to_files(optimizer)
+    json.dumps(meta)  # JSON-serialisable
+    restored = torch.optim.AdamW([torch.nn.Parameter(parameter.detach().clone())], lr=0.1)
+    restored.load_state_dict(optimizer_from_files(tensors, meta))
+    for key, value in optimizer.state_dict()["state"][0].items():
+        torch.testing.assert_close(restored.state_dict()["state"][0][key], value)
+
+
+def test_learning_rate_schedule() -> None:
+    args = TrainingArguments(max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    factors = [lr_factor(step, args) for step in range(100)]
+    assert factors[0] == pytest.approx(1 / 11) and factors[10] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(factors[:10], factors[1:11]))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+    linear = TrainingArguments(max_steps=100, warmup_steps=0, schedule="linear", min_lr_ratio=0.0)
+    assert lr_factor(50, linear) == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- data streams
+def test_pretrain_stream_resumes_exactly_and_varies_lengths(tmp_path: Path) -> None:
+    corpus = text_corpus(tmp_path / "t.jsonl")
+    tokenize = _tokenize(tiny_compressor(seed=0))
+
+    def stream() -> PretrainStream:
+        return PretrainStream([corpus, corpus], tokenize, max_length=16, min_length=4, continuation=5, seed=3, open_records=3)
+
+    first = stream()
+    take(first, 17)
+    state = json.loads(json.dumps(first.state_dict()))
+    expected = take(first, 25)
+    second = stream()
+    second.load_state_dict(state)
+    assert take(second, 25) == expected
+    lengths = {len(e.segment) for e in expected}
+    assert min(lengths) < 10 and max(lengths) == 16
+    assert {e.kind for e in expected} == {"ae", "lm"}
+    assert all(len(e.continuation) == 5 for e in expected if e.kind == "lm")
+
+
+def test_holdout_lines_are_never_trained_on(tmp_path: Path) -> None:
+    corpus = write_jsonl(tmp_path / "t.jsonl", [{"text": f"document number {i} " * 10} for i in range(20)])
+    cut = holdout_start_line(corpus, 0.1)
+    assert cut == 19
+    tokenize = _tokenize(tiny_compressor(seed=0))
+    train = PretrainStream([corpus], tokenize, max_length=8, min_length=8, holdout_fraction=0.1, open_records=1, ae_probability=1.0)
+    take(train, 200)  # more than one epoch
+    assert train.sources[0].records.epoch >= 1
+    heldout = PretrainStream([corpus], tokenize, max_length=8, min_length=8, holdout_fraction=0.1, split="heldout", ae_probability=1.0)
+    held = take(heldout, 1000)
+    texts = {tiny_compressor(seed=0).tokenizer.decode(e.segment) for e in held}
+    assert held and all("18" in t or "19" in t for t in texts)
+
+
+def test_qa_stream_gold_among_distractors_and_resume(tmp_path: Path) -> None:
+    corpus = qa_corpus(tmp_path / "qa.jsonl", paragraphs=10)
+    stream = QAStream(corpus, max_distractors=4, shuffle_buffer=8, seed=1)
+    examples = take(stream, 20)
+    assert {len(e.contexts) for e in examples} - {1} and all(len(e.contexts) <= 5 for e in examples)
+    assert {e.gold_index for e in examples} - {0}
+    for example in examples:
+        assert len(set(example.contexts)) == len(example.contexts)
+    state = json.loads(json.dumps(stream.state_dict()))
+    expected = take(stream, 30)
+    again = QAStream(corpus, max_distractors=4, shuffle_buffer=8, seed=1)
+    again.load_state_dict(state)
+    assert take(again, 30) == expected
+
+
+# --------------------------------------------------------------------------- objectives
+def test_objectives_put_loss_on_target_tokens_only(tiny_compressor: Compressor) -> None:
+    from memrag.training.data import PretrainExample, QAExample
+
+    tokenize = _tokenize(tiny_compressor)
+    segment = tokenize("Paris is the capital and most populous city of France.")[:12]
+    output = PretrainObjective()(tiny_compressor, [PretrainExample("ae", segment), PretrainExample("lm", segment[:6], segment[6:])])
+    assert output.num_tokens == len(segment) + 1 + len(segment[6:])  # EOS after a reconstruction
+    assert output.parts["ae"][1] == len(segment) + 1 and output.parts["lm"][1] == 6
+    assert output.loss_sum.requires_grad and torch.isfinite(output.loss_sum)
+
+    example = QAExample(id="q", question="What is the capital?", answers=["Paris"], contexts=["Paris is in France.", "The tower."])
+    qa = QAObjective()(tiny_compressor, [example])
+    assert qa.num_tokens == len(qa_target_ids(tiny_compressor.tokenizer, "Paris"))
+    prompt = qa_prompt(tiny_compressor.tokenizer, ["Paris is in France."], "What is the capital?")
+    assert prompt[-1].endswith("Question: What is the capital?\nAnswer:")
+
+
+# --------------------------------------------------------------------------- bad data
+def test_bad_rows_raise_with_file_and_line_or_are_skipped(tmp_path: Path) -> None:
+    good = {"context": "Paris is in France.", "question": "Where is Paris?", "answers": ["France"]}
+    bad = write_jsonl(tmp_path / "bad.jsonl", [good, good, "{not json", {"context": "x", "question": "y"}])
+    with pytest.raises(BadRowError, match=r"bad\.jsonl:3: invalid JSON"):
+        take(QAStream(bad, on_error="raise", shuffle_buffer=10), 3)
+    stream = QAStream(bad, on_error="skip", shuffle_buffer=10, cycle=False)
+    assert len(take(stream, 10)) == 2
+    assert [(r.line, r.reason) for r in stream.reports[0].bad_rows] == [(3, "invalid JSON (Expecting property name enclosed in double quotes)"), (4, "missing field 'answers'")]
+
+    data = _finetune_data(tmp_path, data=str(bad), on_bad_row="raise")
+    trainer = finetuning_trainer(ModelArguments(), data, _args(tmp_path, batch_size=4), compressor=tiny_compressor(seed=0))
+    with pytest.raises(BadRowError, match=r"bad\.jsonl:3"):
+        trainer.train()
+
+
+def test_empty_training_file_is_a_clear_error(tmp_path: Path) -> None:
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"text": "   "}])
+    stream = PretrainStream([empty], _tokenize(tiny_compressor(seed=0)), max_length=8, min_length=4)
+    with pytest.raises(ValueError, match="no usable records"):
+        next(stream)
+
+
+# --------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("command", [["train", "pretrain"], ["train", "finetune"], ["train"]])
+def test_train_cli_help(command: list[str]) -> None:
+    from memrag.cli import app
+
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    if len(command) == 2:
+        for option in ("--output", "--resume", "--max-steps", "--batch-size", "--grad-accum-steps", "--learning-rate", "--init-from", "--data"):
+            assert option in result.output
+
+
+@pytest.fixture(scope="module")
+def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny base model saved as a Hugging Face directory, loadable by --base-model."""
+    base = tiny_base_model(seed=0)
+    path = tmp_path_factory.mktemp("tiny-base")
+    base.model.save_pretrained(path)
+    base.tokenizer.save_pretrained(path)
+    return path
+
+
+def test_train_cli_pretrain_then_finetune_then_resume(tmp_path: Path, tiny_base_dir: Path) -> None:
+    from memrag.cli import app
+
+    runner = CliRunner()
+    text = text_corpus(tmp_path / "text.jsonl")
+    qa = qa_corpus(tmp_path / "qa.jsonl")
+    common = ["--device", "cpu", "--batch-size", "2", "--no-progress", "--warmup-steps", "0"]
+    pre = runner.invoke(app, [
+        "train", "pretrain", "--base-model", str(tiny_base_dir), "--data", str(text), "--output", str(tmp_path / "pre"),
+        "--segment-length", "16", "--lora-rank", "4", "--max-steps", "2", "--eval-every", "2",
+        "--eval-examples", "2", "--eval-ae-segments", "2", "--min-segment-length", "4", "--continuation-length", "4", *common,
+    ])
+    assert pre.exit_code == 0, pre.output
+    assert "done: 2 steps" in pre.output and "ae_bleu4" in pre.output
+    fine_args = [
+        "train", "finetune", "--init-from", str(tmp_path / "pre"), "--data", str(qa), "--eval-data", str(qa),
+        "--output", str(tmp_path / "fine"), "--eval-examples", "2", "--eval-questions", "2", "--max-distractors", "1",
+        "--save-every", "1", *common,
+    ]
+    fine = runner.invoke(app, [*fine_args, "--max-steps", "1"])
+    assert fine.exit_code == 0, fine.output
+    assert "squad_f1" in fine.output
+    refused = runner.invoke(app, [*fine_args, "--max-steps", "2"])
+    assert refused.exit_code == 2 and "--resume" in refused.output
+    more = runner.invoke(app, [*fine_args, "--max-steps", "2", "--resume"])
+    assert more.exit_code == 0, more.output
+    assert json.loads((tmp_path / "fine" / "summary.json").read_text())["step"] == 2
+
+
+def test_train_cli_reports_bad_rows_as_errors(tmp_path: Path, tiny_base_dir: Path) -> None:
+    from memrag.cli import app
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine text here " * 5}, "[1, 2]"])
+    result = CliRunner().invoke(app, [
+        "train", "pretrain", "--base-model", str(tiny_base_dir), "--data", str(bad), "--output", str(tmp_path / "o"),
+        "--segment-length", "16", "--max-steps", "1", "--holdout-fraction", "0", "--on-bad-row", "raise",
+        "--device", "cpu", "--no-progress", "--batch-size", "8",
+    ])
+    assert result.exit_code == 2
+    assert "bad.jsonl:2: expected a JSON object, got array" in result.output
