@@ -39,6 +39,11 @@ IGNORED_CLIENT_PARAMS = ("api_key", "base_url", "timeout", "request_timeout", "m
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed")
 
 
+#: Pydantic config of the memrag models. Subclasses set it again: pydantic merges the configs
+#: of several bases left to right, so LangChain's ``extra="ignore"`` would otherwise win.
+MODEL_CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
+
+
 @dataclass(frozen=True)
 class PromptSpec:
     """A parsed prompt: turns of literal text and document references.
@@ -121,7 +126,7 @@ class MemragModelMixin(BaseModel):
             :mod:`memrag.langchain.markers`).
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
+    model_config = MODEL_CONFIG
 
     compressor: Any = Field(default=None, exclude=True, repr=False)
     source: Any = Field(default=None, exclude=True, repr=False)

@@ -28,6 +28,7 @@ from langchain_core.runnables.config import run_in_executor
 
 from memrag.generation import Generation
 from memrag.langchain._base import (
+    MODEL_CONFIG,
     MemragModelMixin,
     PromptSpec,
     StreamEnd,
@@ -130,6 +131,8 @@ class ChatMemrag(MemragModelMixin, BaseChatModel):
     ``generate`` (``batch_size`` prompts at a time); each input still gets its own run and
     callbacks.
     """
+
+    model_config = MODEL_CONFIG
 
     @property
     def _llm_type(self) -> str:

@@ -15,7 +15,7 @@ from langchain_core.outputs import GenerationChunk, LLMResult
 from langchain_core.runnables.config import run_in_executor
 
 from memrag.generation import Generation
-from memrag.langchain._base import MemragModelMixin, PromptSpec, StreamEnd, iterate_in_thread
+from memrag.langchain._base import MODEL_CONFIG, MemragModelMixin, PromptSpec, StreamEnd, iterate_in_thread
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ class MemragLLM(MemragModelMixin, LLM):
     ``finish_reason`` and ``usage_metadata`` (decoder positions prefilled, tokens generated);
     ``llm_output`` carries ``model_name`` and the summed ``token_usage``.
     """
+
+    model_config = MODEL_CONFIG
 
     @property
     def _llm_type(self) -> str:
@@ -96,7 +98,8 @@ class MemragLLM(MemragModelMixin, LLM):
         merged: GenerationChunk | None = None
         for chunk in chunks:
             merged = chunk if merged is None else merged + chunk
-        assert merged is not None and merged.generation_info is not None
+        if merged is None or not merged.generation_info:
+            raise RuntimeError("the stream ended without its final chunk")
         info = merged.generation_info
         usage = info["usage_metadata"]
         generation = Generation(
