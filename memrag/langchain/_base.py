@@ -16,8 +16,9 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
+from langchain_core.language_models.base import LangSmithParams
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -127,6 +128,8 @@ class MemragModelMixin(BaseModel):
     """
 
     model_config = MODEL_CONFIG
+    #: ``ls_model_type`` of the subclass (``"chat"`` or ``"llm"``).
+    _ls_model_type: ClassVar[Literal["chat", "llm"]] = "chat"
 
     compressor: Any = Field(default=None, exclude=True, repr=False)
     source: Any = Field(default=None, exclude=True, repr=False)
@@ -205,7 +208,8 @@ class MemragModelMixin(BaseModel):
             stop=tuple(stop if stop is not None else (self.stop or ())),
         )
 
-    def memrag_identifying_params(self) -> dict[str, Any]:
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
         """Parameters that identify this model's answers (used by LangChain caching)."""
         return {
             "model_name": self.model_name,
@@ -218,16 +222,16 @@ class MemragModelMixin(BaseModel):
             "stop": self.stop,
         }
 
-    def memrag_ls_params(self, model_type: str, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         """LangSmith tracing parameters (``ls_*``), honouring per-call overrides."""
         model = kwargs.get("model")
-        params: dict[str, Any] = {
-            "ls_provider": "memrag",
-            "ls_model_name": model if isinstance(model, str) else self.model_name,
-            "ls_model_type": model_type,
-            "ls_temperature": kwargs.get("temperature", self.temperature),
-            "ls_max_tokens": kwargs.get("max_tokens", self.max_tokens),
-        }
+        params = LangSmithParams(
+            ls_provider="memrag",
+            ls_model_name=model if isinstance(model, str) else (self.model_name or ""),
+            ls_model_type=self._ls_model_type,
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
         stop = stop if stop is not None else self.stop
         if stop:
             params["ls_stop"] = list(stop)

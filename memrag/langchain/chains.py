@@ -21,12 +21,19 @@ from memrag.langchain.formatting import (
 )
 
 
+def _unwrap(model: Runnable) -> Runnable:
+    """The model inside ``model.bind(...)`` / ``with_config(...)`` wrappers."""
+    while isinstance(getattr(model, "bound", None), Runnable):
+        model = model.bound  # type: ignore[attr-defined]
+    return model
+
+
 def default_rag_prompt(model: BaseLanguageModel | Runnable) -> BasePromptTemplate:
     """The QA prompt memrag compressors are fine-tuned with, for a chat model or an LLM.
 
     Its variables are ``context`` (the formatted documents) and ``question``.
     """
-    if isinstance(model, BaseChatModel):
+    if isinstance(_unwrap(model), BaseChatModel):
         return ChatPromptTemplate.from_messages([("human", DEFAULT_QA_TEMPLATE)])
     return PromptTemplate.from_template(DEFAULT_QA_TEMPLATE)
 
@@ -41,7 +48,7 @@ def _as_inputs(value: str | Mapping[str, Any]) -> dict[str, Any]:
 
 def create_rag_chain(
     retriever: Runnable[str, list[Document]],
-    model: BaseLanguageModel,
+    model: BaseLanguageModel | Runnable,
     *,
     prompt: BasePromptTemplate | None = None,
     document_template: str = DEFAULT_DOCUMENT_TEMPLATE,
@@ -83,7 +90,7 @@ def create_rag_chain(
         raise ValueError(f"the RAG prompt must use the variables {sorted(missing)}")
     formatter = RunnableLambda(
         functools.partial(
-            format_docs, template=document_template, key=getattr(model, "reference_key", None)
+            format_docs, template=document_template, key=getattr(_unwrap(model), "reference_key", None)
         ),
         name="format_docs",
     )

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -133,17 +132,11 @@ class ChatMemrag(MemragModelMixin, BaseChatModel):
     """
 
     model_config = MODEL_CONFIG
+    _ls_model_type: ClassVar[Literal["chat", "llm"]] = "chat"
 
     @property
     def _llm_type(self) -> str:
         return "memrag-chat"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return self.memrag_identifying_params()
-
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        return LangSmithParams(**self.memrag_ls_params("chat", stop, kwargs))  # type: ignore[typeddict-item]
 
     def to_spec(self, messages: Sequence[BaseMessage]) -> PromptSpec:
         """Parses ``messages`` (markers verified with this model's reference key)."""

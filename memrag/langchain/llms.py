@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LLM
-from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation as LCGeneration
 from langchain_core.outputs import GenerationChunk, LLMResult
 from langchain_core.runnables.config import run_in_executor
@@ -35,17 +34,11 @@ class MemragLLM(MemragModelMixin, LLM):
     """
 
     model_config = MODEL_CONFIG
+    _ls_model_type: ClassVar[Literal["chat", "llm"]] = "llm"
 
     @property
     def _llm_type(self) -> str:
         return "memrag"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return self.memrag_identifying_params()
-
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        return LangSmithParams(**self.memrag_ls_params("llm", stop, kwargs))  # type: ignore[typeddict-item]
 
     def to_spec(self, prompt: str) -> PromptSpec:
         """Parses a completion prompt (markers verified with this model's reference key)."""

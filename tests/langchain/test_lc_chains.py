@@ -132,3 +132,13 @@ def test_chain_input_and_prompt_errors(retriever, lc_source) -> None:
         create_rag_chain(retriever, model, prompt=ChatPromptTemplate.from_messages([("human", "{question}")]))
     with pytest.raises(TypeError, match="question"):
         create_rag_chain(retriever, model).invoke({"query": "x"})
+
+
+def test_chain_over_a_bound_model_with_its_own_key(retriever, lc_source) -> None:
+    model = ChatMemrag(source=lc_source, max_tokens=MAX_TOKENS, reference_key="deployment key")
+    plain = ChatMemrag(source=lc_source, max_tokens=MAX_TOKENS)
+    question = "The capital?"
+    # The chain signs with the model's key and picks the chat prompt through the binding.
+    answer = create_rag_chain(retriever, model.bind(max_tokens=MAX_TOKENS)).invoke(question)
+    assert answer == create_rag_chain(retriever, plain).invoke(question)
+    assert isinstance(default_rag_prompt(model.bind(stop=["x"])), ChatPromptTemplate)
