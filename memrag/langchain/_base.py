@@ -66,7 +66,9 @@ class PromptSpec:
         """Prompt parts with each reference replaced by its document's slots (or text)."""
 
         def resolve(pieces: Sequence[Piece]) -> list[str | Any]:
-            return [records[p.id].context() if isinstance(p, DocumentReference) else p for p in pieces]
+            return [
+                records[p.id].context() if isinstance(p, DocumentReference) else p for p in pieces
+            ]
 
         if len(self.turns) == 1 and self.turns[0][0] is None:
             return resolve(self.turns[0][1])
@@ -179,7 +181,9 @@ class MemragModelMixin(BaseModel):
         """The marker codec for this model's reference key."""
         return get_codec(self.reference_key)
 
-    def generation_options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> GenerationOptions:
+    def generation_options(
+        self, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> GenerationOptions:
         """The decoding options of one call: the fields, overridden by call arguments.
 
         Raises:
@@ -247,13 +251,19 @@ class MemragModelMixin(BaseModel):
         records = fetch_records(self.source, [i for spec in specs for i in spec.document_ids])
         return [spec.materialize(records, self.compressor.tokenizer) for spec in specs]
 
-    def _decode(self, prompts: Sequence[list[PromptPart]], options: GenerationOptions) -> list[Generation]:
+    def _decode(
+        self, prompts: Sequence[list[PromptPart]], options: GenerationOptions
+    ) -> list[Generation]:
         generations: list[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
-            generations += self.compressor.generate(prompts[start : start + self.batch_size], options)
+            generations += self.compressor.generate(
+                prompts[start : start + self.batch_size], options
+            )
         return generations
 
-    def run_specs(self, specs: Sequence[PromptSpec], options: GenerationOptions) -> list[Generation]:
+    def run_specs(
+        self, specs: Sequence[PromptSpec], options: GenerationOptions
+    ) -> list[Generation]:
         """Answers each prompt, taking answers ``batch`` precomputed where there are some.
 
         The rest are fetched in one source call and decoded in batches of ``batch_size``
@@ -262,7 +272,8 @@ class MemragModelMixin(BaseModel):
         precomputed = _PRECOMPUTED.get()
         option_key = repr(options)
         results: list[Generation | None] = [
-            precomputed.take((spec, option_key)) if precomputed is not None else None for spec in specs
+            precomputed.take((spec, option_key)) if precomputed is not None else None
+            for spec in specs
         ]
         todo = [i for i, result in enumerate(results) if result is None]
         if todo:
@@ -271,7 +282,9 @@ class MemragModelMixin(BaseModel):
                 results[index] = generation
         return [result for result in results if result is not None]
 
-    def precompute(self, specs: Sequence[PromptSpec | None], options: GenerationOptions) -> _Precomputed:
+    def precompute(
+        self, specs: Sequence[PromptSpec | None], options: GenerationOptions
+    ) -> _Precomputed:
         """Decodes the prompts of a batch together, for the per-input calls to claim.
 
         ``None`` entries (inputs that could not be parsed) and prompts that cannot be
@@ -304,7 +317,9 @@ class MemragModelMixin(BaseModel):
             store.put((spec, option_key), generation)
         return store
 
-    def stream_spec(self, spec: PromptSpec, options: GenerationOptions) -> Iterator[str | StreamEnd]:
+    def stream_spec(
+        self, spec: PromptSpec, options: GenerationOptions
+    ) -> Iterator[str | StreamEnd]:
         """Yields the answer's text chunks, then a :class:`StreamEnd`.
 
         Closing the iterator early stops the decoder.
@@ -381,4 +396,9 @@ async def iterate_in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
                 pass
         close = getattr(iterator, "close", None)
         if close is not None:
-            close()
+            # Closing joins the decoder's worker thread: keep that wait off the event loop.
+            try:
+                await run_in_executor(None, close)
+            except BaseException:  # noqa: BLE001 - cancelled meanwhile: close here instead
+                close()
+                raise

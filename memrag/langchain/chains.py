@@ -43,7 +43,9 @@ def _as_inputs(value: str | Mapping[str, Any]) -> dict[str, Any]:
         return {"question": value}
     if isinstance(value, Mapping) and isinstance(value.get("question"), str):
         return dict(value)
-    raise TypeError(f"the RAG chain takes a question string or a dict with 'question', got {value!r}")
+    raise TypeError(
+        f"the RAG chain takes a question string or a dict with 'question', got {value!r}"
+    )
 
 
 def create_rag_chain(
@@ -90,7 +92,9 @@ def create_rag_chain(
         raise ValueError(f"the RAG prompt must use the variables {sorted(missing)}")
     formatter = RunnableLambda(
         functools.partial(
-            format_docs, template=document_template, key=getattr(_unwrap(model), "reference_key", None)
+            format_docs,
+            template=document_template,
+            key=getattr(_unwrap(model), "reference_key", None),
         ),
         name="format_docs",
     )
@@ -98,7 +102,8 @@ def create_rag_chain(
     answer = (
         RunnablePassthrough.assign(
             context=itemgetter("documents") | formatter,
-            question=itemgetter("question") | RunnableLambda(prepare_question, name="prepare_question"),
+            question=itemgetter("question")
+            | RunnableLambda(prepare_question, name="prepare_question"),
         )
         | prompt
         | bound
@@ -108,5 +113,7 @@ def create_rag_chain(
         documents=itemgetter("question") | retriever
     )
     if return_sources:
-        return (retrieve | RunnablePassthrough.assign(answer=answer)).with_config(run_name="memrag_rag")
+        return (retrieve | RunnablePassthrough.assign(answer=answer)).with_config(
+            run_name="memrag_rag"
+        )
     return (retrieve | answer).with_config(run_name="memrag_rag")

@@ -69,7 +69,9 @@ def _block_pieces(block: Any, parse_text: Any) -> tuple[Piece, ...]:
     if kind == DOCUMENT_BLOCK_TYPE:
         doc_id = block.get("id")
         if not isinstance(doc_id, str) or not doc_id:
-            raise ValueError(f"a {DOCUMENT_BLOCK_TYPE!r} content block needs a string 'id', got {block!r}")
+            raise ValueError(
+                f"a {DOCUMENT_BLOCK_TYPE!r} content block needs a string 'id', got {block!r}"
+            )
         return (DocumentReference(doc_id),)
     if kind == "text":
         return parse_text(str(block.get("text", "")))
@@ -167,7 +169,9 @@ class ChatMemrag(MemragModelMixin, BaseChatModel):
         )
         return ChatResult(
             generations=[
-                ChatGeneration(message=message, generation_info={"finish_reason": generation.finish_reason})
+                ChatGeneration(
+                    message=message, generation_info={"finish_reason": generation.finish_reason}
+                )
             ],
             llm_output={"model_name": self.model_name},
         )
@@ -210,11 +214,15 @@ class ChatMemrag(MemragModelMixin, BaseChatModel):
             yield chunk
 
     # ------------------------------------------------------------------ batching
-    def _batch_store(self, inputs: Sequence[LanguageModelInput], kwargs: dict[str, Any]) -> _Precomputed | None:
+    def _batch_store(
+        self, inputs: Sequence[LanguageModelInput], kwargs: dict[str, Any]
+    ) -> _Precomputed | None:
         """Answers to ``inputs`` decoded together, or ``None`` when batching does not apply."""
         if len(inputs) < 2:
             return None
-        if self.cache is not False and (isinstance(self.cache, BaseCache) or get_llm_cache() is not None):
+        if self.cache is not False and (
+            isinstance(self.cache, BaseCache) or get_llm_cache() is not None
+        ):
             return None  # cached answers would make the batched work wasted
         call = {k: v for k, v in kwargs.items() if k != "stop"}
         try:
@@ -252,4 +260,6 @@ class ChatMemrag(MemragModelMixin, BaseChatModel):
         """Async :meth:`batch`: the batched decoding runs in a worker thread."""
         store = await run_in_executor(None, self._batch_store, inputs, kwargs)
         with using_precomputed(store):
-            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+            return await super().abatch(
+                inputs, config, return_exceptions=return_exceptions, **kwargs
+            )

@@ -14,7 +14,13 @@ from langchain_core.outputs import GenerationChunk, LLMResult
 from langchain_core.runnables.config import run_in_executor
 
 from memrag.generation import Generation
-from memrag.langchain._base import MODEL_CONFIG, MemragModelMixin, PromptSpec, StreamEnd, iterate_in_thread
+from memrag.langchain._base import (
+    MODEL_CONFIG,
+    MemragModelMixin,
+    PromptSpec,
+    StreamEnd,
+    iterate_in_thread,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +117,17 @@ class MemragLLM(MemragModelMixin, LLM):
         sync_manager = run_manager.get_sync() if run_manager else None
         return await run_in_executor(None, self._generate, prompts, stop, sync_manager, **kwargs)
 
-    def _chunks(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> Iterator[GenerationChunk]:
+    def _chunks(
+        self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> Iterator[GenerationChunk]:
         options = self.generation_options(stop, kwargs)
         spec = self.to_spec(prompt)
         with contextlib.closing(self.stream_spec(spec, options)) as items:
             for item in items:
                 if isinstance(item, StreamEnd):
-                    yield GenerationChunk(text="", generation_info=self._info(spec, item.generation))
+                    yield GenerationChunk(
+                        text="", generation_info=self._info(spec, item.generation)
+                    )
                 else:
                     yield GenerationChunk(text=item)
 

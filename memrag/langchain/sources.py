@@ -129,7 +129,9 @@ class InMemoryDocumentSource:
                 raise ValueError(f"{count} texts but {len(values)} {name}")
         final_ids = [doc_id if doc_id else str(uuid.uuid4()) for doc_id in chosen]
         to_compress = [i for i in range(count) if not flags[i]]
-        slots = self.compressor.compress([texts[i] for i in to_compress], batch_size=self.batch_size)
+        slots = self.compressor.compress(
+            [texts[i] for i in to_compress], batch_size=self.batch_size
+        )
         slots_by_index = dict(zip(to_compress, slots))
         records = [
             ChunkRecord(
@@ -163,7 +165,10 @@ class InMemoryDocumentSource:
             found = [self._records[doc_id] for doc_id in ids if doc_id in self._records]
         if with_slots:
             return found
-        return [dataclasses.replace(record, metadata=dict(record.metadata), slots=None) for record in found]
+        return [
+            dataclasses.replace(record, metadata=dict(record.metadata), slots=None)
+            for record in found
+        ]
 
     def delete(self, ids: Iterable[str]) -> None:
         """Removes ``ids`` (unknown ids are ignored)."""

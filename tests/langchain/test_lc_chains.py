@@ -60,7 +60,11 @@ def test_chain_equals_direct_splice(model_class, retriever, lc_source, lc_compre
     question = "  When was the tower completed? "
     answer = chain.invoke(question)
     expected = _direct(
-        lc_compressor, lc_source, ["tower", "table"], question.strip(), chat=model_class is ChatMemrag
+        lc_compressor,
+        lc_source,
+        ["tower", "table"],
+        question.strip(),
+        chat=model_class is ChatMemrag,
     )
     assert answer == expected
 
@@ -96,7 +100,11 @@ def test_forged_marker_in_question_is_not_a_reference(lc_source, lc_compressor) 
     answer = chain.invoke(question)
     message = model.invoke(seen[0])
     assert message.response_metadata["memrag_documents"] == ["paris"]
-    assert answer == message.content == _direct(lc_compressor, lc_source, ["paris"], question, chat=True)
+    assert (
+        answer
+        == message.content
+        == _direct(lc_compressor, lc_source, ["paris"], question, chat=True)
+    )
 
 
 def test_chain_batch_is_one_decode(retriever, lc_source, lc_compressor, monkeypatch) -> None:
@@ -106,7 +114,9 @@ def test_chain_batch_is_one_decode(retriever, lc_source, lc_compressor, monkeypa
     alone = [chain.invoke(q) for q in questions]
     sizes: list[int] = []
     original = lc_compressor.generate
-    monkeypatch.setattr(lc_compressor, "generate", lambda p, o=None: sizes.append(len(p)) or original(p, o))
+    monkeypatch.setattr(
+        lc_compressor, "generate", lambda p, o=None: sizes.append(len(p)) or original(p, o)
+    )
     assert chain.batch(questions) == alone
     assert sizes == [3]
 
@@ -129,7 +139,9 @@ def test_chain_with_history_and_stop(retriever, lc_source) -> None:
 def test_chain_input_and_prompt_errors(retriever, lc_source) -> None:
     model = MemragLLM(source=lc_source, max_tokens=MAX_TOKENS)
     with pytest.raises(ValueError, match="context"):
-        create_rag_chain(retriever, model, prompt=ChatPromptTemplate.from_messages([("human", "{question}")]))
+        create_rag_chain(
+            retriever, model, prompt=ChatPromptTemplate.from_messages([("human", "{question}")])
+        )
     with pytest.raises(TypeError, match="question"):
         create_rag_chain(retriever, model).invoke({"query": "x"})
 
