@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from memrag.store.embedder import HashingEmbedder, SentenceTransformerEmbedder, load_embedder
-from memrag.store.errors import CompressorMismatchError
+from memrag.store.errors import compressor_mismatch
 from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class RayExecutor:
         wrong = {f for f in fingerprints if f != store.fingerprint}
         if wrong:
             self.close()
-            raise CompressorMismatchError(
+            raise compressor_mismatch(
                 f"Ray workers loaded compressor {sorted(wrong)[0]}, but {store.path} holds slots of "
                 f"compressor {store.fingerprint}"
             )

@@ -193,7 +193,10 @@ class Database:
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=60.0)
             conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA synchronous = FULL")
+            # WAL + NORMAL: a commit survives the process being killed (kill -9); after a power
+            # loss the last commits may be lost but the database stays consistent, and shards
+            # are fsynced before the commit that references them.
+            conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as err:
             raise StoreCorruptError(f"cannot open the store's database {self.path}: {err}") from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memrag.compressor.model import CompressorMismatchError
+from typing import Any
 
 
 class StoreError(RuntimeError):
@@ -48,3 +48,18 @@ __all__ = [
     "StoreReadOnlyError",
     "StoreVersionError",
 ]
+
+
+def compressor_mismatch(message: str) -> Exception:
+    """A :class:`memrag.compressor.CompressorMismatchError` (imported lazily: it pulls in transformers)."""
+    from memrag.compressor.model import CompressorMismatchError
+
+    return CompressorMismatchError(message)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CompressorMismatchError":
+        from memrag.compressor.model import CompressorMismatchError
+
+        return CompressorMismatchError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

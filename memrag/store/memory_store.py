@@ -41,12 +41,12 @@ from memrag.store.chunking import Chunker
 from memrag.store.database import ChunkRow, Database, NewChunk
 from memrag.store.embedder import Embedder, load_embedder
 from memrag.store.errors import (
-    CompressorMismatchError,
     EmbedderMismatchError,
     StoreCorruptError,
     StoreExistsError,
     StoreLockedError,
     StoreReadOnlyError,
+    compressor_mismatch,
 )
 from memrag.store.index import (
     IndexSpec,
@@ -563,7 +563,7 @@ class MemoryStore:
                 self._write_depth -= 1
                 if self._write_depth == 0:
                     try:
-                        self._maybe_checkpoint()
+                        self._maybe_checkpoint(final=True)
                         self._save_counts()
                     finally:
                         self._file_lock.release()
@@ -743,7 +743,7 @@ class MemoryStore:
 
     def _check_batch(self, batch: ProcessedBatch) -> None:
         if batch.fingerprint != self.fingerprint:
-            raise CompressorMismatchError(
+            raise compressor_mismatch(
                 f"slots made by compressor {batch.fingerprint} cannot go into {self.path}, "
                 f"which holds slots of compressor {self.fingerprint}"
             )
@@ -829,21 +829,29 @@ class MemoryStore:
             self._replay(index, entries)
         return index, max(newest.seq, head)
 
-    def _maybe_checkpoint(self, force: bool = False) -> None:
+    def _maybe_checkpoint(self, *, force: bool = False, final: bool = False) -> None:
+        """Checkpoints the index when the journal since the last checkpoint is long enough.
+
+        During a series of writes, a checkpoint is due when the pending journal holds a
+        quarter of the index (at least 10,000 entries), so a growing store rewrites its
+        index a bounded number of times; at the end of a series (``final``), a small index
+        is always checkpointed. An ``ivf`` index that has become large enough is trained.
+        """
         if self.read_only:
             return
         with self._index_lock:
             pending = self._applied_seq - self.db.checkpoint_seq()
-            if pending <= 0 and not self._index.wants_training():
+            train = self._index.wants_training()
+            if pending <= 0 and not train:
                 return
-            size = self._index.ntotal * self.dimension * 4
-            due = force or size <= _SMALL_INDEX_BYTES or pending >= max(10_000, self._index.ntotal // 4)
+            small = self._index.ntotal * self.dimension * 4 <= _SMALL_INDEX_BYTES
+            due = force or pending >= max(10_000, self._index.ntotal // 4) or (final and (small or train))
             if not due:
                 return
-            if self._index.wants_training():
+            if train:
                 self._rebuild_index()
-                return
-            self._write_checkpoint()
+            else:
+                self._write_checkpoint()
 
     def _write_checkpoint(self) -> None:
         directory = self.path / INDEX_DIR
@@ -944,16 +952,22 @@ class MemoryStore:
             flush()
 
     def _remove_debris(self) -> None:
-        """Removes what interrupted writers left: temporary files and unreferenced shards."""
+        """Removes what interrupted writers left: temporary files, unreferenced shards, and
+        index files other than the newest checkpoint (e.g. one whose sidecar was never written).
+        """
         known = {s.file for s in self.db.shards()}
+        checkpoints = list_checkpoints(self.path / INDEX_DIR)
+        keep = {checkpoints[-1].file.name, checkpoints[-1].sidecar.name} if checkpoints else set()
         removed = 0
         for directory in (self.path, self.path / SHARDS_DIR, self.path / INDEX_DIR):
             if not directory.is_dir():
                 continue
             for entry in directory.iterdir():
-                stray_tmp = entry.name.startswith(".") and entry.name.endswith(".tmp")
-                stray_shard = directory.name == SHARDS_DIR and entry.suffix == ".safetensors" and entry.name not in known
-                if stray_tmp or stray_shard:
+                name = entry.name
+                stray = name.startswith(".") and name.endswith(".tmp")
+                stray |= directory.name == SHARDS_DIR and name.endswith(".safetensors") and name not in known
+                stray |= directory.name == INDEX_DIR and name.startswith("index-") and name not in keep
+                if stray:
                     if entry.is_dir():
                         shutil.rmtree(entry, ignore_errors=True)
                     else:
@@ -985,7 +999,7 @@ class MemoryStore:
             else:
                 compressor = Compressor.from_base(info.base_model, device=self._device, dtype=self._dtype)
         except (OSError, ValueError) as err:
-            raise CompressorMismatchError(
+            raise compressor_mismatch(
                 f"cannot load the compressor of {self.path} (fingerprint {info.fingerprint}, "
                 f"source {info.source or 'untrained over ' + info.base_model}): {err}; pass compressor="
             ) from err
@@ -1059,7 +1073,7 @@ def document_chunks(chunker: Chunker, doc_id: str, text: str, metadata: dict[str
 
 def _check_compressor(path: Path, manifest: Manifest, compressor: Any) -> None:
     if compressor.fingerprint != manifest.compressor.fingerprint:
-        raise CompressorMismatchError(
+        raise compressor_mismatch(
             f"{path} holds slots of compressor {manifest.compressor.fingerprint} "
             f"({manifest.compressor.source or manifest.compressor.base_model}); the compressor given has "
             f"fingerprint {compressor.fingerprint}. Slots of one compressor cannot be read by another."

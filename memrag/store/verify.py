@@ -181,6 +181,11 @@ def _verify_index(root: Path, manifest: Manifest, db: Database, report: VerifyRe
     except (StoreCorruptError, LookupError) as err:
         report.problems.append(Finding("index", str(directory), str(err)))
         return
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith("index-") and entry not in (newest.file, newest.sidecar):
+            report.warnings.append(
+                Finding("debris", str(entry), "index file other than the newest checkpoint (the next writer removes it)")
+            )
     added = {vid for _, op, vid in entries if op == "add"}
     deleted = {vid for _, op, vid in entries if op == "del"}
     in_index = set(index.ids().tolist()) - set(index.tombstones)
