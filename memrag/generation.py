@@ -114,18 +114,35 @@ def _seeded(options: GenerationOptions, device: torch.device) -> None:
 
 
 def generate(
-    model: Any, tokenizer: Any, batch: SpliceBatch, options: GenerationOptions
+    model: Any,
+    tokenizer: Any,
+    batch: SpliceBatch,
+    options: GenerationOptions,
+    *,
+    streamer: Any = None,
+    past_key_values: Any = None,
 ) -> list[Generation]:
     """Decodes every row of ``batch`` with ``model.generate``.
 
     ``model`` must already be in decoder mode (the compressor's adapter disabled).
+
+    Args:
+        model: The decoder.
+        tokenizer: Its tokenizer.
+        batch: The spliced prompts.
+        options: How to decode.
+        streamer: A transformers streamer passed to ``generate`` (e.g. to time the first token).
+        past_key_values: A cache that already holds the first positions of every row (prefix
+            caching); ``generate`` then prefills only the positions after it.
     """
     _seeded(options, batch.inputs_embeds.device)
+    extra = {"streamer": streamer, "past_key_values": past_key_values}
     with torch.inference_mode():
         output = model.generate(
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
             **options.generate_kwargs(tokenizer),
+            **{key: value for key, value in extra.items() if value is not None},
         )
     results = []
     for row, prompt_positions in zip(output, batch.prompt_lengths):

@@ -34,3 +34,4 @@ from memrag.cli import demo as _demo  # noqa: E402,F401
 from memrag.cli import train as _train  # noqa: E402,F401
 from memrag.cli import eval as _eval  # noqa: E402,F401
 from memrag.cli import index as _index  # noqa: E402,F401
+from memrag.cli import bench as _bench  # noqa: E402,F401

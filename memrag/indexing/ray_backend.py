@@ -132,6 +132,9 @@ class RayExecutor:
         ray_options: Cluster address and worker resources.
         device: Device on workers without GPUs.
 
+    Ray and the actors start when the first batch needs them (a resumed build with nothing
+    left to do starts nothing).
+
     Raises:
         ImportError: Ray is not installed (``pip install 'memrag[ray]'``).
         CompressorMismatchError: a worker loaded a compressor other than the store's.
@@ -144,7 +147,22 @@ class RayExecutor:
             raise ImportError("the Ray backend needs Ray: pip install 'memrag[ray]'") from err
         self._ray = ray
         self.options = ray_options
+        self.store = store
+        self._factory = factory
+        self._device = device
         self._owns_ray = False
+        self.workers: list[Any] = []
+        manifest_options = store.manifest.options
+        self._processor_kwargs = {
+            "slot_dtype": manifest_options.slot_dtype,
+            "compress_batch_size": options.compress_batch_size,
+            "fidelity": manifest_options.fidelity,
+            "fidelity_max_tokens": manifest_options.fidelity_max_tokens,
+        }
+
+    def _start(self) -> None:
+        """Starts (or joins) Ray and the actors; called when the first batch needs them."""
+        ray, ray_options, store = self._ray, self.options, self.store
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {
                 "include_dashboard": False,
@@ -159,33 +177,20 @@ class RayExecutor:
             ray.init(address=ray_options.address, **kwargs)
             self._owns_ray = True
         on_gpu = ray_options.num_gpus_per_worker > 0
-        manifest_options = store.manifest.options
-        processor_kwargs = {
-            "slot_dtype": manifest_options.slot_dtype,
-            "compress_batch_size": options.compress_batch_size,
-            "fidelity": manifest_options.fidelity,
-            "fidelity_max_tokens": manifest_options.fidelity_max_tokens,
-        }
         embedder = store._embedder
         if embedder is None or isinstance(embedder, (HashingEmbedder, SentenceTransformerEmbedder)):
             embedder = store.manifest.embedder.id
         actor = ray.remote(num_cpus=ray_options.num_cpus_per_worker, num_gpus=ray_options.num_gpus_per_worker)(_Worker)
         threads = max(1, int(ray_options.num_cpus_per_worker))
-        worker_device = "cuda" if on_gpu else device
-        if on_gpu:
-            factory = _on_device(factory, worker_device)
+        worker_device = "cuda" if on_gpu else self._device
+        factory = _on_device(self._factory, worker_device) if on_gpu else self._factory
         self.workers = [
-            actor.remote(factory, embedder, processor_kwargs, threads, worker_device)
+            actor.remote(factory, embedder, self._processor_kwargs, threads, worker_device)
             for _ in range(ray_options.num_workers)
         ]
-        try:
-            fingerprints = ray.get([w.fingerprint.remote() for w in self.workers])
-        except BaseException:
-            self.close()
-            raise
+        fingerprints = ray.get([w.fingerprint.remote() for w in self.workers])
         wrong = {f for f in fingerprints if f != store.fingerprint}
         if wrong:
-            self.close()
             raise compressor_mismatch(
                 f"Ray workers loaded compressor {sorted(wrong)[0]}, but {store.path} holds slots of "
                 f"compressor {store.fingerprint}"
@@ -196,22 +201,25 @@ class RayExecutor:
         """Submits batches round-robin with a bounded queue; yields results as they finish."""
         from ray.util import ActorPool
 
-        pool = ActorPool(self.workers)
-        limit = self.options.max_in_flight or 2 * len(self.workers)
+        pool = None
+        limit = self.options.max_in_flight or 2 * self.options.num_workers
         in_flight = 0
         for batch in batches:
+            if pool is None:
+                self._start()
+                pool = ActorPool(self.workers)
             while in_flight >= limit:
                 yield pool.get_next_unordered()
                 in_flight -= 1
             pool.submit(lambda worker, chunks: worker.process.remote(chunks), batch)
             in_flight += 1
-        while in_flight:
+        while in_flight and pool is not None:
             yield pool.get_next_unordered()
             in_flight -= 1
 
     def close(self) -> None:
         """Stops the actors, and the local Ray instance if this executor started it."""
-        for worker in getattr(self, "workers", []):
+        for worker in self.workers:
             try:
                 self._ray.kill(worker)
             except Exception:  # noqa: BLE001 - already gone

@@ -20,7 +20,7 @@ class TextChunk:
         text: The chunk's text, ``document[char_start:char_end]``.
         char_start: Offset of its first character in the document.
         char_end: Offset one past its last character.
-        num_tokens: Tokens of the window it was cut from.
+        num_tokens: Tokens of ``text`` tokenized on its own (at most the chunk length).
     """
 
     index: int
@@ -54,32 +54,40 @@ class Chunker:
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
 
+    def count(self, text: str) -> int:
+        """Tokens of ``text`` on its own."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def chunk(self, text: str) -> list[TextChunk]:
-        """The chunks of ``text`` (none for empty or whitespace-only text)."""
+        """The chunks of ``text`` (none for empty or whitespace-only text).
+
+        A window's text re-tokenized on its own can take a token or two more than the window
+        (merges at its edges); such a window is shortened until its text fits
+        ``chunk_tokens``, so every chunk compresses into whole segments without a spill-over.
+        """
         if not text or not text.strip():
             return []
         offsets = self._offsets(text)
-        if len(offsets) <= self.chunk_tokens:
-            return [self._make(0, text, 0, len(text), len(offsets))] if offsets else []
-        stride = self.chunk_tokens - self.overlap
         chunks: list[TextChunk] = []
         start = 0
         while start < len(offsets):
-            window = offsets[start : start + self.chunk_tokens]
-            chunk = self._make(len(chunks), text, window[0][0], window[-1][1], len(window))
+            end = min(start + self.chunk_tokens, len(offsets))
+            chunk = self._make(len(chunks), text, offsets[start][0], offsets[end - 1][1])
+            while end - start > 1 and self.count(chunk.text) > self.chunk_tokens:
+                end -= 1
+                chunk = self._make(len(chunks), text, offsets[start][0], offsets[end - 1][1])
             if chunk.text:
                 chunks.append(chunk)
-            if start + self.chunk_tokens >= len(offsets):
+            if end >= len(offsets):
                 break
-            start += stride
+            start = max(start + 1, end - self.overlap)
         return chunks
 
-    @staticmethod
-    def _make(index: int, text: str, char_start: int, char_end: int, num_tokens: int) -> TextChunk:
+    def _make(self, index: int, text: str, char_start: int, char_end: int) -> TextChunk:
         # Tokenizers fold leading spaces into tokens; keep offsets exact but trim the edges.
         piece = text[char_start:char_end]
         stripped = piece.strip()
         if stripped != piece:
             char_start += len(piece) - len(piece.lstrip())
             char_end = char_start + len(stripped)
-        return TextChunk(index, stripped, char_start, char_end, num_tokens)
+        return TextChunk(index, stripped, char_start, char_end, self.count(stripped) if stripped else 0)

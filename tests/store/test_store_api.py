@@ -241,8 +241,9 @@ def test_fidelity_equals_the_decoders_reconstruction_loss(compressor) -> None:
     slots = [s.to(dtype=torch.float16) for s in compressor.compress(texts)]
     scores = FidelityScorer(compressor).score(texts, slots)
     for text, memory, score in zip(texts, slots, scores):
-        batch = compressor.build([[memory, Task.RECONSTRUCT]], [text])
-        loss = float(compressor.decoder_forward(batch).loss)
+        with torch.no_grad():
+            batch = compressor.build([[memory, Task.RECONSTRUCT]], [text])
+            loss = float(compressor.decoder_forward(batch).loss)
         assert score == pytest.approx(math.exp(-loss), rel=1e-4)
     # A tiny logits budget splits the batch into single rows without changing the scores.
     assert FidelityScorer(compressor, logits_budget=1).score(texts, slots) == pytest.approx(scores, rel=1e-5)
