@@ -1,0 +1,277 @@
+"""Reporting the benchmark: environment, markdown table, targets, PNG plots."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memrag.bench.modes import MODES
+from memrag.bench.runner import BenchResult
+from memrag.utils.torch_utils import dtype_name
+
+logger = logging.getLogger(__name__)
+
+#: The issue's targets for the default compressor at k = 5.
+TARGET_TTFT_SPEEDUP = 3.0
+TARGET_F1_WITHIN = 0.10
+TARGET_STORAGE_VS_FULL_KV = 4.0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def environment(compressor: Any, *, label: str, trained: bool) -> dict[str, Any]:
+    """Machine, threads, model, dtype and versions a run used.
+
+    Args:
+        compressor: The compressor under test.
+        label: How to name the compressor in reports (a directory, or "UNTRAINED ...").
+        trained: Whether the compressor was trained (``False``: freshly initialised).
+    """
+    from memrag.version import __version__
+
+    device = compressor.device
+    info: dict[str, Any] = {
+        "machine": f"{_cpu_model()} ({os.cpu_count()} logical CPUs, {platform.machine()})",
+        "platform": platform.platform(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "dtype": dtype_name(compressor.dtype),
+        "base_model": compressor.config.base_model,
+        "compressor": label,
+        "compressor_trained": trained,
+        "compressor_fingerprint": compressor.fingerprint,
+        "slot_kind": compressor.config.slot_kind,
+        "compression_rate": compressor.config.compression_rate,
+        "segment_length": compressor.config.segment_length,
+        "attention": getattr(compressor.causal_lm.config, "_attn_implementation", None),
+        "versions": {
+            "python": platform.python_version(),
+            "memrag": __version__,
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "peft": _version("peft"),
+            "faiss-cpu": _version("faiss-cpu"),
+            "sentence-transformers": _version("sentence-transformers"),
+        },
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def describe_environment(env: dict[str, Any]) -> str:
+    """A few lines for people."""
+    get = env.get
+    versions = ", ".join(f"{k} {v}" for k, v in get("versions", {}).items() if v)
+    gpu = f", GPU {get('gpu')}" if get("gpu") else ""
+    lines = [
+        f"machine: {get('machine')}{gpu}",
+        (
+            f"device {get('device')}, {get('threads')} threads, dtype {get('dtype')}, "
+            f"attention {get('attention')}"
+        ),
+        (
+            f"model: {get('base_model')}; compressor: {get('compressor')} ({get('slot_kind')} "
+            f"slots, rate {get('compression_rate')}, fingerprint {get('compressor_fingerprint')})"
+        ),
+        f"versions: {versions}",
+    ]
+    return "\n".join(lines)
+
+
+def _cell(figures: dict[str, Any], key: str, text: str) -> str:
+    """``text`` followed by the figure's ratio to the ``text`` mode's, when there is one."""
+    value = (figures.get("ratios_vs_text") or {}).get(key)
+    ratio = f" ({value:.2f}×)" if isinstance(value, float) and math.isfinite(value) else ""
+    return text + ratio
+
+
+def _bytes(value: float) -> str:
+    for unit, size in (("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+def markdown_table(result: BenchResult) -> str:
+    """The results as a markdown table; ``(r×)`` is the ratio to the ``text`` mode's figure."""
+    header = (
+        "| mode | EM | F1 | TTFT p50 (s) | TTFT p90 (s) | latency p50 (s) | positions prefilled "
+        "| bytes / chunk | offline s / chunk | n |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for mode in MODES:
+        if mode in result.results:
+            f = result.results[mode]
+            cells = [
+                mode,
+                _cell(f, "exact_match", f"{f['exact_match']:.1f}"),
+                _cell(f, "f1", f"{f['f1']:.1f}"),
+                _cell(f, "ttft_p50_s", f"{f['ttft_p50_s']:.3f}"),
+                _cell(f, "ttft_p90_s", f"{f['ttft_p90_s']:.3f}"),
+                _cell(f, "latency_p50_s", f"{f['latency_p50_s']:.3f}"),
+                _cell(f, "context_positions", f"{f['context_positions']:.0f}"),
+                _cell(f, "bytes_per_chunk", _bytes(f["bytes_per_chunk"])),
+                f"{f['offline_s_per_chunk']:.4f}",
+                str(f["n"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        elif mode in result.unavailable:
+            lines.append(f"| {mode} | {result.unavailable[mode]} |" + " |" * 8)
+    limit = result.limit
+    lines.append(
+        f"| *limit* (question only) | | | {limit['ttft_p50_s']:.3f} | {limit['ttft_p90_s']:.3f} | "
+        f"| {limit.get('context_positions', 0):.0f} | | | |"
+    )
+    return "\n".join(lines)
+
+
+def targets(result: BenchResult) -> list[dict[str, Any]]:
+    """The issue's targets for the compressor's slot mode against ``text`` and ``full-kv``."""
+    slot_mode = next((m for m in ("slots", "kv-slots") if m in result.results), None)
+    checks: list[dict[str, Any]] = []
+    if slot_mode is None or "text" not in result.results:
+        return checks
+    slots, text = result.results[slot_mode], result.results["text"]
+    speedup = text["ttft_p50_s"] / slots["ttft_p50_s"] if slots["ttft_p50_s"] else math.inf
+    checks.append(
+        {
+            "target": f"{slot_mode} TTFT p50 at least {TARGET_TTFT_SPEEDUP:g}x faster than text",
+            "value": f"{speedup:.2f}x",
+            "met": speedup >= TARGET_TTFT_SPEEDUP,
+        }
+    )
+    drop = (text["f1"] - slots["f1"]) / text["f1"] if text["f1"] else 0.0
+    checks.append(
+        {
+            "target": f"{slot_mode} F1 within {TARGET_F1_WITHIN:.0%} of text",
+            "value": f"{slots['f1']:.1f} vs {text['f1']:.1f} ({-drop:+.1%})",
+            "met": drop <= TARGET_F1_WITHIN,
+        }
+    )
+    if "full-kv" in result.results and slots["bytes_per_chunk"]:
+        smaller = result.results["full-kv"]["bytes_per_chunk"] / slots["bytes_per_chunk"]
+        checks.append(
+            {
+                "target": (
+                    f"{slot_mode} storage per chunk at least {TARGET_STORAGE_VS_FULL_KV:g}x "
+                    "smaller than full-kv"
+                ),
+                "value": f"{smaller:.1f}x",
+                "met": smaller >= TARGET_STORAGE_VS_FULL_KV,
+            }
+        )
+    return checks
+
+
+def markdown_report(result: BenchResult) -> str:
+    """Table, limit, retrieval, targets and environment, as markdown."""
+    env, run, retrieval = result.environment.get, result.settings.get, result.retrieval.get
+    search_ms = retrieval("search_p50_s", 0) * 1000
+    lines = [
+        (
+            f"Compressor: **{env('compressor')}**; decoder {env('base_model')} ({env('dtype')}, "
+            f"{env('device')}, {env('threads')} threads). {run('limit')} questions from "
+            f"`{run('data')}`, k = {run('k')} of {retrieval('corpus_passages')} passages (gold "
+            f"passage retrieved for {retrieval('gold_passage_recall_at_k', 0):.0%} of questions), "
+            f"greedy, up to {run('max_new_tokens')} new tokens."
+        ),
+        "",
+        markdown_table(result),
+        "",
+        (
+            "Ratios in parentheses are against `text`. TTFT runs from the retrieved chunk ids to "
+            "the first generated token (loading the mode's stored payload, splicing, prefill, "
+            f"first decode step); retrieval (p50 {search_ms:.1f} ms) is the same for every mode "
+            "and not included."
+        ),
+    ]
+    for mode, why in result.unavailable.items():
+        lines.append(f"- `{mode}`: {why}.")
+    checks = targets(result)
+    if checks:
+        lines += ["", "Targets:", ""]
+        lines += [
+            f"- {'met' if c['met'] else 'MISSED'}: {c['target']} — {c['value']}" for c in checks
+        ]
+    lines += ["", "Environment:", "", "```text", describe_environment(result.environment), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(result: BenchResult, directory: str | Path) -> list[Path]:
+    """Writes ``f1_vs_ttft.png`` and ``f1_vs_bytes.png`` into ``directory``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    env = result.environment.get
+    label = f"{env('base_model')}, {env('dtype')}, {env('device')}"
+    written = []
+    for name, key, xlabel, log in (
+        ("f1_vs_ttft.png", "ttft_p50_s", "time to first token, p50 (s)", False),
+        ("f1_vs_bytes.png", "bytes_per_chunk", "bytes stored per chunk (log scale)", True),
+    ):
+        figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+        for mode, figures in result.results.items():
+            x = figures[key]
+            if log and x <= 0:
+                continue
+            axes.scatter([x], [figures["f1"]], s=40)
+            axes.annotate(
+                mode, (x, figures["f1"]), textcoords="offset points", xytext=(5, 4), fontsize=9
+            )
+        if key == "ttft_p50_s" and math.isfinite(result.limit["ttft_p50_s"]):
+            axes.axvline(result.limit["ttft_p50_s"], linestyle="--", color="grey", linewidth=1)
+            axes.annotate(
+                "question only",
+                (result.limit["ttft_p50_s"], 0),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+                color="grey",
+                rotation=90,
+            )
+        if log:
+            axes.set_xscale("log")
+        else:
+            axes.set_xlim(left=0)
+        axes.set_ylim(0, max([f["f1"] for f in result.results.values()] + [0.0]) + 10)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel("SQuAD F1 (%)")
+        axes.set_title(
+            f"F1 vs {'TTFT' if key == 'ttft_p50_s' else 'storage'} — {label}", fontsize=9
+        )
+        axes.grid(True, alpha=0.3)
+        figure.tight_layout()
+        path = target / name
+        figure.savefig(path)
+        plt.close(figure)
+        written.append(path)
+    return written

@@ -1,0 +1,394 @@
+"""``memrag bench``: fake-clock timing, full-kv caches, the harness end to end (tiny models)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from training_fixtures import qa_corpus
+from typer.testing import CliRunner
+
+from memrag.bench.corpus import TimedCompressor, passage_id, select_corpus
+from memrag.bench.full_kv import FullKVStore, KeyRotation, prefix_cache
+from memrag.bench.report import markdown_report, targets, write_plots
+from memrag.bench.runner import RESULT_FIELDS, BenchSettings, run_benchmark
+from memrag.bench.timing import AnswerTimer, percentile
+from memrag.generation import GenerationOptions, generate
+from memrag.prompts import qa_parts
+from memrag.testing import tiny_base_model, tiny_compressor
+
+QUESTION = "What is the capital of France?"
+LONG_CONTEXT = (
+    "Paris is the capital and most populous city of France. " * 8
+)  # > the tiny sliding window
+
+
+@pytest.fixture(scope="module")
+def compressor():
+    """A tiny compressor shared by this module's tests (they never modify it)."""
+    return tiny_compressor(seed=0)
+
+
+@pytest.fixture(scope="module")
+def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return qa_corpus(tmp_path_factory.mktemp("data") / "qa.jsonl", paragraphs=6, questions=2)
+
+
+@pytest.fixture(scope="module")
+def bench_result(compressor, qa_file: Path, tmp_path_factory: pytest.TempPathFactory):
+    settings = BenchSettings(
+        data=qa_file, limit=3, k=2, corpus_size=5, embedder="hashing:64", max_new_tokens=3
+    )
+    return run_benchmark(
+        compressor, settings, tmp_path_factory.mktemp("work"), environment={"machine": "test"}
+    )
+
+
+class FakeClock:
+    """Returns the given times in order."""
+
+    def __init__(self, *times: float) -> None:
+        self.times = list(times)
+
+    def __call__(self) -> float:
+        return self.times.pop(0)
+
+
+# --------------------------------------------------------------------------- timing
+def test_answer_timer_reads_the_fake_clock() -> None:
+    timer = AnswerTimer(FakeClock(10.0, 10.5, 12.0, 15.0))
+    timer.start()  # 10.0
+    timer.fetched()  # 10.5
+    timer.put(torch.tensor([[1, 2, 3]]))  # the prompt: no clock read
+    timer.put(torch.tensor([4]))  # first token: 12.0
+    timer.put(torch.tensor([5]))  # later tokens: no clock read
+    timer.end()
+    timing = timer.stop()  # 15.0
+    assert (timing.fetch_s, timing.ttft_s, timing.latency_s) == (0.5, 2.0, 5.0)
+
+
+def test_answer_timer_restarts_and_refuses_misuse() -> None:
+    with pytest.raises(RuntimeError, match="not started"):
+        AnswerTimer(FakeClock(1.0)).stop()
+    timer = AnswerTimer(FakeClock(0.0, 1.0, 2.0, 3.0, 7.0, 9.0))
+    timer.start()
+    timer.put(None)
+    with pytest.raises(RuntimeError, match="no generated token"):
+        timer.stop()
+    timer.start()  # 2.0: a restart forgets the earlier puts
+    timer.put(None)
+    timer.put(None)  # 3.0
+    timing = timer.stop()  # 7.0
+    assert (timing.fetch_s, timing.ttft_s, timing.latency_s) == (0.0, 1.0, 5.0)
+
+
+def test_answer_timer_as_the_streamer_of_generate(compressor) -> None:
+    """With ``generate``, the clock is read at start, fetch, the first token and stop only."""
+    timer = AnswerTimer(itertools.count().__next__)
+    batch = compressor.build([qa_parts(["Paris is in France."], QUESTION)])
+    timer.start()  # 0
+    timer.fetched()  # 1
+    with compressor.decoder_mode() as decoder:
+        generate(
+            decoder,
+            compressor.tokenizer,
+            batch,
+            GenerationOptions(max_new_tokens=3),
+            streamer=timer,
+        )  # 2
+    timing = timer.stop()  # 3
+    assert (timing.fetch_s, timing.ttft_s, timing.latency_s) == (1, 2, 3)
+
+
+@pytest.mark.parametrize("q", [0, 10, 50, 90, 100])
+def test_percentile_matches_numpy(q: float) -> None:
+    values = [0.3, 0.1, 0.7, 0.2, 0.9, 0.4]
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert np.isnan(percentile([], q))
+
+
+# --------------------------------------------------------------------------- full-kv
+@pytest.mark.parametrize("architecture", ["gemma3", "llama"])
+def test_full_kv_prefix_equals_text_prefill_for_one_chunk(
+    architecture: str, tmp_path: Path
+) -> None:
+    """One chunk's cache + the question gives the text prompt's logits (past the sliding window)."""
+    model = tiny_compressor(seed=0, architecture=architecture)
+    store = FullKVStore(tmp_path, dtype="float32")
+    store.build(model, [("a", LONG_CONTEXT), ("b", "The quick brown fox.")], batch_size=2)
+    text = model.build([qa_parts([LONG_CONTEXT], QUESTION)])
+    question = torch.tensor([model.splicer.tokenize(qa_parts([], QUESTION)[0])])
+    with model.decoder_mode() as decoder, torch.inference_mode():
+        expected = decoder(inputs_embeds=text.inputs_embeds).logits[0, -1]
+        cache, ids = prefix_cache(decoder, [store.load_bos(), *store.load(["a"])])
+        assert cache.get_seq_length() == ids.shape[0] == text.prompt_lengths[0] - question.shape[1]
+        got = decoder(input_ids=question, past_key_values=cache).logits[0, -1]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_key_rotation_moves_keys_to_other_positions(compressor, tmp_path: Path) -> None:
+    """Layer-0 keys depend only on token and position: re-rotated keys equal keys computed there."""
+    from transformers import DynamicCache
+
+    store = FullKVStore(tmp_path, dtype="float32")
+    store.build(compressor, [("a", "The quick brown fox jumps over the lazy dog.")])
+    (chunk,) = store.load(["a"])
+    offset = 37
+    ids = torch.tensor([[compressor.tokenizer.bos_token_id, *chunk.token_ids.tolist()]])
+    positions = torch.tensor([[0, *range(offset, offset + chunk.length)]])
+    with compressor.decoder_mode() as decoder, torch.inference_mode():
+        cache = DynamicCache()
+        decoder(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+        shifted = KeyRotation(decoder).shift(chunk.keys[0], offset - chunk.start, 0)
+    torch.testing.assert_close(shifted, cache.layers[0].keys[0, :, 1:], atol=1e-5, rtol=1e-5)
+
+
+def test_full_kv_store_files_and_composite_positions(compressor, tmp_path: Path) -> None:
+    store = FullKVStore(tmp_path / "kv")
+    seconds = store.build(
+        compressor, [("x/1", "Paris is in France."), ("y", "Berlin is in Germany.")]
+    )
+    assert (
+        seconds > 0 and store.path("x/1").parent == tmp_path / "kv" and store.file_bytes("x/1") > 0
+    )
+    bos, (x, y) = store.load_bos(), store.load(["x/1", "y"])
+    assert x.keys[0].dtype == torch.float16 and x.start == 1 and bos.start == 0 and bos.length == 1
+    with compressor.decoder_mode() as decoder:
+        reordered, ids = prefix_cache(decoder, [bos, x, y], positions="reorder")
+        composite, _ = prefix_cache(decoder, [bos, x, y], positions="composite")
+    assert ids.tolist() == [*bos.token_ids.tolist(), *x.token_ids.tolist(), *y.token_ids.tolist()]
+    first = 1 + x.length  # y's keys start here: moved by reorder, left alone by composite
+    assert torch.equal(
+        reordered.layers[0].keys[0, :, :first], composite.layers[0].keys[0, :, :first]
+    )
+    assert not torch.allclose(
+        reordered.layers[0].keys[0, :, first:], composite.layers[0].keys[0, :, first:]
+    )
+    with pytest.raises(FileNotFoundError):
+        store.load(["missing"])
+
+
+# --------------------------------------------------------------------------- corpus
+def test_select_corpus_adds_seeded_distractors(qa_file: Path) -> None:
+    corpus = select_corpus(qa_file, limit=3, corpus_size=5, seed=0)
+    assert len(corpus.questions) == 3 and len(corpus.passages) == 5
+    own = {passage_id(r.context) for r in corpus.questions}
+    assert own <= set(corpus.passages) and corpus.distractors == 5 - len(own)
+    again = select_corpus(qa_file, limit=3, corpus_size=5, seed=0)
+    assert list(again.passages) == list(corpus.passages)
+    small = select_corpus(qa_file, limit=3, corpus_size=1, seed=0)
+    assert small.distractors == 0 and set(small.passages) == own
+
+
+def test_timed_compressor_adds_up_compress_time(compressor) -> None:
+    timed = TimedCompressor(compressor, FakeClock(1.0, 3.5, 4.0, 4.5))
+    timed.compress(["Paris is in France.", "Berlin."])
+    timed.compress("Rome.")
+    assert timed.seconds == 3.0 and timed.texts == 3
+    assert timed.fingerprint == compressor.fingerprint  # everything else is delegated
+
+
+# --------------------------------------------------------------------------- end to end
+def test_bench_end_to_end_json_has_every_field(bench_result) -> None:
+    report = json.loads(json.dumps(bench_result.to_json()))
+    assert {"results", "limit", "environment"} <= set(report)
+    assert list(report["results"]) == ["text", "slots", "full-kv", "truncated", "none"]
+    assert (
+        "kv-slots" in report["unavailable"] and "not available" in report["unavailable"]["kv-slots"]
+    )
+    for mode, figures in report["results"].items():
+        assert set(RESULT_FIELDS) <= set(figures), mode
+        assert figures["n"] == 3 and 0 <= figures["f1"] <= 100
+        assert 0 < figures["ttft_p50_s"] <= figures["ttft_p90_s"]
+        assert figures["ttft_p50_s"] <= figures["latency_p50_s"] * 1.5
+    results = report["results"]
+    assert results["text"]["ratios_vs_text"]["ttft_p50_s"] == 1.0
+    assert results["none"]["bytes_per_chunk"] == 0 and results["text"]["offline_s_per_chunk"] == 0
+    assert results["full-kv"]["bytes_per_chunk"] > results["slots"]["bytes_per_chunk"] > 0
+    assert (
+        results["slots"]["offline_s_per_chunk"] > 0
+        and results["full-kv"]["offline_s_per_chunk"] > 0
+    )
+    # full-kv prefills only the question; slots and truncated take the same positions.
+    assert (
+        results["full-kv"]["context_positions"]
+        < results["slots"]["context_positions"]
+        < results["text"]["context_positions"]
+    )
+    assert results["full-kv"]["cached_positions"] > 0
+    assert (
+        abs(results["truncated"]["context_positions"] - results["slots"]["context_positions"])
+        <= 2 * 2
+    )
+    assert report["limit"]["ttft_p50_s"] == results["none"]["ttft_p50_s"]
+    assert report["environment"] == {"machine": "test"} and report["settings"]["k"] == 2
+    assert 0 <= report["retrieval"]["gold_passage_recall_at_k"] <= 1
+    assert report["timing"]["s_per_question_all_modes"] > 0
+    assert len(bench_result.predictions) == 3 * 5
+
+
+def test_bench_same_prompt_for_text_and_full_kv(bench_result) -> None:
+    """full-kv reads the text mode's tokens: cached + prefilled positions = text positions."""
+    text, full = bench_result.results["text"], bench_result.results["full-kv"]
+    assert full["cached_positions"] + full["context_positions"] == pytest.approx(
+        text["context_positions"]
+    )
+
+
+def test_bench_markdown_and_plots(bench_result, tmp_path: Path) -> None:
+    report = markdown_report(bench_result)
+    for row in (
+        "| text |",
+        "| slots |",
+        "| kv-slots | not available",
+        "| full-kv |",
+        "| truncated |",
+        "| none |",
+        "*limit*",
+    ):
+        assert row in report
+    assert "Targets:" in report and len(targets(bench_result)) == 3
+    paths = write_plots(bench_result, tmp_path / "plots")
+    assert [p.name for p in paths] == ["f1_vs_ttft.png", "f1_vs_bytes.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_bench_limit_without_the_none_mode(compressor, qa_file: Path, tmp_path: Path) -> None:
+    settings = BenchSettings(
+        data=qa_file,
+        limit=2,
+        k=1,
+        corpus_size=3,
+        modes=["text"],
+        embedder="hashing:32",
+        max_new_tokens=2,
+        warmup=0,
+    )
+    result = run_benchmark(compressor, settings, tmp_path)
+    assert list(result.results) == ["text"] and result.unavailable == {}
+    assert result.limit["ttft_p50_s"] > 0 and "question-only" in result.limit["source"]
+    assert result.limit["context_positions"] < result.results["text"]["context_positions"]
+
+
+def test_bench_settings_reject_bad_values(qa_file: Path) -> None:
+    with pytest.raises(ValueError, match="pictures"):
+        BenchSettings(data=qa_file, limit=1, modes=["text", "pictures"])
+    with pytest.raises(ValueError, match="kv_positions"):
+        BenchSettings(data=qa_file, limit=1, kv_positions="sideways")
+    assert BenchSettings(data=qa_file, limit=1, modes=["none", "text"]).modes == ["text", "none"]
+
+
+@pytest.fixture(scope="module")
+def saved_compressor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny compressor saved with its base model, loadable by the CLI."""
+    from memrag.models.loading import load_base_model
+
+    root = tmp_path_factory.mktemp("saved")
+    base = tiny_base_model(seed=0)
+    base.model.save_pretrained(root / "base")
+    base.tokenizer.save_pretrained(root / "base")
+    tiny_compressor(seed=0, base=load_base_model(str(root / "base"))).save_pretrained(
+        root / "compressor"
+    )
+    return root / "compressor"
+
+
+def test_bench_cli_writes_every_output(
+    saved_compressor: Path, qa_file: Path, tmp_path: Path
+) -> None:
+    from memrag.cli import app
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--data",
+            str(qa_file),
+            "--limit",
+            "2",
+            "--k",
+            "2",
+            "--corpus-size",
+            "4",
+            "--compressor",
+            str(saved_compressor),
+            "--embedder",
+            "hashing:32",
+            "--max-new-tokens",
+            "2",
+            "--threads",
+            "1",
+            "--json-out",
+            str(out),
+            "--plots-dir",
+            str(tmp_path / "plots"),
+            "--markdown-out",
+            str(tmp_path / "bench.md"),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "machine:" in result.output and "versions:" in result.output and "threads" in result.output
+    )
+    report = json.loads(out.read_text())
+    assert (
+        report["environment"]["compressor_trained"] is True
+        and report["environment"]["threads"] == 1
+    )
+    assert set(report["results"]) == {"text", "slots", "full-kv", "truncated", "none"}
+    assert (tmp_path / "plots" / "f1_vs_ttft.png").is_file() and "| slots |" in (
+        tmp_path / "bench.md"
+    ).read_text()
+    assert (tmp_path / "work" / "store" / "manifest.json").is_file()
+
+
+def test_bench_cli_refuses_bad_modes_and_labels_untrained(
+    saved_compressor: Path, qa_file: Path, tmp_path: Path
+) -> None:
+    from memrag.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(
+        app, ["bench", "--data", str(qa_file), "--limit", "1", "--modes", "text,pictures"]
+    )
+    assert bad.exit_code == 2 and "pictures" in bad.output
+    base = saved_compressor.parent / "base"
+    ok = runner.invoke(
+        app,
+        [
+            "bench",
+            "--data",
+            str(qa_file),
+            "--limit",
+            "1",
+            "--k",
+            "1",
+            "--corpus-size",
+            "2",
+            "--untrained",
+            "--base-model",
+            str(base),
+            "--modes",
+            "slots,none",
+            "--embedder",
+            "hashing:16",
+            "--max-new-tokens",
+            "1",
+            "--warmup",
+            "0",
+            "--json-out",
+            str(tmp_path / "b.json"),
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "UNTRAINED" in ok.output
+    assert (
+        json.loads((tmp_path / "b.json").read_text())["environment"]["compressor_trained"] is False
+    )
