@@ -195,6 +195,47 @@ class StopStringFilter:
         return text
 
 
+class TextStream(Iterator[str]):
+    """Text chunks of one streamed answer, and afterwards what a non-streamed answer reports.
+
+    Iterate it for the text; :attr:`num_tokens` and :attr:`finish_reason` count exactly the
+    tokens the decoder produced (as :func:`generate` does), final once the iteration ended.
+    Closing it early stops the generation.
+    """
+
+    def __init__(self, chunks: Iterator[str], tokens: list[int], stops: StopStringFilter,
+                 options: GenerationOptions, eos_token_id: int | None) -> None:
+        self._chunks = chunks
+        self._tokens = tokens
+        self._stops = stops
+        self._options = options
+        self._eos = eos_token_id
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Stops the generation (if running) and waits for its worker thread."""
+        self._chunks.close()
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens generated (an end-of-sequence token included, padding not)."""
+        if self._eos is not None and self._eos in self._tokens:
+            return self._tokens.index(self._eos) + 1
+        return len(self._tokens)
+
+    @property
+    def finish_reason(self) -> str:
+        """``"stop"`` (EOS or a stop string) or ``"length"``, as :func:`generate` reports."""
+        hit_eos = self._eos is not None and self._eos in self._tokens
+        finished = hit_eos or self._stops.stopped
+        return "stop" if finished or self.num_tokens < self._options.max_new_tokens else "length"
+
+
 def stream(
     model: Any,
     tokenizer: Any,
@@ -203,19 +244,47 @@ def stream(
     *,
     lock: threading.RLock | None = None,
     enter_decoder: Any = None,
-) -> Iterator[str]:
+) -> TextStream:
     """Yields text chunks of a single-row ``batch`` as ``generate`` produces them.
 
     ``generate`` runs in a worker thread feeding a ``TextIteratorStreamer``. ``enter_decoder``
     is a zero-argument callable returning a context manager that puts the model in decoder
     mode for the thread's lifetime; ``lock`` is held by the worker for the same time. Closing
-    the iterator early stops the generation.
+    the iterator early stops the generation. The returned :class:`TextStream` also counts the
+    generated tokens.
     """
     from transformers import TextIteratorStreamer
 
     if batch.inputs_embeds.shape[0] != 1:
         raise ValueError("streaming takes one prompt at a time")
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
+    tokens: list[int] = []
+
+    class _CountingStreamer(TextIteratorStreamer):
+        prompt_seen = False
+
+        def put(self, value: torch.Tensor) -> None:
+            # generate() puts the prompt ids first (none, with inputs_embeds), then each token.
+            if self.prompt_seen:
+                tokens.extend(value.reshape(-1).tolist())
+            self.prompt_seen = True
+            super().put(value)
+
+    streamer = _CountingStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
+    stops = StopStringFilter(options.stop)
+    chunks = _stream_chunks(model, tokenizer, batch, options, streamer, stops, lock, enter_decoder)
+    return TextStream(chunks, tokens, stops, options, tokenizer.eos_token_id)
+
+
+def _stream_chunks(
+    model: Any,
+    tokenizer: Any,
+    batch: SpliceBatch,
+    options: GenerationOptions,
+    streamer: Any,
+    stops: StopStringFilter,
+    lock: threading.RLock | None,
+    enter_decoder: Any,
+) -> Iterator[str]:
     error: list[BaseException] = []
     cancelled = threading.Event()
 
@@ -246,7 +315,6 @@ def stream(
 
     thread = threading.Thread(target=worker, name="memrag-generate", daemon=True)
     thread.start()
-    stops = StopStringFilter(options.stop)
     try:
         for chunk in streamer:
             text = stops.push(chunk)

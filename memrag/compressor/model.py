@@ -463,7 +463,11 @@ class Compressor(nn.Module):
     def stream(
         self, prompt: Sequence[PromptPart], options: GenerationOptions | None = None
     ) -> Iterator[str]:
-        """Yields text chunks of the answer to one spliced prompt as they are generated."""
+        """Yields text chunks of the answer to one spliced prompt as they are generated.
+
+        The iterator is a :class:`~memrag.generation.TextStream`: after it ends, its
+        ``num_tokens`` and ``finish_reason`` are what :meth:`generate` would report.
+        """
         options = options or GenerationOptions()
         batch = self.build([prompt])
         return stream(

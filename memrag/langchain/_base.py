@@ -102,7 +102,8 @@ _PRECOMPUTED: contextvars.ContextVar[_Precomputed | None] = contextvars.ContextV
 class StreamEnd:
     """Marks the end of a stream: what a non-streaming call would have reported.
 
-    ``num_tokens`` of a live stream is the answer re-tokenized (the streamer reports text only).
+    ``num_tokens`` counts the tokens the decoder generated (the answer re-tokenized for a
+    compressor whose stream does not count them).
     """
 
     generation: Generation
@@ -342,8 +343,12 @@ class MemragModelMixin(BaseModel):
         finally:
             iterator.close()
         text = "".join(pieces)
-        num_tokens = len(self.compressor.tokenizer(text, add_special_tokens=False)["input_ids"])
-        finish = "length" if num_tokens >= options.max_new_tokens else "stop"
+        exact = getattr(iterator, "num_tokens", None)  # memrag.generation.TextStream counts
+        if exact is not None:
+            num_tokens, finish = int(exact), str(iterator.finish_reason)
+        else:
+            num_tokens = len(self.compressor.tokenizer(text, add_special_tokens=False)["input_ids"])
+            finish = "length" if num_tokens >= options.max_new_tokens else "stop"
         yield StreamEnd(Generation(text, num_tokens, finish, positions))
 
     @staticmethod

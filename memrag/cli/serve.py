@@ -1,0 +1,96 @@
+"""``memrag serve``: the OpenAI-compatible RAG server over a memory store."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from memrag.cli.app import app
+from memrag.cli.common import DeviceOption, DtypeOption, fail, setup_logging
+
+logger = logging.getLogger(__name__)
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    store: Path = typer.Option(..., "--store", help="Store directory to answer from."),
+    compressor: str = typer.Option(
+        None, "--compressor", help="Compressor directory or shipped name (default: the one the store names)."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on."),
+    api_key_env: str = typer.Option(
+        "MEMRAG_API_KEY", "--api-key-env", help="Environment variable holding the API key (if set, it is required)."
+    ),
+    api_key_file: Path = typer.Option(None, "--api-key-file", help="File whose first line is the API key."),
+    model_name: str = typer.Option(None, "--model-name", help="Model id shown to clients (default: derived)."),
+    top_k: int = typer.Option(3, "--top-k", min=0, help="Chunks retrieved per chat request."),
+    max_top_k: int = typer.Option(16, "--max-top-k", min=1, help="Largest top_k a request may ask for."),
+    default_max_tokens: int = typer.Option(256, "--default-max-tokens", min=1, help="New tokens when a request says none."),
+    max_tokens: int = typer.Option(2048, "--max-tokens", min=1, help="Largest max_tokens a request may ask for."),
+    max_messages: int = typer.Option(64, "--max-messages", min=1, help="Most messages per chat request."),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1, help="Largest request body (bytes)."),
+    max_concurrent: int = typer.Option(1, "--max-concurrent", min=1, help="Generations running at once."),
+    max_queue: int = typer.Option(8, "--max-queue", min=0, help="Requests waiting for a slot before 429s."),
+    timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="Seconds per request (queue + generation)."),
+    stop: list[str] = typer.Option(None, "--stop", help="Default stop string (repeatable)."),
+    read_only: bool = typer.Option(False, "--read-only", help="Open the store read-only; no document endpoints."),
+    cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Browser origin allowed to call (repeatable; '*' for any)."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is happening."),
+) -> None:
+    """Serve OpenAI-compatible chat completions that answer from the store's memory slots.
+
+    Every request is logged as one JSON line on stderr.
+    """
+    setup_logging(verbose)
+    from memrag.server import ServerSettings, create_app, load_api_key
+    from memrag.server.middleware import configure_access_log
+    from memrag.server.runner import run_server
+    from memrag.store import MemoryStore
+    from memrag.store.errors import StoreError
+
+    try:
+        key = load_api_key(env=api_key_env or None, file=api_key_file)
+        settings = ServerSettings(
+            api_key=key,
+            model_name=model_name,
+            top_k=top_k,
+            max_top_k=max_top_k,
+            default_max_tokens=default_max_tokens,
+            max_tokens=max_tokens,
+            max_messages=max_messages,
+            max_body_bytes=max_body_bytes,
+            max_concurrent=max_concurrent,
+            max_queue=max_queue,
+            request_timeout=timeout,
+            stop=tuple(stop or ()),
+            allow_writes=not read_only,
+            cors_origins=tuple(cors_origin or ()),
+        )
+        typer.echo(f"opening {store} and loading its models ...", err=True)
+        opened = MemoryStore.open(store, compressor, read_only=read_only, device=device, dtype=dtype)
+    except (StoreError, ValueError, OSError, ImportError) as err:
+        fail(str(err))
+        return
+    with opened:
+        try:
+            application = create_app(opened, settings)
+            application.state.memrag.service.warm_up()
+        except (StoreError, ValueError, OSError, ImportError) as err:
+            fail(str(err))
+            return
+        if key is None and host not in _LOOPBACK:
+            logger.warning("serving on %s without an API key: anyone who can reach it can use it", host)
+        configure_access_log()
+        typer.echo(
+            f"serving {application.state.memrag.service.model_name} on http://{host}:{port}/v1 "
+            f"({'API key required' if key else 'no API key'})",
+            err=True,
+        )
+        run_server(application, host, port, log_level="info" if verbose else "warning")

@@ -1,0 +1,38 @@
+"""``memrag serve``: an OpenAI-compatible HTTP server doing RAG over a memory store.
+
+Needs FastAPI and uvicorn (installed with memrag). Names are imported lazily::
+
+    from memrag.server import ServerSettings, create_app
+
+    app = create_app(store, ServerSettings(api_key="secret", max_queue=16))
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "create_app": "memrag.server.app",
+    "ServerSettings": "memrag.server.settings",
+    "load_api_key": "memrag.server.settings",
+    "API_KEY_ENV": "memrag.server.settings",
+    "RagService": "memrag.server.service",
+    "GenerationLimiter": "memrag.server.limits",
+    "ServerThread": "memrag.server.runner",
+    "APIError": "memrag.server.errors",
+    "ACCESS_LOGGER": "memrag.server.middleware",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memrag.server' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,262 @@
+"""What the server does with a request, without HTTP: retrieve, build the prompt, decode.
+
+The prompt goes through :class:`~memrag.langchain.ChatMemrag` — the one splice path shared by
+training, the LangChain models and the server: the latest user message becomes the QA prompt
+of :func:`~memrag.langchain.create_rag_chain` (the retrieved chunks rendered by
+:func:`~memrag.langchain.format_docs` as signed references, the question escaped by
+:func:`~memrag.langchain.prepare_question`), earlier messages stay as they are (escaped), and
+the chat model renders them with the tokenizer's chat template, splices each chunk's slots
+(its text, when the store flags it ``use_text``) and decodes with the compressor's
+``stream``. Every method here blocks; the app calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from pydantic import SecretStr
+
+from memrag.generation import GenerationOptions
+from memrag.langchain._base import PromptSpec, StreamEnd
+from memrag.langchain.chat_models import ChatMemrag
+from memrag.langchain.formatting import DEFAULT_QA_TEMPLATE, format_docs, prepare_question
+from memrag.langchain.markers import escape_markers
+from memrag.store.records import ChunkRecord
+
+logger = logging.getLogger(__name__)
+
+#: Chat roles a request may use, and the LangChain message class of each.
+ROLE_MESSAGES: dict[str, type[BaseMessage]] = {
+    "system": SystemMessage,
+    "developer": SystemMessage,
+    "user": HumanMessage,
+    "assistant": AIMessage,
+}
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One chat message of a request: a role of :data:`ROLE_MESSAGES` and its text."""
+
+    role: str
+    text: str
+
+
+@dataclass
+class PreparedChat:
+    """A chat request ready to decode.
+
+    Attributes:
+        model: The chat model for this request (its source holds the retrieved chunks).
+        spec: The parsed prompt (the latest user message turned into the QA prompt).
+        options: Decoding options.
+        documents: The retrieved chunks, best first.
+    """
+
+    model: ChatMemrag
+    spec: PromptSpec
+    options: GenerationOptions
+    documents: list[ChunkRecord]
+
+    def stream(self) -> Iterator[str | StreamEnd]:
+        """Text chunks of the answer, then a :class:`StreamEnd`; closing it stops the decoder."""
+        return self.model.stream_spec(self.spec, self.options)
+
+
+class RetrievedChunks:
+    """A document source holding just the chunks one request retrieved.
+
+    The chat model reads slots from here instead of asking the store again, so a chunk
+    deleted between retrieval and decoding cannot fail the request.
+    """
+
+    def __init__(self, records: Sequence[ChunkRecord]) -> None:
+        self._records = {record.id: record for record in records}
+
+    def get(self, ids: Sequence[str], with_slots: bool = True) -> list[ChunkRecord]:
+        """The held records of ``ids`` (unknown ids are left out)."""
+        return [self._records[i] for i in dict.fromkeys(ids) if i in self._records]
+
+
+def document_info(record: ChunkRecord) -> dict[str, Any]:
+    """How a response reports one chunk it used."""
+    return {
+        "id": record.id,
+        "source_id": record.metadata.get("source_id", record.id),
+        "score": None if record.score is None else round(float(record.score), 6),
+        "spliced": "text" if record.use_text or record.slots is None else "slots",
+    }
+
+
+class RagService:
+    """Retrieval-augmented chat and document management over one :class:`MemoryStore`.
+
+    Args:
+        store: The store to retrieve from (and add to / delete from).
+        compressor: The compressor whose decoder answers (default: the store's).
+        model_name: Name reported to clients (default: the chat model's).
+        stop: Default stop strings.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        compressor: Any = None,
+        model_name: str | None = None,
+        stop: Sequence[str] = (),
+    ) -> None:
+        self.store = store
+        self.default_stop = tuple(stop)
+        # A key of our own: only this process writes and reads the document references.
+        self.chat = ChatMemrag(
+            source=store,
+            compressor=compressor if compressor is not None else store.compressor,
+            model=model_name,
+            reference_key=SecretStr(secrets.token_hex(32)),
+        )
+
+    @property
+    def model_name(self) -> str:
+        """The model id clients see."""
+        return str(self.chat.model_name)
+
+    @property
+    def fingerprint(self) -> str:
+        """The compressor's fingerprint."""
+        return str(self.chat.compressor.fingerprint)
+
+    def warm_up(self) -> None:
+        """Loads the store's embedder now rather than on the first request."""
+        self.store.search("warm up", k=1, with_slots=False)
+
+    # ------------------------------------------------------------------ chat
+    def options(
+        self,
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> GenerationOptions:
+        """Decoding options (the chat model's defaults where a value is ``None``).
+
+        Raises:
+            ValueError: a value is out of range.
+        """
+        call: dict[str, Any] = {"max_tokens": max_tokens}
+        if temperature is not None:
+            call["temperature"] = temperature
+        if top_p is not None:
+            if top_p == 0:  # OpenAI accepts 0: only the most likely token, i.e. greedy
+                call["temperature"] = 0.0
+            else:
+                call["top_p"] = top_p
+        if seed is not None:
+            call["seed"] = seed
+        chosen = list(stop) if stop is not None else list(self.default_stop)
+        return self.chat.generation_options(chosen, call)
+
+    def retrieve(
+        self, query: str, k: int, filter: Mapping[str, Any] | None = None
+    ) -> list[ChunkRecord]:
+        """The ``k`` chunks closest to ``query``, with their slots.
+
+        Raises:
+            ValueError: ``filter`` is malformed.
+        """
+        if k <= 0:
+            return []
+        return self.store.search(query, k=k, filter=dict(filter) if filter else None, with_slots=True)
+
+    def messages(self, turns: Sequence[Turn], documents: Sequence[ChunkRecord]) -> list[BaseMessage]:
+        """The conversation as LangChain messages, the latest user turn as the QA prompt.
+
+        All client text is escaped, so only the retrieved chunks are read as documents.
+
+        Raises:
+            ValueError: there is no user message, or a role is unknown.
+        """
+        last_user = max((i for i, t in enumerate(turns) if t.role == "user"), default=-1)
+        if last_user < 0:
+            raise ValueError("the conversation needs a user message")
+        messages: list[BaseMessage] = []
+        for index, turn in enumerate(turns):
+            kind = ROLE_MESSAGES.get(turn.role)
+            if kind is None:
+                raise ValueError(f"unsupported role {turn.role!r}")
+            if index == last_user:
+                context = format_docs(documents, key=self.chat.reference_key)
+                content = DEFAULT_QA_TEMPLATE.format(
+                    context=context, question=prepare_question(turn.text)
+                )
+            else:
+                content = escape_markers(turn.text)
+            messages.append(kind(content=content))
+        return messages
+
+    def prepare(
+        self,
+        turns: Sequence[Turn],
+        options: GenerationOptions,
+        *,
+        top_k: int,
+        filter: Mapping[str, Any] | None = None,
+    ) -> PreparedChat:
+        """Retrieves chunks for the latest user message and builds the request's prompt.
+
+        Raises:
+            ValueError: no user message, an unknown role, a malformed filter, or a
+                conversation the chat template refuses.
+        """
+        query = next((t.text for t in reversed(turns) if t.role == "user"), None)
+        if query is None:
+            raise ValueError("the conversation needs a user message")
+        documents = self.retrieve(query, top_k, filter)
+        model = self.chat.model_copy(update={"source": RetrievedChunks(documents)})
+        spec = model.to_spec(self.messages(turns, documents))
+        # Render the chat template now: a conversation it refuses is a client error.
+        try:
+            spec.materialize({r.id: r for r in documents}, model.compressor.tokenizer)
+        except Exception as err:  # noqa: BLE001 - jinja's TemplateError, the template's raise_exception
+            raise ValueError(f"the chat template cannot render this conversation: {err}") from err
+        return PreparedChat(model, spec, options, documents)
+
+    # ------------------------------------------------------------------ documents
+    def add_documents(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str | None],
+        metadatas: Sequence[Mapping[str, Any] | None],
+        *,
+        chunk: bool,
+    ) -> list[str]:
+        """Compresses, embeds and stores documents (see :meth:`MemoryStore.add`).
+
+        Returns:
+            The ids of the stored chunks.
+        """
+        ids = [doc_id if doc_id else secrets.token_hex(16) for doc_id in ids]
+        return list(self.store.add(list(texts), ids=ids, metadatas=[dict(m or {}) for m in metadatas], chunk=chunk))
+
+    def document_chunks(self, doc_id: str) -> list[ChunkRecord]:
+        """The chunk ``doc_id``, or the chunks cut from document ``doc_id`` (no slots)."""
+        found = self.store.get([doc_id], with_slots=False)
+        if found:
+            return found
+        return self.store.get(self.store.db.ids_of_sources([doc_id]), with_slots=False)
+
+    def delete_document(self, doc_id: str) -> int:
+        """Deletes chunk ``doc_id`` and every chunk cut from document ``doc_id``.
+
+        Returns:
+            How many chunks were deleted.
+        """
+        return int(self.store.delete([doc_id])) + int(self.store.delete_sources([doc_id]))
+

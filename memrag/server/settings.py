@@ -1,0 +1,128 @@
+"""Settings of the OpenAI-compatible server, and loading its API key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Environment variable read for the API key by default.
+API_KEY_ENV = "MEMRAG_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the server allows and how it answers.
+
+    Attributes:
+        api_key: Bearer token every endpoint but ``/healthz`` requires (``None``: no auth).
+        model_name: Model id reported by ``/v1/models`` and in responses (default: the chat
+            model's name, ``"<base model>+memrag-<fingerprint[:8]>"``).
+        model_aliases: Other ``model`` values requests may name (default: ``"memrag"``).
+        top_k: Chunks retrieved for each chat request by default.
+        max_top_k: Largest ``top_k`` a request may ask for.
+        default_max_tokens: New tokens generated when a request does not say.
+        max_tokens: Largest ``max_tokens`` a request may ask for (more is a 400).
+        max_messages: Most messages in one chat request.
+        max_body_bytes: Largest request body (more is a 413).
+        max_concurrent: Generations (and document compressions) running at once. The
+            compressor serialises its decoder with a lock, so more than 1 only overlaps
+            prompt building with decoding; keep the default unless the model is replicated.
+        max_queue: Admitted requests that may wait for a generation slot (beyond
+            ``max_concurrent``); a request arriving when the queue is full gets a 429.
+        request_timeout: Seconds a chat or document request may take in all (queue wait,
+            retrieval, generation); past it the generation is stopped and a 504 (or an error
+            event in a stream) is sent.
+        stop: Stop strings used when a request gives none.
+        allow_writes: Serve the document endpoints that add and delete (they need a store
+            opened for writing).
+        retry_after_min / retry_after_max: Bounds of the ``Retry-After`` seconds sent with a
+            429 (estimated from recent generation times).
+        cors_origins: Browser origins allowed to call the API (``"*"`` for any; none by
+            default).
+    """
+
+    api_key: str | None = field(default=None, repr=False)
+    model_name: str | None = None
+    model_aliases: tuple[str, ...] = ("memrag",)
+    top_k: int = 3
+    max_top_k: int = 16
+    default_max_tokens: int = 256
+    max_tokens: int = 2048
+    max_messages: int = 64
+    max_body_bytes: int = 1 << 20
+    max_concurrent: int = 1
+    max_queue: int = 8
+    request_timeout: float = 120.0
+    stop: tuple[str, ...] = ()
+    allow_writes: bool = True
+    retry_after_min: int = 1
+    retry_after_max: int = 60
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        positive = (
+            "max_top_k",
+            "default_max_tokens",
+            "max_tokens",
+            "max_messages",
+            "max_body_bytes",
+            "max_concurrent",
+            "retry_after_min",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
+        if not 0 <= self.top_k <= self.max_top_k:
+            raise ValueError(f"top_k must be in [0, max_top_k={self.max_top_k}], got {self.top_k}")
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens ({self.max_tokens})"
+            )
+        if self.request_timeout <= 0:
+            raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
+        if self.retry_after_max < self.retry_after_min:
+            raise ValueError("retry_after_max must be >= retry_after_min")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key must not be empty (use None for no authentication)")
+        if isinstance(self.stop, str) or any(not s for s in self.stop):
+            raise ValueError("stop must be a sequence of non-empty strings")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "model_aliases", tuple(self.model_aliases))
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+
+    def replace(self, **changes: object) -> ServerSettings:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_api_key(
+    *, env: str | None = API_KEY_ENV, file: str | Path | None = None
+) -> str | None:
+    """The API key from a file (first line, stripped) or else an environment variable.
+
+    Args:
+        env: Environment variable to read (``None``: none).
+        file: File holding the key; when given it must exist and hold a key.
+
+    Returns:
+        The key, or ``None`` when neither source provides one.
+
+    Raises:
+        ValueError: ``file`` is empty.
+        OSError: ``file`` cannot be read.
+    """
+    if file is not None:
+        text = Path(file).expanduser().read_text(encoding="utf-8").strip()
+        key = text.splitlines()[0].strip() if text else ""
+        if not key:
+            raise ValueError(f"API key file {file} is empty")
+        return key
+    if env:
+        value = os.environ.get(env, "").strip()
+        return value or None
+    return None
+

@@ -1,0 +1,65 @@
+"""Fixtures of the server tests: a tiny store, servers on loopback ports, clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from server_helpers import DOCUMENTS
+
+
+@pytest.fixture(scope="session")
+def server_compressor():
+    """A tiny compressor (tests that patch its methods restore them)."""
+    from memrag.testing import tiny_compressor
+
+    return tiny_compressor(seed=0)
+
+
+@pytest.fixture(scope="session")
+def server_store(tmp_path_factory, server_compressor):
+    """A small writable store of :data:`DOCUMENTS` (hashing embedder, no fidelity scoring)."""
+    from memrag.store import MemoryStore
+
+    store = MemoryStore.create(
+        tmp_path_factory.mktemp("server") / "store", server_compressor, "hashing:128", fidelity="none"
+    )
+    store.add(list(DOCUMENTS.values()), ids=list(DOCUMENTS))
+    yield store
+    store.close()
+
+
+def _starter(default_store: Any) -> tuple[Callable[..., Any], list[Any]]:
+    from memrag.server import ServerSettings, ServerThread, create_app
+
+    started: list[Any] = []
+
+    def start(store: Any = None, **settings: Any) -> Any:
+        settings.setdefault("default_max_tokens", 6)
+        app = create_app(store if store is not None else default_store, ServerSettings(**settings))
+        server = ServerThread(app).start()
+        started.append(server)
+        return server
+
+    return start, started
+
+
+@pytest.fixture
+def start_server(server_store) -> Iterator[Callable[..., Any]]:
+    """Starts servers (settings as keyword arguments) over the shared store on free loopback
+    ports; stops them afterwards."""
+    start, started = _starter(server_store)
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(server_store) -> Iterator[Any]:
+    """A server with default settings (no API key), shared by a module's tests."""
+    start, started = _starter(server_store)
+    yield start()
+    for running in started:
+        running.stop()
