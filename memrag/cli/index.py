@@ -24,7 +24,12 @@ VerboseOption = typer.Option(False, "--verbose", "-v", help="Log what is happeni
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
 #: Errors shown as one clean line (exit status 2) instead of a traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, OSError, ImportError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    ValueError,
+    OSError,
+    ImportError,
+)
 
 
 def _echo_json(data: Any) -> None:
@@ -53,7 +58,9 @@ def _index_options(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
-def _compressor_spec(compressor: str | None, untrained: bool, base_model: str, device: str, dtype: str) -> Any:
+def _compressor_spec(
+    compressor: str | None, untrained: bool, base_model: str, device: str, dtype: str
+) -> Any:
     if untrained:
         from memrag.compressor import Compressor
 
@@ -64,33 +71,67 @@ def _compressor_spec(compressor: str | None, untrained: bool, base_model: str, d
 
 @index_app.command("build")
 def build(
-    corpus: Path = typer.Option(..., "--corpus", help="JSONL file, text file, or directory of them."),
-    store: Path = typer.Option(..., "--store", help="Store directory (created, or resumed / updated)."),
+    corpus: Path = typer.Option(
+        ..., "--corpus", help="JSONL file, text file, or directory of them."
+    ),
+    store: Path = typer.Option(
+        ..., "--store", help="Store directory (created, or resumed / updated)."
+    ),
     compressor: str = CompressorOption,
-    untrained: bool = typer.Option(False, "--untrained", help="Use an untrained compressor over --base-model."),
-    base_model: str = typer.Option("gemma-3-270m", "--base-model", help="Base model for --untrained."),
+    untrained: bool = typer.Option(
+        False, "--untrained", help="Use an untrained compressor over --base-model."
+    ),
+    base_model: str = typer.Option(
+        "gemma-3-270m", "--base-model", help="Base model for --untrained."
+    ),
     embedder: str = typer.Option(
-        None, "--embedder", help="Embedder id: a sentence-transformers name/path or hashing:DIM (default all-MiniLM-L6-v2)."
+        None,
+        "--embedder",
+        help="Embedder: sentence-transformers name/path or hashing:DIM (default all-MiniLM-L6-v2).",
     ),
     index: str = typer.Option("flat", "--index", help="New stores: flat (exact), hnsw or ivf."),
     index_option: list[str] = typer.Option(
-        None, "--index-option", help="New stores: index parameter KEY=VALUE (hnsw_m, hnsw_ef_search, ivf_nprobe, ...)."
+        None,
+        "--index-option",
+        help="New stores: index parameter KEY=VALUE (hnsw_m, hnsw_ef_search, ivf_nprobe, ...).",
     ),
-    slot_dtype: str = typer.Option("float16", "--slot-dtype", help="New stores: float16, bfloat16 or float32."),
-    fidelity: bool = typer.Option(True, "--fidelity/--no-fidelity", help="New stores: score chunk fidelity."),
-    fidelity_threshold: float = typer.Option(0.5, "--fidelity-threshold", help="New stores: below it, serve text."),
-    chunk_tokens: int = typer.Option(None, "--chunk-tokens", help="New stores: tokens per chunk (default: segment length)."),
-    chunk_overlap: int = typer.Option(None, "--chunk-overlap", help="New stores: tokens shared by neighbouring chunks."),
-    batch_chunks: int = typer.Option(64, "--batch-chunks", min=1, help="Chunks per committed batch."),
-    compress_batch_size: int = typer.Option(16, "--compress-batch-size", min=1, help="Segments per encoder pass."),
-    backend: str = typer.Option("local", "--backend", help="local, or ray (distributed over Ray workers)."),
+    slot_dtype: str = typer.Option(
+        "float16", "--slot-dtype", help="New stores: float16, bfloat16 or float32."
+    ),
+    fidelity: bool = typer.Option(
+        True, "--fidelity/--no-fidelity", help="New stores: score chunk fidelity."
+    ),
+    fidelity_threshold: float = typer.Option(
+        0.5, "--fidelity-threshold", help="New stores: below it, serve text."
+    ),
+    chunk_tokens: int = typer.Option(
+        None, "--chunk-tokens", help="New stores: tokens per chunk (default: segment length)."
+    ),
+    chunk_overlap: int = typer.Option(
+        None, "--chunk-overlap", help="New stores: tokens shared by neighbouring chunks."
+    ),
+    batch_chunks: int = typer.Option(
+        64, "--batch-chunks", min=1, help="Chunks per committed batch."
+    ),
+    compress_batch_size: int = typer.Option(
+        16, "--compress-batch-size", min=1, help="Segments per encoder pass."
+    ),
+    backend: str = typer.Option(
+        "local", "--backend", help="local, or ray (distributed over Ray workers)."
+    ),
     ray_address: str = typer.Option(
-        None, "--ray-address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: a local Ray."
+        None,
+        "--ray-address",
+        help="Ray cluster to join ('auto', 'ray://host:10001'); default: a local Ray.",
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="Ray workers (one model copy each)."),
     cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="CPUs per Ray worker."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs per Ray worker (runs on CUDA)."),
-    on_error: str = typer.Option("skip", "--on-error", help="skip bad input (reported at the end) or raise."),
+    gpus_per_worker: float = typer.Option(
+        0.0, "--gpus-per-worker", help="GPUs per Ray worker (runs on CUDA)."
+    ),
+    on_error: str = typer.Option(
+        "skip", "--on-error", help="skip bad input (reported at the end) or raise."
+    ),
     device: str = DeviceOption,
     dtype: str = DtypeOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -150,11 +191,19 @@ def build(
 @index_app.command("add")
 def add(
     store: Path = StoreArgument,
-    text: list[str] = typer.Option(None, "--text", help="A document to add (repeatable; '-' reads stdin)."),
+    text: list[str] = typer.Option(
+        None, "--text", help="A document to add (repeatable; '-' reads stdin)."
+    ),
     doc_id: list[str] = typer.Option(None, "--id", help="Id of each --text (default: a new UUID)."),
-    metadata: str = typer.Option(None, "--metadata", help="JSON object of metadata for every --text."),
-    chunk: bool = typer.Option(False, "--chunk/--no-chunk", help="Cut --text documents into token chunks."),
-    corpus: Path = typer.Option(None, "--corpus", help="Add (or update) a whole corpus, like `index build`."),
+    metadata: str = typer.Option(
+        None, "--metadata", help="JSON object of metadata for every --text."
+    ),
+    chunk: bool = typer.Option(
+        False, "--chunk/--no-chunk", help="Cut --text documents into token chunks."
+    ),
+    corpus: Path = typer.Option(
+        None, "--corpus", help="Add (or update) a whole corpus, like `index build`."
+    ),
     compressor: str = CompressorOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
@@ -173,14 +222,24 @@ def add(
         opened = MemoryStore.open(store, compressor, device=device, dtype=dtype)
         with opened:
             if corpus is not None:
-                report = build_index(corpus, opened, options=BuildOptions(), device=device, dtype=dtype)
+                report = build_index(
+                    corpus, opened, options=BuildOptions(), device=device, dtype=dtype
+                )
                 typer.echo(report.summary())
             if text:
                 texts = [sys.stdin.read() if t == "-" else t for t in text]
                 if doc_id and len(doc_id) != len(texts):
                     fail(f"got {len(texts)} --text but {len(doc_id)} --id")
-                ids = opened.add(texts, ids=doc_id or None, metadatas=[meta] * len(texts) if meta else None, chunk=chunk)
-                typer.echo(f"added {len(ids)} chunk(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+                ids = opened.add(
+                    texts,
+                    ids=doc_id or None,
+                    metadatas=[meta] * len(texts) if meta else None,
+                    chunk=chunk,
+                )
+                typer.echo(
+                    f"added {len(ids)} chunk(s): "
+                    f"{', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"
+                )
     except (StoreError, *_USER_ERRORS) as err:
         fail(str(err))
 
@@ -189,7 +248,9 @@ def add(
 def delete(
     store: Path = StoreArgument,
     ids: list[str] = typer.Argument(..., help="Chunk ids (or document ids with --source)."),
-    source: bool = typer.Option(False, "--source", help="IDS are document ids: delete all their chunks."),
+    source: bool = typer.Option(
+        False, "--source", help="IDS are document ids: delete all their chunks."
+    ),
     verbose: bool = VerboseOption,
 ) -> None:
     """Delete chunks (unknown ids are ignored)."""
@@ -211,7 +272,9 @@ def search(
     store: Path = StoreArgument,
     query: str = typer.Argument(..., help="Query text."),
     k: int = typer.Option(4, "-k", "--k", min=1, help="Number of results."),
-    filter: str = typer.Option(None, "--filter", help='Metadata filter as JSON, e.g. {"lang": "en"}.'),
+    filter: str = typer.Option(
+        None, "--filter", help='Metadata filter as JSON, e.g. {"lang": "en"}.'
+    ),
     device: str = DeviceOption,
     as_json: bool = JsonOption,
     verbose: bool = VerboseOption,
@@ -251,11 +314,15 @@ def search(
         fid = "n/a" if r.fidelity is None else f"{r.fidelity:.3f}"
         mode = "text" if r.use_text else "slots"
         snippet = " ".join(r.text.split())[:160]
-        typer.echo(f"{rank}. {r.score:.4f}  {r.id}  [{slots}, fidelity {fid}, serve {mode}]\n   {snippet}")
+        typer.echo(
+            f"{rank}. {r.score:.4f}  {r.id}  [{slots}, fidelity {fid}, serve {mode}]\n   {snippet}"
+        )
 
 
 @index_app.command("info")
-def info(store: Path = StoreArgument, as_json: bool = JsonOption, verbose: bool = VerboseOption) -> None:
+def info(
+    store: Path = StoreArgument, as_json: bool = JsonOption, verbose: bool = VerboseOption
+) -> None:
     """Show what a store holds and how it was made."""
     setup_logging(verbose)
     from memrag.store import MemoryStore
@@ -272,13 +339,17 @@ def info(store: Path = StoreArgument, as_json: bool = JsonOption, verbose: bool 
         return
     manifest, counts = data["manifest"], data["counts"]
     comp, emb, options = manifest["compressor"], manifest["embedder"], manifest["options"]
-    typer.echo(f"store {data['path']} (format {manifest['format_version']}, memrag {manifest['memrag_version']})")
+    typer.echo(
+        f"store {data['path']} (format {manifest['format_version']}, memrag "
+        f"{manifest['memrag_version']})"
+    )
     typer.echo(
         f"  chunks {counts['chunks']:,}  tokens {counts['tokens']:,}  slots {counts['slots']:,}  "
         f"shards {counts['shards']}  served as text {counts['use_text']:,}"
     )
     typer.echo(
-        f"  compressor {comp['fingerprint']} ({comp['source'] or 'untrained ' + comp['base_model']}; "
+        f"  compressor {comp['fingerprint']} "
+        f"({comp['source'] or 'untrained ' + comp['base_model']}; "
         f"{comp['slot_kind']} slots, width {comp['hidden_size']}, rate {comp['compression_rate']}, "
         f"segment {comp['segment_length']}); slots stored as {options['slot_dtype']}"
     )
@@ -286,7 +357,8 @@ def info(store: Path = StoreArgument, as_json: bool = JsonOption, verbose: bool 
     idx = data["index"]
     typer.echo(
         f"  index {manifest['index']['type']} (now {idx['structure']}; {idx['vectors']:,} vectors, "
-        f"{idx['tombstones']} tombstones, {idx['journal_pending']} journal entries since the last checkpoint)"
+        f"{idx['tombstones']} tombstones, {idx['journal_pending']} journal entries since the "
+        "last checkpoint)"
     )
     if data["fidelity"]:
         q = data["fidelity"]
@@ -301,8 +373,12 @@ def info(store: Path = StoreArgument, as_json: bool = JsonOption, verbose: bool 
 @index_app.command("verify")
 def verify(
     store: Path = StoreArgument,
-    fast: bool = typer.Option(False, "--fast", help="Skip shard checksums and SQLite's full integrity check."),
-    repair: bool = typer.Option(False, "--repair", help="Rebuild the index / re-compress damaged chunks."),
+    fast: bool = typer.Option(
+        False, "--fast", help="Skip shard checksums and SQLite's full integrity check."
+    ),
+    repair: bool = typer.Option(
+        False, "--repair", help="Rebuild the index / re-compress damaged chunks."
+    ),
     compressor: str = CompressorOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
@@ -339,7 +415,7 @@ def compact(
     store: Path = StoreArgument,
     verbose: bool = VerboseOption,
 ) -> None:
-    """Drop deleted slots, merge small shards and rebuild the index (trains IVF, clears HNSW tombstones)."""
+    """Drop deleted slots, merge small shards, rebuild the index (trains IVF, drops tombstones)."""
     setup_logging(verbose)
     from memrag.store import MemoryStore
     from memrag.store.errors import StoreError

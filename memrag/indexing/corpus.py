@@ -138,7 +138,13 @@ class CorpusReader:
         report: Where findings are collected (a new one when omitted).
     """
 
-    def __init__(self, corpus: str | os.PathLike[str], *, on_error: OnError = "skip", report: CorpusReport | None = None) -> None:
+    def __init__(
+        self,
+        corpus: str | os.PathLike[str],
+        *,
+        on_error: OnError = "skip",
+        report: CorpusReport | None = None,
+    ) -> None:
         self.root, self.files = corpus_files(corpus)
         self.single = Path(corpus).is_file()
         self.on_error = on_error
@@ -169,7 +175,9 @@ class CorpusReader:
     def _accept(self, doc_id: str, origin: str, path: Path, line: int) -> bool:
         first = self._seen.get(doc_id)
         if first is not None:
-            self._bad(path, line, f"duplicate id {doc_id!r} (first seen at {first}); kept the first")
+            self._bad(
+                path, line, f"duplicate id {doc_id!r} (first seen at {first}); kept the first"
+            )
             return False
         self._seen[doc_id] = origin
         return True
@@ -192,7 +200,9 @@ class CorpusReader:
         if "text" not in obj:
             return self._bad_row(path, line, "missing field 'text'")
         if not isinstance(text, str):
-            return self._bad_row(path, line, f"field 'text' must be a string, got {type(text).__name__}")
+            return self._bad_row(
+                path, line, f"field 'text' must be a string, got {type(text).__name__}"
+            )
         if not text.strip():
             return self._bad_row(path, line, "empty or whitespace-only text")
         raw_id = obj.get("id")
@@ -203,10 +213,14 @@ class CorpusReader:
         elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
             doc_id = str(raw_id)
         else:
-            return self._bad_row(path, line, f"field 'id' must be a non-empty string or an integer, got {raw_id!r}")
+            return self._bad_row(
+                path, line, f"field 'id' must be a non-empty string or an integer, got {raw_id!r}"
+            )
         nested = obj.get("metadata", {})
         if not isinstance(nested, dict):
-            return self._bad_row(path, line, f"field 'metadata' must be a JSON object, got {type(nested).__name__}")
+            return self._bad_row(
+                path, line, f"field 'metadata' must be a JSON object, got {type(nested).__name__}"
+            )
         extra = {k: v for k, v in obj.items() if k not in ("id", "text", "metadata")}
         try:
             metadata = check_metadata({**extra, **nested}, reserved_ok=False)
@@ -237,7 +251,9 @@ class CorpusReader:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as err:
             text = data.decode("utf-8-sig", errors="replace")
-            message = f"invalid UTF-8 at byte {err.start} ({err.reason}); bad bytes replaced by U+FFFD"
+            message = (
+                f"invalid UTF-8 at byte {err.start} ({err.reason}); bad bytes replaced by U+FFFD"
+            )
             logger.warning("%s: %s", path, message)
             self.report.warnings.append((str(path), message))
         if not text.strip():

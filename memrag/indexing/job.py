@@ -106,11 +106,15 @@ class BuildReport:
     def summary(self) -> str:
         """A multi-line summary for people (bad input listed at the end)."""
         lines = [
-            f"store {self.store} ({self.backend} backend): {self.documents} documents -> {self.chunks_total} chunks",
-            f"  written {self.chunks_written} chunks ({self.tokens_written:,} tokens) in {self.seconds:.1f}s "
+            f"store {self.store} ({self.backend} backend): {self.documents} documents -> "
+            f"{self.chunks_total} chunks",
+            f"  written {self.chunks_written} chunks ({self.tokens_written:,} tokens) in "
+            f"{self.seconds:.1f}s "
             f"= {self.tokens_per_second:,.0f} tokens/s",
-            f"  unchanged (already stored, skipped) {self.chunks_unchanged}; stale chunks removed {self.chunks_removed}",
-            f"  low fidelity (served as text) {self.flagged_use_text}; slots clamped to the slot dtype {self.clamped}",
+            f"  unchanged (already stored, skipped) {self.chunks_unchanged}; stale chunks "
+            f"removed {self.chunks_removed}",
+            f"  low fidelity (served as text) {self.flagged_use_text}; slots clamped to the slot "
+            f"dtype {self.clamped}",
             f"  bad input skipped {self.corpus.skipped}; warnings {len(self.corpus.warnings)}",
         ]
         lines += [f"    {line}" for line in self.corpus.lines()]
@@ -165,7 +169,9 @@ class LocalExecutor:
 class _Planner:
     """Reads documents, chunks them, skips finished chunks, yields length-sorted batches."""
 
-    def __init__(self, store: MemoryStore, reader: CorpusReader, options: BuildOptions, report: BuildReport) -> None:
+    def __init__(
+        self, store: MemoryStore, reader: CorpusReader, options: BuildOptions, report: BuildReport
+    ) -> None:
         self.store = store
         self.reader = reader
         self.options = options
@@ -234,7 +240,9 @@ def _resolve_compressor(compressor: Any, device: str, dtype: Any) -> Any:
         return Compressor.from_pretrained(str(compressor), device=device, dtype=dtype)
     if callable(compressor):
         return compressor()
-    raise TypeError(f"compressor must be a Compressor, a path, a shipped name or a factory, got {compressor!r}")
+    raise TypeError(
+        f"compressor must be a Compressor, a path, a shipped name or a factory, got {compressor!r}"
+    )
 
 
 def build_index(
@@ -307,11 +315,19 @@ def build_index(
 
 
 def _executor(
-    backend: str, store: MemoryStore, spec: Any, options: BuildOptions, ray_options: Any, device: str, dtype: Any
+    backend: str,
+    store: MemoryStore,
+    spec: Any,
+    options: BuildOptions,
+    ray_options: Any,
+    device: str,
+    dtype: Any,
 ) -> Executor:
     if backend == "local":
         return LocalExecutor(
-            store.make_processor(store.compressor, store.embedder, compress_batch_size=options.compress_batch_size)
+            store.make_processor(
+                store.compressor, store.embedder, compress_batch_size=options.compress_batch_size
+            )
         )
     from memrag.indexing.ray_backend import RayExecutor, RayOptions, worker_compressor_factory
 
@@ -332,14 +348,18 @@ def _run(
     planner = _Planner(store, reader, options, report)
     started = time.perf_counter()
     threshold = store.manifest.options.fidelity_threshold
-    with progress(total=total, desc="indexing", unit="doc", disable=not options.show_progress) as bar:
+    with progress(
+        total=total, desc="indexing", unit="doc", disable=not options.show_progress
+    ) as bar:
         for batch in executor.map(planner.batches()):
             store.write(batch)
             report.chunks_written += len(batch.chunks)
             report.tokens_written += batch.tokens
             report.compute_seconds += batch.seconds
             report.clamped += len(batch.clamped)
-            report.flagged_use_text += sum(1 for f in batch.fidelity if f is not None and f < threshold)
+            report.flagged_use_text += sum(
+                1 for f in batch.fidelity if f is not None and f < threshold
+            )
             bar.update(planner.written(batch) + planner.take_finished())
             rate = report.tokens_written / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(chunks=report.chunks_written, tok_s=f"{rate:,.0f}", refresh=False)

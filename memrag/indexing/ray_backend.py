@@ -108,12 +108,19 @@ class _Worker:
     """A Ray actor holding one copy of the compressor and embedder."""
 
     def __init__(
-        self, factory: Callable[[], Any], embedder: Any, processor_kwargs: dict[str, Any], threads: int, device: str
+        self,
+        factory: Callable[[], Any],
+        embedder: Any,
+        processor_kwargs: dict[str, Any],
+        threads: int,
+        device: str,
     ) -> None:
         torch.set_num_threads(max(1, threads))
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         compressor = factory()
-        self.processor = ChunkProcessor(compressor, load_embedder(embedder, device=device), **processor_kwargs)
+        self.processor = ChunkProcessor(
+            compressor, load_embedder(embedder, device=device), **processor_kwargs
+        )
 
     def fingerprint(self) -> str:
         return str(self.processor.compressor.fingerprint)
@@ -140,7 +147,15 @@ class RayExecutor:
         CompressorMismatchError: a worker loaded a compressor other than the store's.
     """
 
-    def __init__(self, store: Any, factory: Callable[[], Any], options: Any, ray_options: RayOptions, *, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        store: Any,
+        factory: Callable[[], Any],
+        options: Any,
+        ray_options: RayOptions,
+        *,
+        device: str = "cpu",
+    ) -> None:
         try:
             import ray
         except ImportError as err:
@@ -172,7 +187,8 @@ class RayExecutor:
             }
             if ray_options.address is None:
                 kwargs.setdefault(
-                    "num_cpus", max(1, int(round(ray_options.num_workers * ray_options.num_cpus_per_worker)))
+                    "num_cpus",
+                    max(1, int(round(ray_options.num_workers * ray_options.num_cpus_per_worker))),
                 )
             ray.init(address=ray_options.address, **kwargs)
             self._owns_ray = True
@@ -180,7 +196,9 @@ class RayExecutor:
         embedder = store._embedder
         if embedder is None or isinstance(embedder, (HashingEmbedder, SentenceTransformerEmbedder)):
             embedder = store.manifest.embedder.id
-        actor = ray.remote(num_cpus=ray_options.num_cpus_per_worker, num_gpus=ray_options.num_gpus_per_worker)(_Worker)
+        actor = ray.remote(
+            num_cpus=ray_options.num_cpus_per_worker, num_gpus=ray_options.num_gpus_per_worker
+        )(_Worker)
         threads = max(1, int(ray_options.num_cpus_per_worker))
         worker_device = "cuda" if on_gpu else self._device
         factory = _on_device(self._factory, worker_device) if on_gpu else self._factory
@@ -192,10 +210,13 @@ class RayExecutor:
         wrong = {f for f in fingerprints if f != store.fingerprint}
         if wrong:
             raise compressor_mismatch(
-                f"Ray workers loaded compressor {sorted(wrong)[0]}, but {store.path} holds slots of "
+                f"Ray workers loaded compressor {sorted(wrong)[0]}, but {store.path} holds slots "
+                "of "
                 f"compressor {store.fingerprint}"
             )
-        logger.info("Ray executor: %d workers (%s)", len(self.workers), ray_options.address or "local Ray")
+        logger.info(
+            "Ray executor: %d workers (%s)", len(self.workers), ray_options.address or "local Ray"
+        )
 
     def map(self, batches: Iterable[list[ChunkInput]]) -> Iterator[ProcessedBatch]:
         """Submits batches round-robin with a bounded queue; yields results as they finish."""

@@ -43,7 +43,9 @@ class Chunker:
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
         if not 0 <= overlap < chunk_tokens:
-            raise ValueError(f"overlap must be in [0, chunk_tokens), got {overlap} (chunk_tokens={chunk_tokens})")
+            raise ValueError(
+                f"overlap must be in [0, chunk_tokens), got {overlap} (chunk_tokens={chunk_tokens})"
+            )
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("chunking needs a fast tokenizer (one that returns character offsets)")
         self.tokenizer = tokenizer
@@ -90,4 +92,6 @@ class Chunker:
         if stripped != piece:
             char_start += len(piece) - len(piece.lstrip())
             char_end = char_start + len(stripped)
-        return TextChunk(index, stripped, char_start, char_end, self.count(stripped) if stripped else 0)
+        return TextChunk(
+            index, stripped, char_start, char_end, self.count(stripped) if stripped else 0
+        )

@@ -180,7 +180,9 @@ class Database:
             with self.transaction() as conn:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     conn.execute(statement)
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                conn.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
                 conn.execute("INSERT INTO meta VALUES ('index_checkpoint_seq', '0')")
         else:
             if not self.path.is_file():
@@ -191,7 +193,9 @@ class Database:
     def _connect(self, mode: str) -> sqlite3.Connection:
         uri = f"file:{quote(str(self.path.resolve()))}?mode={mode}"
         try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=60.0)
+            conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=60.0
+            )
             conn.execute("PRAGMA busy_timeout = 60000")
             # WAL + NORMAL: a commit survives the process being killed (kill -9); after a power
             # loss the last commits may be lost but the database stays consistent, and shards
@@ -199,21 +203,31 @@ class Database:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as err:
-            raise StoreCorruptError(f"cannot open the store's database {self.path}: {err}") from None
+            raise StoreCorruptError(
+                f"cannot open the store's database {self.path}: {err}"
+            ) from None
         return conn
 
     def _check_schema(self) -> None:
         try:
             version = self.get_meta("schema_version")
-            tables = {row[0] for row in self._execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {
+                row[0]
+                for row in self._execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
         except sqlite3.DatabaseError as err:
-            raise StoreCorruptError(f"{self.path} is not a readable SQLite database: {err}") from None
+            raise StoreCorruptError(
+                f"{self.path} is not a readable SQLite database: {err}"
+            ) from None
         missing = {"meta", "shards", "chunks", "journal"} - tables
         if missing or version is None:
-            raise StoreCorruptError(f"{self.path} lacks memrag's tables ({', '.join(sorted(missing)) or 'meta'})")
+            raise StoreCorruptError(
+                f"{self.path} lacks memrag's tables ({', '.join(sorted(missing)) or 'meta'})"
+            )
         if int(version) > SCHEMA_VERSION:
             raise StoreVersionError(
-                f"{self.path}: database schema {version} is newer than this memrag supports ({SCHEMA_VERSION})"
+                f"{self.path}: database schema {version} is newer than this memrag supports "
+                f"({SCHEMA_VERSION})"
             )
 
     def close(self) -> None:
@@ -246,14 +260,20 @@ class Database:
     @staticmethod
     def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
         """Sets a ``meta`` value inside a transaction."""
-        conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        conn.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     # ------------------------------------------------------------------ writes
     @staticmethod
-    def insert_shard(conn: sqlite3.Connection, file: str, num_slots: int, size: int, sha256: str) -> int:
+    def insert_shard(
+        conn: sqlite3.Connection, file: str, num_slots: int, size: int, sha256: str
+    ) -> int:
         """Registers a shard file inside a transaction; returns its id."""
         cursor = conn.execute(
-            "INSERT INTO shards (file, num_slots, bytes, sha256) VALUES (?, ?, ?, ?)", (file, num_slots, size, sha256)
+            "INSERT INTO shards (file, num_slots, bytes, sha256) VALUES (?, ?, ?, ?)",
+            (file, num_slots, size, sha256),
         )
         return int(cursor.lastrowid)
 
@@ -262,7 +282,12 @@ class Database:
         """Deletes chunks by id inside a transaction, journaling their vids; returns them."""
         vids: list[int] = []
         for batch in _batches(list(ids)):
-            vids += [r[0] for r in conn.execute(f"SELECT vid FROM chunks WHERE id IN ({_marks(len(batch))})", batch)]
+            vids += [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT vid FROM chunks WHERE id IN ({_marks(len(batch))})", batch
+                )
+            ]
         for batch in _batches(vids):
             conn.execute(f"DELETE FROM chunks WHERE vid IN ({_marks(len(batch))})", batch)
         conn.executemany("INSERT INTO journal (op, vid) VALUES ('del', ?)", [(v,) for v in vids])
@@ -274,7 +299,8 @@ class Database:
         vids: list[int] = []
         for chunk in chunks:
             cursor = conn.execute(
-                "INSERT INTO chunks (id, source_id, text, metadata, content_hash, num_tokens, fidelity, "
+                "INSERT INTO chunks (id, source_id, text, metadata, content_hash, num_tokens, "
+                "fidelity, "
                 "use_text, shard_id, slot_start, slot_count, segment_slot_counts, vector) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -333,7 +359,9 @@ class Database:
 
     def hashes_of_source(self, source_id: str) -> dict[str, str]:
         """``chunk id -> content hash`` of the chunks cut from one source document."""
-        return dict(self._execute("SELECT id, content_hash FROM chunks WHERE source_id = ?", (source_id,)))
+        return dict(
+            self._execute("SELECT id, content_hash FROM chunks WHERE source_id = ?", (source_id,))
+        )
 
     def ids_of_sources(self, source_ids: Sequence[str]) -> list[str]:
         """Chunk ids cut from the given source documents."""
@@ -347,14 +375,21 @@ class Database:
         """``(vids, vectors)`` of the given vids that still exist, in ascending vid order."""
         rows: list[tuple[int, bytes]] = []
         for batch in _batches(sorted(int(v) for v in set(vids))):
-            rows += self._execute(f"SELECT vid, vector FROM chunks WHERE vid IN ({_marks(len(batch))})", batch)
+            rows += self._execute(
+                f"SELECT vid, vector FROM chunks WHERE vid IN ({_marks(len(batch))})", batch
+            )
         return self._unpack(rows, dimension)
 
-    def iter_vectors(self, dimension: int, batch_size: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_vectors(
+        self, dimension: int, batch_size: int = 50_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All ``(vids, vectors)`` in ascending vid order, ``batch_size`` rows at a time."""
         last = -1
         while True:
-            rows = self._execute("SELECT vid, vector FROM chunks WHERE vid > ? ORDER BY vid LIMIT ?", (last, batch_size))
+            rows = self._execute(
+                "SELECT vid, vector FROM chunks WHERE vid > ? ORDER BY vid LIMIT ?",
+                (last, batch_size),
+            )
             if not rows:
                 return
             last = int(rows[-1][0])
@@ -367,13 +402,16 @@ class Database:
             return np.zeros(0, dtype=np.int64), np.zeros((0, dimension), dtype=np.float32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _unpack(self, rows: list[tuple[int, bytes]], dimension: int) -> tuple[np.ndarray, np.ndarray]:
+    def _unpack(
+        self, rows: list[tuple[int, bytes]], dimension: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         vids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vectors = np.zeros((len(rows), dimension), dtype=np.float32)
         for i, (vid, blob) in enumerate(rows):
             if len(blob) != 4 * dimension:
                 raise StoreCorruptError(
-                    f"{self.path}: the vector of chunk vid {vid} has {len(blob)} bytes, expected {4 * dimension}"
+                    f"{self.path}: the vector of chunk vid {vid} has {len(blob)} bytes, expected "
+                    f"{4 * dimension}"
                 )
             vectors[i] = np.frombuffer(blob, dtype=np.float32)
         return vids, vectors
@@ -394,7 +432,8 @@ class Database:
         last = -1
         while True:
             rows = self._execute(
-                f"SELECT {_ROW_COLUMNS} FROM {_ROW_FROM} WHERE c.vid > ? ORDER BY c.vid LIMIT ?", (last, batch_size)
+                f"SELECT {_ROW_COLUMNS} FROM {_ROW_FROM} WHERE c.vid > ? ORDER BY c.vid LIMIT ?",
+                (last, batch_size),
             )
             if not rows:
                 return
@@ -403,13 +442,16 @@ class Database:
 
     def shards(self) -> list[ShardRow]:
         """Every registered shard."""
-        rows = self._execute("SELECT shard_id, file, num_slots, bytes, sha256 FROM shards ORDER BY shard_id")
+        rows = self._execute(
+            "SELECT shard_id, file, num_slots, bytes, sha256 FROM shards ORDER BY shard_id"
+        )
         return [ShardRow(*row) for row in rows]
 
     def live_slots_by_shard(self) -> dict[int, int]:
         """``shard_id -> slots still referenced by live chunks``."""
         rows = self._execute(
-            "SELECT shard_id, COALESCE(SUM(slot_count), 0) FROM chunks WHERE shard_id IS NOT NULL GROUP BY shard_id"
+            "SELECT shard_id, COALESCE(SUM(slot_count), 0) FROM chunks WHERE shard_id IS NOT "
+            "NULL GROUP BY shard_id"
         )
         return {int(s): int(n) for s, n in rows}
 
@@ -431,13 +473,19 @@ class Database:
                 entries = self._conn.execute(
                     "SELECT seq, op, vid FROM journal WHERE seq > ? ORDER BY seq", (seq,)
                 ).fetchall()
-                head_rows = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'journal'").fetchall()
-                checkpoint = self._conn.execute("SELECT value FROM meta WHERE key = 'index_checkpoint_seq'").fetchall()
+                head_rows = self._conn.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'journal'"
+                ).fetchall()
+                checkpoint = self._conn.execute(
+                    "SELECT value FROM meta WHERE key = 'index_checkpoint_seq'"
+                ).fetchall()
             finally:
                 self._conn.execute("COMMIT")
         head = int(head_rows[0][0]) if head_rows else 0
         if checkpoint and int(checkpoint[0][0]) > seq:
-            raise LookupError(f"journal entries after {seq} were folded into checkpoint {checkpoint[0][0]}")
+            raise LookupError(
+                f"journal entries after {seq} were folded into checkpoint {checkpoint[0][0]}"
+            )
         return head, entries
 
     def counts(self) -> dict[str, int]:
@@ -447,7 +495,13 @@ class Database:
             "COALESCE(SUM(num_tokens), 0) FROM chunks"
         )[0]
         shards = self._execute("SELECT COUNT(*) FROM shards")[0][0]
-        return {"chunks": chunks, "slots": slots, "use_text": flagged, "tokens": tokens, "shards": shards}
+        return {
+            "chunks": chunks,
+            "slots": slots,
+            "use_text": flagged,
+            "tokens": tokens,
+            "shards": shards,
+        }
 
     def fidelity_values(self) -> np.ndarray:
         """Every measured fidelity score."""

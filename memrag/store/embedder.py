@@ -152,7 +152,11 @@ class SentenceTransformerEmbedder:
         else:
             self._model_id = model
             self.model = SentenceTransformer(model, device=device)
-        dimension = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else None
+        dimension = (
+            self.model.get_embedding_dimension()
+            if hasattr(self.model, "get_embedding_dimension")
+            else None
+        )
         if dimension is None:
             dimension = self.model.get_sentence_embedding_dimension()
         self._dimension = int(dimension)
@@ -183,7 +187,9 @@ class SentenceTransformerEmbedder:
         return self.embed_documents([text])[0]
 
 
-def load_embedder(spec: str | Embedder | None = None, *, device: str | None = "cpu", **kwargs: Any) -> Embedder:
+def load_embedder(
+    spec: str | Embedder | None = None, *, device: str | None = "cpu", **kwargs: Any
+) -> Embedder:
     """An embedder from an id (``None``: the default all-MiniLM-L6-v2), or ``spec`` itself.
 
     Args:
@@ -195,12 +201,17 @@ def load_embedder(spec: str | Embedder | None = None, *, device: str | None = "c
         spec = DEFAULT_EMBEDDER
     if not isinstance(spec, str):
         if not isinstance(spec, Embedder):
-            raise TypeError(f"an embedder needs model_id, dimension, embed_documents and embed_query; got {spec!r}")
+            raise TypeError(
+                "an embedder needs model_id, dimension, embed_documents and embed_query; got "
+                f"{spec!r}"
+            )
         return spec
     if spec.startswith(HASHING_PREFIX):
         try:
             dimension = int(spec[len(HASHING_PREFIX) :])
         except ValueError:
-            raise ValueError(f"hashing embedder id must look like 'hashing:256', got {spec!r}") from None
+            raise ValueError(
+                f"hashing embedder id must look like 'hashing:256', got {spec!r}"
+            ) from None
         return HashingEmbedder(dimension)
     return SentenceTransformerEmbedder(spec, device=device, **kwargs)

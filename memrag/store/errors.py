@@ -37,8 +37,8 @@ class EmbedderMismatchError(StoreError, ValueError):
     """The embedder given does not match the one the store's vectors were made with."""
 
 
+# ``CompressorMismatchError`` (memrag.compressor's) is also importable from here, lazily.
 __all__ = [
-    "CompressorMismatchError",
     "EmbedderMismatchError",
     "StoreCorruptError",
     "StoreError",
@@ -51,7 +51,7 @@ __all__ = [
 
 
 def compressor_mismatch(message: str) -> Exception:
-    """A :class:`memrag.compressor.CompressorMismatchError` (imported lazily: it pulls in transformers)."""
+    """A :class:`memrag.compressor.CompressorMismatchError` (imported lazily: transformers)."""
     from memrag.compressor.model import CompressorMismatchError
 
     return CompressorMismatchError(message)

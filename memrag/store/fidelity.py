@@ -30,7 +30,9 @@ class FidelityScorer:
             once; batches are split to stay under it (the vocabulary can be 262k).
     """
 
-    def __init__(self, compressor: Any, *, max_tokens: int = 512, logits_budget: int = 1 << 26) -> None:
+    def __init__(
+        self, compressor: Any, *, max_tokens: int = 512, logits_budget: int = 1 << 26
+    ) -> None:
         self.compressor = compressor
         self.max_tokens = max_tokens
         self.logits_budget = logits_budget
@@ -54,7 +56,9 @@ class FidelityScorer:
             longest = lengths[order[start]] + 1
             rows = max(1, self.logits_budget // (longest * vocab))
             batch = order[start : start + rows]
-            for index, value in zip(batch, self._score_batch([texts[i] for i in batch], [slots[i] for i in batch])):
+            for index, value in zip(
+                batch, self._score_batch([texts[i] for i in batch], [slots[i] for i in batch])
+            ):
                 scores[index] = value
             start += len(batch)
         return [scores[i] for i in range(len(texts))]
@@ -63,7 +67,9 @@ class FidelityScorer:
         compressor = self.compressor
         with torch.inference_mode():
             batch = compressor.build(
-                [[memory, Task.RECONSTRUCT] for memory in slots], texts, max_target_tokens=self.max_tokens
+                [[memory, Task.RECONSTRUCT] for memory in slots],
+                texts,
+                max_target_tokens=self.max_tokens,
             )
             labels = batch.labels
             targets = int((labels != IGNORE_INDEX).sum(dim=1).max())
@@ -82,7 +88,10 @@ class FidelityScorer:
             logits = logits[:, -keep:-1].float()
             gold = labels[:, -targets:]
             nll = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+                logits.reshape(-1, logits.shape[-1]),
+                gold.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="none",
             ).view(gold.shape)
             counts = (gold != IGNORE_INDEX).sum(dim=1).clamp(min=1)
             mean = (nll.sum(dim=1) / counts).tolist()

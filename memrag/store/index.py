@@ -64,8 +64,16 @@ class IndexSpec:
 
     def __post_init__(self) -> None:
         if self.type not in INDEX_TYPES:
-            raise ValueError(f"index type must be one of {', '.join(INDEX_TYPES)}, got {self.type!r}")
-        for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe", "ivf_min_train"):
+            raise ValueError(
+                f"index type must be one of {', '.join(INDEX_TYPES)}, got {self.type!r}"
+            )
+        for name in (
+            "hnsw_m",
+            "hnsw_ef_construction",
+            "hnsw_ef_search",
+            "ivf_nprobe",
+            "ivf_min_train",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"index option {name} must be >= 1, got {getattr(self, name)}")
         if self.ivf_nlist is not None and self.ivf_nlist < 1:
@@ -167,7 +175,11 @@ class VectorIndex:
 
     def wants_training(self) -> bool:
         """True for an ``ivf`` store still searching flat although it now has enough vectors."""
-        return self.spec.type == "ivf" and self.structure == "flat" and self.live_count >= self.spec.ivf_min_train
+        return (
+            self.spec.type == "ivf"
+            and self.structure == "flat"
+            and self.live_count >= self.spec.ivf_min_train
+        )
 
     # ------------------------------------------------------------------ changes
     def add(self, vids: np.ndarray, vectors: np.ndarray) -> None:
@@ -177,9 +189,13 @@ class VectorIndex:
             return
         vectors = normalize(vectors)
         if vectors.shape != (len(vids), self.dimension):
-            raise ValueError(f"expected vectors of shape ({len(vids)}, {self.dimension}), got {vectors.shape}")
+            raise ValueError(
+                f"expected vectors of shape ({len(vids)}, {self.dimension}), got {vectors.shape}"
+            )
         for start in range(0, len(vids), _ADD_BATCH):
-            self.faiss_index.add_with_ids(vectors[start : start + _ADD_BATCH], vids[start : start + _ADD_BATCH])
+            self.faiss_index.add_with_ids(
+                vectors[start : start + _ADD_BATCH], vids[start : start + _ADD_BATCH]
+            )
         self.tombstones.difference_update(int(v) for v in vids)
 
     def remove(self, vids: np.ndarray) -> None:
@@ -213,7 +229,9 @@ class VectorIndex:
 
         queries = normalize(queries)
         if queries.shape[1] != self.dimension:
-            raise ValueError(f"query vectors have dimension {queries.shape[1]}, the index {self.dimension}")
+            raise ValueError(
+                f"query vectors have dimension {queries.shape[1]}, the index {self.dimension}"
+            )
         if self.ntotal == 0 or k <= 0:
             empty = np.full((len(queries), max(k, 0)), -1, dtype=np.int64)
             return np.zeros(empty.shape, dtype=np.float32), empty
@@ -245,7 +263,9 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ build / io
     @classmethod
-    def build(cls, spec: IndexSpec, dimension: int, vids: np.ndarray, vectors: np.ndarray) -> "VectorIndex":
+    def build(
+        cls, spec: IndexSpec, dimension: int, vids: np.ndarray, vectors: np.ndarray
+    ) -> "VectorIndex":
         """A fresh index over the given vectors (an ``ivf`` spec is trained when large enough)."""
         import faiss
 
@@ -288,9 +308,13 @@ class VectorIndex:
         try:
             faiss_index = faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
         except RuntimeError as err:
-            raise StoreCorruptError(f"FAISS cannot read the index: {str(err).splitlines()[0]}") from None
+            raise StoreCorruptError(
+                f"FAISS cannot read the index: {str(err).splitlines()[0]}"
+            ) from None
         if not isinstance(faiss_index, faiss.IndexIDMap2):
-            raise StoreCorruptError(f"the index file holds a {type(faiss_index).__name__}, not an IndexIDMap2")
+            raise StoreCorruptError(
+                f"the index file holds a {type(faiss_index).__name__}, not an IndexIDMap2"
+            )
         return cls(spec, dimension, faiss_index, tombstones)
 
 
@@ -365,7 +389,14 @@ def write_checkpoint(directory: Path, seq: int, index: VectorIndex) -> Checkpoin
     sidecar = directory / f"{name}.json"
     atomic_write_text(sidecar, json.dumps(info) + "\n")
     return Checkpoint(
-        seq, sidecar, file, info["sha256"], info["bytes"], index.ntotal, index.structure, tuple(info["tombstones"])
+        seq,
+        sidecar,
+        file,
+        info["sha256"],
+        info["bytes"],
+        index.ntotal,
+        index.structure,
+        tuple(info["tombstones"]),
     )
 
 
@@ -380,18 +411,22 @@ def read_checkpoint(checkpoint: Checkpoint, spec: IndexSpec, dimension: int) -> 
     size = checkpoint.file.stat().st_size
     if size != checkpoint.bytes:
         raise StoreCorruptError(
-            f"index file {checkpoint.file} has {size} bytes, expected {checkpoint.bytes} (truncated?)"
+            f"index file {checkpoint.file} has {size} bytes, expected {checkpoint.bytes} "
+            "(truncated?)"
         )
     data = np.fromfile(checkpoint.file, dtype=np.uint8)
     digest = hashlib.sha256(data).hexdigest()
     if digest != checkpoint.sha256:
-        raise StoreCorruptError(f"index file {checkpoint.file} does not match its checksum (corrupt)")
+        raise StoreCorruptError(
+            f"index file {checkpoint.file} does not match its checksum (corrupt)"
+        )
     try:
         index = VectorIndex.deserialize(spec, dimension, data, set(checkpoint.tombstones))
     except StoreCorruptError as err:
         raise StoreCorruptError(f"index file {checkpoint.file}: {err}") from None
     if index.ntotal != checkpoint.ntotal:
         raise StoreCorruptError(
-            f"index file {checkpoint.file} holds {index.ntotal} vectors, its sidecar says {checkpoint.ntotal}"
+            f"index file {checkpoint.file} holds {index.ntotal} vectors, its sidecar says "
+            f"{checkpoint.ntotal}"
         )
     return index

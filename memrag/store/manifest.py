@@ -88,9 +88,13 @@ class Options:
 
     def __post_init__(self) -> None:
         if self.slot_dtype not in SLOT_DTYPES:
-            raise ValueError(f"slot_dtype must be one of {', '.join(SLOT_DTYPES)}, got {self.slot_dtype!r}")
+            raise ValueError(
+                f"slot_dtype must be one of {', '.join(SLOT_DTYPES)}, got {self.slot_dtype!r}"
+            )
         if self.fidelity not in FIDELITY_METHODS:
-            raise ValueError(f"fidelity must be one of {', '.join(FIDELITY_METHODS)}, got {self.fidelity!r}")
+            raise ValueError(
+                f"fidelity must be one of {', '.join(FIDELITY_METHODS)}, got {self.fidelity!r}"
+            )
         if not 0.0 <= float(self.fidelity_threshold) <= 1.0:
             raise ValueError(f"fidelity_threshold must be in [0, 1], got {self.fidelity_threshold}")
         if self.fidelity_max_tokens < 1:
@@ -98,9 +102,13 @@ class Options:
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
         if self.chunk_overlap is not None and (
-            self.chunk_overlap < 0 or (self.chunk_tokens is not None and self.chunk_overlap >= self.chunk_tokens)
+            self.chunk_overlap < 0
+            or (self.chunk_tokens is not None and self.chunk_overlap >= self.chunk_tokens)
         ):
-            raise ValueError(f"chunk_overlap must be >= 0 and smaller than chunk_tokens, got {self.chunk_overlap}")
+            raise ValueError(
+                "chunk_overlap must be >= 0 and smaller than chunk_tokens, got "
+                f"{self.chunk_overlap}"
+            )
 
 
 @dataclass
@@ -140,7 +148,9 @@ class Manifest:
             StoreCorruptError: not a memrag store manifest, or a field is missing / invalid.
         """
         if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
-            raise StoreCorruptError(f"{path}: not a memrag store manifest (format is not {STORE_FORMAT!r})")
+            raise StoreCorruptError(
+                f"{path}: not a memrag store manifest (format is not {STORE_FORMAT!r})"
+            )
         version = data.get("format_version")
         if not isinstance(version, int):
             raise StoreCorruptError(f"{path}: format_version is missing or not an integer")
@@ -162,11 +172,15 @@ class Manifest:
                 created=float(data.get("created", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise StoreCorruptError(f"{path}: invalid manifest ({type(err).__name__}: {err})") from None
+            raise StoreCorruptError(
+                f"{path}: invalid manifest ({type(err).__name__}: {err})"
+            ) from None
 
     def save(self, directory: Path) -> None:
         """Writes ``manifest.json`` into ``directory`` atomically."""
-        atomic_write_text(directory / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(
+            directory / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        )
 
     @classmethod
     def load(cls, directory: Path) -> "Manifest":
@@ -179,7 +193,9 @@ class Manifest:
         """
         path = Path(directory) / MANIFEST_NAME
         if not path.is_file():
-            raise StoreNotFoundError(f"{directory} is not a memrag store: {MANIFEST_NAME} is missing")
+            raise StoreNotFoundError(
+                f"{directory} is not a memrag store: {MANIFEST_NAME} is missing"
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -25,20 +25,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from memrag.slots import Slots
 from memrag.store.chunking import Chunker
 from memrag.store.database import ChunkRow, Database, NewChunk
+from memrag.store.documents import InvalidDocumentsError, document_chunks, prepare_documents
 from memrag.store.embedder import Embedder, load_embedder
 from memrag.store.errors import (
     EmbedderMismatchError,
@@ -55,6 +52,7 @@ from memrag.store.index import (
     read_checkpoint,
     write_checkpoint,
 )
+from memrag.store.maintenance import CompactReport, compact, remove_debris
 from memrag.store.manifest import (
     DATABASE_NAME,
     INDEX_DIR,
@@ -65,7 +63,7 @@ from memrag.store.manifest import (
     Manifest,
     Options,
 )
-from memrag.store.metadata import RESERVED_KEYS, MetadataError, check_metadata, dumps
+from memrag.store.metadata import RESERVED_KEYS, dumps
 from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch
 from memrag.store.records import ChunkRecord
 from memrag.store.shards import ShardReader, check_shard, write_shard
@@ -80,55 +78,13 @@ EXACT_FILTER_LIMIT = 20_000
 _SMALL_INDEX_BYTES = 8 << 20
 
 
-class InvalidDocumentsError(ValueError):
-    """Some documents given to :meth:`MemoryStore.add` cannot be stored (nothing was written).
-
-    Attributes:
-        problems: ``(position, id, reason)`` for each bad document.
-    """
-
-    def __init__(self, problems: list[tuple[int, str | None, str]]) -> None:
-        self.problems = problems
-        shown = "; ".join(f"#{pos} (id {doc_id!r}): {reason}" for pos, doc_id, reason in problems[:10])
-        more = f"; ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        super().__init__(f"cannot add {len(problems)} document(s), nothing was written: {shown}{more}")
-
-
-@dataclass
-class CompactReport:
-    """What :meth:`MemoryStore.compact` did."""
-
-    shards_before: int
-    shards_after: int
-    shard_bytes_before: int
-    shard_bytes_after: int
-    slots_dropped: int
-    tombstones_dropped: int
-    index_structure: str
-
-    def summary(self) -> str:
-        """One line for people."""
-        return (
-            f"shards {self.shards_before} -> {self.shards_after}, slot bytes {self.shard_bytes_before:,} -> "
-            f"{self.shard_bytes_after:,} ({self.slots_dropped} dead slots dropped), "
-            f"{self.tombstones_dropped} index tombstones dropped, index {self.index_structure}"
-        )
-
-
-def _document_fields(item: Any) -> tuple[Any, Any, Any]:
-    """``(text, metadata, id)`` of a string or a LangChain-style Document."""
-    if isinstance(item, str):
-        return item, None, None
-    if hasattr(item, "page_content"):
-        return item.page_content, getattr(item, "metadata", None), getattr(item, "id", None)
-    return item, None, None
-
-
 def _load_compressor(spec: Any, device: str | None, dtype: Any) -> Any:
     from memrag.compressor import Compressor
 
     if spec is None or isinstance(spec, (str, os.PathLike)):
-        return Compressor.from_pretrained(None if spec is None else str(spec), device=device, dtype=dtype)
+        return Compressor.from_pretrained(
+            None if spec is None else str(spec), device=device, dtype=dtype
+        )
     return spec
 
 
@@ -223,10 +179,16 @@ class MemoryStore:
         """
         target = Path(path)
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise StoreExistsError(f"cannot create a store at {target}: it exists and is not an empty directory")
+            raise StoreExistsError(
+                f"cannot create a store at {target}: it exists and is not an empty directory"
+            )
         compressor = _load_compressor(compressor, device, dtype)
         embedder = load_embedder(embedder, device=device)
-        spec = index if isinstance(index, IndexSpec) else IndexSpec(type=index, **dict(index_options or {}))
+        spec = (
+            index
+            if isinstance(index, IndexSpec)
+            else IndexSpec(type=index, **dict(index_options or {}))
+        )
         options = Options(
             slot_dtype=slot_dtype,
             fidelity=fidelity,
@@ -258,8 +220,15 @@ class MemoryStore:
             write_checkpoint(tmp / INDEX_DIR, 0, VectorIndex(spec, manifest.embedder.dimension))
             manifest.counts = {"chunks": 0, "slots": 0, "use_text": 0, "tokens": 0, "shards": 0}
             manifest.save(tmp)
-        logger.info("created store %s (compressor %s, embedder %s)", target, compressor.fingerprint, embedder.model_id)
-        return cls.open(target, compressor, embedder, lock_timeout=lock_timeout, device=device, dtype=dtype)
+        logger.info(
+            "created store %s (compressor %s, embedder %s)",
+            target,
+            compressor.fingerprint,
+            embedder.model_id,
+        )
+        return cls.open(
+            target, compressor, embedder, lock_timeout=lock_timeout, device=device, dtype=dtype
+        )
 
     @classmethod
     def open(
@@ -298,7 +267,8 @@ class MemoryStore:
             StoreNotFoundError: no store at ``path``.
             StoreVersionError: the store was written by a newer memrag.
             StoreCorruptError: a file is missing, truncated or corrupt (nothing is modified).
-            CompressorMismatchError: ``compressor`` differs from the store's (both fingerprints named).
+            CompressorMismatchError: ``compressor`` differs from the store's (names both
+                fingerprints).
             EmbedderMismatchError: ``embedder`` differs from the store's.
         """
         root = Path(path)
@@ -330,7 +300,10 @@ class MemoryStore:
                 if not rebuild_index or read_only:
                     raise
                 logger.warning("%s; rebuilding the index from the database", err)
-                store._index, store._applied_seq = VectorIndex(manifest.index, manifest.embedder.dimension), 0
+                store._index, store._applied_seq = (
+                    VectorIndex(manifest.index, manifest.embedder.dimension),
+                    0,
+                )
                 store._applied_seq = database.journal_head()
                 with store.writing():
                     store._rebuild_index()
@@ -341,7 +314,9 @@ class MemoryStore:
         return store
 
     @classmethod
-    def open_or_create(cls, path: str | Path, compressor: Any = None, embedder: Any = None, **options: Any) -> "MemoryStore":
+    def open_or_create(
+        cls, path: str | Path, compressor: Any = None, embedder: Any = None, **options: Any
+    ) -> "MemoryStore":
         """Opens the store at ``path`` if there is one (checking the compressor), else creates it.
 
         ``options`` are :meth:`create`'s keyword arguments; for an existing store only
@@ -386,7 +361,9 @@ class MemoryStore:
         if self._chunker is None:
             options = self.manifest.options
             size = options.chunk_tokens or self.manifest.compressor.segment_length
-            overlap = size // 8 if options.chunk_overlap is None else min(options.chunk_overlap, size - 1)
+            overlap = (
+                size // 8 if options.chunk_overlap is None else min(options.chunk_overlap, size - 1)
+            )
             self._chunker = Chunker(self.compressor.tokenizer, size, overlap)
         return self._chunker
 
@@ -397,7 +374,9 @@ class MemoryStore:
             self._processor = self.make_processor(self.compressor, self.embedder)
         return self._processor
 
-    def make_processor(self, compressor: Any, embedder: Embedder, *, compress_batch_size: int = 16) -> ChunkProcessor:
+    def make_processor(
+        self, compressor: Any, embedder: Embedder, *, compress_batch_size: int = 16
+    ) -> ChunkProcessor:
         """A :class:`ChunkProcessor` with this store's slot dtype and fidelity settings."""
         options = self.manifest.options
         return ChunkProcessor(
@@ -422,7 +401,8 @@ class MemoryStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"MemoryStore({str(self.path)!r}, index={self.manifest.index.type!r}, read_only={self.read_only})"
+        kind = self.manifest.index.type
+        return f"MemoryStore({str(self.path)!r}, index={kind!r}, read_only={self.read_only})"
 
     # ------------------------------------------------------------------ reading
     def get(self, ids: Sequence[str], with_slots: bool = True) -> list[ChunkRecord]:
@@ -450,12 +430,18 @@ class MemoryStore:
         return self.search_by_vector(self.embedder.embed_query(query), k, filter, with_slots)
 
     def search_by_vector(
-        self, vector: Sequence[float] | np.ndarray, k: int = 4, filter: dict | None = None, with_slots: bool = True
+        self,
+        vector: Sequence[float] | np.ndarray,
+        k: int = 4,
+        filter: dict | None = None,
+        with_slots: bool = True,
     ) -> list[ChunkRecord]:
         """Like :meth:`search`, for a query vector of the store's dimension."""
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.dimension:
-            raise ValueError(f"query vector has dimension {query.shape[1]}, the store's vectors {self.dimension}")
+            raise ValueError(
+                f"query vector has dimension {query.shape[1]}, the store's vectors {self.dimension}"
+            )
         if k <= 0:
             return []
         self.refresh()
@@ -466,7 +452,11 @@ class MemoryStore:
                 return []
         with self._index_lock:
             index = self._index
-            if allowed is not None and index.structure != "flat" and len(allowed) <= EXACT_FILTER_LIMIT:
+            if (
+                allowed is not None
+                and index.structure != "flat"
+                and len(allowed) <= EXACT_FILTER_LIMIT
+            ):
                 scores, vids = self._exact_search(query[0], allowed, k)
             else:
                 scores, vids = index.search(query, k, allowed=allowed)
@@ -479,11 +469,15 @@ class MemoryStore:
             record.score = score
         return records
 
-    def _exact_search(self, query: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _exact_search(
+        self, query: np.ndarray, allowed: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         from memrag.store.index import normalize
 
         vids, vectors = self.db.vectors(allowed.tolist(), self.dimension)
-        scores = normalize(vectors) @ normalize(query)[0] if len(vids) else np.zeros(0, dtype=np.float32)
+        scores = (
+            normalize(vectors) @ normalize(query)[0] if len(vids) else np.zeros(0, dtype=np.float32)
+        )
         top = np.argsort(-scores, kind="stable")[:k]
         return scores[top], vids[top]
 
@@ -508,10 +502,14 @@ class MemoryStore:
             if row.shard_file is None or not row.slot_count:
                 continue
             try:
-                tensor = self._shards.read(row.shard_file, int(row.slot_start or 0), int(row.slot_count))
+                tensor = self._shards.read(
+                    row.shard_file, int(row.slot_start or 0), int(row.slot_count)
+                )
             except FileNotFoundError:
                 if not retry:
-                    raise StoreCorruptError(f"slot shard {row.shard_file} of chunk {row.id!r} is missing") from None
+                    raise StoreCorruptError(
+                        f"slot shard {row.shard_file} of chunk {row.id!r} is missing"
+                    ) from None
                 # A concurrent compaction moved the slots: read the rows' new locations.
                 self._shards.forget()
                 fresh = self.db.rows_by_vids([r.vid for r in rows])
@@ -544,12 +542,13 @@ class MemoryStore:
                     self._file_lock.acquire(timeout=self.lock_timeout)
                 except filelock.Timeout:
                     raise StoreLockedError(
-                        f"{self.path} is being written by another process (lock {self._file_lock.lock_file}); "
+                        f"{self.path} is being written by another process (lock "
+                        f"{self._file_lock.lock_file}); "
                         f"waited {self.lock_timeout:.0f}s"
                     ) from None
                 try:
                     if not self._cleaned:
-                        self._remove_debris()
+                        remove_debris(self)
                         self._cleaned = True
                     self.refresh()
                 except BaseException:
@@ -603,7 +602,7 @@ class MemoryStore:
         if isinstance(texts_or_documents, str):
             texts_or_documents = [texts_or_documents]
         items = list(texts_or_documents)
-        inputs, sources = self._prepare(items, ids, metadatas, chunk)
+        inputs, sources = prepare_documents(items, ids, metadatas, self.chunker if chunk else None)
         if not inputs:
             return []
         with self.writing():
@@ -611,7 +610,9 @@ class MemoryStore:
             if sources:
                 keep = {c.id for c in inputs}
                 stale = [i for i in self.db.ids_of_sources(sources) if i not in keep]
-            self.add_chunks(inputs, batch_size=batch_size, show_progress=show_progress, delete_ids=stale)
+            self.add_chunks(
+                inputs, batch_size=batch_size, show_progress=show_progress, delete_ids=stale
+            )
         return [c.id for c in inputs]
 
     def add_chunks(
@@ -626,62 +627,18 @@ class MemoryStore:
         from memrag.utils.progress import progress
 
         order = sorted(range(len(chunks)), key=lambda i: len(chunks[i].text), reverse=True)
-        with self.writing(), progress(
-            total=len(chunks), desc="adding", unit="chunk", disable=not show_progress
-        ) as bar:
+        with (
+            self.writing(),
+            progress(
+                total=len(chunks), desc="adding", unit="chunk", disable=not show_progress
+            ) as bar,
+        ):
             if delete_ids:
                 self.delete(delete_ids)
             for start in range(0, len(order), batch_size):
                 batch = [chunks[i] for i in order[start : start + batch_size]]
                 self.write(self.processor.process(batch))
                 bar.update(len(batch))
-
-    def _prepare(
-        self,
-        items: list[Any],
-        ids: Sequence[str] | None,
-        metadatas: Sequence[Mapping[str, Any] | None] | None,
-        chunk: bool,
-    ) -> tuple[list[ChunkInput], list[str]]:
-        if ids is not None and len(ids) != len(items):
-            raise ValueError(f"got {len(items)} documents but {len(ids)} ids")
-        if metadatas is not None and len(metadatas) != len(items):
-            raise ValueError(f"got {len(items)} documents but {len(metadatas)} metadatas")
-        problems: list[tuple[int, str | None, str]] = []
-        inputs: list[ChunkInput] = []
-        sources: list[str] = []
-        seen: dict[str, int] = {}
-        for pos, item in enumerate(items):
-            text, doc_metadata, doc_id = _document_fields(item)
-            if ids is not None:
-                doc_id = ids[pos]
-            doc_id = doc_id if doc_id is not None else uuid.uuid4().hex
-            if not isinstance(doc_id, str) or not doc_id:
-                problems.append((pos, None, f"id must be a non-empty string, got {doc_id!r}"))
-                continue
-            if doc_id in seen:
-                problems.append((pos, doc_id, f"duplicate id (also at #{seen[doc_id]})"))
-                continue
-            seen[doc_id] = pos
-            if not isinstance(text, str):
-                problems.append((pos, doc_id, f"text must be a string, got {type(text).__name__}"))
-                continue
-            if not text.strip():
-                problems.append((pos, doc_id, "empty or whitespace-only text"))
-                continue
-            try:
-                metadata = check_metadata(metadatas[pos] if metadatas is not None else doc_metadata, reserved_ok=not chunk)
-            except MetadataError as err:
-                problems.append((pos, doc_id, str(err)))
-                continue
-            if chunk:
-                inputs.extend(document_chunks(self.chunker, doc_id, text, metadata))
-                sources.append(doc_id)
-            else:
-                inputs.append(ChunkInput(doc_id, text, metadata))
-        if problems:
-            raise InvalidDocumentsError(problems)
-        return inputs, sources
 
     def write(self, batch: ProcessedBatch) -> list[int]:
         """Writes a processed batch: one slot shard, one transaction; replaces existing ids.
@@ -702,7 +659,10 @@ class MemoryStore:
             shard = None
             if batch.slots.shape[0]:
                 shard = write_shard(
-                    self.path / SHARDS_DIR, batch.slots, fingerprint=batch.fingerprint, slot_kind=batch.slot_kind
+                    self.path / SHARDS_DIR,
+                    batch.slots,
+                    fingerprint=batch.fingerprint,
+                    slot_kind=batch.slot_kind,
                 )
             try:
                 offsets = np.concatenate([[0], np.cumsum(batch.slot_counts)]).tolist()
@@ -725,7 +685,9 @@ class MemoryStore:
                 ]
                 with self.db.transaction() as conn:
                     if shard is not None:
-                        shard_id = Database.insert_shard(conn, shard.file, shard.num_slots, shard.bytes, shard.sha256)
+                        shard_id = Database.insert_shard(
+                            conn, shard.file, shard.num_slots, shard.bytes, shard.sha256
+                        )
                         for chunk in new:
                             chunk.shard_id = shard_id
                     removed = Database.delete_ids(conn, [c.id for c in new])
@@ -754,15 +716,26 @@ class MemoryStore:
             )
         n = len(batch.chunks)
         if batch.vectors.shape != (n, self.dimension):
-            raise ValueError(f"expected vectors of shape ({n}, {self.dimension}), got {tuple(batch.vectors.shape)}")
+            raise ValueError(
+                f"expected vectors of shape ({n}, {self.dimension}), got "
+                f"{tuple(batch.vectors.shape)}"
+            )
         if dtype_name(batch.slots.dtype) != self.manifest.options.slot_dtype:
-            raise ValueError(f"slots are {dtype_name(batch.slots.dtype)}, the store keeps {self.manifest.options.slot_dtype}")
+            raise ValueError(
+                f"slots are {dtype_name(batch.slots.dtype)}, the store keeps "
+                f"{self.manifest.options.slot_dtype}"
+            )
         if n and batch.slots.shape[-1] != self.manifest.compressor.hidden_size:
-            raise ValueError(f"slots have width {batch.slots.shape[-1]}, expected {self.manifest.compressor.hidden_size}")
+            raise ValueError(
+                f"slots have width {batch.slots.shape[-1]}, expected "
+                f"{self.manifest.compressor.hidden_size}"
+            )
         if sum(batch.slot_counts) != batch.slots.shape[0] or not (
             len(batch.slot_counts) == len(batch.fidelity) == len(batch.num_tokens) == n
         ):
-            raise ValueError("inconsistent batch: slot counts, fidelity or token counts do not match the chunks")
+            raise ValueError(
+                "inconsistent batch: slot counts, fidelity or token counts do not match the chunks"
+            )
 
     def delete(self, ids: Sequence[str] | None) -> int:
         """Deletes chunks by id; unknown ids are ignored. Returns how many were deleted."""
@@ -784,11 +757,14 @@ class MemoryStore:
 
     def set_fidelity_threshold(self, threshold: float) -> int:
         """Re-flags every chunk against a new threshold. Returns how many are now ``use_text``."""
-        options = Options(**{**self.manifest.options.__dict__, "fidelity_threshold": float(threshold)})
+        options = Options(
+            **{**self.manifest.options.__dict__, "fidelity_threshold": float(threshold)}
+        )
         with self.writing():
             with self.db.transaction() as conn:
                 conn.execute(
-                    "UPDATE chunks SET use_text = (fidelity IS NOT NULL AND fidelity < ?)", (options.fidelity_threshold,)
+                    "UPDATE chunks SET use_text = (fidelity IS NOT NULL AND fidelity < ?)",
+                    (options.fidelity_threshold,),
                 )
             self.manifest.options = options
         return self.db.counts()["use_text"]
@@ -845,7 +821,11 @@ class MemoryStore:
             if pending <= 0 and not train:
                 return
             small = self._index.ntotal * self.dimension * 4 <= _SMALL_INDEX_BYTES
-            due = force or pending >= max(10_000, self._index.ntotal // 4) or (final and (small or train))
+            due = (
+                force
+                or pending >= max(10_000, self._index.ntotal // 4)
+                or (final and (small or train))
+            )
             if not due:
                 return
             if train:
@@ -884,104 +864,20 @@ class MemoryStore:
     def compact(self, *, target_shard_slots: int = 65_536) -> CompactReport:
         """Rewrites slot shards without deleted slots, merges small shards, rebuilds the index.
 
+        Rebuilding trains an ``ivf`` index on the current vectors and drops HNSW tombstones.
         Concurrent readers keep working: they re-read a chunk's location when its old shard
         has gone.
         """
-        with self.writing():
-            before = self.db.shards()
-            live = self.db.live_slots_by_shard()
-            rewrite = [s for s in before if live.get(s.shard_id, 0) < s.num_slots or s.num_slots < target_shard_slots // 2]
-            dropped = sum(s.num_slots - live.get(s.shard_id, 0) for s in rewrite)
-            self._rewrite_shards(rewrite, target_shard_slots)
-            tombstones = len(self._index.tombstones)
-            self._rebuild_index()
-            self.db.vacuum()
-            after = self.db.shards()
-            return CompactReport(
-                shards_before=len(before),
-                shards_after=len(after),
-                shard_bytes_before=sum(s.bytes for s in before),
-                shard_bytes_after=sum(s.bytes for s in after),
-                slots_dropped=dropped,
-                tombstones_dropped=tombstones,
-                index_structure=self._index.structure,
-            )
-
-    def _rewrite_shards(self, shards: list, target_slots: int) -> None:
-        info = self.manifest.compressor
-        pending_rows: list[ChunkRow] = []
-        pending_tensors: list[torch.Tensor] = []
-        pending_old: list = []
-        size = 0
-
-        def flush() -> None:
-            nonlocal size
-            files = [s.file for s in pending_old]
-            if pending_rows:
-                shard = write_shard(
-                    self.path / SHARDS_DIR, torch.cat(pending_tensors), fingerprint=info.fingerprint, slot_kind=info.slot_kind
-                )
-            with self.db.transaction() as conn:
-                if pending_rows:
-                    shard_id = Database.insert_shard(conn, shard.file, shard.num_slots, shard.bytes, shard.sha256)
-                    start = 0
-                    for row in pending_rows:
-                        conn.execute(
-                            "UPDATE chunks SET shard_id = ?, slot_start = ? WHERE vid = ?", (shard_id, start, row.vid)
-                        )
-                        start += int(row.slot_count or 0)
-                conn.executemany("DELETE FROM shards WHERE shard_id = ?", [(s.shard_id,) for s in pending_old])
-            self._shards.forget(set(files))
-            for name in files:
-                (self.path / SHARDS_DIR / name).unlink(missing_ok=True)
-            pending_rows.clear()
-            pending_tensors.clear()
-            pending_old.clear()
-            size = 0
-
-        for shard in shards:
-            rows = self.db.rows_by_shard(shard.shard_id)
-            for row in rows:
-                pending_tensors.append(self._shards.read(shard.file, int(row.slot_start or 0), int(row.slot_count or 0)))
-                pending_rows.append(row)
-                size += int(row.slot_count or 0)
-            pending_old.append(shard)
-            if size >= target_slots:
-                flush()
-        if pending_old:
-            flush()
-
-    def _remove_debris(self) -> None:
-        """Removes what interrupted writers left: temporary files, unreferenced shards, and
-        index files other than the newest checkpoint (e.g. one whose sidecar was never written).
-        """
-        known = {s.file for s in self.db.shards()}
-        checkpoints = list_checkpoints(self.path / INDEX_DIR)
-        keep = {checkpoints[-1].file.name, checkpoints[-1].sidecar.name} if checkpoints else set()
-        removed = 0
-        for directory in (self.path, self.path / SHARDS_DIR, self.path / INDEX_DIR):
-            if not directory.is_dir():
-                continue
-            for entry in directory.iterdir():
-                name = entry.name
-                stray = name.startswith(".") and name.endswith(".tmp")
-                stray |= directory.name == SHARDS_DIR and name.endswith(".safetensors") and name not in known
-                stray |= directory.name == INDEX_DIR and name.startswith("index-") and name not in keep
-                if stray:
-                    if entry.is_dir():
-                        shutil.rmtree(entry, ignore_errors=True)
-                    else:
-                        entry.unlink(missing_ok=True)
-                    removed += 1
-        if removed:
-            logger.warning("removed %d file(s) left by an interrupted write in %s", removed, self.path)
+        return compact(self, target_shard_slots=target_shard_slots)
 
     def _check_shards(self, *, full: bool = False) -> None:
         from memrag.utils.atomic import sha256_file
 
         for shard in self.db.shards():
             path = self.path / SHARDS_DIR / shard.file
-            check_shard(path, num_slots=shard.num_slots, size=shard.bytes, fingerprint=self.fingerprint)
+            check_shard(
+                path, num_slots=shard.num_slots, size=shard.bytes, fingerprint=self.fingerprint
+            )
             if full and sha256_file(path) != shard.sha256:
                 raise StoreCorruptError(f"slot shard {path} does not match its checksum (corrupt)")
 
@@ -995,13 +891,18 @@ class MemoryStore:
         info = self.manifest.compressor
         try:
             if info.source:
-                compressor = Compressor.from_pretrained(info.source, device=self._device, dtype=self._dtype)
+                compressor = Compressor.from_pretrained(
+                    info.source, device=self._device, dtype=self._dtype
+                )
             else:
-                compressor = Compressor.from_base(info.base_model, device=self._device, dtype=self._dtype)
+                compressor = Compressor.from_base(
+                    info.base_model, device=self._device, dtype=self._dtype
+                )
         except (OSError, ValueError) as err:
             raise compressor_mismatch(
                 f"cannot load the compressor of {self.path} (fingerprint {info.fingerprint}, "
-                f"source {info.source or 'untrained over ' + info.base_model}): {err}; pass compressor="
+                f"source {info.source or 'untrained over ' + info.base_model}): {err}; pass "
+                "compressor="
             ) from err
         _check_compressor(self.path, self.manifest, compressor)
         return compressor
@@ -1011,7 +912,12 @@ class MemoryStore:
         counts = self.db.counts()
         fidelity = self.db.fidelity_values()
         quantiles = (
-            dict(zip(("min", "p10", "p50", "p90", "max"), np.quantile(fidelity, [0, 0.1, 0.5, 0.9, 1]).round(4).tolist()))
+            dict(
+                zip(
+                    ("min", "p10", "p50", "p90", "max"),
+                    np.quantile(fidelity, [0, 0.1, 0.5, 0.9, 1]).round(4).tolist(),
+                )
+            )
             if len(fidelity)
             else {}
         )
@@ -1056,27 +962,14 @@ class MemoryStore:
             self._closed = True
 
 
-def document_chunks(chunker: Chunker, doc_id: str, text: str, metadata: dict[str, Any]) -> list[ChunkInput]:
-    """Cuts one document into :class:`ChunkInput` s (ids ``<doc_id>#<n>``, offsets in metadata)."""
-    chunks = []
-    for piece in chunker.chunk(text):
-        meta = {
-            **metadata,
-            "source_id": doc_id,
-            "chunk_index": piece.index,
-            "char_start": piece.char_start,
-            "char_end": piece.char_end,
-        }
-        chunks.append(ChunkInput(f"{doc_id}#{piece.index}", piece.text, meta, source_id=doc_id))
-    return chunks
-
-
 def _check_compressor(path: Path, manifest: Manifest, compressor: Any) -> None:
     if compressor.fingerprint != manifest.compressor.fingerprint:
         raise compressor_mismatch(
             f"{path} holds slots of compressor {manifest.compressor.fingerprint} "
-            f"({manifest.compressor.source or manifest.compressor.base_model}); the compressor given has "
-            f"fingerprint {compressor.fingerprint}. Slots of one compressor cannot be read by another."
+            f"({manifest.compressor.source or manifest.compressor.base_model}); the compressor "
+            "given has "
+            f"fingerprint {compressor.fingerprint}. Slots of one compressor cannot be read by "
+            "another."
         )
 
 
@@ -1089,4 +982,10 @@ def _check_embedder(path: Path, manifest: Manifest, embedder: Embedder) -> None:
         )
 
 
-__all__ = ["CompactReport", "InvalidDocumentsError", "MemoryStore", "document_chunks", "RESERVED_KEYS"]
+__all__ = [
+    "CompactReport",
+    "InvalidDocumentsError",
+    "MemoryStore",
+    "document_chunks",
+    "RESERVED_KEYS",
+]

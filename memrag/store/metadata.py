@@ -39,7 +39,9 @@ def _json_problem(value: Any, where: str) -> str | None:
     if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
         return None
     if isinstance(value, float):
-        return None if math.isfinite(value) else f"{where} is {value!r}, which JSON cannot represent"
+        return (
+            None if math.isfinite(value) else f"{where} is {value!r}, which JSON cannot represent"
+        )
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             problem = _json_problem(item, f"{where}[{i}]")
@@ -78,7 +80,9 @@ def check_metadata(metadata: Any, *, reserved_ok: bool = True) -> dict[str, Any]
         if not isinstance(key, str):
             raise MetadataError(f"metadata key {key!r} is not a string")
         if not reserved_ok and key in RESERVED_KEYS:
-            raise MetadataError(f"metadata key {key!r} is reserved by memrag (reserved: {', '.join(RESERVED_KEYS)})")
+            raise MetadataError(
+                f"metadata key {key!r} is reserved by memrag (reserved: {', '.join(RESERVED_KEYS)})"
+            )
         problem = _json_problem(value, f"metadata field {key!r}")
         if problem:
             raise MetadataError(problem)
@@ -92,13 +96,17 @@ def dumps(metadata: dict[str, Any]) -> str:
 
 def _path(key: str) -> str:
     if not isinstance(key, str) or not key or '"' in key or "\\" in key:
-        raise ValueError(f"filter keys must be non-empty strings without quotes or backslashes, got {key!r}")
+        raise ValueError(
+            f"filter keys must be non-empty strings without quotes or backslashes, got {key!r}"
+        )
     return f'$."{key}"'
 
 
 def _scalar(value: Any, key: str, op: str) -> Any:
     if not isinstance(value, _SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
-        raise ValueError(f"filter {key!r} {op}: values must be str, int, float, bool or None, got {value!r}")
+        raise ValueError(
+            f"filter {key!r} {op}: values must be str, int, float, bool or None, got {value!r}"
+        )
     return value
 
 
@@ -117,7 +125,11 @@ def _equals(key: str, value: Any, params: list[Any]) -> str:
 
 
 def _condition(key: str, condition: Any, params: list[Any]) -> str:
-    if not isinstance(condition, Mapping) or not condition or not all(str(op).startswith("$") for op in condition):
+    if (
+        not isinstance(condition, Mapping)
+        or not condition
+        or not all(str(op).startswith("$") for op in condition)
+    ):
         return _equals(key, condition, params)
     clauses: list[str] = []
     for op, value in condition.items():
@@ -132,16 +144,23 @@ def _condition(key: str, condition: Any, params: list[Any]) -> str:
             path = _path(key)
             kind = "'text'" if isinstance(value, str) else "'integer', 'real'"
             params.extend([path, path, value])
-            clauses.append(f"(json_type(metadata, ?) IN ({kind}) AND json_extract(metadata, ?) {_COMPARISONS[op]} ?)")
+            clauses.append(
+                f"(json_type(metadata, ?) IN ({kind}) AND json_extract(metadata, ?) "
+                f"{_COMPARISONS[op]} ?)"
+            )
         elif op in ("$in", "$nin"):
             if not isinstance(value, (list, tuple, set)):
-                raise ValueError(f"filter {key!r} {op}: expected a list, got {type(value).__name__}")
+                raise ValueError(
+                    f"filter {key!r} {op}: expected a list, got {type(value).__name__}"
+                )
             parts = [_equals(key, item, params) for item in value] or ["0"]
             either = "(" + " OR ".join(parts) + ")"
             clauses.append(either if op == "$in" else f"NOT COALESCE({either}, 0)")
         elif op == "$exists":
             params.append(_path(key))
-            clauses.append("json_type(metadata, ?) IS NOT NULL" if value else "json_type(metadata, ?) IS NULL")
+            clauses.append(
+                "json_type(metadata, ?) IS NOT NULL" if value else "json_type(metadata, ?) IS NULL"
+            )
         else:
             raise ValueError(f"unknown filter operator {op!r} for {key!r}")
     return "(" + " AND ".join(clauses) + ")"

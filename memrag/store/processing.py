@@ -121,7 +121,11 @@ class ChunkProcessor:
         self.embedder = embedder
         self.slot_dtype = resolve_dtype(slot_dtype)
         self.compress_batch_size = compress_batch_size
-        self.scorer = FidelityScorer(compressor, max_tokens=fidelity_max_tokens) if fidelity == "reconstruct" else None
+        self.scorer = (
+            FidelityScorer(compressor, max_tokens=fidelity_max_tokens)
+            if fidelity == "reconstruct"
+            else None
+        )
 
     def process(self, chunks: Sequence[ChunkInput]) -> ProcessedBatch:
         """Vectors, slots and fidelity of ``chunks`` (texts must be non-empty)."""
@@ -134,7 +138,9 @@ class ChunkProcessor:
                 f"embedder {self.embedder.model_id} returned shape {vectors.shape}, "
                 f"expected ({len(chunks)}, {self.embedder.dimension})"
             )
-        compressed = self.compressor.compress(texts, batch_size=self.compress_batch_size) if chunks else []
+        compressed = (
+            self.compressor.compress(texts, batch_size=self.compress_batch_size) if chunks else []
+        )
         stored: list[Slots] = []
         clamped: list[str] = []
         for chunk, memory in zip(chunks, compressed):
@@ -144,13 +150,20 @@ class ChunkProcessor:
                 tensor = torch.nan_to_num(tensor, nan=0.0, posinf=info.max, neginf=info.min)
                 clamped.append(chunk.id)
                 logger.warning(
-                    "slots of chunk %r overflow %s; clamped and flagged use_text (store slots as float32 or bfloat16 "
+                    "slots of chunk %r overflow %s; clamped and flagged use_text (store slots "
+                    "as float32 or bfloat16 "
                     "to avoid this)",
                     chunk.id,
                     self.slot_dtype,
                 )
             stored.append(
-                Slots(tensor, memory.kind, memory.fingerprint, memory.num_tokens, list(memory.segment_slot_counts))
+                Slots(
+                    tensor,
+                    memory.kind,
+                    memory.fingerprint,
+                    memory.num_tokens,
+                    list(memory.segment_slot_counts),
+                )
             )
         fidelity: list[float | None] = [None] * len(chunks)
         if self.scorer is not None and chunks:
@@ -162,7 +175,9 @@ class ChunkProcessor:
         return ProcessedBatch(
             chunks=chunks,
             vectors=vectors,
-            slots=torch.cat([s.tensor for s in stored]) if stored else torch.zeros((0, hidden), dtype=self.slot_dtype),
+            slots=torch.cat([s.tensor for s in stored])
+            if stored
+            else torch.zeros((0, hidden), dtype=self.slot_dtype),
             slot_counts=[s.num_slots for s in stored],
             segment_slot_counts=[s.segment_slot_counts for s in stored],
             num_tokens=[s.num_tokens for s in stored],

@@ -43,7 +43,9 @@ class WrittenShard:
     sha256: str
 
 
-def write_shard(directory: Path, slots: torch.Tensor, *, fingerprint: str, slot_kind: str) -> WrittenShard:
+def write_shard(
+    directory: Path, slots: torch.Tensor, *, fingerprint: str, slot_kind: str
+) -> WrittenShard:
     """Writes ``slots`` (``(total_slots, ...)``) as a new shard file in ``directory``."""
     tensor = slots.detach().to("cpu").contiguous()
     payload = save(
@@ -58,7 +60,9 @@ def write_shard(directory: Path, slots: torch.Tensor, *, fingerprint: str, slot_
     name = f"shard-{uuid.uuid4().hex}{SHARD_SUFFIX}"
     with atomic_path(directory / name) as tmp:
         tmp.write_bytes(payload)
-    return WrittenShard(name, int(tensor.shape[0]), len(payload), hashlib.sha256(payload).hexdigest())
+    return WrittenShard(
+        name, int(tensor.shape[0]), len(payload), hashlib.sha256(payload).hexdigest()
+    )
 
 
 def check_shard(path: Path, *, num_slots: int, size: int, fingerprint: str) -> None:
@@ -71,7 +75,9 @@ def check_shard(path: Path, *, num_slots: int, size: int, fingerprint: str) -> N
         raise StoreCorruptError(f"slot shard {path} is missing")
     actual = path.stat().st_size
     if actual != size:
-        raise StoreCorruptError(f"slot shard {path} has {actual} bytes, expected {size} (truncated or altered)")
+        raise StoreCorruptError(
+            f"slot shard {path} has {actual} bytes, expected {size} (truncated or altered)"
+        )
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -82,10 +88,13 @@ def check_shard(path: Path, *, num_slots: int, size: int, fingerprint: str) -> N
         raise StoreCorruptError(f"{path} is not a memrag slot shard")
     if metadata.get("fingerprint") != fingerprint:
         raise StoreCorruptError(
-            f"slot shard {path} was made by compressor {metadata.get('fingerprint')}, the store's is {fingerprint}"
+            f"slot shard {path} was made by compressor {metadata.get('fingerprint')}, the "
+            f"store's is {fingerprint}"
         )
     if int(shape[0]) != num_slots:
-        raise StoreCorruptError(f"slot shard {path} holds {shape[0]} slots, the database says {num_slots}")
+        raise StoreCorruptError(
+            f"slot shard {path} holds {shape[0]} slots, the database says {num_slots}"
+        )
 
 
 class ShardReader:
@@ -133,11 +142,14 @@ class ShardReader:
                 total = int(view.get_shape()[0])
                 if start < 0 or start + count > total:
                     raise StoreCorruptError(
-                        f"slot shard {self.directory / file} has {total} slots, cannot read [{start}, {start + count})"
+                        f"slot shard {self.directory / file} has {total} slots, cannot read "
+                        f"[{start}, {start + count})"
                     )
                 return view[start : start + count]
             except SafetensorError as err:
-                raise StoreCorruptError(f"slot shard {self.directory / file} is unreadable: {err}") from None
+                raise StoreCorruptError(
+                    f"slot shard {self.directory / file} is unreadable: {err}"
+                ) from None
 
     def forget(self, files: set[str] | None = None) -> None:
         """Drops cached handles (all, or those of ``files``)."""

@@ -77,14 +77,24 @@ class VerifyReport:
         head = f"{self.path}: {'OK' if self.ok else f'{len(self.problems)} problem(s)'}"
         if self.stats:
             head += " (" + ", ".join(f"{k} {v}" for k, v in self.stats.items()) + ")"
-        lines = [head] + [f"  problem: {p}" for p in self.problems] + [f"  warning: {w}" for w in self.warnings]
+        lines = (
+            [head]
+            + [f"  problem: {p}" for p in self.problems]
+            + [f"  warning: {w}" for w in self.warnings]
+        )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
 
         def finding(f: Finding) -> dict[str, Any]:
-            return {"part": f.part, "path": f.path, "message": f.message, "affected": f.affected, "chunk_ids": list(f.chunk_ids)}
+            return {
+                "part": f.part,
+                "path": f.path,
+                "message": f.message,
+                "affected": f.affected,
+                "chunk_ids": list(f.chunk_ids),
+            }
 
         return {
             "path": str(self.path),
@@ -134,17 +144,28 @@ def verify_store(path: str | Path, *, full: bool = True) -> VerifyReport:
 
 def bad_shards(report: VerifyReport) -> set[str]:
     """File names of the shards a report found damaged."""
-    return {Path(p.path).name for p in report.problems if p.part == "shard" and p.path.endswith(SHARD_SUFFIX)}
+    return {
+        Path(p.path).name
+        for p in report.problems
+        if p.part == "shard" and p.path.endswith(SHARD_SUFFIX)
+    }
 
 
-def _verify_shards(root: Path, manifest: Manifest, db: Database, report: VerifyReport, full: bool) -> None:
+def _verify_shards(
+    root: Path, manifest: Manifest, db: Database, report: VerifyReport, full: bool
+) -> None:
     directory = root / SHARDS_DIR
     known = set()
     for shard in db.shards():
         known.add(shard.file)
         path = directory / shard.file
         try:
-            check_shard(path, num_slots=shard.num_slots, size=shard.bytes, fingerprint=manifest.compressor.fingerprint)
+            check_shard(
+                path,
+                num_slots=shard.num_slots,
+                size=shard.bytes,
+                fingerprint=manifest.compressor.fingerprint,
+            )
             if full and sha256_file(path) != shard.sha256:
                 raise StoreCorruptError(f"slot shard {path} does not match its checksum (corrupt)")
         except StoreCorruptError as err:
@@ -156,16 +177,26 @@ def _verify_shards(root: Path, manifest: Manifest, db: Database, report: VerifyR
     )
     if overflow:
         ids = tuple(r[0] for r in overflow[:20])
-        report.problems.append(Finding("database", str(db.path), "chunks point outside their shard", ids, len(overflow)))
+        report.problems.append(
+            Finding(
+                "database", str(db.path), "chunks point outside their shard", ids, len(overflow)
+            )
+        )
     if directory.is_dir():
         for entry in sorted(directory.iterdir()):
             if entry.name not in known:
                 report.warnings.append(
-                    Finding("debris", str(entry), "not referenced by the database (left by an interrupted write; "
-                            "the next writer removes it)")
+                    Finding(
+                        "debris",
+                        str(entry),
+                        "not referenced by the database (left by an interrupted write; "
+                        "the next writer removes it)",
+                    )
                 )
     for entry in sorted(root.glob(".*.tmp")) + sorted((root / INDEX_DIR).glob(".*.tmp")):
-        report.warnings.append(Finding("debris", str(entry), "temporary file of an interrupted write"))
+        report.warnings.append(
+            Finding("debris", str(entry), "temporary file of an interrupted write")
+        )
 
 
 def _verify_index(root: Path, manifest: Manifest, db: Database, report: VerifyReport) -> None:
@@ -184,7 +215,11 @@ def _verify_index(root: Path, manifest: Manifest, db: Database, report: VerifyRe
     for entry in sorted(directory.iterdir()):
         if entry.name.startswith("index-") and entry not in (newest.file, newest.sidecar):
             report.warnings.append(
-                Finding("debris", str(entry), "index file other than the newest checkpoint (the next writer removes it)")
+                Finding(
+                    "debris",
+                    str(entry),
+                    "index file other than the newest checkpoint (the next writer removes it)",
+                )
             )
     added = {vid for _, op, vid in entries if op == "add"}
     deleted = {vid for _, op, vid in entries if op == "del"}
@@ -197,7 +232,8 @@ def _verify_index(root: Path, manifest: Manifest, db: Database, report: VerifyRe
             Finding(
                 "index",
                 str(newest.file),
-                f"the index and the database disagree: {len(missing)} chunk vector(s) missing from the index, "
+                f"the index and the database disagree: {len(missing)} chunk vector(s) missing "
+                "from the index, "
                 f"{len(extra)} index id(s) without a chunk",
             )
         )
@@ -219,13 +255,22 @@ class RepairReport:
     def summary(self) -> str:
         """One line for people."""
         return (
-            f"index rebuilt: {'yes' if self.index_rebuilt else 'no'}; chunks re-compressed: {self.recompressed}; "
-            f"chunks now served as text: {self.text_only}; damaged shards removed: {self.shards_removed}; "
+            f"index rebuilt: {'yes' if self.index_rebuilt else 'no'}; chunks re-compressed: "
+            f"{self.recompressed}; "
+            f"chunks now served as text: {self.text_only}; damaged shards removed: "
+            f"{self.shards_removed}; "
             f"store now {'OK' if self.after is not None and self.after.ok else 'still damaged'}"
         )
 
 
-def repair_store(path: str | Path, *, compressor: Any = None, embedder: Any = None, recompress: bool = True, **open_kwargs: Any) -> RepairReport:
+def repair_store(
+    path: str | Path,
+    *,
+    compressor: Any = None,
+    embedder: Any = None,
+    recompress: bool = True,
+    **open_kwargs: Any,
+) -> RepairReport:
     """Repairs what the database still describes (see the module docstring).
 
     Args:
@@ -248,24 +293,36 @@ def repair_store(path: str | Path, *, compressor: Any = None, embedder: Any = No
     fatal = [p for p in result.before.problems if p.part in ("manifest", "database")]
     if fatal:
         raise StoreCorruptError(
-            "cannot repair: " + "; ".join(str(p) for p in fatal) + ". Rebuild the store from its corpus."
+            "cannot repair: "
+            + "; ".join(str(p) for p in fatal)
+            + ". Rebuild the store from its corpus."
         )
-    store = MemoryStore.open(root, compressor, embedder, check=False, rebuild_index=True, **open_kwargs)
+    store = MemoryStore.open(
+        root, compressor, embedder, check=False, rebuild_index=True, **open_kwargs
+    )
     try:
         result.index_rebuilt = store.index_was_rebuilt
         damaged = bad_shards(result.before)
         with store.writing():
             if damaged:
-                rows = [r for s in store.db.shards() if s.file in damaged for r in store.db.rows_by_shard(s.shard_id)]
+                rows = [
+                    r
+                    for s in store.db.shards()
+                    if s.file in damaged
+                    for r in store.db.rows_by_shard(s.shard_id)
+                ]
                 done = _recompress(store, rows) if recompress and rows else False
                 with store.db.transaction() as conn:
                     if not done:
                         conn.executemany(
-                            "UPDATE chunks SET shard_id = NULL, slot_start = NULL, slot_count = NULL, use_text = 1 "
+                            "UPDATE chunks SET shard_id = NULL, slot_start = NULL, slot_count = "
+                            "NULL, use_text = 1 "
                             "WHERE vid = ?",
                             [(r.vid,) for r in rows],
                         )
-                    conn.executemany("DELETE FROM shards WHERE file = ?", [(name,) for name in damaged])
+                    conn.executemany(
+                        "DELETE FROM shards WHERE file = ?", [(name,) for name in damaged]
+                    )
                 for name in damaged:
                     (root / SHARDS_DIR / name).unlink(missing_ok=True)
                 result.recompressed = len(rows) if done else 0
@@ -284,7 +341,11 @@ def _recompress(store: Any, rows: list) -> bool:
     try:
         processor = store.processor
     except (StoreError, OSError, ValueError) as err:
-        logger.warning("cannot load the store's compressor to re-compress damaged chunks (%s); serving them as text", err)
+        logger.warning(
+            "cannot load the store's compressor to re-compress damaged chunks (%s); serving "
+            "them as text",
+            err,
+        )
         return False
     inputs = [ChunkInput(r.id, r.text, r.metadata, r.source_id) for r in rows]
     for start in range(0, len(inputs), 64):

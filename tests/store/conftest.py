@@ -35,7 +35,7 @@ def saved_compressor(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """Tiny models run fastest on one thread (intra-op threads only add sync overhead on a busy box)."""
+    """Tiny models run fastest on one thread (more only adds sync overhead on a busy box)."""
     import torch
 
     saved = torch.get_num_threads()

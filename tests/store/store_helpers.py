@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 WORDS = (
-    "alpha beta gamma delta epsilon zeta eta theta iota kappa Paris France capital city tower river "
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa Paris France capital city tower "
+    "river "
     "bridge museum 1889 completed built famous old new memory slots compress documents"
 ).split()
 
@@ -22,7 +23,12 @@ def write_corpus(path: Path, documents: int = 30, *, start: int = 0) -> Path:
     with path.open("w", encoding="utf-8") as handle:
         for i in range(start, start + documents):
             text = f"Document {i}. " + sentence(i, 8 + (i * 13) % 60)
-            handle.write(json.dumps({"id": f"doc{i}", "text": text, "metadata": {"n": i, "even": i % 2 == 0}}) + "\n")
+            handle.write(
+                json.dumps(
+                    {"id": f"doc{i}", "text": text, "metadata": {"n": i, "even": i % 2 == 0}}
+                )
+                + "\n"
+            )
     return path
 
 

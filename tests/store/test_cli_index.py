@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from store_helpers import write_corpus
 from typer.testing import CliRunner
 
 from memrag.cli import app
 from memrag.store import MemoryStore
-from store_helpers import write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -25,35 +25,68 @@ def _ok(runner: CliRunner, *args: str) -> str:
     return result.stdout
 
 
-def test_index_commands_end_to_end(tmp_path: Path, runner: CliRunner, saved_compressor: Path) -> None:
+def test_index_commands_end_to_end(
+    tmp_path: Path, runner: CliRunner, saved_compressor: Path
+) -> None:
     corpus = write_corpus(tmp_path / "corpus.jsonl", 8)
     with corpus.open("a") as handle:
         handle.write("not json\n")
     store = tmp_path / "store"
-    common = ["--store", str(store), "--compressor", str(saved_compressor), "--embedder", "hashing:64", "--quiet"]
+    common = [
+        "--store",
+        str(store),
+        "--compressor",
+        str(saved_compressor),
+        "--embedder",
+        "hashing:64",
+        "--quiet",
+    ]
     output = _ok(runner, "index", "build", "--corpus", str(corpus), *common, "--batch-chunks", "5")
     assert "8 documents" in output and "corpus.jsonl:9: invalid JSON" in output
     report = json.loads(_ok(runner, "index", "build", "--corpus", str(corpus), *common, "--json"))
-    assert report["chunks_written"] == 0 and report["chunks_unchanged"] > 8 and len(report["skipped"]) == 1
+    assert (
+        report["chunks_written"] == 0
+        and report["chunks_unchanged"] > 8
+        and len(report["skipped"]) == 1
+    )
 
     info = json.loads(_ok(runner, "index", "info", str(store), "--json"))
     chunks = info["counts"]["chunks"]
-    assert chunks == report["chunks_unchanged"] and info["manifest"]["embedder"]["id"] == "hashing:64"
+    assert (
+        chunks == report["chunks_unchanged"] and info["manifest"]["embedder"]["id"] == "hashing:64"
+    )
     assert "served as text" in _ok(runner, "index", "info", str(store))
 
-    hits = json.loads(_ok(runner, "index", "search", str(store), "Document 3.", "-k", "3", "--json"))
+    hits = json.loads(
+        _ok(runner, "index", "search", str(store), "Document 3.", "-k", "3", "--json")
+    )
     assert hits[0]["id"] == "doc3#0" and hits[0]["num_slots"] > 0 and len(hits) == 3
     filtered = json.loads(
-        _ok(runner, "index", "search", str(store), "Document", "-k", "50", "--filter", '{"even": true}', "--json")
+        _ok(
+            runner,
+            "index",
+            "search",
+            str(store),
+            "Document",
+            "-k",
+            "50",
+            "--filter",
+            '{"even": true}',
+            "--json",
+        )
     )
     assert filtered and all(h["metadata"]["even"] is True for h in filtered)
     assert "1. " in _ok(runner, "index", "search", str(store), "Document 3.")
 
-    assert "added 1 chunk(s): note" in _ok(runner, "index", "add", str(store), "--text", "A short note.", "--id", "note")
+    assert "added 1 chunk(s): note" in _ok(
+        runner, "index", "add", str(store), "--text", "A short note.", "--id", "note"
+    )
     assert "deleted 1 chunk(s)" in _ok(runner, "index", "delete", str(store), "note", "missing")
     doc1_chunks = MemoryStore.open(store, read_only=True).db.ids_of_sources(["doc1"])
     assert len(doc1_chunks) >= 1
-    assert f"deleted {len(doc1_chunks)} chunk(s)" in _ok(runner, "index", "delete", str(store), "doc1", "--source")
+    assert f"deleted {len(doc1_chunks)} chunk(s)" in _ok(
+        runner, "index", "delete", str(store), "doc1", "--source"
+    )
 
     assert "compacted: shards" in _ok(runner, "index", "compact", str(store))
     verify = runner.invoke(app, ["index", "verify", str(store)])
@@ -65,7 +98,9 @@ def test_index_commands_end_to_end(tmp_path: Path, runner: CliRunner, saved_comp
     assert damaged.exit_code == 1 and json.loads(damaged.stdout)["problems"][0]["part"] == "shard"
     refused = runner.invoke(app, ["index", "search", str(store), "x"])
     assert refused.exit_code == 2 and "truncated" in refused.output
-    repaired = runner.invoke(app, ["index", "verify", str(store), "--repair", "--compressor", str(saved_compressor)])
+    repaired = runner.invoke(
+        app, ["index", "verify", str(store), "--repair", "--compressor", str(saved_compressor)]
+    )
     assert repaired.exit_code == 0 and "chunks re-compressed" in repaired.output
 
 
@@ -75,7 +110,18 @@ def test_index_errors_are_one_clean_line(tmp_path: Path, runner: CliRunner) -> N
     bad_filter = runner.invoke(app, ["index", "search", str(tmp_path), "q", "--filter", "[1]"])
     assert bad_filter.exit_code == 2 and "--filter must be a JSON object" in bad_filter.output
     no_corpus = runner.invoke(
-        app, ["index", "build", "--corpus", str(tmp_path / "none"), "--store", str(tmp_path / "s"), "--untrained",
-              "--base-model", "tiny-not-a-model", "--quiet"]
+        app,
+        [
+            "index",
+            "build",
+            "--corpus",
+            str(tmp_path / "none"),
+            "--store",
+            str(tmp_path / "s"),
+            "--untrained",
+            "--base-model",
+            "tiny-not-a-model",
+            "--quiet",
+        ],
     )
     assert no_corpus.exit_code == 2 and "error:" in no_corpus.output

@@ -20,7 +20,9 @@ def test_minilm_loads_from_its_package_offline(minilm) -> None:
     assert minilm.model_id == DEFAULT_EMBEDDER and minilm.dimension == 384
     assert isinstance(minilm, Embedder)
     assert (embedded_minilm_path() / "model.safetensors").is_file()
-    vectors = minilm.embed_documents(["Paris is the capital of France.", "Bananas are yellow fruit."])
+    vectors = minilm.embed_documents(
+        ["Paris is the capital of France.", "Bananas are yellow fruit."]
+    )
     assert vectors.shape == (2, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     query = minilm.embed_query("Which city is France's capital?")
@@ -41,7 +43,9 @@ def test_minilm_alias_loads_without_network(monkeypatch, minilm) -> None:
     embedder = load_embedder("all-MiniLM-L6-v2")
     assert embedder.model_id == DEFAULT_EMBEDDER and embedder.dimension == 384
     assert "HF_HUB_OFFLINE" not in os.environ  # the offline switch is restored after loading
-    np.testing.assert_allclose(embedder.embed_query("hello"), minilm.embed_query("hello"), atol=1e-6)
+    np.testing.assert_allclose(
+        embedder.embed_query("hello"), minilm.embed_query("hello"), atol=1e-6
+    )
 
 
 def test_store_with_the_default_embedder(tmp_path: Path, compressor, minilm) -> None:
@@ -52,7 +56,9 @@ def test_store_with_the_default_embedder(tmp_path: Path, compressor, minilm) -> 
     }
     with MemoryStore.create(tmp_path / "s", compressor, minilm, fidelity="none") as store:
         store.add(list(texts.values()), ids=list(texts))
-    reopened = MemoryStore.open(tmp_path / "s", read_only=True)  # loads MiniLM named in the manifest
+    reopened = MemoryStore.open(
+        tmp_path / "s", read_only=True
+    )  # loads MiniLM named in the manifest
     assert reopened.manifest.embedder.id == DEFAULT_EMBEDDER and reopened.dimension == 384
     assert reopened.search("When was the Eiffel Tower built?", k=1)[0].id == "tower"
     assert reopened.search("yellow fruit", k=1)[0].id == "fruit"

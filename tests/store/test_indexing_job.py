@@ -1,4 +1,4 @@
-"""The corpus reader, the chunker, and the local indexing job, with the bad input it must survive."""
+"""The corpus reader, the chunker and the local indexing job, with the bad input they survive."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from store_helpers import sentence, write_corpus
 
 from memrag.data.readers import BadRowError
 from memrag.indexing import BuildOptions, CorpusReader, build_index, count_documents
 from memrag.store import MemoryStore
 from memrag.store.chunking import Chunker
-from store_helpers import sentence, write_corpus
 
 QUIET = BuildOptions(batch_chunks=8, show_progress=False)
 
@@ -21,24 +21,43 @@ def _bad_corpus(root: Path, segment_tokens_text: str) -> Path:
     """A directory with every kind of bad input next to good documents."""
     root.mkdir()
     lines = [
-        json.dumps({"id": "good1", "text": "Paris is the capital of France.", "metadata": {"year": 2020, "tags": ["a"]}}),
+        json.dumps(
+            {
+                "id": "good1",
+                "text": "Paris is the capital of France.",
+                "metadata": {"year": 2020, "tags": ["a"]},
+            }
+        ),
         json.dumps({"id": "empty", "text": ""}),
         json.dumps({"id": "blank", "text": "  \n\t "}),
         "{this is not json",
         json.dumps({"id": "good1", "text": "a duplicate id"}),
         json.dumps({"id": "nometa", "text": "metadata is a string", "metadata": "oops"}),
-        json.dumps({"id": "reserved", "text": "uses a reserved key", "metadata": {"source_id": "x"}}),
+        json.dumps(
+            {"id": "reserved", "text": "uses a reserved key", "metadata": {"source_id": "x"}}
+        ),
         json.dumps({"id": ["list"], "text": "bad id type"}),
         json.dumps({"id": "notext", "body": "no text field"}),
         json.dumps({"id": "numtext", "text": 42}),
-        json.dumps({"id": 7, "text": "An integer id and a title.", "title": "Seven", "metadata": {"score": 0.5, "ok": True}}),
+        json.dumps(
+            {
+                "id": 7,
+                "text": "An integer id and a title.",
+                "title": "Seven",
+                "metadata": {"score": 0.5, "ok": True},
+            }
+        ),
         json.dumps({"id": "long", "text": segment_tokens_text}),
     ]
     data = ("\n".join(lines) + "\n").encode("utf-8")
     bad_utf8 = b'{"id": "latin1", "text": "caf\xe9"}\n'
-    (root / "docs.jsonl").write_bytes(data + bad_utf8 + b'{"id": "good2", "text": "The last good row."}\n')
+    (root / "docs.jsonl").write_bytes(
+        data + bad_utf8 + b'{"id": "good2", "text": "The last good row."}\n'
+    )
     (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
-    (root / "notes.txt").write_bytes("Notes about the Eiffel Tower, built in 1889. Caf".encode() + b"\xe9 au lait.")
+    (root / "notes.txt").write_bytes(
+        "Notes about the Eiffel Tower, built in 1889. Caf".encode() + b"\xe9 au lait."
+    )
     (root / "empty.txt").write_text("   \n")
     sub = root / "sub"
     sub.mkdir()
@@ -66,7 +85,8 @@ def test_corpus_reader_skips_and_reports_every_kind_of_bad_input(tmp_path: Path)
         4: "invalid JSON (Expecting property name enclosed in double quotes)",
         5: f"duplicate id 'good1' (first seen at {corpus / 'docs.jsonl'}:1); kept the first",
         6: "field 'metadata' must be a JSON object, got str",
-        7: "metadata key 'source_id' is reserved by memrag (reserved: source_id, chunk_index, char_start, char_end)",
+        7: "metadata key 'source_id' is reserved by memrag "
+        "(reserved: source_id, chunk_index, char_start, char_end)",
         8: "field 'id' must be a non-empty string or an integer, got ['list']",
         9: "missing field 'text'",
         10: "field 'text' must be a string, got int",
@@ -86,7 +106,9 @@ def test_corpus_reader_skips_and_reports_every_kind_of_bad_input(tmp_path: Path)
 
 def test_corpus_reader_can_raise_at_the_first_bad_row(tmp_path: Path) -> None:
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text(json.dumps({"id": "a", "text": "ok"}) + "\n" + json.dumps({"id": "b", "text": " "}) + "\n")
+    corpus.write_text(
+        json.dumps({"id": "a", "text": "ok"}) + "\n" + json.dumps({"id": "b", "text": " "}) + "\n"
+    )
     with pytest.raises(BadRowError, match=r"c\.jsonl:2: empty or whitespace-only text"):
         list(CorpusReader(corpus, on_error="raise"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -95,10 +117,16 @@ def test_corpus_reader_can_raise_at_the_first_bad_row(tmp_path: Path) -> None:
 
 def test_build_indexes_the_good_documents_and_reports_the_rest(tmp_path: Path, compressor) -> None:
     long_text = " ".join(sentence(i, 12) for i in range(40))
-    assert len(compressor.tokenizer(long_text)["input_ids"]) > 100 * compressor.config.segment_length
+    assert (
+        len(compressor.tokenizer(long_text)["input_ids"]) > 100 * compressor.config.segment_length
+    )
     corpus = _bad_corpus(tmp_path / "corpus", long_text)
-    report = build_index(corpus, tmp_path / "store", compressor=compressor, embedder="hashing:64", options=QUIET)
-    assert report.documents == 7 and report.corpus.skipped == 12 and len(report.corpus.warnings) == 1
+    report = build_index(
+        corpus, tmp_path / "store", compressor=compressor, embedder="hashing:64", options=QUIET
+    )
+    assert (
+        report.documents == 7 and report.corpus.skipped == 12 and len(report.corpus.warnings) == 1
+    )
     summary = report.summary()
     assert "docs.jsonl:4: invalid JSON" in summary and "image.png: binary file" in summary
     store = MemoryStore.open(tmp_path / "store", read_only=True)
@@ -106,14 +134,20 @@ def test_build_indexes_the_good_documents_and_reports_the_rest(tmp_path: Path, c
     assert sources == {"7", "good1", "good2", "gz1", "long", "notes.txt", "sub/more.md"}
     long_chunks = store.get([f"long#{i}" for i in range(1000)])
     assert len(long_chunks) > 100
-    assert all(c.metadata["source_id"] == "long" and long_text[c.metadata["char_start"] : c.metadata["char_end"]] == c.text for c in long_chunks)
+    assert all(
+        c.metadata["source_id"] == "long"
+        and long_text[c.metadata["char_start"] : c.metadata["char_end"]] == c.text
+        for c in long_chunks
+    )
     assert report.chunks_written == report.chunks_total == len(store)
     assert store.verify().ok
 
 
 def test_rebuild_skips_unchanged_and_updates_changed_documents(tmp_path: Path, compressor) -> None:
     corpus = write_corpus(tmp_path / "corpus.jsonl", 10)
-    first = build_index(corpus, tmp_path / "store", compressor=compressor, embedder="hashing:64", options=QUIET)
+    first = build_index(
+        corpus, tmp_path / "store", compressor=compressor, embedder="hashing:64", options=QUIET
+    )
     assert first.chunks_written == first.chunks_total > 10
     again = build_index(corpus, tmp_path / "store", compressor=compressor, options=QUIET)
     assert again.chunks_written == 0 and again.chunks_unchanged == first.chunks_total
@@ -133,7 +167,9 @@ def test_build_refuses_a_store_of_another_compressor(tmp_path: Path, compressor)
     from memrag.testing import tiny_compressor
 
     corpus = write_corpus(tmp_path / "corpus.jsonl", 2)
-    build_index(corpus, tmp_path / "store", compressor=compressor, embedder="hashing:64", options=QUIET)
+    build_index(
+        corpus, tmp_path / "store", compressor=compressor, embedder="hashing:64", options=QUIET
+    )
     with pytest.raises(CompressorMismatchError, match=compressor.fingerprint):
         build_index(corpus, tmp_path / "store", compressor=tiny_compressor(seed=5), options=QUIET)
 
@@ -146,7 +182,12 @@ def test_build_with_an_hnsw_index_and_options(tmp_path: Path, compressor) -> Non
         compressor=compressor,
         embedder="hashing:64",
         options=QUIET,
-        create_options={"index": "hnsw", "index_options": {"hnsw_m": 8}, "chunk_tokens": 12, "chunk_overlap": 0},
+        create_options={
+            "index": "hnsw",
+            "index_options": {"hnsw_m": 8},
+            "chunk_tokens": 12,
+            "chunk_overlap": 0,
+        },
     )
     store = MemoryStore.open(tmp_path / "store", read_only=True)
     assert store.info()["index"]["structure"] == "hnsw" and store.manifest.index.hnsw_m == 8
@@ -162,7 +203,11 @@ def test_chunker_windows_offsets_and_overlap(compressor) -> None:
         assert chunk.char_start < previous.char_end  # overlapping windows cover the text
     for chunk in chunks:
         assert text[chunk.char_start : chunk.char_end] == chunk.text == chunk.text.strip()
-        assert chunk.num_tokens == len(compressor.tokenizer(chunk.text, add_special_tokens=False)["input_ids"]) <= 20
+        assert (
+            chunk.num_tokens
+            == len(compressor.tokenizer(chunk.text, add_special_tokens=False)["input_ids"])
+            <= 20
+        )
     assert chunks[0].char_start == 2 and chunks[-1].char_end == len(text) - 2
     assert chunker.chunk("   ") == [] and chunker.chunk("") == []
     assert [c.text for c in chunker.chunk("short text")] == ["short text"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from store_helpers import assert_same_content, store_content, write_corpus
 
 from memrag.indexing import BuildOptions, build_index
 from memrag.store import MemoryStore
-from store_helpers import assert_same_content, store_content, write_corpus
 
 ray = pytest.importorskip("ray")
 
@@ -19,7 +19,13 @@ def test_ray_backend_equals_local_backend(tmp_path: Path, saved_compressor: Path
     corpus = write_corpus(tmp_path / "corpus.jsonl", 16)
     (tmp_path / "corpus.jsonl").open("a").write('{"id": "bad", "text": ""}\nnot json\n')
     options = BuildOptions(batch_chunks=6, show_progress=False)
-    local = build_index(corpus, tmp_path / "local", compressor=str(saved_compressor), embedder="hashing:64", options=options)
+    local = build_index(
+        corpus,
+        tmp_path / "local",
+        compressor=str(saved_compressor),
+        embedder="hashing:64",
+        options=options,
+    )
     distributed = build_index(
         corpus,
         tmp_path / "ray",
@@ -38,17 +44,24 @@ def test_ray_backend_equals_local_backend(tmp_path: Path, saved_compressor: Path
     assert distributed.corpus.skipped == local.corpus.skipped == 2
     a = MemoryStore.open(tmp_path / "local", read_only=True)
     b = MemoryStore.open(tmp_path / "ray", read_only=True)
-    assert a.manifest.compressor == b.manifest.compressor and a.manifest.embedder == b.manifest.embedder
+    assert (
+        a.manifest.compressor == b.manifest.compressor
+        and a.manifest.embedder == b.manifest.embedder
+    )
     assert_same_content(store_content(a), store_content(b))
     assert b.verify().ok
     query = a.embedder.embed_query("Document 3.")
-    assert [r.id for r in a.search_by_vector(query, k=5)] == [r.id for r in b.search_by_vector(query, k=5)]
+    assert [r.id for r in a.search_by_vector(query, k=5)] == [
+        r.id for r in b.search_by_vector(query, k=5)
+    ]
     # Resuming on Ray skips everything already stored.
     again = build_index(
         corpus,
         tmp_path / "ray",
         backend="ray",
         options=options,
-        ray_options=RayOptions(num_workers=1, init_kwargs={"object_store_memory": 100 * 1024 * 1024}),
+        ray_options=RayOptions(
+            num_workers=1, init_kwargs={"object_store_memory": 100 * 1024 * 1024}
+        ),
     )
     assert again.chunks_written == 0 and again.chunks_unchanged == local.chunks_total

@@ -44,7 +44,11 @@ class Doc:
 @pytest.fixture
 def store(tmp_path: Path, compressor) -> MemoryStore:
     s = MemoryStore.create(tmp_path / "store", compressor, "hashing:64")
-    s.add(TEXTS, ids=["paris", "eiffel", "slots", "fox"], metadatas=[{"i": i, "topic": t} for i, t in enumerate("ggmm")])
+    s.add(
+        TEXTS,
+        ids=["paris", "eiffel", "slots", "fox"],
+        metadatas=[{"i": i, "topic": t} for i, t in enumerate("ggmm")],
+    )
     yield s
     s.close()
 
@@ -56,7 +60,9 @@ def test_create_writes_the_documented_layout(tmp_path: Path, compressor) -> None
     assert {"manifest.json", "store.sqlite", "index", "shards"} <= set(names)
     assert [p.suffix for p in (tmp_path / "s" / "shards").iterdir()] == [".safetensors"]
     assert sorted(p.suffix for p in (tmp_path / "s" / "index").iterdir()) == [".faiss", ".json"]
-    assert not list((tmp_path / "s").rglob("*.pkl")) and not list((tmp_path / "s").rglob("*.pickle"))
+    assert not list((tmp_path / "s").rglob("*.pkl")) and not list(
+        (tmp_path / "s").rglob("*.pickle")
+    )
     info = MemoryStore.open(tmp_path / "s", read_only=True).info()
     manifest = info["manifest"]
     assert manifest["compressor"]["fingerprint"] == compressor.fingerprint
@@ -104,7 +110,9 @@ def test_search_scores_and_k(store: MemoryStore) -> None:
     assert all(r.slots is not None for r in results)
     assert len(store.search("anything", k=50)) == 4
     assert store.search("anything", k=0) == []
-    by_vector = store.search_by_vector(store.embedder.embed_query("Eiffel Tower 1889"), k=1, with_slots=False)
+    by_vector = store.search_by_vector(
+        store.embedder.embed_query("Eiffel Tower 1889"), k=1, with_slots=False
+    )
     assert by_vector[0].id == "eiffel" and by_vector[0].slots is None
     with pytest.raises(ValueError, match="dimension"):
         store.search_by_vector(np.zeros(7), k=1)
@@ -129,7 +137,11 @@ def test_metadata_filters(store: MemoryStore, where: dict, expected: set) -> Non
 
 def test_filter_distinguishes_types_and_rejects_bad_filters(tmp_path: Path, compressor) -> None:
     with MemoryStore.create(tmp_path / "s", compressor, "hashing:32") as s:
-        s.add(["one", "two", "three"], ids=["a", "b", "c"], metadatas=[{"v": True}, {"v": 1}, {"v": None}])
+        s.add(
+            ["one", "two", "three"],
+            ids=["a", "b", "c"],
+            metadatas=[{"v": True}, {"v": 1}, {"v": None}],
+        )
         assert {r.id for r in s.search("x", k=5, filter={"v": True})} == {"a"}
         assert {r.id for r in s.search("x", k=5, filter={"v": 1})} == {"b"}
         assert {r.id for r in s.search("x", k=5, filter={"v": None})} == {"c"}
@@ -140,7 +152,11 @@ def test_filter_distinguishes_types_and_rejects_bad_filters(tmp_path: Path, comp
 
 
 def test_readding_an_id_replaces_it(store: MemoryStore) -> None:
-    store.add(["A totally different text about rivers and bridges."], ids=["paris"], metadatas=[{"new": True}])
+    store.add(
+        ["A totally different text about rivers and bridges."],
+        ids=["paris"],
+        metadatas=[{"new": True}],
+    )
     (record,) = store.get(["paris"])
     assert record.text.startswith("A totally different") and record.metadata == {"new": True}
     assert len(store) == 4
@@ -174,7 +190,11 @@ def test_documents_ids_and_metadata_round_trip(tmp_path: Path, compressor) -> No
         (["ok", ""], {}, r"#1 .*empty"),
         (["a", "b"], {"ids": ["x", "x"]}, r"#1 \(id 'x'\): duplicate id \(also at #0\)"),
         (["a", 3], {}, r"#1 .*text must be a string, got int"),
-        (["a"], {"metadatas": [{"when": datetime.date(2020, 1, 1)}]}, r"metadata field 'when' has type date"),
+        (
+            ["a"],
+            {"metadatas": [{"when": datetime.date(2020, 1, 1)}]},
+            r"metadata field 'when' has type date",
+        ),
         (["a"], {"metadatas": [{"raw": b"\x00"}]}, r"metadata field 'raw' has type bytes"),
         (["a"], {"metadatas": [{"x": math.nan}]}, r"JSON cannot represent"),
         (["a"], {"metadatas": [{1: "x"}]}, r"metadata key 1 is not a string"),
@@ -197,17 +217,25 @@ def test_length_mismatch_is_an_error(store: MemoryStore) -> None:
 
 def test_chunked_documents_keep_source_and_offsets(tmp_path: Path, compressor) -> None:
     text = " ".join(f"word{i}" for i in range(120))
-    with MemoryStore.create(tmp_path / "s", compressor, "hashing:32", chunk_tokens=24, chunk_overlap=4) as s:
+    with MemoryStore.create(
+        tmp_path / "s", compressor, "hashing:32", chunk_tokens=24, chunk_overlap=4
+    ) as s:
         ids = s.add([text], ids=["long"], metadatas=[{"lang": "en"}], chunk=True)
         assert len(ids) > 3 and ids[:2] == ["long#0", "long#1"]
         records = s.get(ids)
         for index, record in enumerate(records):
             meta = record.metadata
-            assert meta["source_id"] == "long" and meta["chunk_index"] == index and meta["lang"] == "en"
+            assert (
+                meta["source_id"] == "long"
+                and meta["chunk_index"] == index
+                and meta["lang"] == "en"
+            )
             assert text[meta["char_start"] : meta["char_end"]] == record.text
         # Consecutive chunks overlap, and together they cover the document.
         assert records[1].metadata["char_start"] < records[0].metadata["char_end"]
-        assert records[0].metadata["char_start"] == 0 and records[-1].metadata["char_end"] == len(text)
+        assert records[0].metadata["char_start"] == 0 and records[-1].metadata["char_end"] == len(
+            text
+        )
         # Re-adding a shorter version removes the chunks that no longer exist.
         short = s.add([text[:60]], ids=["long"], chunk=True)
         assert len(short) < len(ids) and short == ids[: len(short)]
@@ -246,10 +274,14 @@ def test_fidelity_equals_the_decoders_reconstruction_loss(compressor) -> None:
             loss = float(compressor.decoder_forward(batch).loss)
         assert score == pytest.approx(math.exp(-loss), rel=1e-4)
     # A tiny logits budget splits the batch into single rows without changing the scores.
-    assert FidelityScorer(compressor, logits_budget=1).score(texts, slots) == pytest.approx(scores, rel=1e-5)
+    assert FidelityScorer(compressor, logits_budget=1).score(texts, slots) == pytest.approx(
+        scores, rel=1e-5
+    )
 
 
-def test_open_with_another_compressor_names_both_fingerprints(tmp_path: Path, store: MemoryStore) -> None:
+def test_open_with_another_compressor_names_both_fingerprints(
+    tmp_path: Path, store: MemoryStore
+) -> None:
     from memrag.testing import tiny_compressor
 
     other = tiny_compressor(seed=3)
@@ -262,7 +294,9 @@ def test_slots_of_another_compressor_are_refused(store: MemoryStore) -> None:
     from memrag.store.processing import ChunkInput, ChunkProcessor
     from memrag.testing import tiny_compressor
 
-    batch = ChunkProcessor(tiny_compressor(seed=3), store.embedder).process([ChunkInput("z", "text")])
+    batch = ChunkProcessor(tiny_compressor(seed=3), store.embedder).process(
+        [ChunkInput("z", "text")]
+    )
     with pytest.raises(CompressorMismatchError, match="cannot go into"):
         store.write(batch)
 

@@ -1,4 +1,4 @@
-"""Index structures, journal replay, checkpoints, compaction, concurrent readers and the writer lock."""
+"""Index structures, journal replay, checkpoints, compaction, concurrency, the writer lock."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from store_helpers import sentence
 
 import memrag.store.memory_store as memory_store
 from memrag.store import IndexSpec, MemoryStore, StoreLockedError
 from memrag.store.index import VectorIndex, list_checkpoints
-from store_helpers import sentence
 
 
 def _docs(count: int, start: int = 0) -> tuple[list[str], list[str]]:
@@ -63,7 +63,9 @@ def test_hnsw_store_deletes_survive_reopen_and_compact(tmp_path: Path, compresso
 def test_ivf_store_searches_flat_until_trained(tmp_path: Path, compressor) -> None:
     texts, ids = _docs(60)
     options = {"ivf_min_train": 40, "ivf_nlist": 4, "ivf_nprobe": 4}
-    with MemoryStore.create(tmp_path / "s", compressor, "hashing:64", index="ivf", index_options=options) as s:
+    with MemoryStore.create(
+        tmp_path / "s", compressor, "hashing:64", index="ivf", index_options=options
+    ) as s:
         s.add(texts[:20], ids=ids[:20])
         assert s.info()["index"]["structure"] == "flat"
         s.add(texts[20:], ids=ids[20:])
@@ -78,7 +80,9 @@ def test_ivf_store_searches_flat_until_trained(tmp_path: Path, compressor) -> No
 
 
 def test_readers_catch_up_through_the_journal(tmp_path: Path, compressor, monkeypatch) -> None:
-    monkeypatch.setattr(memory_store, "_SMALL_INDEX_BYTES", 0)  # no checkpoint: the journal must do it
+    monkeypatch.setattr(
+        memory_store, "_SMALL_INDEX_BYTES", 0
+    )  # no checkpoint: the journal must do it
     texts, ids = _docs(12)
     writer = MemoryStore.create(tmp_path / "s", compressor, "hashing:64")
     reader = MemoryStore.open(tmp_path / "s", read_only=True)

@@ -1,4 +1,4 @@
-"""Damaged stores (verify reports, open refuses, nothing is overwritten, repair) and kill -9 resume."""
+"""Damaged stores (verify reports, open refuses, nothing overwritten, repair); kill -9 resume."""
 
 from __future__ import annotations
 
@@ -13,10 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from store_helpers import assert_same_content, sentence, store_content, write_corpus
 
 from memrag.indexing import BuildOptions, build_index
-from memrag.store import MemoryStore, StoreCorruptError, StoreVersionError, repair_store, verify_store
-from store_helpers import assert_same_content, sentence, store_content, write_corpus
+from memrag.store import (
+    MemoryStore,
+    StoreCorruptError,
+    StoreVersionError,
+    repair_store,
+    verify_store,
+)
 
 
 @pytest.fixture
@@ -24,7 +30,10 @@ def built(tmp_path: Path, compressor) -> Path:
     path = tmp_path / "store"
     with MemoryStore.create(path, compressor, "hashing:64") as store:
         for start in range(0, 12, 4):
-            store.add([f"Document {i}. " + sentence(i, 10) for i in range(start, start + 4)], ids=[f"d{i}" for i in range(start, start + 4)])
+            store.add(
+                [f"Document {i}. " + sentence(i, 10) for i in range(start, start + 4)],
+                ids=[f"d{i}" for i in range(start, start + 4)],
+            )
     return path
 
 
@@ -47,7 +56,10 @@ def _index_file(path: Path) -> Path:
 
 
 def test_truncated_shard_is_reported_refused_and_repaired(built: Path, compressor) -> None:
-    before = {r.id: r.slots.tensor.clone() for r in MemoryStore.open(built, read_only=True).get([f"d{i}" for i in range(12)])}
+    before = {
+        r.id: r.slots.tensor.clone()
+        for r in MemoryStore.open(built, read_only=True).get([f"d{i}" for i in range(12)])
+    }
     shard = _shard(built)
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     snapshot = _snapshot(built)
@@ -60,7 +72,9 @@ def test_truncated_shard_is_reported_refused_and_repaired(built: Path, compresso
     assert _snapshot(built) == snapshot  # open and verify changed nothing
     result = repair_store(built, compressor=compressor)
     assert result.recompressed == 4 and result.shards_removed == 1 and result.after.ok
-    after = {r.id: r.slots.tensor for r in MemoryStore.open(built, read_only=True).get(list(before))}
+    after = {
+        r.id: r.slots.tensor for r in MemoryStore.open(built, read_only=True).get(list(before))
+    }
     for key, tensor in before.items():
         torch.testing.assert_close(after[key], tensor, atol=2e-3, rtol=1e-2)
 
@@ -84,7 +98,9 @@ def test_corrupted_shard_body_is_caught_by_checksums(built: Path) -> None:
     with pytest.raises(StoreCorruptError, match="checksum"):
         MemoryStore.open(built, read_only=True, check="full")
     report = verify_store(built)
-    assert [p.part for p in report.problems] == ["shard"] and "checksum" in report.problems[0].message
+    assert [p.part for p in report.problems] == ["shard"] and "checksum" in report.problems[
+        0
+    ].message
     assert verify_store(built, full=False).ok
 
 
@@ -159,7 +175,9 @@ def test_debris_of_interrupted_writes_is_reported_then_removed(built: Path) -> N
     assert not verify_store(built).warnings
 
 
-def test_checkpoint_newer_than_the_database_records_is_used(built: Path, compressor, monkeypatch) -> None:
+def test_checkpoint_newer_than_the_database_records_is_used(
+    built: Path, compressor, monkeypatch
+) -> None:
     """A writer killed after writing a checkpoint but before recording it in SQLite."""
     import memrag.store.memory_store as memory_store
     from memrag.store.index import list_checkpoints, write_checkpoint
@@ -209,7 +227,9 @@ def test_kill_9_during_build_then_resume(tmp_path: Path, saved_compressor: Path)
     while _shards(store) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(0.07)  # land somewhere inside a later batch
-    assert process.poll() is None, f"the build finished before it could be killed: {process.stderr.read()}"
+    assert process.poll() is None, (
+        f"the build finished before it could be killed: {process.stderr.read()}"
+    )
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     report = verify_store(store)  # consistent after the kill (debris is only a warning)
@@ -219,13 +239,27 @@ def test_kill_9_during_build_then_resume(tmp_path: Path, saved_compressor: Path)
     assert done_before > 0
     compressor = Compressor.from_pretrained(saved_compressor)
     resumed = build_index(
-        corpus, store, compressor=compressor, embedder="hashing:64", options=BuildOptions(batch_chunks=3, show_progress=False)
+        corpus,
+        store,
+        compressor=compressor,
+        embedder="hashing:64",
+        options=BuildOptions(batch_chunks=3, show_progress=False),
     )
-    assert resumed.chunks_unchanged == done_before and resumed.chunks_written == resumed.chunks_total - done_before
+    assert (
+        resumed.chunks_unchanged == done_before
+        and resumed.chunks_written == resumed.chunks_total - done_before
+    )
     final = verify_store(store)
     assert final.ok and not final.warnings, final.summary()
     reference = tmp_path / "reference"
-    build_index(corpus, reference, compressor=compressor, embedder="hashing:64", options=BuildOptions(show_progress=False))
+    build_index(
+        corpus,
+        reference,
+        compressor=compressor,
+        embedder="hashing:64",
+        options=BuildOptions(show_progress=False),
+    )
     assert_same_content(
-        store_content(MemoryStore.open(store, read_only=True)), store_content(MemoryStore.open(reference, read_only=True))
+        store_content(MemoryStore.open(store, read_only=True)),
+        store_content(MemoryStore.open(reference, read_only=True)),
     )
