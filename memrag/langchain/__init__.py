@@ -1,9 +1,10 @@
-"""LangChain integration: models that splice stored memory slots, markers, helpers.
+"""LangChain integration: a vector store and retriever, models that splice stored memory
+slots, markers, helpers.
 
 Only ``langchain-core`` is needed. Names are imported lazily, so importing this package is
 cheap::
 
-    from memrag.langchain import ChatMemrag, InMemoryDocumentSource, create_rag_chain, format_docs
+    from memrag.langchain import ChatMemrag, MemragVectorStore, create_rag_chain, format_docs
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ _EXPORTS = {
     "prepare_question": "memrag.langchain.formatting",
     "DEFAULT_DOCUMENT_TEMPLATE": "memrag.langchain.formatting",
     "DEFAULT_QA_TEMPLATE": "memrag.langchain.formatting",
+    "TEXT_DOCUMENT_TEMPLATE": "memrag.langchain.formatting",
     "create_rag_chain": "memrag.langchain.chains",
     "default_rag_prompt": "memrag.langchain.chains",
+    "MemragVectorStore": "memrag.langchain.vectorstores",
+    "MemragRetriever": "memrag.langchain.retrievers",
+    "MemragEmbeddings": "memrag.langchain.embeddings",
+    "LangChainEmbedder": "memrag.langchain.embeddings",
 }
 
 __all__ = list(_EXPORTS)

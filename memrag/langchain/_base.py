@@ -115,7 +115,8 @@ class MemragModelMixin(BaseModel):
     Fields:
         compressor: The :class:`~memrag.compressor.Compressor` whose frozen decoder answers
             (default: the document source's ``compressor``).
-        source: The document source referenced documents come from (a ``MemoryStore``, an
+        source: The document source referenced documents come from (a ``MemoryStore``, a
+            :class:`~memrag.langchain.MemragVectorStore` (its store is used), an
             :class:`~memrag.langchain.sources.InMemoryDocumentSource`, ...).
         model_name: Name reported in response metadata and traces (alias ``model``); defaults
             to ``"<base model>+memrag-<compressor fingerprint[:8]>"``.
@@ -159,6 +160,10 @@ class MemragModelMixin(BaseModel):
 
     @model_validator(mode="after")
     def _resolve_compressor(self) -> MemragModelMixin:
+        # A wrapper such as MemragVectorStore names the source it reads from.
+        inner = getattr(self.source, "document_source", None)
+        if inner is not None and not isinstance(self.source, DocumentSource):
+            self.source = inner
         if self.source is not None and not isinstance(self.source, DocumentSource):
             raise TypeError(
                 f"source must have get(ids, with_slots=True) -> list[ChunkRecord], "
