@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,18 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     ImportError,
 )
+
+
+@contextlib.contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Turns store errors, bad input and user errors into ``error: ...`` and exit status 2."""
+    from memrag.data.readers import BadRowError
+    from memrag.store.errors import StoreError
+
+    try:
+        yield
+    except (StoreError, BadRowError, *_USER_ERRORS) as err:
+        fail(str(err))
 
 
 def _echo_json(data: Any) -> None:
@@ -140,10 +154,8 @@ def build(
 ) -> None:
     """Compress a corpus into a store. Re-run it to resume an interrupted build or to update."""
     setup_logging(verbose)
-    from memrag.data.readers import BadRowError
     from memrag.indexing import BuildOptions, build_index
     from memrag.indexing.ray_backend import RayOptions
-    from memrag.store.errors import StoreError
 
     create_options = {
         "index": index,
@@ -154,7 +166,7 @@ def build(
         "chunk_tokens": chunk_tokens,
         "chunk_overlap": chunk_overlap,
     }
-    try:
+    with _clean_errors():
         options = BuildOptions(
             batch_chunks=batch_chunks,
             compress_batch_size=compress_batch_size,
@@ -179,9 +191,6 @@ def build(
             dtype=dtype,
             create_options=create_options,
         )
-    except (StoreError, BadRowError, *_USER_ERRORS) as err:
-        fail(str(err))
-        return
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -213,12 +222,11 @@ def add(
     setup_logging(verbose)
     from memrag.indexing import BuildOptions, build_index
     from memrag.store import MemoryStore
-    from memrag.store.errors import StoreError
 
     if not text and corpus is None:
         fail("give --text (one or more) or --corpus")
     meta = _parse_json_object(metadata, "--metadata")
-    try:
+    with _clean_errors():
         opened = MemoryStore.open(store, compressor, device=device, dtype=dtype)
         with opened:
             if corpus is not None:
@@ -240,8 +248,6 @@ def add(
                     f"added {len(ids)} chunk(s): "
                     f"{', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"
                 )
-    except (StoreError, *_USER_ERRORS) as err:
-        fail(str(err))
 
 
 @index_app.command("delete")
@@ -256,14 +262,10 @@ def delete(
     """Delete chunks (unknown ids are ignored)."""
     setup_logging(verbose)
     from memrag.store import MemoryStore
-    from memrag.store.errors import StoreError
 
-    try:
+    with _clean_errors():
         with MemoryStore.open(store) as opened:
             count = opened.delete_sources(ids) if source else opened.delete(ids)
-    except (StoreError, *_USER_ERRORS) as err:
-        fail(str(err))
-        return
     typer.echo(f"deleted {count} chunk(s)")
 
 
@@ -282,15 +284,11 @@ def search(
     """Search a store (does not load the compressor)."""
     setup_logging(verbose)
     from memrag.store import MemoryStore
-    from memrag.store.errors import StoreError
 
     where = _parse_json_object(filter, "--filter")
-    try:
+    with _clean_errors():
         with MemoryStore.open(store, read_only=True, device=device) as opened:
             records = opened.search(query, k=k, filter=where, with_slots=True)
-    except (StoreError, *_USER_ERRORS) as err:
-        fail(str(err))
-        return
     if as_json:
         _echo_json(
             [
@@ -326,14 +324,10 @@ def info(
     """Show what a store holds and how it was made."""
     setup_logging(verbose)
     from memrag.store import MemoryStore
-    from memrag.store.errors import StoreError
 
-    try:
+    with _clean_errors():
         with MemoryStore.open(store, read_only=True) as opened:
             data = opened.info()
-    except (StoreError, *_USER_ERRORS) as err:
-        fail(str(err))
-        return
     if as_json:
         _echo_json(data)
         return
@@ -387,15 +381,11 @@ def verify(
 ) -> None:
     """Check every file of a store; exit status 1 when something is wrong."""
     setup_logging(verbose)
-    from memrag.store.errors import StoreError
     from memrag.store.verify import repair_store, verify_store
 
     if repair:
-        try:
+        with _clean_errors():
             result = repair_store(store, compressor=compressor, device=device, dtype=dtype)
-        except (StoreError, *_USER_ERRORS) as err:
-            fail(str(err))
-            return
         report = result.after
         if not as_json:
             typer.echo(result.before.summary() if result.before is not None else "")
@@ -418,12 +408,8 @@ def compact(
     """Drop deleted slots, merge small shards, rebuild the index (trains IVF, drops tombstones)."""
     setup_logging(verbose)
     from memrag.store import MemoryStore
-    from memrag.store.errors import StoreError
 
-    try:
+    with _clean_errors():
         with MemoryStore.open(store) as opened:
             result = opened.compact()
-    except (StoreError, *_USER_ERRORS) as err:
-        fail(str(err))
-        return
     typer.echo("compacted: " + result.summary())
