@@ -27,7 +27,14 @@ from memrag.training import (
 )
 from memrag.training.checkpoint import CHECKPOINT_FILES, optimizer_from_files, optimizer_to_files
 from memrag.training.data import take
-from memrag.training.objectives import PretrainObjective, QAObjective, qa_prompt, qa_target_ids
+from memrag.training.objectives import (
+    PretrainObjective,
+    QAObjective,
+    qa_prompt,
+    qa_target_ids,
+    reconstruct_prompt,
+    target_losses,
+)
 from memrag.training.trainer import OutputExistsError, lr_factor
 from training_fixtures import qa_corpus, text_corpus, write_jsonl
 
@@ -245,6 +252,14 @@ def test_objectives_put_loss_on_target_tokens_only(tiny_compressor: Compressor) 
     assert output.num_tokens == len(segment) + 1 + len(segment[6:])  # EOS after a reconstruction
     assert output.parts["ae"][1] == len(segment) + 1 and output.parts["lm"][1] == 6
     assert output.loss_sum.requires_grad and torch.isfinite(output.loss_sum)
+
+    # The per-row sums equal the decoder's own mean loss over the same batch.
+    slots = tiny_compressor.compress(["Paris is the capital.", "The quick brown fox jumps."])
+    prompts = [reconstruct_prompt(s) for s in slots]
+    targets = [tokenize("Paris is the capital."), tokenize("The quick brown fox jumps over")]
+    losses, counts = target_losses(tiny_compressor, prompts, targets)
+    reference = tiny_compressor.decoder_forward(tiny_compressor.build(prompts, targets, append_eos=False)).loss
+    torch.testing.assert_close(losses.sum() / sum(counts), reference, rtol=1e-5, atol=1e-6)
 
     example = QAExample(id="q", question="What is the capital?", answers=["Paris"], contexts=["Paris is in France.", "The tower."])
     qa = QAObjective()(tiny_compressor, [example])

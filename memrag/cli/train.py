@@ -74,60 +74,52 @@ def _run(kind: str, model: ModelArguments, data: object, train: TrainingArgument
         typer.echo("last evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(state.last_eval.items())))
 
 
-@train_app.command("pretrain")
-@dataclass_options(
-    model_args=Spec(ModelArguments),
-    data_args=Spec(PretrainDataArguments, defaults={"data": PRETRAIN_DATA}),
-    train_args=Spec(
-        TrainingArguments,
-        defaults={"output_dir": "runs/pretrain", "max_steps": 20000, "learning_rate": 1e-4, "warmup_steps": 300,
-                  "eval_every": 500, "save_every": 500},
-        flags=_OUTPUT_FLAGS,
-    ),
-)
-def pretrain(
-    resume: bool = _RESUME,
-    verbose: bool = _VERBOSE,
-    *,
-    model_args: ModelArguments,
-    data_args: PretrainDataArguments,
-    train_args: TrainingArguments,
-) -> None:
+def _register(name: str, data_spec: Spec, train_defaults: dict[str, object], doc: str) -> None:
+    """Adds ``memrag train <name>``: model, data and training options, plus --resume/--verbose."""
+
+    def command(
+        resume: bool = _RESUME,
+        verbose: bool = _VERBOSE,
+        *,
+        model_args: ModelArguments,
+        data_args: object,
+        train_args: TrainingArguments,
+    ) -> None:
+        _run(name, model_args, data_args, train_args, resume, verbose)
+
+    command.__doc__ = doc
+    command.__name__ = name
+    defaults = {"output_dir": f"runs/{name}", "eval_every": 500, "save_every": 500, **train_defaults}
+    options = dataclass_options(
+        model_args=Spec(ModelArguments),
+        data_args=data_spec,
+        train_args=Spec(TrainingArguments, defaults=defaults, flags=_OUTPUT_FLAGS),
+    )
+    train_app.command(name)(options(command))
+
+
+_register(
+    "pretrain",
+    Spec(PretrainDataArguments, defaults={"data": PRETRAIN_DATA}),
+    {"max_steps": 20000, "learning_rate": 1e-4, "warmup_steps": 300},
     """Pretrain a compressor on plain text: reconstruct segments from their slots, or continue them.
 
     Each example is a segment of --min-segment-length..--segment-length tokens; with probability
     --ae-probability the frozen decoder must reconstruct it from its slots followed by the
     reconstruct marker, otherwise produce the --continuation-length tokens that follow from its
-    slots followed by the continue marker. The last --holdout-fraction of each file is never trained on; it gives the
-    evaluation loss and reconstruction BLEU.
-    """
-    _run("pretrain", model_args, data_args, train_args, resume, verbose)
-
-
-@train_app.command("finetune")
-@dataclass_options(
-    model_args=Spec(ModelArguments),
-    data_args=Spec(FinetuneDataArguments),
-    train_args=Spec(
-        TrainingArguments,
-        defaults={"output_dir": "runs/finetune", "max_steps": 5000, "learning_rate": 5e-5, "warmup_steps": 100,
-                  "eval_every": 500, "save_every": 500},
-        flags=_OUTPUT_FLAGS,
-    ),
+    slots followed by the continue marker. The last --holdout-fraction of each file is never
+    trained on; it gives the evaluation loss and reconstruction BLEU.
+    """,
 )
-def finetune(
-    resume: bool = _RESUME,
-    verbose: bool = _VERBOSE,
-    *,
-    model_args: ModelArguments,
-    data_args: FinetuneDataArguments,
-    train_args: TrainingArguments,
-) -> None:
+_register(
+    "finetune",
+    Spec(FinetuneDataArguments),
+    {"max_steps": 5000, "learning_rate": 5e-5, "warmup_steps": 100},
     """Fine-tune a compressor on QA: answer from the slots of the gold passage among distractors.
 
     Start from a pretrained compressor with --init-from (e.g. runs/pretrain). Each question's
     prompt holds its gold passage's slots and 0..--max-distractors other passages' slots in
     random order, then the question (the prompt of memrag.prompts.qa_parts, rendered by the
     chat template when the model has one); the loss is on the answer tokens only.
-    """
-    _run("finetune", model_args, data_args, train_args, resume, verbose)
+    """,
+)

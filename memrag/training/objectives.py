@@ -129,14 +129,20 @@ def target_losses(
         ``(loss sums of shape (batch,), target token counts)``.
     """
     batch = compressor.splicer.build(prompts, [list(t) for t in targets], append_eos=False)
-    keep = max(len(t) for t in targets) + 1
+    length = batch.inputs_embeds.shape[1]
+    keep = min(max(len(t) for t in targets) + 1, length)
+    # Positions as an index tensor, not an int: HF then gathers a contiguous slice of the
+    # hidden states, so the vocabulary projection is one matrix product. With an int it is a
+    # strided view, and matmul falls back to a batched product that copies the (vocab x
+    # hidden) weight once per row (seconds per step on CPU).
+    positions = torch.arange(length - keep, length, device=batch.inputs_embeds.device)
     with compressor.decoder_mode() as decoder:
         output = decoder(
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             use_cache=False,
-            logits_to_keep=keep,
+            logits_to_keep=positions,
         )
     logits = output.logits[:, :-1].float()
     labels = batch.labels[:, -(keep - 1) :]
