@@ -183,3 +183,18 @@ def test_finish_reason_length(server, max_tokens):
     )
     if completion.choices[0].finish_reason == "length":
         assert completion.usage.completion_tokens == max_tokens
+
+
+@pytest.mark.parametrize("stop", [(), ("o",), ("do",)])
+def test_streams_count_tokens_like_generate(server_compressor, stop):
+    """Usage in streams (and so in every server answer) is exact, not the text re-tokenized."""
+    from memrag.generation import GenerationOptions
+    from memrag.prompts import qa_parts
+
+    (slots,) = server_compressor.compress([DOCUMENTS["paris"]])
+    prompt = qa_parts([slots], "What is the capital of France?")
+    options = GenerationOptions(max_new_tokens=7, stop=stop)
+    (expected,) = server_compressor.generate([prompt], options)
+    stream = server_compressor.stream(prompt, options)
+    assert "".join(stream) == expected.text
+    assert (stream.num_tokens, stream.finish_reason) == (expected.num_tokens, expected.finish_reason)

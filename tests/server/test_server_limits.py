@@ -1,0 +1,180 @@
+"""Concurrency limits: a bounded queue (429 when full), timeouts, and disconnects that free slots."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from server_helpers import assert_openai_error, http_client, openai_client
+
+USER = [{"role": "user", "content": "capital of France?"}]
+CHAT = {"messages": USER, "max_tokens": 3}
+
+
+class FakeDecoder:
+    """Replaces ``compressor.stream``: blocks on a gate, or streams forever, or passes through."""
+
+    def __init__(self, compressor, monkeypatch) -> None:
+        self.real = compressor.stream
+        self.mode = "real"
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.closed = threading.Event()
+        monkeypatch.setattr(compressor, "stream", self)
+
+    def __call__(self, prompt, options=None):
+        mode = self.mode
+        self.entered.set()
+        if mode == "gate":
+            assert self.gate.wait(30), "the test never opened the gate"
+        if mode == "endless":
+            return self._endless()
+        return self.real(prompt, options)
+
+    def _endless(self):
+        try:
+            while True:
+                time.sleep(0.01)
+                yield "la "
+        finally:
+            self.closed.set()
+
+
+@pytest.fixture
+def fake(server_compressor, monkeypatch):
+    return FakeDecoder(server_compressor, monkeypatch)
+
+
+def health(http) -> dict:
+    return http.get("/healthz").json()
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_full_queue_gets_429_with_retry_after(start_server, fake):
+    server = start_server(max_concurrent=1, max_queue=1)
+    fake.mode = "gate"
+    with http_client(server) as http, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(http.post, "/v1/chat/completions", json=CHAT)
+        assert fake.entered.wait(10)
+        second = pool.submit(http.post, "/v1/chat/completions", json=CHAT)
+        wait_for(lambda: health(http)["queued"] == 1)
+        assert health(http)["active"] == 1
+        refused = http.post("/v1/chat/completions", json=CHAT)
+        assert_openai_error(refused, 429, "server_busy")
+        assert int(refused.headers["retry-after"]) >= 1
+        with pytest.raises(openai.RateLimitError):
+            openai_client(server).chat.completions.create(model="memrag", messages=USER, max_tokens=2)
+        added = http.post("/v1/documents", json={"documents": [{"text": "more text", "id": "x"}]})
+        assert_openai_error(added, 429, "server_busy")  # compression needs the model too
+        fake.mode = "real"
+        fake.gate.set()
+        assert first.result(timeout=30).status_code == 200
+        assert second.result(timeout=30).status_code == 200
+        wait_for(lambda: health(http)["active"] == 0 and health(http)["queued"] == 0)
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_stream_disconnect_frees_the_slot(start_server, fake):
+    server = start_server(max_concurrent=1, max_queue=0)  # a leaked slot would 429 everything
+    fake.mode = "endless"
+    with http_client(server) as http:
+        with http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("data: ") and '"content": "la' in line:
+                    break  # a token arrived: the decoder is running; now hang up
+        assert fake.closed.wait(10), "the decoder was not stopped"
+        fake.mode = "real"
+        wait_for(lambda: health(http)["active"] == 0)
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_plain_request_disconnect_frees_the_slot(start_server, fake):
+    server = start_server(max_concurrent=1, max_queue=0)
+    fake.mode = "endless"
+    with pytest.raises(httpx.ReadTimeout):
+        with http_client(server, timeout=httpx.Timeout(10, read=0.5)) as impatient:
+            impatient.post("/v1/chat/completions", json=CHAT)
+    assert fake.closed.wait(10), "the decoder was not stopped"
+    fake.mode = "real"
+    with http_client(server) as http:
+        wait_for(lambda: health(http)["active"] == 0)
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_timeout_stops_generation(start_server, fake):
+    server = start_server(request_timeout=0.5)
+    fake.mode = "endless"
+    with http_client(server) as http:
+        started = time.monotonic()
+        assert_openai_error(http.post("/v1/chat/completions", json=CHAT), 504, "timeout")
+        assert time.monotonic() - started < 5
+        assert fake.closed.wait(10)
+        fake.closed.clear()
+        with http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+            assert response.status_code == 200
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "timeout"
+        assert fake.closed.wait(10)
+        with pytest.raises(openai.APIError):
+            list(openai_client(server).chat.completions.create(model="memrag", messages=USER, stream=True))
+        fake.mode = "real"
+        wait_for(lambda: health(http)["active"] == 0)
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_timeout_while_queued(start_server, fake):
+    server = start_server(max_concurrent=1, max_queue=2, request_timeout=1.0)
+    fake.mode = "gate"
+    with http_client(server) as http, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(http.post, "/v1/chat/completions", json=CHAT)
+        assert fake.entered.wait(10)
+        queued = http.post("/v1/chat/completions", json=CHAT)
+        assert_openai_error(queued, 504, "timeout")
+        assert health(http)["queued"] == 0  # its place was given back
+        fake.mode = "real"
+        fake.gate.set()
+        assert first.result(timeout=30).status_code == 504  # its own deadline passed meanwhile
+        wait_for(lambda: health(http)["active"] == 0)
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_limiter_admits_up_to_capacity():
+    from memrag.server.limits import GenerationLimiter, QueueFullError
+
+    async def scenario() -> None:
+        limiter = GenerationLimiter(1, 2, retry_after_min=1, retry_after_max=5)
+        tickets = [limiter.admit() for _ in range(3)]
+        with pytest.raises(QueueFullError) as refused:
+            limiter.admit()
+        assert 1 <= refused.value.retry_after <= 5
+        await tickets[0].acquire()
+        waiting = asyncio.ensure_future(tickets[1].acquire())
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and limiter.stats() == {
+            "active": 1, "queued": 2, "max_concurrent": 1, "max_queue": 2
+        }
+        tickets[0].release()
+        tickets[0].release()  # idempotent
+        await asyncio.wait_for(waiting, 1)
+        tickets[2].release()  # never got a slot
+        assert limiter.in_flight == 1 and limiter.active == 1
+        tickets[1].release()
+        assert limiter.in_flight == 0 and limiter.active == 0
+        limiter.admit().release()
+
+    asyncio.run(scenario())
