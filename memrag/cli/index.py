@@ -118,6 +118,9 @@ def build(
     fidelity_threshold: float = typer.Option(
         0.5, "--fidelity-threshold", help="New stores: below it, serve text."
     ),
+    fidelity_sample_tokens: int = typer.Option(
+        32, "--fidelity-sample-tokens", min=0, help="New stores: tokens scored per chunk (0: all)."
+    ),
     chunk_tokens: int = typer.Option(
         None, "--chunk-tokens", help="New stores: tokens per chunk (default: segment length)."
     ),
@@ -163,6 +166,7 @@ def build(
         "slot_dtype": slot_dtype,
         "fidelity": "reconstruct" if fidelity else "none",
         "fidelity_threshold": fidelity_threshold,
+        "fidelity_sample_tokens": fidelity_sample_tokens or None,
         "chunk_tokens": chunk_tokens,
         "chunk_overlap": chunk_overlap,
     }

@@ -167,12 +167,9 @@ class RayExecutor:
         self._device = device
         self._owns_ray = False
         self.workers: list[Any] = []
-        manifest_options = store.manifest.options
         self._processor_kwargs = {
-            "slot_dtype": manifest_options.slot_dtype,
             "compress_batch_size": options.compress_batch_size,
-            "fidelity": manifest_options.fidelity,
-            "fidelity_max_tokens": manifest_options.fidelity_max_tokens,
+            **store.manifest.options.processor_kwargs(),
         }
 
     def _start(self) -> None:

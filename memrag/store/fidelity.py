@@ -1,10 +1,15 @@
 """Fidelity: how well a chunk survives compression, measured once at index time.
 
 The score is the frozen decoder's geometric-mean per-token probability of reconstructing
-the chunk from ``[slots, Task.RECONSTRUCT]``: ``exp(-mean token NLL)``, in ``(0, 1]``, higher
-is better. It costs one decoder forward pass per chunk, batched. Chunks that compress badly
-(numbers, code, tables, or any chunk under an untrained compressor) score low, and a store
-flags those below its threshold with ``use_text`` so query-time consumers splice their text.
+the chunk from ``[slots, Task.RECONSTRUCT]`` (teacher-forced): ``exp(-mean token NLL)``, in
+``(0, 1]``, higher is better. Chunks that compress badly (numbers, code, tables, or any
+chunk under an untrained compressor) score low, and a store flags those below its threshold
+with ``use_text`` so query-time consumers splice their text.
+
+Cost: one batched decoder forward pass per chunk. With a large vocabulary (Gemma: 262k) the
+output projection would cost more than the transformer itself, so by default the NLL is
+averaged over ``sample_tokens`` target tokens spread evenly over the chunk (every n-th
+token), and only their logits are computed; ``sample_tokens=None`` scores every token.
 """
 
 from __future__ import annotations
@@ -25,20 +30,40 @@ class FidelityScorer:
 
     Args:
         compressor: The compressor whose decoder reads the slots.
-        max_tokens: Score at most this many target tokens per chunk (EOS included).
-        logits_budget: Largest ``rows x positions x vocabulary`` logits tensor computed at
-            once; batches are split to stay under it (the vocabulary can be 262k).
+        max_tokens: Reconstruct at most this many target tokens per chunk (EOS included).
+        sample_tokens: Score this many of them, evenly spaced (``None``: all).
+        logits_budget: Largest ``rows x scored positions x vocabulary`` logits tensor
+            computed at once; batches are split to stay under it.
     """
 
     def __init__(
-        self, compressor: Any, *, max_tokens: int = 512, logits_budget: int = 1 << 26
+        self,
+        compressor: Any,
+        *,
+        max_tokens: int = 512,
+        sample_tokens: int | None = 32,
+        logits_budget: int = 1 << 27,
     ) -> None:
+        if sample_tokens is not None and sample_tokens < 1:
+            raise ValueError(f"sample_tokens must be >= 1 or None, got {sample_tokens}")
         self.compressor = compressor
         self.max_tokens = max_tokens
+        self.sample_tokens = sample_tokens
         self.logits_budget = logits_budget
 
     def _vocab_size(self) -> int:
         return int(self.compressor.causal_lm.get_output_embeddings().weight.shape[0])
+
+    def _offsets(self, targets: int) -> set[int]:
+        """Distances from the end of the row of the positions whose predictions are scored.
+
+        The logit at position ``L - 1 - o`` predicts the token at ``L - o``; targets end the
+        (left-padded) rows, so ``o = 1 .. targets`` covers every target of a row.
+        """
+        if self.sample_tokens is None or self.sample_tokens >= targets:
+            return set(range(1, targets + 1))
+        stride = targets / self.sample_tokens
+        return {targets - int(i * stride) for i in range(self.sample_tokens)}
 
     def score(self, texts: Sequence[str], slots: Sequence[Slots]) -> list[float]:
         """Fidelity of each ``(text, slots)`` pair, in input order."""
@@ -51,19 +76,23 @@ class FidelityScorer:
         order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
         vocab = self._vocab_size()
         scores: dict[int, float] = {}
-        start = 0
-        while start < len(order):
-            longest = lengths[order[start]] + 1
-            rows = max(1, self.logits_budget // (longest * vocab))
-            batch = order[start : start + rows]
-            for index, value in zip(
-                batch, self._score_batch([texts[i] for i in batch], [slots[i] for i in batch])
-            ):
-                scores[index] = value
-            start += len(batch)
+        batch: list[int] = []
+        offsets: set[int] = set()
+        for index in order + [-1]:
+            grown = offsets | self._offsets(lengths[index]) if index >= 0 else offsets
+            if batch and (index < 0 or (len(batch) + 1) * len(grown) * vocab > self.logits_budget):
+                values = self._score_batch(
+                    [texts[i] for i in batch], [slots[i] for i in batch], offsets
+                )
+                scores.update(zip(batch, values))
+                batch, offsets = [], set()
+                grown = self._offsets(lengths[index]) if index >= 0 else set()
+            if index >= 0:
+                batch.append(index)
+                offsets = grown
         return [scores[i] for i in range(len(texts))]
 
-    def _score_batch(self, texts: list[str], slots: list[Slots]) -> list[float]:
+    def _score_batch(self, texts: list[str], slots: list[Slots], offsets: set[int]) -> list[float]:
         compressor = self.compressor
         with torch.inference_mode():
             batch = compressor.build(
@@ -72,8 +101,16 @@ class FidelityScorer:
                 max_target_tokens=self.max_tokens,
             )
             labels = batch.labels
-            targets = int((labels != IGNORE_INDEX).sum(dim=1).max())
-            keep = targets + 1
+            length = labels.shape[1]
+            ordered = sorted(offsets, reverse=True)
+            keep = torch.tensor([length - 1 - o for o in ordered], device=labels.device)
+            gold = labels[:, keep + 1].clone()
+            # Each row counts only its own sample, so its score does not depend on the batch.
+            for row, target_count in enumerate((labels != IGNORE_INDEX).sum(dim=1).tolist()):
+                own = self._offsets(int(target_count))
+                for column, offset in enumerate(ordered):
+                    if offset not in own:
+                        gold[row, column] = IGNORE_INDEX
             kwargs = dict(
                 inputs_embeds=batch.inputs_embeds,
                 attention_mask=batch.attention_mask,
@@ -84,11 +121,9 @@ class FidelityScorer:
                 try:
                     logits = decoder(**kwargs, logits_to_keep=keep).logits
                 except TypeError:  # a model without logits_to_keep
-                    logits = decoder(**kwargs).logits
-            logits = logits[:, -keep:-1].float()
-            gold = labels[:, -targets:]
+                    logits = decoder(**kwargs).logits[:, keep]
             nll = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
+                logits.float().reshape(-1, logits.shape[-1]),
                 gold.reshape(-1),
                 ignore_index=IGNORE_INDEX,
                 reduction="none",

@@ -73,7 +73,9 @@ class Options:
         fidelity: ``"reconstruct"`` (score each chunk by how well the frozen decoder
             reconstructs it from its slots) or ``"none"``.
         fidelity_threshold: Chunks scoring below it are flagged ``use_text``.
-        fidelity_max_tokens: Score at most this many tokens of a chunk.
+        fidelity_max_tokens: Reconstruct at most this many tokens of a chunk.
+        fidelity_sample_tokens: Average the NLL over this many of them, evenly spaced
+            (``None``: all; see :mod:`memrag.store.fidelity`).
         chunk_tokens: Chunk length in compressor tokens (``None``: the segment length).
         chunk_overlap: Tokens shared by consecutive chunks of a document (``None``: an
             eighth of the chunk length).
@@ -83,6 +85,7 @@ class Options:
     fidelity: str = "reconstruct"
     fidelity_threshold: float = 0.5
     fidelity_max_tokens: int = 512
+    fidelity_sample_tokens: int | None = 32
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
 
@@ -99,6 +102,10 @@ class Options:
             raise ValueError(f"fidelity_threshold must be in [0, 1], got {self.fidelity_threshold}")
         if self.fidelity_max_tokens < 1:
             raise ValueError(f"fidelity_max_tokens must be >= 1, got {self.fidelity_max_tokens}")
+        if self.fidelity_sample_tokens is not None and self.fidelity_sample_tokens < 1:
+            raise ValueError(
+                f"fidelity_sample_tokens must be >= 1 or None, got {self.fidelity_sample_tokens}"
+            )
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
         if self.chunk_overlap is not None and (
@@ -109,6 +116,15 @@ class Options:
                 "chunk_overlap must be >= 0 and smaller than chunk_tokens, got "
                 f"{self.chunk_overlap}"
             )
+
+    def processor_kwargs(self) -> dict[str, Any]:
+        """The :class:`~memrag.store.processing.ChunkProcessor` arguments these options set."""
+        return {
+            "slot_dtype": self.slot_dtype,
+            "fidelity": self.fidelity,
+            "fidelity_max_tokens": self.fidelity_max_tokens,
+            "fidelity_sample_tokens": self.fidelity_sample_tokens,
+        }
 
 
 @dataclass

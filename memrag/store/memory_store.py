@@ -147,6 +147,7 @@ class MemoryStore:
         fidelity: str = "reconstruct",
         fidelity_threshold: float = 0.5,
         fidelity_max_tokens: int = 512,
+        fidelity_sample_tokens: int | None = 32,
         chunk_tokens: int | None = None,
         chunk_overlap: int | None = None,
         lock_timeout: float = 30.0,
@@ -166,7 +167,9 @@ class MemoryStore:
             slot_dtype: ``"float16"`` (default), ``"bfloat16"`` or ``"float32"``.
             fidelity: ``"reconstruct"`` (score chunks at index time) or ``"none"``.
             fidelity_threshold: Chunks scoring below it get ``use_text=True``.
-            fidelity_max_tokens: Tokens scored per chunk at most.
+            fidelity_max_tokens: Tokens reconstructed per chunk at most.
+            fidelity_sample_tokens: Tokens whose likelihood is averaged, evenly spaced
+                (``None``: all of them; fewer make scoring cheaper with a 262k vocabulary).
             chunk_tokens: Chunk length for documents added with ``chunk=True`` and by the
                 indexing job (default: the compressor's segment length).
             chunk_overlap: Tokens shared by consecutive chunks (default: an eighth of a chunk).
@@ -194,6 +197,7 @@ class MemoryStore:
             fidelity=fidelity,
             fidelity_threshold=fidelity_threshold,
             fidelity_max_tokens=fidelity_max_tokens,
+            fidelity_sample_tokens=fidelity_sample_tokens,
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
         )
@@ -378,14 +382,11 @@ class MemoryStore:
         self, compressor: Any, embedder: Embedder, *, compress_batch_size: int = 16
     ) -> ChunkProcessor:
         """A :class:`ChunkProcessor` with this store's slot dtype and fidelity settings."""
-        options = self.manifest.options
         return ChunkProcessor(
             compressor,
             embedder,
-            slot_dtype=options.slot_dtype,
             compress_batch_size=compress_batch_size,
-            fidelity=options.fidelity,
-            fidelity_max_tokens=options.fidelity_max_tokens,
+            **self.manifest.options.processor_kwargs(),
         )
 
     def __len__(self) -> int:

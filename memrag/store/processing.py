@@ -104,7 +104,8 @@ class ChunkProcessor:
         slot_dtype: Dtype the slots are stored in.
         compress_batch_size: Segments per encoder forward pass.
         fidelity: ``"reconstruct"`` or ``"none"``.
-        fidelity_max_tokens: Tokens scored per chunk at most.
+        fidelity_max_tokens: Tokens reconstructed per chunk at most.
+        fidelity_sample_tokens: Tokens scored per chunk (``None``: all).
     """
 
     def __init__(
@@ -116,13 +117,16 @@ class ChunkProcessor:
         compress_batch_size: int = 16,
         fidelity: str = "reconstruct",
         fidelity_max_tokens: int = 512,
+        fidelity_sample_tokens: int | None = 32,
     ) -> None:
         self.compressor = compressor
         self.embedder = embedder
         self.slot_dtype = resolve_dtype(slot_dtype)
         self.compress_batch_size = compress_batch_size
         self.scorer = (
-            FidelityScorer(compressor, max_tokens=fidelity_max_tokens)
+            FidelityScorer(
+                compressor, max_tokens=fidelity_max_tokens, sample_tokens=fidelity_sample_tokens
+            )
             if fidelity == "reconstruct"
             else None
         )

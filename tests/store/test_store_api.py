@@ -267,16 +267,31 @@ def test_fidelity_can_be_turned_off(tmp_path: Path, compressor) -> None:
 def test_fidelity_equals_the_decoders_reconstruction_loss(compressor) -> None:
     texts = [TEXTS[0], TEXTS[2], "short"]
     slots = [s.to(dtype=torch.float16) for s in compressor.compress(texts)]
-    scores = FidelityScorer(compressor).score(texts, slots)
+    scores = FidelityScorer(compressor, sample_tokens=None).score(texts, slots)
     for text, memory, score in zip(texts, slots, scores):
         with torch.no_grad():
             batch = compressor.build([[memory, Task.RECONSTRUCT]], [text])
             loss = float(compressor.decoder_forward(batch).loss)
         assert score == pytest.approx(math.exp(-loss), rel=1e-4)
     # A tiny logits budget splits the batch into single rows without changing the scores.
-    assert FidelityScorer(compressor, logits_budget=1).score(texts, slots) == pytest.approx(
-        scores, rel=1e-5
-    )
+    single = FidelityScorer(compressor, sample_tokens=None, logits_budget=1).score(texts, slots)
+    assert single == pytest.approx(scores, rel=1e-5)
+
+
+def test_sampled_fidelity_scores_every_row(compressor) -> None:
+    long_text = " ".join(TEXTS * 3)
+    texts = [long_text, "short", TEXTS[1]]
+    slots = [s.to(dtype=torch.float16) for s in compressor.compress(texts)]
+    full = FidelityScorer(compressor, sample_tokens=None).score(texts, slots)
+    sampled = FidelityScorer(compressor, sample_tokens=4).score(texts, slots)
+    assert all(0.0 < value < 1.0 for value in sampled)  # no row is left without scored tokens
+    # A few evenly spaced tokens estimate the mean NLL of the whole chunk.
+    for a, b in zip(full, sampled):
+        assert abs(math.log(a) - math.log(b)) < 0.35 * abs(math.log(a))
+    alone = [
+        FidelityScorer(compressor, sample_tokens=4).score([t], [m])[0] for t, m in zip(texts, slots)
+    ]
+    assert alone == pytest.approx(sampled, rel=1e-4)
 
 
 def test_open_with_another_compressor_names_both_fingerprints(
