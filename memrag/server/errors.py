@@ -122,15 +122,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = validation_message(exc.errors())
+        request.state.memrag_error = "invalid_request_error"
         return bad_request(message, param=param).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         error = APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers)
+        request.state.memrag_error = error.code or error.type
         return error.response()
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        request.state.memrag_error = "internal_error"
         return APIError(500, "internal server error", code="internal_error").response()
