@@ -78,7 +78,11 @@ def build_store(root: Path, model: str, passages: int) -> tuple[Path, Path | Non
         compressor_dir = None
         embedder = None  # all-MiniLM-L6-v2 from its pip package
     with MemoryStore.create(root / "store", compressor, embedder, fidelity="none") as store:
-        store.add([p.text for p in corpus], ids=[p.id for p in corpus], metadatas=[{"title": p.title} for p in corpus])
+        store.add(
+            [p.text for p in corpus],
+            ids=[p.id for p in corpus],
+            metadatas=[{"title": p.title} for p in corpus],
+        )
     questions = [q.question for p in corpus for q in p.questions]
     return root / "store", compressor_dir, questions
 
@@ -92,11 +96,23 @@ def free_port() -> int:
 class ServerProcess:
     """``memrag serve`` in a subprocess on a loopback port."""
 
-    def __init__(self, store: Path, compressor: Path | None, settings: dict[str, Any], log: Path) -> None:
+    def __init__(
+        self, store: Path, compressor: Path | None, settings: dict[str, Any], log: Path
+    ) -> None:
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
-        command = [sys.executable, "-m", "memrag.cli", "serve", "--store", str(store), "--host", LOOPBACK,
-                   "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            "memrag.cli",
+            "serve",
+            "--store",
+            str(store),
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+        ]
         if compressor is not None:
             command += ["--compressor", str(compressor)]
         for name, value in settings.items():
@@ -104,7 +120,9 @@ class ServerProcess:
         self.log_path = log
         self._log = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "MEMRAG_API_KEY": ""}
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env
+        )
 
     def wait_ready(self, timeout: float = 600.0) -> None:
         deadline = time.monotonic() + timeout
@@ -165,7 +183,9 @@ class Scenario:
     elapsed_s: float = 0.0
 
 
-async def one_request(http: httpx.AsyncClient, body: dict[str, Any], stream: bool) -> tuple[Outcome, float]:
+async def one_request(
+    http: httpx.AsyncClient, body: dict[str, Any], stream: bool
+) -> tuple[Outcome, float]:
     """Sends one chat completion; returns the outcome and the Retry-After (0 if none)."""
     start = time.perf_counter()
     if not stream:
@@ -173,12 +193,17 @@ async def one_request(http: httpx.AsyncClient, body: dict[str, Any], stream: boo
         outcome = Outcome(False, response.status_code, time.perf_counter() - start)
         if response.status_code == 200:
             data = response.json()
-            outcome.complete = isinstance(data["choices"][0]["message"]["content"], str) and "usage" in data
+            outcome.complete = (
+                isinstance(data["choices"][0]["message"]["content"], str) and "usage" in data
+            )
             outcome.completion_tokens = int(data["usage"]["completion_tokens"])
         retry = float(response.headers.get("retry-after", 0) or 0)
         return outcome, retry
-    async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True,
-                           "stream_options": {"include_usage": True}}) as response:
+    async with http.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+    ) as response:
         outcome = Outcome(True, response.status_code, 0.0)
         if response.status_code != 200:
             await response.aread()
@@ -208,33 +233,51 @@ async def one_request(http: httpx.AsyncClient, body: dict[str, Any], stream: boo
 
 
 async def client_loop(
-    index: int, http: httpx.AsyncClient, questions: list[str], scenario: Scenario, deadline: float,
-    max_tokens: int, stream_fraction: float,
+    index: int,
+    http: httpx.AsyncClient,
+    questions: list[str],
+    scenario: Scenario,
+    deadline: float,
+    max_tokens: int,
+    stream_fraction: float,
 ) -> None:
     rng = random.Random(index)
     while time.monotonic() < deadline:
         question = rng.choice(questions)
         stream = rng.random() < stream_fraction
-        body = {"model": "memrag", "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens}
+        body = {
+            "model": "memrag",
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": max_tokens,
+        }
         start = time.perf_counter()
         try:
             outcome, retry = await one_request(http, body, stream)
         except (httpx.HTTPError, json.JSONDecodeError, KeyError) as err:
-            outcome, retry = Outcome(stream, None, time.perf_counter() - start, error=type(err).__name__), 0.0
+            outcome, retry = (
+                Outcome(stream, None, time.perf_counter() - start, error=type(err).__name__),
+                0.0,
+            )
         scenario.outcomes.append(outcome)
         if retry:
             await asyncio.sleep(min(retry, max(0.0, deadline - time.monotonic())))
 
 
-async def run_load(url: str, scenario: Scenario, questions: list[str], max_tokens: int, stream_fraction: float) -> None:
-    limits = httpx.Limits(max_connections=scenario.clients, max_keepalive_connections=scenario.clients)
+async def run_load(
+    url: str, scenario: Scenario, questions: list[str], max_tokens: int, stream_fraction: float
+) -> None:
+    limits = httpx.Limits(
+        max_connections=scenario.clients, max_keepalive_connections=scenario.clients
+    )
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(120.0)) as http:
         start = time.monotonic()
         deadline = start + scenario.duration_s
-        await asyncio.gather(*(
-            client_loop(i, http, questions, scenario, deadline, max_tokens, stream_fraction)
-            for i in range(scenario.clients)
-        ))
+        await asyncio.gather(
+            *(
+                client_loop(i, http, questions, scenario, deadline, max_tokens, stream_fraction)
+                for i in range(scenario.clients)
+            )
+        )
         scenario.elapsed_s = time.monotonic() - start
 
 
@@ -244,8 +287,12 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
         return {"p50": None, "p95": None, "p99": None, "max": None}
     array = np.asarray(values) * 1000
     p50, p95, p99 = np.percentile(array, [50, 95, 99])
-    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1),
-            "max": round(float(array.max()), 1)}
+    return {
+        "p50": round(float(p50), 1),
+        "p95": round(float(p95), 1),
+        "p99": round(float(p99), 1),
+        "max": round(float(array.max()), 1),
+    }
 
 
 def summarize(scenario: Scenario, server_lines: list[dict[str, Any]]) -> dict[str, Any]:
@@ -271,9 +318,13 @@ def summarize(scenario: Scenario, server_lines: list[dict[str, Any]]) -> dict[st
         "tokens_per_s": round(sum(o.completion_tokens for o in ok) / scenario.elapsed_s, 1),
         "latency_ms": percentiles([o.latency_s for o in ok]),
         "latency_429_ms": percentiles([o.latency_s for o in refused]),
-        "ttft_ms_streamed": percentiles([o.ttft_s for o in ok if o.stream and o.ttft_s is not None]),
+        "ttft_ms_streamed": percentiles(
+            [o.ttft_s for o in ok if o.stream and o.ttft_s is not None]
+        ),
         "streamed": sum(o.stream for o in ok),
-        "server_queue_ms_p99": percentiles([line["queue_ms"] / 1000 for line in chats if "queue_ms" in line])["p99"],
+        "server_queue_ms_p99": percentiles(
+            [line["queue_ms"] / 1000 for line in chats if "queue_ms" in line]
+        )["p99"],
     }
 
 
@@ -288,67 +339,107 @@ def markdown_section(results: dict[str, Any]) -> str:
             f"| {s['latency_ms']['p99']} | {s['ttft_ms_streamed']['p50']} |"
         )
     machine = results["machine"]
-    return "\n".join([
-        f"### `--model {results['model']}`: {results['description']}",
-        "",
-        f"`{results['command']}` on {results['date']}: {machine['cpus']} CPU cores, Python {machine['python']}, "
-        f"load average {machine['load_average']} when it started (the machine is shared); "
-        f"{results['passages']} passages, top-{results['top_k']} retrieval, at most {results['max_tokens']} "
-        "new tokens per answer, half the requests streamed.",
-        "",
-        "| scenario | clients | slots / queue | s | sent | completed | 429 | failed | lost | req/s "
-        "| tokens/s | p50 ms | p99 ms | TTFT p50 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *rows,
-        "",
-    ])
+    return "\n".join(
+        [
+            f"### `--model {results['model']}`: {results['description']}",
+            "",
+            (
+                f"`{results['command']}` on {results['date']}: {machine['cpus']} CPU cores, "
+                f"Python {machine['python']}, load average {machine['load_average']} when it started "
+                f"(the machine is shared); {results['passages']} passages, top-{results['top_k']} "
+                f"retrieval, at most {results['max_tokens']} new tokens per answer, half the requests "
+                "streamed."
+            ),
+            "",
+            (
+                "| scenario | clients | slots / queue | s | sent | completed | 429 | failed | lost "
+                "| req/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms |"
+            ),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+        ]
+    )
 
 
 def markdown(result_files: list[Path]) -> str:
     """The README snippet: how to run, what the columns mean, a table per results file."""
-    sections = [markdown_section(json.loads(path.read_text(encoding="utf-8"))) for path in result_files]
-    return "\n".join([
-        "## Server load test",
-        "",
-        "`benchmarks/bench_server.py` starts `memrag serve` on a store of the bundled demo corpus "
-        "(loopback only) and runs two bounded scenarios: *fits* (N clients, a queue that holds them "
-        "all: no 429 expected) and *overload* (2N clients, one generation slot and a queue of 2: the "
-        "surplus is refused with 429 + `Retry-After`, the documented behaviour; clients wait that long "
-        "and go on). It exits non-zero if any request fails or is lost, or *fits* sees a 429.",
-        "",
-        "*completed*: a full answer (JSON with usage, or a stream ending in `data: [DONE]`); *429*: "
-        "refused because the bounded queue was full; *failed*: anything else (errors, timeouts, broken "
-        "streams); *lost*: requests sent minus requests the server logged. Latencies are those of "
-        "completed requests as the client measured them (queue wait included); TTFT is the time to the "
-        "first streamed token. One slot: the compressor serialises its decoder, so the queue, not "
-        "parallel decoding, absorbs concurrency.",
-        "",
-        *sections,
-    ])
+    sections = [
+        markdown_section(json.loads(path.read_text(encoding="utf-8"))) for path in result_files
+    ]
+    return "\n".join(
+        [
+            "## Server load test",
+            "",
+            (
+                "`benchmarks/bench_server.py` starts `memrag serve` on a store of the bundled demo "
+                "corpus (loopback only) and runs two bounded scenarios: *fits* (N clients, a queue "
+                "that holds them all: no 429 expected) and *overload* (2N clients, one generation slot "
+                "and a queue of 2: the surplus is refused with 429 + `Retry-After`, the documented "
+                "behaviour; clients wait that long and go on). It exits non-zero if any request fails "
+                "or is lost, or *fits* sees a 429."
+            ),
+            "",
+            (
+                "*completed*: a full answer (JSON with usage, or a stream ending in `data: [DONE]`); "
+                "*429*: refused because the bounded queue was full; *failed*: anything else (errors, "
+                "timeouts, broken streams); *lost*: requests sent minus requests the server logged. "
+                "Latencies are those of completed requests as the client measured them (queue wait "
+                "included); TTFT is the time to the first streamed token. One slot: the compressor "
+                "serialises its decoder, so the queue, not parallel decoding, absorbs concurrency."
+            ),
+            "",
+            *sections,
+        ]
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("tiny", "embedded"), default="tiny")
-    parser.add_argument("--clients", type=int, default=4, help="Clients in the 'fits' scenario (twice that in 'overload').")
-    parser.add_argument("--duration", type=float, default=30.0, help="Seconds of load per scenario.")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=4,
+        help="Clients in the 'fits' scenario (twice that in 'overload').",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=30.0, help="Seconds of load per scenario."
+    )
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--passages", type=int, default=100, help="Demo passages in the store.")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--stream-fraction", type=float, default=0.5)
     parser.add_argument("--scenarios", default="fits,overload")
-    parser.add_argument("--out", type=Path, default=None, help="Results JSON (default: benchmarks/results/server_<model>.json).")
-    parser.add_argument("--markdown", type=Path, default=HERE / "README_server.md",
-                        help="Snippet written from every server_*.json next to --out.")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Results JSON (default: benchmarks/results/server_<model>.json).",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=HERE / "README_server.md",
+        help="Snippet written from every server_*.json next to --out.",
+    )
     args = parser.parse_args()
     if args.duration > 120 or args.clients > 64:
         parser.error("keep the load bounded: --duration <= 120 and --clients <= 64")
 
     plans = {
-        "fits": Scenario("fits", args.clients, args.duration,
-                         {"max_concurrent": 1, "max_queue": args.clients, "timeout": 60}),
-        "overload": Scenario("overload", 2 * args.clients, args.duration,
-                             {"max_concurrent": 1, "max_queue": 2, "timeout": 60}),
+        "fits": Scenario(
+            "fits",
+            args.clients,
+            args.duration,
+            {"max_concurrent": 1, "max_queue": args.clients, "timeout": 60},
+        ),
+        "overload": Scenario(
+            "overload",
+            2 * args.clients,
+            args.duration,
+            {"max_concurrent": 1, "max_queue": 2, "timeout": 60},
+        ),
     }
     chosen = [plans[name] for name in args.scenarios.split(",")]
     load_average = round(os.getloadavg()[0], 1)
@@ -360,12 +451,23 @@ def main() -> int:
         print(f"  built in {time.perf_counter() - start:.1f}s", flush=True)
         summaries = []
         for scenario in chosen:
-            settings = {**scenario.settings, "top_k": args.top_k, "default_max_tokens": args.max_tokens}
-            server = ServerProcess(store, compressor, settings, root / f"server-{scenario.name}.log")
+            settings = {
+                **scenario.settings,
+                "top_k": args.top_k,
+                "default_max_tokens": args.max_tokens,
+            }
+            server = ServerProcess(
+                store, compressor, settings, root / f"server-{scenario.name}.log"
+            )
             try:
                 server.wait_ready()
-                print(f"scenario {scenario.name}: {scenario.clients} clients for {scenario.duration_s:g}s ...", flush=True)
-                asyncio.run(run_load(server.url, scenario, questions, args.max_tokens, args.stream_fraction))
+                print(
+                    f"scenario {scenario.name}: {scenario.clients} clients for {scenario.duration_s:g}s ...",
+                    flush=True,
+                )
+                asyncio.run(
+                    run_load(server.url, scenario, questions, args.max_tokens, args.stream_fraction)
+                )
             finally:
                 server.stop()
             summary = summarize(scenario, server.access_lines())
@@ -381,8 +483,12 @@ def main() -> int:
         ),
         "command": " ".join(["python benchmarks/bench_server.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average": load_average},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average": load_average,
+        },
         "max_tokens": args.max_tokens,
         "top_k": args.top_k,
         "passages": args.passages,
@@ -393,7 +499,11 @@ def main() -> int:
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     args.markdown.write_text(markdown(sorted(out.parent.glob("server_*.json"))), encoding="utf-8")
     print(f"wrote {out} and {args.markdown}")
-    bad = [s for s in summaries if s["failed"] or s["lost"] or (s["scenario"] == "fits" and s["refused_429"])]
+    bad = [
+        s
+        for s in summaries
+        if s["failed"] or s["lost"] or (s["scenario"] == "fits" and s["refused_429"])
+    ]
     return 1 if bad else 0
 
 

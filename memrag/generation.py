@@ -203,8 +203,14 @@ class TextStream(Iterator[str]):
     Closing it early stops the generation.
     """
 
-    def __init__(self, chunks: Iterator[str], tokens: list[int], stops: StopStringFilter,
-                 options: GenerationOptions, eos_token_id: int | None) -> None:
+    def __init__(
+        self,
+        chunks: Iterator[str],
+        tokens: list[int],
+        stops: StopStringFilter,
+        options: GenerationOptions,
+        eos_token_id: int | None,
+    ) -> None:
         self._chunks = chunks
         self._tokens = tokens
         self._stops = stops

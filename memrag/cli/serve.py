@@ -19,27 +19,55 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def serve(
     store: Path = typer.Option(..., "--store", help="Store directory to answer from."),
     compressor: str = typer.Option(
-        None, "--compressor", help="Compressor directory or shipped name (default: the one the store names)."
+        None,
+        "--compressor",
+        help="Compressor directory or shipped name (default: the one the store names).",
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on."),
     api_key_env: str = typer.Option(
-        "MEMRAG_API_KEY", "--api-key-env", help="Environment variable holding the API key (if set, it is required)."
+        "MEMRAG_API_KEY",
+        "--api-key-env",
+        help="Environment variable holding the API key (if set, it is required).",
     ),
-    api_key_file: Path = typer.Option(None, "--api-key-file", help="File whose first line is the API key."),
-    model_name: str = typer.Option(None, "--model-name", help="Model id shown to clients (default: derived)."),
+    api_key_file: Path = typer.Option(
+        None, "--api-key-file", help="File whose first line is the API key."
+    ),
+    model_name: str = typer.Option(
+        None, "--model-name", help="Model id shown to clients (default: derived)."
+    ),
     top_k: int = typer.Option(3, "--top-k", min=0, help="Chunks retrieved per chat request."),
-    max_top_k: int = typer.Option(16, "--max-top-k", min=1, help="Largest top_k a request may ask for."),
-    default_max_tokens: int = typer.Option(256, "--default-max-tokens", min=1, help="New tokens when a request says none."),
-    max_tokens: int = typer.Option(2048, "--max-tokens", min=1, help="Largest max_tokens a request may ask for."),
-    max_messages: int = typer.Option(64, "--max-messages", min=1, help="Most messages per chat request."),
-    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1, help="Largest request body (bytes)."),
-    max_concurrent: int = typer.Option(1, "--max-concurrent", min=1, help="Generations running at once."),
-    max_queue: int = typer.Option(8, "--max-queue", min=0, help="Requests waiting for a slot before 429s."),
-    timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="Seconds per request (queue + generation)."),
+    max_top_k: int = typer.Option(
+        16, "--max-top-k", min=1, help="Largest top_k a request may ask for."
+    ),
+    default_max_tokens: int = typer.Option(
+        256, "--default-max-tokens", min=1, help="New tokens when a request says none."
+    ),
+    max_tokens: int = typer.Option(
+        2048, "--max-tokens", min=1, help="Largest max_tokens a request may ask for."
+    ),
+    max_messages: int = typer.Option(
+        64, "--max-messages", min=1, help="Most messages per chat request."
+    ),
+    max_body_bytes: int = typer.Option(
+        1 << 20, "--max-body-bytes", min=1, help="Largest request body (bytes)."
+    ),
+    max_concurrent: int = typer.Option(
+        1, "--max-concurrent", min=1, help="Generations running at once."
+    ),
+    max_queue: int = typer.Option(
+        8, "--max-queue", min=0, help="Requests waiting for a slot before 429s."
+    ),
+    timeout: float = typer.Option(
+        120.0, "--timeout", min=0.1, help="Seconds per request (queue + generation)."
+    ),
     stop: list[str] = typer.Option(None, "--stop", help="Default stop string (repeatable)."),
-    read_only: bool = typer.Option(False, "--read-only", help="Open the store read-only; no document endpoints."),
-    cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Browser origin allowed to call (repeatable; '*' for any)."),
+    read_only: bool = typer.Option(
+        False, "--read-only", help="Open the store read-only; no document endpoints."
+    ),
+    cors_origin: list[str] = typer.Option(
+        None, "--cors-origin", help="Browser origin allowed to call (repeatable; '*' for any)."
+    ),
     device: str = DeviceOption,
     dtype: str = DtypeOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is happening."),
@@ -74,7 +102,9 @@ def serve(
             cors_origins=tuple(cors_origin or ()),
         )
         typer.echo(f"opening {store} and loading its models ...", err=True)
-        opened = MemoryStore.open(store, compressor, read_only=read_only, device=device, dtype=dtype)
+        opened = MemoryStore.open(
+            store, compressor, read_only=read_only, device=device, dtype=dtype
+        )
     except (StoreError, ValueError, OSError, ImportError) as err:
         fail(str(err))
         return
@@ -86,7 +116,9 @@ def serve(
             fail(str(err))
             return
         if key is None and host not in _LOOPBACK:
-            logger.warning("serving on %s without an API key: anyone who can reach it can use it", host)
+            logger.warning(
+                "serving on %s without an API key: anyone who can reach it can use it", host
+            )
         configure_access_log()
         typer.echo(
             f"serving {application.state.memrag.service.model_name} on http://{host}:{port}/v1 "

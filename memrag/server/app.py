@@ -76,7 +76,9 @@ async def read_json(request: Request, model: type[M]) -> M:
         errors = err.errors(include_url=False)
         if any(e.get("type") == "json_invalid" for e in errors):
             detail = errors[0].get("ctx", {}).get("error", errors[0].get("msg"))
-            raise bad_request(f"could not parse the JSON body: {detail}", code="invalid_json") from None
+            raise bad_request(
+                f"could not parse the JSON body: {detail}", code="invalid_json"
+            ) from None
         message, param = validation_message(errors)
         raise bad_request(message, param=param) from None
 
@@ -140,7 +142,11 @@ class EventStreamResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send(
-                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
             )
             async for chunk in self._events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -232,10 +238,14 @@ class _Server:
 
     async def get_model(self, model_id: str) -> dict[str, Any]:
         if model_id not in self.model_names:
-            raise APIError(404, f"the model {model_id!r} does not exist", code="model_not_found", param="model")
+            raise APIError(
+                404, f"the model {model_id!r} does not exist", code="model_not_found", param="model"
+            )
         return self.model_card()
 
-    def _chat_options(self, payload: ChatCompletionRequest) -> tuple[Any, int, dict[str, Any] | None]:
+    def _chat_options(
+        self, payload: ChatCompletionRequest
+    ) -> tuple[Any, int, dict[str, Any] | None]:
         settings = self.settings
         if payload.model is not None and payload.model not in self.model_names:
             raise APIError(
@@ -280,7 +290,9 @@ class _Server:
         payload = await read_json(request, ChatCompletionRequest)
         options, top_k, filter_ = self._chat_options(payload)
         stream = bool(payload.stream)
-        fields.update(model=self.service.model_name, stream=stream, max_tokens=options.max_new_tokens)
+        fields.update(
+            model=self.service.model_name, stream=stream, max_tokens=options.max_new_tokens
+        )
         turns = [Turn(m.role, m.text) for m in payload.messages]
         ticket = self.admit(request)
         guard = self.guard(request)
@@ -288,7 +300,9 @@ class _Server:
         try:
             try:
                 prepared = await guard.run(
-                    run_in_threadpool(self.service.prepare, turns, options, top_k=top_k, filter=filter_)
+                    run_in_threadpool(
+                        self.service.prepare, turns, options, top_k=top_k, filter=filter_
+                    )
                 )
             except ValueError as err:
                 raise bad_request(str(err), param="messages") from None
@@ -297,8 +311,12 @@ class _Server:
             fields["queue_ms"] = round(ticket.queue_seconds * 1000, 2)
             documents = [document_info(r) for r in prepared.documents]
             if stream:
-                include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
-                response = self._stream_response(request, prepared, documents, ticket, guard, include_usage)
+                include_usage = bool(
+                    payload.stream_options and payload.stream_options.include_usage
+                )
+                response = self._stream_response(
+                    request, prepared, documents, ticket, guard, include_usage
+                )
                 handed_over = True
                 return response
             generation = await self._complete(request, prepared, guard)
@@ -322,7 +340,9 @@ class _Server:
                 ticket.release()
                 await guard.close()
 
-    async def _complete(self, request: Request, prepared: PreparedChat, guard: RequestGuard) -> Generation:
+    async def _complete(
+        self, request: Request, prepared: PreparedChat, guard: RequestGuard
+    ) -> Generation:
         fields = log_fields(request)
         start = time.perf_counter()
         generation = None
@@ -339,9 +359,7 @@ class _Server:
 
     @staticmethod
     def _log_generation(fields: dict[str, Any], generation: Generation, outcome: str) -> None:
-        fields.update(
-            usage(generation), finish_reason=generation.finish_reason, outcome=outcome
-        )
+        fields.update(usage(generation), finish_reason=generation.finish_reason, outcome=outcome)
 
     def _stream_response(
         self,
@@ -377,7 +395,9 @@ class _Server:
                         if isinstance(item, StreamEnd):
                             generation = item.generation
                             self._log_generation(fields, generation, "completed")
-                            yield sse(chunk_body(**base, delta={}, finish_reason=generation.finish_reason))
+                            yield sse(
+                                chunk_body(**base, delta={}, finish_reason=generation.finish_reason)
+                            )
                             if include_usage:
                                 yield sse(chunk_body(**base, usage_value=usage(generation)))
                         else:
@@ -389,7 +409,7 @@ class _Server:
             except RequestTimeoutError:
                 fields["outcome"] = "timeout"
                 yield sse(self.timeout_error().body())
-            except Exception as err:  # noqa: BLE001 - reported in the stream, the headers are sent
+            except Exception as err:
                 logger.error("generation failed in a stream", exc_info=err)
                 fields["outcome"] = "error"
                 yield sse(APIError(500, "internal server error", code="internal_error").body())
@@ -422,7 +442,9 @@ class _Server:
         except StoreReadOnlyError:
             raise APIError(403, "the store is read-only", code="writes_disabled") from None
         except StoreLockedError as err:
-            raise APIError(503, str(err), code="store_locked", headers={"Retry-After": "5"}) from None
+            raise APIError(
+                503, str(err), code="store_locked", headers={"Retry-After": "5"}
+            ) from None
         except ValueError as err:
             raise bad_request(str(err), param="documents") from None
         finally:
@@ -437,7 +459,9 @@ class _Server:
 
     def _check_writable(self) -> None:
         if not self.settings.allow_writes or getattr(self.service.store, "read_only", False):
-            raise APIError(403, "this server does not accept document changes", code="writes_disabled")
+            raise APIError(
+                403, "this server does not accept document changes", code="writes_disabled"
+            )
 
     async def get_document(self, doc_id: str) -> dict[str, Any]:
         chunks = await run_in_threadpool(self.service.document_chunks, doc_id)
@@ -465,11 +489,18 @@ class _Server:
         try:
             deleted = await run_in_threadpool(self.service.delete_document, doc_id)
         except StoreLockedError as err:
-            raise APIError(503, str(err), code="store_locked", headers={"Retry-After": "5"}) from None
+            raise APIError(
+                503, str(err), code="store_locked", headers={"Retry-After": "5"}
+            ) from None
         if not deleted:
             raise APIError(404, f"no document {doc_id!r}", code="document_not_found")
         log_fields(request)["chunks_deleted"] = deleted
-        return {"id": doc_id, "object": "memrag.document.deleted", "deleted": True, "chunks": deleted}
+        return {
+            "id": doc_id,
+            "object": "memrag.document.deleted",
+            "deleted": True,
+            "chunks": deleted,
+        }
 
 
 def create_app(
@@ -496,7 +527,9 @@ def create_app(
     if service is None:
         if store is None:
             raise ValueError("create_app needs a store (or a service)")
-        service = RagService(store, compressor=compressor, model_name=settings.model_name, stop=settings.stop)
+        service = RagService(
+            store, compressor=compressor, model_name=settings.model_name, stop=settings.stop
+        )
     server = _Server(service, settings)
     app = FastAPI(
         title="memrag",

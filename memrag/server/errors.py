@@ -63,7 +63,9 @@ class APIError(Exception):
         self.code = code
         self.param = param
         self.headers = dict(headers or {})
-        self.type = type or ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.type = type or ERROR_TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
 
     def body(self) -> dict[str, Any]:
         """The JSON body: ``{"error": {...}}``."""

@@ -27,7 +27,9 @@ class QueueFullError(RuntimeError):
     """No room for another request; retry after :attr:`retry_after` seconds."""
 
     def __init__(self, retry_after: int, in_flight: int) -> None:
-        super().__init__(f"the server is busy ({in_flight} requests in flight); retry in {retry_after}s")
+        super().__init__(
+            f"the server is busy ({in_flight} requests in flight); retry in {retry_after}s"
+        )
         self.retry_after = retry_after
         self.in_flight = in_flight
 
@@ -126,7 +128,7 @@ class GenerationLimiter:
     @property
     def active(self) -> int:
         """Slots in use."""
-        return self.max_concurrent - self._semaphore._value  # noqa: SLF001 - asyncio has no getter
+        return self.max_concurrent - self._semaphore._value
 
     def admit(self) -> Ticket:
         """A ticket for one more request.

@@ -90,7 +90,9 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
         given = headers.get(REQUEST_ID_HEADER, "")
         rid = given if _SANE_ID.match(given) else f"req-{uuid.uuid4().hex[:20]}"
         fields = scope.setdefault("state", {}).setdefault(_STATE_KEY, {})
@@ -100,7 +102,9 @@ class RequestLogMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                raw = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
                 message = {**message, "headers": [*raw, (REQUEST_ID_HEADER.encode(), rid.encode())]}
             await send(message)
 

@@ -23,7 +23,9 @@ def _config(app: Any, log_level: str, **options: Any) -> Any:
     )
 
 
-def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:
+def run_server(
+    app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info"
+) -> None:
     """Serves ``app`` with uvicorn until interrupted (Ctrl-C / SIGTERM)."""
     import uvicorn
 
@@ -46,7 +48,9 @@ class ServerThread:
         log_level: uvicorn's log level.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning") -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"
+    ) -> None:
         self.app = app
         self.host = host
         self._requested_port = port

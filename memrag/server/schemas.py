@@ -121,7 +121,11 @@ class ChatCompletionRequest(_Strict):
 
     def requested_max_tokens(self) -> int | None:
         """``max_completion_tokens``, else ``max_tokens``."""
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else self.max_tokens
+        )
 
 
 class DocumentIn(_Strict):

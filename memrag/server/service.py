@@ -173,9 +173,13 @@ class RagService:
         """
         if k <= 0:
             return []
-        return self.store.search(query, k=k, filter=dict(filter) if filter else None, with_slots=True)
+        return self.store.search(
+            query, k=k, filter=dict(filter) if filter else None, with_slots=True
+        )
 
-    def messages(self, turns: Sequence[Turn], documents: Sequence[ChunkRecord]) -> list[BaseMessage]:
+    def messages(
+        self, turns: Sequence[Turn], documents: Sequence[ChunkRecord]
+    ) -> list[BaseMessage]:
         """The conversation as LangChain messages, the latest user turn as the QA prompt.
 
         All client text is escaped, so only the retrieved chunks are read as documents.
@@ -224,7 +228,7 @@ class RagService:
         # Render the chat template now: a conversation it refuses is a client error.
         try:
             spec.materialize({r.id: r for r in documents}, model.compressor.tokenizer)
-        except Exception as err:  # noqa: BLE001 - jinja's TemplateError, the template's raise_exception
+        except Exception as err:
             raise ValueError(f"the chat template cannot render this conversation: {err}") from err
         return PreparedChat(model, spec, options, documents)
 
@@ -243,7 +247,11 @@ class RagService:
             The ids of the stored chunks.
         """
         ids = [doc_id if doc_id else secrets.token_hex(16) for doc_id in ids]
-        return list(self.store.add(list(texts), ids=ids, metadatas=[dict(m or {}) for m in metadatas], chunk=chunk))
+        return list(
+            self.store.add(
+                list(texts), ids=ids, metadatas=[dict(m or {}) for m in metadatas], chunk=chunk
+            )
+        )
 
     def document_chunks(self, doc_id: str) -> list[ChunkRecord]:
         """The chunk ``doc_id``, or the chunks cut from document ``doc_id`` (no slots)."""
@@ -259,4 +267,3 @@ class RagService:
             How many chunks were deleted.
         """
         return int(self.store.delete([doc_id])) + int(self.store.delete_sources([doc_id]))
-

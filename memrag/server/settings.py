@@ -99,9 +99,7 @@ class ServerSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
-def load_api_key(
-    *, env: str | None = API_KEY_ENV, file: str | Path | None = None
-) -> str | None:
+def load_api_key(*, env: str | None = API_KEY_ENV, file: str | Path | None = None) -> str | None:
     """The API key from a file (first line, stripped) or else an environment variable.
 
     Args:
@@ -125,4 +123,3 @@ def load_api_key(
         value = os.environ.get(env, "").strip()
         return value or None
     return None
-

@@ -6,8 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
-from server_helpers import DOCUMENTS
+from server_helpers import demo_store
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +20,7 @@ def server_compressor():
 @pytest.fixture(scope="session")
 def server_store(tmp_path_factory, server_compressor):
     """A small writable store of :data:`DOCUMENTS` (hashing embedder, no fidelity scoring)."""
-    from memrag.store import MemoryStore
-
-    store = MemoryStore.create(
-        tmp_path_factory.mktemp("server") / "store", server_compressor, "hashing:128", fidelity="none"
-    )
-    store.add(list(DOCUMENTS.values()), ids=list(DOCUMENTS))
+    store = demo_store(tmp_path_factory.mktemp("server") / "store", server_compressor)
     yield store
     store.close()
 

@@ -13,12 +13,25 @@ DOCUMENTS = {
 API_KEY = "test-key-0123456789"
 
 
+def demo_store(path: Any, compressor: Any, **options: Any) -> Any:
+    """A store at ``path`` holding :data:`DOCUMENTS` (hashing embedder; no fidelity scoring
+    unless ``options`` say otherwise)."""
+    from memrag.store import MemoryStore
+
+    options.setdefault("fidelity", "none")
+    store = MemoryStore.create(path, compressor, "hashing:128", **options)
+    store.add(list(DOCUMENTS.values()), ids=list(DOCUMENTS))
+    return store
+
+
 def openai_client(server: Any, api_key: str = "unused", **options: Any) -> Any:
     """The official OpenAI client pointed at ``server`` (no retries)."""
     import openai
 
     options.setdefault("timeout", 30)
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=api_key, max_retries=0, **options)
+    return openai.OpenAI(
+        base_url=server.base_url + "/v1", api_key=api_key, max_retries=0, **options
+    )
 
 
 def http_client(server: Any, **options: Any) -> Any:

@@ -7,14 +7,12 @@ import logging
 
 import httpx
 import pytest
-
-from server_helpers import DOCUMENTS, openai_client
+from server_helpers import demo_store, openai_client
 
 
 @pytest.fixture
 def saved_store(tmp_path):
     """A store on disk whose compressor is saved (with its base model) next to it."""
-    from memrag.store import MemoryStore
     from memrag.testing import tiny_base_model, tiny_compressor
 
     base = tiny_base_model(seed=1, name=str(tmp_path / "base"))
@@ -22,8 +20,7 @@ def saved_store(tmp_path):
     base.tokenizer.save_pretrained(tmp_path / "base")
     compressor = tiny_compressor(seed=1, base=base)
     compressor.save_pretrained(tmp_path / "compressor")
-    with MemoryStore.create(tmp_path / "store", compressor, "hashing:128", fidelity="none") as store:
-        store.add(list(DOCUMENTS.values()), ids=list(DOCUMENTS))
+    demo_store(tmp_path / "store", compressor).close()
     return tmp_path
 
 
@@ -32,7 +29,11 @@ def restore_access_logger():
     """``memrag serve`` points the access log at stderr; undo that after the test."""
     from memrag.server.middleware import access_logger
 
-    handlers, propagate, level = list(access_logger.handlers), access_logger.propagate, access_logger.level
+    handlers, propagate, level = (
+        list(access_logger.handlers),
+        access_logger.propagate,
+        access_logger.level,
+    )
     yield access_logger
     access_logger.handlers[:] = handlers
     access_logger.propagate, access_logger.level = propagate, level
@@ -54,7 +55,8 @@ def test_memrag_serve(saved_store, monkeypatch, restore_access_logger):
         with ServerThread(application) as server:
             assert httpx.get(server.base_url + "/v1/models").status_code == 401
             completion = openai_client(server, api_key="cli-key").chat.completions.create(
-                model="memrag", messages=[{"role": "user", "content": "When was the Eiffel Tower completed?"}]
+                model="memrag",
+                messages=[{"role": "user", "content": "When was the Eiffel Tower completed?"}],
             )
             seen["completion"] = completion
         seen["log"] = [json.loads(r.getMessage()) for r in records]
@@ -64,13 +66,20 @@ def test_memrag_serve(saved_store, monkeypatch, restore_access_logger):
         app,
         [
             "serve",
-            "--store", str(saved_store / "store"),
-            "--compressor", str(saved_store / "compressor"),
-            "--port", "8123",
-            "--api-key-file", str(saved_store / "key"),
-            "--default-max-tokens", "4",
-            "--max-queue", "2",
-            "--stop", "\n",
+            "--store",
+            str(saved_store / "store"),
+            "--compressor",
+            str(saved_store / "compressor"),
+            "--port",
+            "8123",
+            "--api-key-file",
+            str(saved_store / "key"),
+            "--default-max-tokens",
+            "4",
+            "--max-queue",
+            "2",
+            "--stop",
+            "\n",
         ],
     )
     assert result.exit_code == 0, result.output

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from server_helpers import DOCUMENTS, assert_openai_error, http_client, openai_client
+from server_helpers import assert_openai_error, demo_store, http_client, openai_client
 
 
 @pytest.fixture
 def writable_store(tmp_path, server_compressor):
-    from memrag.store import MemoryStore
-
-    store = MemoryStore.create(tmp_path / "store", server_compressor, "hashing:128", fidelity="none")
-    store.add(list(DOCUMENTS.values()), ids=list(DOCUMENTS))
+    store = demo_store(tmp_path / "store", server_compressor)
     yield store
     store.close()
 
@@ -47,7 +43,9 @@ def test_add_get_delete(start_server, writable_store):
         chunked = http.post(
             "/v1/documents", json={"documents": [{"id": "long", "text": text * 3}], "chunk": True}
         ).json()
-        assert len(chunked["chunk_ids"]) > 1 and all(c.startswith("long#") for c in chunked["chunk_ids"])
+        assert len(chunked["chunk_ids"]) > 1 and all(
+            c.startswith("long#") for c in chunked["chunk_ids"]
+        )
         assert len(http.get("/v1/documents/long").json()["chunks"]) == len(chunked["chunk_ids"])
         assert http.delete("/v1/documents/long").json()["chunks"] == len(chunked["chunk_ids"])
 
@@ -55,7 +53,12 @@ def test_add_get_delete(start_server, writable_store):
         assert len(generated["chunk_ids"]) == 1
 
         deleted = http.delete("/v1/documents/spree")
-        assert deleted.json() == {"id": "spree", "object": "memrag.document.deleted", "deleted": True, "chunks": 1}
+        assert deleted.json() == {
+            "id": "spree",
+            "object": "memrag.document.deleted",
+            "deleted": True,
+            "chunks": 1,
+        }
         assert "spree" not in ask(server, question)
         assert_openai_error(http.delete("/v1/documents/spree"), 404, "document_not_found")
         assert_openai_error(http.get("/v1/documents/spree"), 404, "document_not_found")
@@ -84,7 +87,9 @@ def test_bad_documents(start_server, writable_store, body):
 def test_writes_can_be_disabled(start_server, writable_store):
     server = start_server(writable_store, allow_writes=False)
     with http_client(server) as http:
-        assert_openai_error(http.post("/v1/documents", json={"documents": [{"text": "x"}]}), 403, "writes_disabled")
+        assert_openai_error(
+            http.post("/v1/documents", json={"documents": [{"text": "x"}]}), 403, "writes_disabled"
+        )
         assert_openai_error(http.delete("/v1/documents/paris"), 403, "writes_disabled")
         assert http.get("/v1/documents/paris").status_code == 200
     assert "paris" in writable_store

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import openai
 import pytest
-
 from server_helpers import API_KEY, assert_openai_error, http_client, openai_client
 
 USER = [{"role": "user", "content": "capital of France?"}]
@@ -25,7 +24,16 @@ def _ok(http) -> None:
         ({"messages": [{"role": "user"}]}, 400, None, "messages.0"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, None, "messages.0.role"),
         ({"messages": [{"role": "user", "content": 5}]}, 400, None, "messages.0.content"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, None, None),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+                ]
+            },
+            400,
+            None,
+            None,
+        ),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, None, "messages"),
         ({"messages": USER, "max_tokens": -1}, 400, None, "max_tokens"),
         ({"messages": USER, "max_tokens": 0}, 400, None, "max_tokens"),
@@ -42,7 +50,12 @@ def _ok(http) -> None:
         ({"messages": USER, "tools": [{"type": "function"}]}, 400, None, None),
         ({"messages": USER, "memrag": {"top_k": -1}}, 400, None, "memrag.top_k"),
         ({"messages": USER, "memrag": {"top_k": 999}}, 400, None, "memrag.top_k"),
-        ({"messages": USER, "memrag": {"filter": {"year": {"$between": [1, 2]}}}}, 400, None, "messages"),
+        (
+            {"messages": USER, "memrag": {"filter": {"year": {"$between": [1, 2]}}}},
+            400,
+            None,
+            "messages",
+        ),
         ({"messages": USER * 100}, 400, "too_many_messages", "messages"),
         ({"messages": USER, "model": "gpt-4o"}, 404, "model_not_found", "model"),
         ([1, 2, 3], 400, None, None),
@@ -82,7 +95,9 @@ def test_huge_body_is_refused(start_server):
                 yield b"y" * 1024
             yield b'"}]}'
 
-        response = http.post("/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"})
+        response = http.post(
+            "/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"}
+        )
         assert_openai_error(response, 413, "request_too_large")
         _ok(http)
 
@@ -107,19 +122,28 @@ def test_the_openai_client_raises_its_usual_errors(server):
 def test_api_key(start_server, monkeypatch):
     server = start_server(api_key=API_KEY)
     with pytest.raises(openai.AuthenticationError):
-        openai_client(server, api_key="wrong").chat.completions.create(model="memrag", messages=USER)
+        openai_client(server, api_key="wrong").chat.completions.create(
+            model="memrag", messages=USER
+        )
     with pytest.raises(openai.AuthenticationError):
         openai_client(server, api_key="wrong").models.list()
     with http_client(server) as http:
-        for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
-                             ("POST", "/v1/documents"), ("DELETE", "/v1/documents/paris")):
+        for method, path in (
+            ("GET", "/v1/models"),
+            ("POST", "/v1/chat/completions"),
+            ("POST", "/v1/documents"),
+            ("DELETE", "/v1/documents/paris"),
+        ):
             response = http.request(method, path, json={"messages": USER})
             assert_openai_error(response, 401, "invalid_api_key")
             assert response.headers["www-authenticate"] == "Bearer"
         bad_scheme = http.get("/v1/models", headers={"Authorization": f"Basic {API_KEY}"})
         assert_openai_error(bad_scheme, 401)
         assert http.get("/healthz").status_code == 200  # no key needed
-        assert http.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+        assert (
+            http.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code
+            == 200
+        )
     completion = openai_client(server, api_key=API_KEY).chat.completions.create(
         model="memrag", messages=USER, max_tokens=2
     )
@@ -143,7 +167,13 @@ def test_load_api_key(tmp_path, monkeypatch):
 def test_settings_are_validated():
     from memrag.server import ServerSettings
 
-    for bad in ({"max_concurrent": 0}, {"top_k": 20}, {"default_max_tokens": 5000},
-                {"request_timeout": 0}, {"api_key": " "}, {"stop": "x"}):
+    for bad in (
+        {"max_concurrent": 0},
+        {"top_k": 20},
+        {"default_max_tokens": 5000},
+        {"request_timeout": 0},
+        {"api_key": " "},
+        {"stop": "x"},
+    ):
         with pytest.raises(ValueError):
             ServerSettings(**bad)

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-
 from server_helpers import assert_openai_error, http_client, openai_client
 
 USER = [{"role": "user", "content": "capital of France?"}]
@@ -76,7 +75,9 @@ def test_full_queue_gets_429_with_retry_after(start_server, fake):
         assert_openai_error(refused, 429, "server_busy")
         assert int(refused.headers["retry-after"]) >= 1
         with pytest.raises(openai.RateLimitError):
-            openai_client(server).chat.completions.create(model="memrag", messages=USER, max_tokens=2)
+            openai_client(server).chat.completions.create(
+                model="memrag", messages=USER, max_tokens=2
+            )
         added = http.post("/v1/documents", json={"documents": [{"text": "more text", "id": "x"}]})
         assert_openai_error(added, 429, "server_busy")  # compression needs the model too
         fake.mode = "real"
@@ -105,9 +106,9 @@ def test_stream_disconnect_frees_the_slot(start_server, fake):
 def test_plain_request_disconnect_frees_the_slot(start_server, fake):
     server = start_server(max_concurrent=1, max_queue=0)
     fake.mode = "endless"
-    with pytest.raises(httpx.ReadTimeout):
-        with http_client(server, timeout=httpx.Timeout(10, read=0.5)) as impatient:
-            impatient.post("/v1/chat/completions", json=CHAT)
+    impatient = http_client(server, timeout=httpx.Timeout(10, read=0.5))
+    with impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post("/v1/chat/completions", json=CHAT)
     assert fake.closed.wait(10), "the decoder was not stopped"
     fake.mode = "real"
     with http_client(server) as http:
@@ -131,7 +132,11 @@ def test_timeout_stops_generation(start_server, fake):
         assert json.loads(events[-2])["error"]["code"] == "timeout"
         assert fake.closed.wait(10)
         with pytest.raises(openai.APIError):
-            list(openai_client(server).chat.completions.create(model="memrag", messages=USER, stream=True))
+            list(
+                openai_client(server).chat.completions.create(
+                    model="memrag", messages=USER, stream=True
+                )
+            )
         fake.mode = "real"
         wait_for(lambda: health(http)["active"] == 0)
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
@@ -166,7 +171,10 @@ def test_limiter_admits_up_to_capacity():
         waiting = asyncio.ensure_future(tickets[1].acquire())
         await asyncio.sleep(0.01)
         assert not waiting.done() and limiter.stats() == {
-            "active": 1, "queued": 2, "max_concurrent": 1, "max_queue": 2
+            "active": 1,
+            "queued": 2,
+            "max_concurrent": 1,
+            "max_queue": 2,
         }
         tickets[0].release()
         tickets[0].release()  # idempotent
