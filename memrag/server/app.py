@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -432,10 +433,11 @@ class _Server:
             # short by the request timeout (a half-added batch would help nobody).
             await ticket.acquire()
             docs = payload.documents
+            ids = [d.id or uuid.uuid4().hex for d in docs]
             chunk_ids = await run_in_threadpool(
                 self.service.add_documents,
                 [d.text for d in docs],
-                [d.id for d in docs],
+                ids,
                 [d.metadata for d in docs],
                 chunk=payload.chunk,
             )
@@ -449,11 +451,10 @@ class _Server:
             raise bad_request(str(err), param="documents") from None
         finally:
             ticket.release()
-        ids = [d.id for d in docs]
         log_fields(request).update(documents_added=len(docs), chunks_added=len(chunk_ids))
         return {
             "object": "list",
-            "data": [{"id": doc_id, "object": "memrag.document"} for doc_id in ids if doc_id],
+            "data": [{"id": doc_id, "object": "memrag.document"} for doc_id in ids],
             "chunk_ids": chunk_ids,
         }
 

@@ -236,7 +236,7 @@ class RagService:
     def add_documents(
         self,
         texts: Sequence[str],
-        ids: Sequence[str | None],
+        ids: Sequence[str],
         metadatas: Sequence[Mapping[str, Any] | None],
         *,
         chunk: bool,
@@ -246,7 +246,6 @@ class RagService:
         Returns:
             The ids of the stored chunks.
         """
-        ids = [doc_id if doc_id else secrets.token_hex(16) for doc_id in ids]
         return list(
             self.store.add(
                 list(texts), ids=ids, metadatas=[dict(m or {}) for m in metadatas], chunk=chunk

@@ -50,7 +50,9 @@ def test_add_get_delete(start_server, writable_store):
         assert http.delete("/v1/documents/long").json()["chunks"] == len(chunked["chunk_ids"])
 
         generated = http.post("/v1/documents", json={"documents": [{"text": "no id given"}]}).json()
-        assert len(generated["chunk_ids"]) == 1
+        (new_id,) = [d["id"] for d in generated["data"]]
+        assert generated["chunk_ids"] == [new_id]
+        assert http.get(f"/v1/documents/{new_id}").status_code == 200
 
         deleted = http.delete("/v1/documents/spree")
         assert deleted.json() == {
