@@ -34,6 +34,7 @@ _EXPORTS = {
     "TEXT_DOCUMENT_TEMPLATE": "memrag.langchain.formatting",
     "create_rag_chain": "memrag.langchain.chains",
     "default_rag_prompt": "memrag.langchain.chains",
+    "default_model": "memrag.langchain.chains",
     "MemragVectorStore": "memrag.langchain.vectorstores",
     "MemragRetriever": "memrag.langchain.retrievers",
     "MemragEmbeddings": "memrag.langchain.embeddings",

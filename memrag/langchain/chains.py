@@ -38,6 +38,28 @@ def default_rag_prompt(model: BaseLanguageModel | Runnable) -> BasePromptTemplat
     return PromptTemplate.from_template(DEFAULT_QA_TEMPLATE)
 
 
+def default_model(source: Any = None, **kwargs: Any) -> BaseLanguageModel:
+    """The memrag model a compressor's QA prompt is meant for.
+
+    Compressors are fine-tuned on the QA prompt rendered by the tokenizer's chat template when
+    it has one, and on the plain prompt otherwise (the embedded Gemma 3 270M has none): this
+    returns a :class:`~memrag.langchain.ChatMemrag` in the first case and a
+    :class:`~memrag.langchain.MemragLLM` in the second.
+
+    Args:
+        source: The document source (a ``MemoryStore``, a ``MemragVectorStore``, ...).
+        kwargs: Model fields (``compressor``, ``max_tokens``, ``temperature``, ...).
+    """
+    from memrag.langchain.chat_models import ChatMemrag
+    from memrag.langchain.llms import MemragLLM
+    from memrag.prompts import has_chat_template
+
+    chat = ChatMemrag(source=source, **kwargs)
+    if has_chat_template(chat.compressor.tokenizer):
+        return chat
+    return MemragLLM(source=source, **kwargs)
+
+
 def _as_inputs(value: str | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(value, str):
         return {"question": value}
