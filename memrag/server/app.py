@@ -274,6 +274,14 @@ class _Server:
                 f"memrag.top_k is {top_k}; at most {settings.max_top_k} are allowed",
                 param="memrag.top_k",
             )
+        filter_ = extra.filter if extra is not None else None
+        if filter_:
+            from memrag.store.metadata import compile_filter
+
+            try:
+                compile_filter(filter_)
+            except ValueError as err:
+                raise bad_request(f"memrag.filter: {err}", param="memrag.filter") from None
         try:
             options = self.service.options(
                 max_tokens=max_tokens,
@@ -284,7 +292,7 @@ class _Server:
             )
         except ValueError as err:
             raise bad_request(str(err)) from None
-        return options, top_k, extra.filter if extra is not None else None
+        return options, top_k, filter_
 
     async def chat_completions(self, request: Request) -> Any:
         fields = log_fields(request)

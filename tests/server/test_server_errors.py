@@ -54,7 +54,7 @@ def _ok(http) -> None:
             {"messages": USER, "memrag": {"filter": {"year": {"$between": [1, 2]}}}},
             400,
             None,
-            "messages",
+            "memrag.filter",
         ),
         ({"messages": USER * 100}, 400, "too_many_messages", "messages"),
         ({"messages": USER, "model": "gpt-4o"}, 404, "model_not_found", "model"),
