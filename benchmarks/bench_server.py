@@ -19,7 +19,7 @@ Models: ``--model tiny`` (default) is memrag's tiny random compressor (2 layers,
 it measures the server itself — routing, validation, retrieval, queueing, streaming — with
 decoding nearly free. ``--model embedded`` uses an untrained compressor over the embedded
 Gemma 3 270M and the all-MiniLM-L6-v2 embedder: the per-request cost of the real decoder on
-this machine (the first run de-quantizes the model once, about two minutes).
+this machine (the first run de-quantizes the model once, a few minutes).
 
 Usage::
 
@@ -54,8 +54,8 @@ LOOPBACK = "127.0.0.1"
 
 
 # ---------------------------------------------------------------------- the store and server
-def build_store(root: Path, model: str, passages: int) -> tuple[Path, Path | None, list[str]]:
-    """A store of the demo corpus; returns (store dir, compressor dir or None, questions)."""
+def build_store(root: Path, model: str, passages: int) -> tuple[Path, Path, list[str]]:
+    """A store of the demo corpus; returns (store dir, compressor dir, questions)."""
     from memrag.demo_corpus import load_demo_corpus
     from memrag.store import MemoryStore
 
@@ -67,15 +67,17 @@ def build_store(root: Path, model: str, passages: int) -> tuple[Path, Path | Non
         base.model.save_pretrained(root / "base")
         base.tokenizer.save_pretrained(root / "base")
         compressor = tiny_compressor(seed=0, base=base)
-        compressor_dir: Path | None = root / "compressor"
+        compressor_dir = root / "compressor"
         compressor.save_pretrained(compressor_dir)
         embedder = "hashing:256"
     else:
         from memrag.compressor import Compressor
 
-        # Untrained over the embedded base: the store records how to rebuild it (same seed).
+        # Untrained over the embedded base, saved so that the server loads the very same one
+        # (its LoRA initialisation is random).
         compressor = Compressor.from_base("gemma-3-270m")
-        compressor_dir = None
+        compressor_dir = root / "compressor"
+        compressor.save_pretrained(compressor_dir)
         embedder = None  # all-MiniLM-L6-v2 from its pip package
     with MemoryStore.create(root / "store", compressor, embedder, fidelity="none") as store:
         store.add(
@@ -128,7 +130,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"memrag serve exited; see {self.log_path}")
+                self._log.flush()
+                tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+                raise RuntimeError(f"memrag serve exited:\n{tail}")
             try:
                 if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
                     return

@@ -101,6 +101,9 @@ class RagService:
         compressor: The compressor whose decoder answers (default: the store's).
         model_name: Name reported to clients (default: the chat model's).
         stop: Default stop strings.
+
+    Raises:
+        ValueError: ``compressor`` did not make the store's slots.
     """
 
     def __init__(
@@ -113,6 +116,12 @@ class RagService:
     ) -> None:
         self.store = store
         self.default_stop = tuple(stop)
+        store_fingerprint = getattr(store, "fingerprint", None)
+        if compressor is not None and store_fingerprint not in (None, compressor.fingerprint):
+            raise ValueError(
+                f"the store holds slots of compressor {store_fingerprint}, not of the compressor "
+                f"given ({compressor.fingerprint})"
+            )
         # A key of our own: only this process writes and reads the document references.
         self.chat = ChatMemrag(
             source=store,

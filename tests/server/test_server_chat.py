@@ -219,3 +219,11 @@ def test_streams_count_tokens_like_generate(server_compressor, stop):
         expected.num_tokens,
         expected.finish_reason,
     )
+
+
+def test_a_foreign_compressor_is_refused(server_store):
+    from memrag.server import create_app
+    from memrag.testing import tiny_compressor
+
+    with pytest.raises(ValueError, match="slots of compressor"):
+        create_app(server_store, compressor=tiny_compressor(seed=3))
