@@ -392,3 +392,16 @@ def test_bench_cli_refuses_bad_modes_and_labels_untrained(
     assert (
         json.loads((tmp_path / "b.json").read_text())["environment"]["compressor_trained"] is False
     )
+
+
+def test_output_projection_gets_densely_strided_input() -> None:
+    """``logits_to_keep`` slices hidden states; the head must get them dense (CPU bf16 speed)."""
+    base = tiny_base_model(seed=0)
+    seen: list[tuple[int, ...]] = []
+    head = base.model.get_output_embeddings()
+    head.register_forward_hook(lambda module, args, output: seen.append(args[0].stride()))
+    with torch.inference_mode():
+        sliced = base.model(input_ids=torch.tensor([[2, 5, 6, 7, 8]]), logits_to_keep=1).logits
+        full = base.model(input_ids=torch.tensor([[2, 5, 6, 7, 8]])).logits
+    assert seen[0] == (32, 32, 1) and seen[1] == (160, 32, 1)
+    torch.testing.assert_close(sliced[0, -1], full[0, -1])
