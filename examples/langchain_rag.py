@@ -12,13 +12,15 @@ Without a trained compressor shipped in this installation, an untrained one is u
 answers read from slots are nonsense (a warning says so).
 
 The other LangChain examples (``langchain_streaming.py``, ``langchain_chat_history.py``)
-reuse :func:`load_compressor` and :func:`build_vectorstore` from this file.
+reuse :func:`arguments` and :func:`example_vectorstore` from this file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from langchain_core.documents import Document
@@ -74,13 +76,22 @@ def build_vectorstore(passages: list[DemoPassage], compressor: Any) -> MemragVec
     )
 
 
-def main() -> None:
-    args = arguments("LangChain RAG over memory slots")
+@contextlib.contextmanager
+def example_vectorstore(
+    args: argparse.Namespace,
+) -> Iterator[tuple[list[DemoPassage], MemragVectorStore]]:
+    """The first ``args.passages`` demo passages and a temporary vector store holding them."""
     logging.basicConfig(level=logging.WARNING)
     corpus = load_demo_corpus()[: args.passages]
     compressor = load_compressor(args.compressor)
     print(f"compressing {len(corpus)} passages into memory slots ...")
     with build_vectorstore(corpus, compressor) as vectorstore:
+        yield corpus, vectorstore
+
+
+def main() -> None:
+    args = arguments("LangChain RAG over memory slots")
+    with example_vectorstore(args) as (corpus, vectorstore):
         retriever = vectorstore.as_retriever(k=args.k)
         # ChatMemrag for a tokenizer with a chat template, else the completion model
         # MemragLLM (the embedded Gemma has none): the prompt the compressor was tuned on.

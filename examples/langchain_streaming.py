@@ -10,13 +10,11 @@ time to the first piece is what a chat user waits before text appears. Leaving a
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 from langchain_core.runnables import Runnable
-from langchain_rag import arguments, build_vectorstore, load_compressor
+from langchain_rag import arguments, example_vectorstore
 
-from memrag.demo_corpus import load_demo_corpus
 from memrag.langchain import create_rag_chain, default_model
 from memrag.prompts import ANSWER_STOP
 
@@ -49,11 +47,7 @@ async def astream_answers(chain: Runnable, questions: list[str]) -> None:
 
 def main() -> None:
     args = arguments("Streaming RAG answers from memory slots")
-    logging.basicConfig(level=logging.WARNING)
-    corpus = load_demo_corpus()[: args.passages]
-    compressor = load_compressor(args.compressor)
-    print(f"compressing {len(corpus)} passages into memory slots ...")
-    with build_vectorstore(corpus, compressor) as vectorstore:
+    with example_vectorstore(args) as (corpus, vectorstore):
         model = default_model(vectorstore, max_tokens=args.max_tokens)
         chain = create_rag_chain(vectorstore.as_retriever(k=args.k), model, stop=ANSWER_STOP)
         questions = [p.questions[0].question for p in corpus[: args.questions]]
