@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 from server_helpers import DOCUMENTS, demo_store, http_client, openai_client
@@ -181,8 +182,18 @@ def test_one_structured_log_line_per_request(server, caplog):
             stream=True,
         )
     )
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "memrag.server.access"]
-    chats = [line for line in lines if line["path"] == "/v1/chat/completions"]
+
+    def chat_lines() -> list[dict]:
+        lines = [
+            json.loads(r.getMessage()) for r in caplog.records if r.name == "memrag.server.access"
+        ]
+        return [line for line in lines if line["path"] == "/v1/chat/completions"]
+
+    # A line is written once the response is over, which may be just after the client read it.
+    deadline = time.monotonic() + 10
+    while len(chat_lines()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    chats = chat_lines()
     assert len(chats) == 2
     for line, stream in zip(chats, (False, True)):
         assert line["status"] == 200 and line["stream"] is stream
