@@ -9,6 +9,7 @@ writes; every write is one transaction. The database is the source of truth of a
   ``use_text`` flag, the embedding vector (float32 blob) and where its slots are
   (``shard_id``, ``slot_start``, ``slot_count``).
 * ``shards``: the slot shard files with their size and SHA-256.
+* ``chunk_meta``: top-level metadata values indexed by (key, type, value) for filters.
 * ``journal``: every vector added or deleted since the last index checkpoint, in order,
   so the FAISS index can be brought up to date from any checkpoint.
 * ``meta``: key/value pairs (schema version, index checkpoint sequence number).
@@ -29,7 +30,7 @@ from urllib.parse import quote
 import numpy as np
 
 from memrag.store.errors import StoreCorruptError, StoreVersionError
-from memrag.store.metadata import compile_filter
+from memrag.store.metadata import compile_filter, index_rows
 
 SCHEMA_VERSION = 1
 _IN_BATCH = 900  # stay far below SQLite's bound-parameter limit
@@ -62,6 +63,14 @@ CREATE TABLE chunks (
 );
 CREATE INDEX chunks_source ON chunks(source_id);
 CREATE INDEX chunks_shard ON chunks(shard_id);
+CREATE TABLE chunk_meta (
+    vid INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    type TEXT NOT NULL,
+    value,
+    PRIMARY KEY (vid, key)
+) WITHOUT ROWID;
+CREATE INDEX chunk_meta_lookup ON chunk_meta(key, type, value);
 CREATE TABLE journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     op TEXT NOT NULL CHECK (op IN ('add', 'del')),
@@ -219,7 +228,7 @@ class Database:
             raise StoreCorruptError(
                 f"{self.path} is not a readable SQLite database: {err}"
             ) from None
-        missing = {"meta", "shards", "chunks", "journal"} - tables
+        missing = {"meta", "shards", "chunks", "chunk_meta", "journal"} - tables
         if missing or version is None:
             raise StoreCorruptError(
                 f"{self.path} lacks memrag's tables ({', '.join(sorted(missing)) or 'meta'})"
@@ -290,6 +299,7 @@ class Database:
             ]
         for batch in _batches(vids):
             conn.execute(f"DELETE FROM chunks WHERE vid IN ({_marks(len(batch))})", batch)
+            conn.execute(f"DELETE FROM chunk_meta WHERE vid IN ({_marks(len(batch))})", batch)
         conn.executemany("INSERT INTO journal (op, vid) VALUES ('del', ?)", [(v,) for v in vids])
         return vids
 
@@ -319,7 +329,12 @@ class Database:
                     np.ascontiguousarray(chunk.vector, dtype=np.float32).tobytes(),
                 ),
             )
-            vids.append(int(cursor.lastrowid))
+            vid = int(cursor.lastrowid)
+            vids.append(vid)
+            conn.executemany(
+                "INSERT INTO chunk_meta (vid, key, type, value) VALUES (?, ?, ?, ?)",
+                [(vid, *row) for row in index_rows(json.loads(chunk.metadata_json))],
+            )
         conn.executemany("INSERT INTO journal (op, vid) VALUES ('add', ?)", [(v,) for v in vids])
         return vids
 

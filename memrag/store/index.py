@@ -49,7 +49,7 @@ class IndexSpec:
         hnsw_m: Neighbours per HNSW node.
         hnsw_ef_construction: HNSW build-time beam width.
         hnsw_ef_search: HNSW search-time beam width.
-        ivf_nlist: Number of IVF lists; ``None`` picks ``4 * sqrt(n)`` when trained.
+        ivf_nlist: Number of IVF lists; ``None`` picks ``sqrt(n)`` when trained.
         ivf_nprobe: IVF lists visited per query.
         ivf_min_train: An ``ivf`` store stays flat (exact) until it holds this many vectors.
     """
@@ -105,7 +105,7 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 def _ivf_nlist(spec: IndexSpec, n: int) -> int:
     if spec.ivf_nlist is not None:
         return max(1, min(spec.ivf_nlist, n))
-    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+    return max(1, min(int(math.sqrt(n)), n // 39))
 
 
 class VectorIndex:
@@ -196,7 +196,8 @@ class VectorIndex:
             self.faiss_index.add_with_ids(
                 vectors[start : start + _ADD_BATCH], vids[start : start + _ADD_BATCH]
             )
-        self.tombstones.difference_update(int(v) for v in vids)
+        if self.tombstones:
+            self.tombstones.difference_update(int(v) for v in vids)
 
     def remove(self, vids: np.ndarray) -> None:
         """Removes ids (HNSW: marks them as tombstones). Unknown ids are ignored."""
@@ -275,7 +276,7 @@ class VectorIndex:
             quantizer = faiss.IndexFlatIP(dimension)
             inner = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
             sample = vectors
-            limit = 256 * nlist
+            limit = 64 * nlist  # FAISS wants >= 39 training points per list
             if len(vectors) > limit:
                 rows = np.random.default_rng(0).choice(len(vectors), size=limit, replace=False)
                 sample = vectors[np.sort(rows)]

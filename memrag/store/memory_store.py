@@ -411,9 +411,8 @@ class MemoryStore:
 
         A repeated id is returned once, at its first position.
         """
-        if isinstance(ids, str):
-            ids = [ids]
-        rows = self.db.rows_by_ids(list(ids))
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        rows = self.db.rows_by_ids(ids)
         ordered = [rows[i] for i in dict.fromkeys(ids) if i in rows]
         return self._records(ordered, with_slots)
 

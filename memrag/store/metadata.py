@@ -5,7 +5,8 @@ values: ``str``, ``int``, ``float`` (finite), ``bool``, ``None`` and lists / dic
 Anything else (bytes, dates, NumPy scalars, sets, objects) is refused with an error that
 names the field, because it would not round-trip.
 
-Filters are dicts over top-level keys, MongoDB-style::
+Filters are dicts over top-level keys, MongoDB-style (answered from an index of the
+top-level values, see :func:`index_rows`)::
 
     {"lang": "en"}                            # equality
     {"year": {"$gte": 2000, "$lt": 2010}}      # $eq $ne $gt $gte $lt $lte
@@ -14,7 +15,8 @@ Filters are dicts over top-level keys, MongoDB-style::
     {"$or": [{"lang": "en"}, {"lang": "fr"}]}  # $and / $or of sub-filters
 
 ``$ne`` and ``$nin`` also match chunks that lack the key. Comparison values must be
-scalars (str, int, float, bool, None).
+scalars (str, int, float, bool, None); ``True`` does not equal ``1``; numbers compare with
+numbers and strings with strings.
 """
 
 from __future__ import annotations
@@ -94,12 +96,35 @@ def dumps(metadata: dict[str, Any]) -> str:
     return json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
-def _path(key: str) -> str:
-    if not isinstance(key, str) or not key or '"' in key or "\\" in key:
-        raise ValueError(
-            f"filter keys must be non-empty strings without quotes or backslashes, got {key!r}"
-        )
-    return f'$."{key}"'
+def value_type(value: Any) -> str:
+    """The type a metadata value is indexed under: text, number, true, false, null or json."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    return "json"
+
+
+def index_rows(metadata: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """``(key, type, value)`` rows indexing a chunk's top-level metadata for filters.
+
+    Scalars are indexed by value; lists and objects only by their presence (``json``).
+    """
+    rows = []
+    for key, value in metadata.items():
+        kind = value_type(value)
+        rows.append((key, kind, value if kind in ("text", "number") else None))
+    return rows
+
+
+def _key(key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"filter keys must be non-empty strings, got {key!r}")
+    return key
 
 
 def _scalar(value: Any, key: str, op: str) -> Any:
@@ -110,18 +135,19 @@ def _scalar(value: Any, key: str, op: str) -> Any:
     return value
 
 
+def _match(key: str, where: str, params: list[Any], extra: list[Any]) -> str:
+    """``vid IN`` the chunks whose indexed ``key`` satisfies ``where``."""
+    params.append(_key(key))
+    params.extend(extra)
+    return f"vid IN (SELECT vid FROM chunk_meta WHERE key = ? AND {where})"
+
+
 def _equals(key: str, value: Any, params: list[Any]) -> str:
-    path = _path(key)
     value = _scalar(value, key, "$eq")
-    if value is None:
-        params.append(path)
-        return "json_type(metadata, ?) = 'null'"
-    if isinstance(value, bool):
-        params.append(path)
-        return f"json_type(metadata, ?) = '{'true' if value else 'false'}'"
-    params.extend([path, path, value])
-    kind = "'text'" if isinstance(value, str) else "'integer', 'real'"
-    return f"(json_type(metadata, ?) IN ({kind}) AND json_extract(metadata, ?) = ?)"
+    kind = value_type(value)
+    if kind in ("text", "number"):
+        return _match(key, "type = ? AND value = ?", params, [kind, value])
+    return _match(key, "type = ?", params, [kind])
 
 
 def _condition(key: str, condition: Any, params: list[Any]) -> str:
@@ -136,18 +162,13 @@ def _condition(key: str, condition: Any, params: list[Any]) -> str:
         if op == "$eq":
             clauses.append(_equals(key, value, params))
         elif op == "$ne":
-            clauses.append(f"NOT COALESCE({_equals(key, value, params)}, 0)")
+            clauses.append(f"NOT ({_equals(key, value, params)})")
         elif op in _COMPARISONS:
             value = _scalar(value, key, op)
             if value is None or isinstance(value, bool):
                 raise ValueError(f"filter {key!r} {op}: cannot order by {value!r}")
-            path = _path(key)
-            kind = "'text'" if isinstance(value, str) else "'integer', 'real'"
-            params.extend([path, path, value])
-            clauses.append(
-                f"(json_type(metadata, ?) IN ({kind}) AND json_extract(metadata, ?) "
-                f"{_COMPARISONS[op]} ?)"
-            )
+            where = f"type = ? AND value {_COMPARISONS[op]} ?"
+            clauses.append(_match(key, where, params, [value_type(value), value]))
         elif op in ("$in", "$nin"):
             if not isinstance(value, (list, tuple, set)):
                 raise ValueError(
@@ -155,19 +176,21 @@ def _condition(key: str, condition: Any, params: list[Any]) -> str:
                 )
             parts = [_equals(key, item, params) for item in value] or ["0"]
             either = "(" + " OR ".join(parts) + ")"
-            clauses.append(either if op == "$in" else f"NOT COALESCE({either}, 0)")
+            clauses.append(either if op == "$in" else f"NOT {either}")
         elif op == "$exists":
-            params.append(_path(key))
-            clauses.append(
-                "json_type(metadata, ?) IS NOT NULL" if value else "json_type(metadata, ?) IS NULL"
-            )
+            present = _match(key, "1", params, [])
+            clauses.append(present if value else f"NOT ({present})")
         else:
             raise ValueError(f"unknown filter operator {op!r} for {key!r}")
     return "(" + " AND ".join(clauses) + ")"
 
 
 def compile_filter(filter: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """Turns a metadata filter into a SQL boolean expression over the ``metadata`` column.
+    """Turns a metadata filter into a SQL condition on ``chunks.vid``.
+
+    Each condition looks up the ``chunk_meta`` table (top-level metadata indexed by key,
+    type and value), so a selective filter costs an index lookup, not a scan of every
+    chunk's JSON.
 
     Returns:
         ``(sql, params)`` to use as ``WHERE sql``.

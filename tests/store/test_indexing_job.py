@@ -170,8 +170,12 @@ def test_build_refuses_a_store_of_another_compressor(tmp_path: Path, compressor)
     build_index(
         corpus, tmp_path / "store", compressor=compressor, embedder="hashing:64", options=QUIET
     )
+    other = tiny_compressor(seed=5)
     with pytest.raises(CompressorMismatchError, match=compressor.fingerprint):
-        build_index(corpus, tmp_path / "store", compressor=tiny_compressor(seed=5), options=QUIET)
+        build_index(corpus, tmp_path / "store", compressor=other, options=QUIET)
+    with MemoryStore.open(tmp_path / "store", compressor) as opened:
+        with pytest.raises(CompressorMismatchError, match=other.fingerprint):
+            build_index(corpus, opened, compressor=other, options=QUIET)
 
 
 def test_build_with_an_hnsw_index_and_options(tmp_path: Path, compressor) -> None:
