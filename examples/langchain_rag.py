@@ -71,7 +71,6 @@ def build_vectorstore(passages: list[DemoPassage], compressor: Any) -> MemragVec
         embedding=None,  # the embedded all-MiniLM-L6-v2; any LangChain Embeddings works too
         compressor=compressor,
         fidelity="none",  # "reconstruct" flags passages that compress badly (slower)
-        batch_size=4,
         show_progress=True,
     )
 

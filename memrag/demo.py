@@ -60,7 +60,8 @@ class DemoSettings:
             over every passage's full vocabulary logits, several minutes on a CPU).
         store_path: Keep the store in this directory (reused by later runs: only missing
             passages are compressed); ``None``: a temporary store.
-        batch_size: Passages per committed batch while building the store.
+        batch_size: Passages per committed batch while building the store (the progress bar
+            moves once per batch; larger batches waste less padding when compressing).
         show_progress: Show progress bars.
         device: Device of the retrieval embedder when it is loaded here.
     """
@@ -71,7 +72,7 @@ class DemoSettings:
     max_new_tokens: int = 24
     fidelity: str = "none"
     store_path: Path | None = None
-    batch_size: int = 8
+    batch_size: int = 25
     show_progress: bool = True
     device: str = "cpu"
 

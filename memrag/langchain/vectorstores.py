@@ -279,6 +279,10 @@ class MemragVectorStore(VectorStore):
     def __len__(self) -> int:
         return len(self.store)
 
+    def __bool__(self) -> bool:
+        # An empty vector store is still a vector store (``if vectorstore:`` must not fail).
+        return True
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.store!r})"
 
@@ -310,7 +314,7 @@ class MemragVectorStore(VectorStore):
         batch_size = kwargs.pop("batch_size", self.batch_size)
         show_progress = kwargs.pop("show_progress", self.show_progress)
         _no_more(kwargs, "add_texts")
-        texts = list(texts)
+        texts = _as_list(texts)
         chosen = None if ids is None else [doc_id or None for doc_id in ids]
         return self.store.add(
             texts,
@@ -334,7 +338,7 @@ class MemragVectorStore(VectorStore):
                 "MemragVectorStore.delete needs the ids to delete; it does not delete all "
                 "documents at once (remove the store directory instead)"
             )
-        self.store.delete(list(ids))
+        self.store.delete(_as_list(ids))
         return True
 
     # ------------------------------------------------------------------ reading
@@ -347,7 +351,7 @@ class MemragVectorStore(VectorStore):
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The documents with these ids, in the order asked; unknown ids are left out."""
-        return [self._to_document(r) for r in self.store.get(list(ids), with_slots=False)]
+        return [self._to_document(r) for r in self.store.get(_as_list(ids), with_slots=False)]
 
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
@@ -470,6 +474,11 @@ class MemragVectorStore(VectorStore):
 
         tags = kwargs.pop("tags", None) or [*self._get_retriever_tags()]
         return MemragRetriever(vectorstore=self, tags=tags, **kwargs)
+
+
+def _as_list(values: str | Iterable[str]) -> list[str]:
+    """``values`` as a list (a single string is one value, not its characters)."""
+    return [values] if isinstance(values, str) else list(values)
 
 
 def _no_more(kwargs: dict[str, Any], method: str) -> None:

@@ -201,6 +201,8 @@ def test_temporary_store_is_removed_on_close(lc_compressor) -> None:
     )
     path = vectorstore.store.path
     assert path.is_dir() and len(vectorstore.similarity_search("text", k=1)) == 1
+    vectorstore.delete(vectorstore.similarity_search("text", k=1)[0].id)
+    assert len(vectorstore) == 0 and vectorstore  # empty, still truthy
     vectorstore.close()
     assert not path.exists()
 
