@@ -180,3 +180,10 @@ def test_a_base_model_serves_one_compressor() -> None:
     Compressor(base, CompressorConfig(base_model=base.name, segment_length=16, lora_rank=2))
     with pytest.raises(ValueError, match="already carries a compressor's adapter"):
         Compressor(base, CompressorConfig(base_model=base.name, segment_length=16, lora_rank=2))
+
+
+def test_same_seed_gives_the_same_fresh_compressor() -> None:
+    first = Compressor(tiny_base_model(seed=0), CompressorConfig(segment_length=16, lora_rank=2), seed=11)
+    torch.manual_seed(12345)  # the global RNG state must not matter
+    second = Compressor(tiny_base_model(seed=0), CompressorConfig(segment_length=16, lora_rank=2), seed=11)
+    assert first.fingerprint == second.fingerprint

@@ -83,9 +83,13 @@ class Compressor(nn.Module):
             bias="none",
             task_type="CAUSAL_LM",
         )
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             # transformers' own deprecation noise when peft inspects the model.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            if seed is not None:
+                # peft initialises LoRA from torch's global RNG: seed it (in a forked RNG
+                # state) so the same seed always gives the same compressor.
+                torch.manual_seed(seed)
             self.peft_model = get_peft_model(base.model, lora)
         hidden = int(base.model.config.hidden_size)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
