@@ -131,6 +131,16 @@ def test_only_lora_and_embeddings_are_optimised(tmp_path: Path) -> None:
     assert {"memory_embeddings", "task_embeddings"} <= set(names)
 
 
+def test_bfloat16_base_trains_float32_learned_weights(tmp_path: Path) -> None:
+    base = tiny_base_model(seed=0)
+    base.model.to(torch.bfloat16)
+    compressor = tiny_compressor(seed=0, base=base)
+    trainer = _trainer("pretrain", tmp_path, compressor, max_steps=1, save_every=1)
+    trainer.train()
+    assert math.isfinite(_log(tmp_path / "run")[0]["loss"])
+    assert {p.dtype for group in trainer.optimizer.param_groups for p in group["params"]} == {torch.float32}
+
+
 # --------------------------------------------------------------------------- resume
 class _Interrupted(RuntimeError):
     pass
@@ -353,3 +363,22 @@ def test_train_cli_reports_bad_rows_as_errors(tmp_path: Path, tiny_base_dir: Pat
     ])
     assert result.exit_code == 2
     assert "bad.jsonl:2: expected a JSON object, got array" in result.output
+
+
+@pytest.mark.slow  # two processes importing torch: ~20 s on an idle 2-core machine
+def test_two_processes_under_torchrun_stay_in_sync(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    text_corpus(tmp_path / "text.jsonl")
+    worker = Path(__file__).parent / "dist_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731", str(worker), str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fingerprints = {(tmp_path / f"fingerprint.{rank}").read_text() for rank in (0, 1)}
+    assert len(fingerprints) == 1  # gradients were summed: both processes hold the same weights
+    state = json.loads((tmp_path / "run" / "checkpoint-0000002" / "trainer_state.json").read_text())
+    assert len(state["data"]) == 2 and state["data"][0] != state["data"][1]
+    assert state["examples"] == 2 * 2 * 2  # steps x batch x processes
