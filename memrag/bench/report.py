@@ -233,6 +233,8 @@ def write_plots(result: BenchResult, directory: str | Path) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     env = result.environment.get
     label = f"{env('base_model')}, {env('dtype')}, {env('device')}"
+    if env("compressor_trained") is False:
+        label += ", UNTRAINED compressor"
     written = []
     for name, key, xlabel, log in (
         ("f1_vs_ttft.png", "ttft_p50_s", "time to first token, p50 (s)", False),

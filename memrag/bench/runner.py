@@ -193,15 +193,8 @@ def ratios_vs_text(results: dict[str, dict[str, Any]]) -> None:
     base = results.get("text")
     if base is None:
         return
-    keys = (
-        "exact_match",
-        "f1",
-        "ttft_p50_s",
-        "ttft_p90_s",
-        "latency_p50_s",
-        "context_positions",
-        "bytes_per_chunk",
-    )
+    # Offline cost and the answer count have no meaningful ratio (text costs 0 s offline).
+    keys = [key for key in RESULT_FIELDS if key not in ("offline_s_per_chunk", "n")]
     for figures in results.values():
         figures["ratios_vs_text"] = {
             key: (figures[key] / base[key] if base[key] else None) for key in keys
