@@ -396,70 +396,64 @@ def bench_store(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- report
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table; the first column is left-aligned, the others right-aligned."""
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
+        "",
+    ]
+
+
 def markdown(compression: dict | None, index: dict | None, store: dict | None) -> str:
+    """The tables of the README section."""
     lines: list[str] = []
     if compression:
-        m = compression["machine"]
+        m, job = compression["machine"], compression["job"]
         lines += [
-            f"**Compression job** ({compression['base_model']}, {compression['chunks']} chunks of "
-            f"{compression['chunk_tokens']} tokens = {compression['tokens']:,} tokens of "
-            f"{compression['corpus']}; "
-            f"{m['cpu_count']} CPU cores, {m['torch_threads']} torch threads, load average "
-            f"{m['load_average_1m']} "
-            "during the run)",
+            f"**Compression job**: {compression['base_model']}, {compression['chunks']} chunks of "
+            f"{compression['chunk_tokens']} tokens ({compression['tokens']:,} tokens of "
+            f"{compression['corpus']}), {m['cpu_count']} CPU cores, {m['torch_threads']} torch "
+            f"thread(s), load average {m['load_average_1m']} during the run.",
             "",
-            "| step | tokens/s |",
-            "| --- | ---: |",
         ]
-        lines += [
-            f"| {step} | {value:,.1f} |"
-            for step, value in compression["steps_tokens_per_second"].items()
-        ]
-        job = compression["job"]
-        lines += [
-            "| **whole job** (read, chunk, embed, compress, score, write) | "
-            f"**{job['tokens_per_second']:,.1f}** |",
-            "",
-            "| bytes per 128-token chunk on disk | bytes |",
-            "| --- | ---: |",
-        ]
-        lines += [
-            f"| {name} | {value:,} |" for name, value in compression["bytes_per_chunk"].items()
-        ]
-        lines.append("")
+        steps = [[step, f"{v:,.1f}"] for step, v in compression["steps_tokens_per_second"].items()]
+        steps.append(
+            [
+                "**whole job** (read, chunk, embed, compress, score, write)",
+                f"**{job['tokens_per_second']:,.1f}**",
+            ]
+        )
+        lines += table(["step", "tokens/s"], steps)
+        sizes = [[name, f"{v:,}"] for name, v in compression["bytes_per_chunk"].items()]
+        lines += table(["bytes per 128-token chunk on disk", "bytes"], sizes)
     if index:
         m = index["machine"]
         lines += [
-            f"**Vector search**, synthetic vectors ({index['dimension']}-d, clustered, unit "
-            "length), one "
-            f"query at a time, k = 10; recall@10 against exact search ({m['cpu_count']} CPU "
-            "cores, load "
-            f"average {m['load_average_1m']})",
+            f"**Vector search**: synthetic vectors ({index['dimension']}-d, clustered, unit "
+            "length), one query at a time with one FAISS thread, k = 10, recall@10 against "
+            f"exact search; {m['cpu_count']} CPU cores, load average {m['load_average_1m']}.",
             "",
-            "| vectors | index | parameters | build s | p50 ms | p99 ms | recall@10 |",
-            "| ---: | --- | --- | ---: | ---: | ---: | ---: |",
         ]
-        lines += [
-            f"| {r['vectors']:,} | {r['index']} | {r['params']} | {r['build_seconds']} | "
-            f"{r['p50_ms']} | "
-            f"{r['p99_ms']} | {r['recall_at_10']:.3f} |"
+        runs = [
+            [f"{r['vectors']:,}", r["index"], r["params"], r["build_seconds"], r["p50_ms"],
+             r["p99_ms"], f"{r['recall_at_10']:.3f}"]
             for r in index["runs"]
-        ]
-        lines.append("")
+        ]  # fmt: skip
+        header = ["vectors", "index", "parameters", "build s", "p50 ms", "p99 ms", "recall@10"]
+        lines += table(header, runs)
     if store:
         lines += [
-            f"**Store search end to end** (`MemoryStore.search_by_vector`: FAISS flat + SQLite + "
-            f"memory-mapped slot shards), {store['chunks']:,} chunks, {store['slots_per_chunk']}",
+            "**Store search end to end** (`MemoryStore.search_by_vector`: FAISS flat + SQLite + "
+            f"memory-mapped slot shards): {store['chunks']:,} chunks, {store['slots_per_chunk']}.",
             "",
-            "| query | p50 ms | p99 ms |",
-            "| --- | ---: | ---: |",
         ]
-        lines += [
-            f"| {name} | {v['p50_ms']} | {v['p99_ms']} |"
-            for name, v in store["search_by_vector"].items()
-        ]
+        rows = [[name, v["p50_ms"], v["p99_ms"]] for name, v in store["search_by_vector"].items()]
         q = store["minilm_embed_query"]
-        lines += [f"| MiniLM `embed_query` (one question) | {q['p50_ms']} | {q['p99_ms']} |", ""]
+        rows.append(["MiniLM `embed_query` (one question)", q["p50_ms"], q["p99_ms"]])
+        lines += table(["query", "p50 ms", "p99 ms"], rows)
     return "\n".join(lines)
 
 
