@@ -23,7 +23,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """memrag: compress documents once, answer from their memory slots many times."""
 
@@ -34,5 +36,5 @@ from memrag.cli import demo as _demo  # noqa: E402,F401
 from memrag.cli import train as _train  # noqa: E402,F401
 from memrag.cli import eval as _eval  # noqa: E402,F401
 from memrag.cli import index as _index  # noqa: E402,F401
-from memrag.cli import bench as _bench  # noqa: E402,F401
 from memrag.cli import serve as _serve  # noqa: E402,F401
+from memrag.cli import bench as _bench  # noqa: E402,F401
