@@ -5,9 +5,7 @@ The public API is imported lazily, so ``import memrag`` is cheap and does not im
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from memrag.utils.lazy import lazy_exports
 from memrag.version import __version__
 
 _EXPORTS = {
@@ -27,12 +25,4 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memrag' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ("__version__",))

@@ -5,8 +5,7 @@ Importing this package is cheap; its parts are imported on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from memrag.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "BenchSettings": "memrag.bench.runner",
@@ -26,12 +25,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memrag.bench' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ())

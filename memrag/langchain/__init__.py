@@ -9,8 +9,7 @@ cheap::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from memrag.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "ChatMemrag": "memrag.langchain.chat_models",
@@ -44,12 +43,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memrag.langchain' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ())

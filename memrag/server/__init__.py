@@ -9,8 +9,7 @@ Needs FastAPI and uvicorn (installed with memrag). Names are imported lazily::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from memrag.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "create_app": "memrag.server.app",
@@ -27,12 +26,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memrag.server' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ())

@@ -11,8 +11,7 @@ The names below are imported lazily, so importing the package (or its light
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from memrag.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "FinetuneDataArguments": "memrag.training.arguments",
@@ -44,12 +43,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memrag.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ())
