@@ -69,39 +69,27 @@ def tiny_base_model(
     tokenizer = tiny_tokenizer()
     vocab = len(tokenizer)
     torch.manual_seed(seed)
+    shared: dict[str, Any] = {
+        "vocab_size": vocab,
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 1024,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+    }
     if architecture == "gemma3":
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-        config = Gemma3TextConfig(
-            vocab_size=vocab,
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=num_layers,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            sliding_window=64,
-            max_position_embeddings=1024,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=2,
-        )
+        config = Gemma3TextConfig(**shared, head_dim=16, sliding_window=64)
         model = Gemma3ForCausalLM(config)
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        config = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=num_layers,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=1024,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=2,
-        )
+        config = LlamaConfig(**shared)
         model = LlamaForCausalLM(config)
     prepare_for_memrag(model, tokenizer)
     return BaseModel(model=model, tokenizer=tokenizer, name=name or f"tiny-{architecture}-{seed}")
