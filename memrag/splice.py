@@ -53,11 +53,6 @@ class SpliceBatch:
     labels: torch.Tensor | None
     prompt_lengths: list[int]
 
-    @property
-    def context_positions(self) -> list[int]:
-        """Alias of ``prompt_lengths``: decoder positions each prompt costs to prefill."""
-        return self.prompt_lengths
-
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids for a left-padded batch, as ``generate`` computes them."""
