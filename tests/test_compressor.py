@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -87,6 +88,8 @@ def test_save_load_roundtrip_is_bit_identical(tmp_path) -> None:
     total = sum(p.stat().st_size for p in target.iterdir())
     base_bytes = sum(t.numel() * t.element_size() for t in reference_state.values())
     assert total < base_bytes / 2, "the base model's weights must not be saved"
+    adapter_config = json.loads((target / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == compressor.config.base_model
 
     fresh = tiny_base_model(seed=1)
     fresh.model.load_state_dict(reference_state)

@@ -11,6 +11,7 @@ vectors outside the vocabulary.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -231,7 +232,10 @@ class Compressor(nn.Module):
         fingerprint = _fingerprint(self.config, adapter, embeddings)
         with atomic_directory(target) as tmp:
             self.config.save(tmp / CONFIG_NAME, fingerprint)
-            self.peft_model.peft_config["default"].save_pretrained(str(tmp))
+            # The adapter config names the base model by its memrag name, never a local path.
+            peft_config = copy.copy(self.peft_model.peft_config["default"])
+            peft_config.base_model_name_or_path = self.config.base_model
+            peft_config.save_pretrained(str(tmp))
             save_file(adapter, str(tmp / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
             save_file(embeddings, str(tmp / EMBEDDINGS_NAME), metadata={"format": "pt"})
         logger.info("saved compressor to %s (fingerprint %s)", target, fingerprint)
