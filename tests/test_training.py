@@ -176,6 +176,7 @@ def test_resume_continues_exactly(kind: str, tmp_path: Path) -> None:
     assert [r["step"] for r in _log(tmp_path / "b" / "run")] == [1, 2, 3, 4]
     assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
     assert resumed.compressor.fingerprint == straight.compressor.fingerprint
+    assert [r["step"] for r in _log(tmp_path / "b" / "run", "start")] == [0, 2]
 
 
 def test_optimizer_state_round_trips_through_safetensors_and_json() -> None:
@@ -349,7 +350,10 @@ def test_train_cli_pretrain_then_finetune_then_resume(tmp_path: Path, tiny_base_
     assert refused.exit_code == 2 and "--resume" in refused.output
     more = runner.invoke(app, [*fine_args, "--max-steps", "2", "--resume"])
     assert more.exit_code == 0, more.output
-    assert json.loads((tmp_path / "fine" / "summary.json").read_text())["step"] == 2
+    summary = json.loads((tmp_path / "fine" / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["hardware"]
+    starts = _log(tmp_path / "fine", "start")
+    assert [(r["step"], r["max_steps"]) for r in starts] == [(0, 1), (1, 2)]
 
 
 def test_train_cli_reports_bad_rows_as_errors(tmp_path: Path, tiny_base_dir: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 
 from memrag.bench.modes import MODES
 from memrag.bench.runner import BenchResult
+from memrag.utils.machine import describe_machine
 from memrag.utils.torch_utils import dtype_name
 
 logger = logging.getLogger(__name__)
@@ -21,17 +21,6 @@ logger = logging.getLogger(__name__)
 TARGET_TTFT_SPEEDUP = 3.0
 TARGET_F1_WITHIN = 0.10
 TARGET_STORAGE_VS_FULL_KV = 4.0
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _version(package: str) -> str | None:
@@ -55,7 +44,7 @@ def environment(compressor: Any, *, label: str, trained: bool) -> dict[str, Any]
 
     device = compressor.device
     info: dict[str, Any] = {
-        "machine": f"{_cpu_model()} ({os.cpu_count()} logical CPUs, {platform.machine()})",
+        "machine": describe_machine(),
         "platform": platform.platform(),
         "device": str(device),
         "threads": torch.get_num_threads(),

@@ -25,11 +25,18 @@ import torch
 from memrag.training import checkpoint as ckpt
 from memrag.training.arguments import TrainingArguments
 from memrag.training.data import ResumableStream, take
-from memrag.training.distributed import DistInfo, all_reduce_gradients, all_reduce_sum, barrier, gather
+from memrag.training.distributed import (
+    DistInfo,
+    all_reduce_gradients,
+    all_reduce_sum,
+    barrier,
+    gather,
+)
 from memrag.training.history import LOG_NAME, PLOT_NAME, TrainingLog, plot_history
 from memrag.training.objectives import Objective
 from memrag.utils.progress import progress
 from memrag.utils.torch_utils import resolve_dtype
+from memrag.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +276,8 @@ class Trainer:
             return None
 
     def _save_final(self) -> Path:
+        from memrag.utils.machine import describe_device
+
         final = self.output / FINAL_DIR
         dtype = resolve_dtype(self.args.save_dtype)
         self.compressor.save_pretrained(final, dtype=None if dtype == torch.float32 else dtype)
@@ -281,6 +290,8 @@ class Trainer:
             "wall_time_s": round(self.state.wall_s, 1),
             "processes": self.dist.world_size,
             "device": str(self.device),
+            "hardware": describe_device(self.device),
+            "threads": torch.get_num_threads(),
             "fingerprint": self.compressor.fingerprint,
             "last_eval": self.state.last_eval,
             "training_args": self.args.to_dict(),
@@ -290,6 +301,15 @@ class Trainer:
 
         atomic_write_text(self.output / SUMMARY_NAME, json.dumps(summary, indent=2, sort_keys=True) + "\n")
         return final
+
+    def _start_facts(self) -> dict[str, Any]:
+        changeable = sorted(TrainingArguments.RESUMABLE_CHANGES - {"progress"})
+        settings = self.args.to_dict()
+        return {
+            **{name: settings[name] for name in changeable},
+            "processes": self.dist.world_size,
+            "memrag_version": __version__,
+        }
 
     # ------------------------------------------------------------------ loop
     def train(self, resume: bool | str | Path = False) -> ckpt.TrainerState:
@@ -307,9 +327,11 @@ class Trainer:
         self.output.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.args.seed + self.dist.rank)
         self._resume(resume)  # restores the RNG saved in the checkpoint, if any
+        start = self.state.step
         if self.dist.is_main:
             self.args.save(self.output / ckpt.TRAINING_ARGS)
-        start = self.state.step
+            # The run's history: which settings each (re)start trained with, from which step.
+            self.log.append({"event": "start", "step": start, "time": time.time(), **self._start_facts()})
         window: list[dict[str, Any]] = []
         with progress(
             total=self.args.max_steps,
