@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from memrag.compressor import Compressor
@@ -80,16 +81,22 @@ def test_eval_qa_cli_writes_json(saved: dict[str, Path], tmp_path: Path) -> None
     from memrag.cli import app
 
     out = tmp_path / "qa.json"
-    result = CliRunner().invoke(app, [
-        "eval", "qa", "--data", str(saved["qa"]), "--compressor", str(saved["compressor"]), "--limit", "5",
-        "--seed", "1", "--max-new-tokens", "3", "--json-out", str(out), "--samples-out", str(tmp_path / "p.jsonl"),
-    ])
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, [
+            "eval", "qa", "--data", str(saved["qa"]), "--compressor", str(saved["compressor"]), "--limit", "5",
+            "--seed", "1", "--max-new-tokens", "3", "--json-out", str(out), "--samples-out", str(tmp_path / "p.jsonl"),
+            "--threads", "1",
+        ])
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert set(report["results"]) == set(MODES)
     for scores in report["results"].values():
         assert set(scores) == {"exact_match", "f1", "n"} and scores["n"] == 5
     assert report["fingerprint"] and report["seed"] == 1
+    assert report["threads"] == 1 and report["dtype"] == "float32" and report["hardware"]
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 5 * len(MODES)
     for mode in MODES:
         assert mode in result.output

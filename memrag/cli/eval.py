@@ -47,6 +47,7 @@ class EvalOptions:
     on_bad_row: str = _arg("skip", "Bad data rows: skip (reported with file:line) or raise.")
     device: str = _arg("cpu", "Device: cpu, cuda, cuda:N or auto.")
     dtype: str = _arg("float32", "Weight dtype: float32, bfloat16 or float16.")
+    threads: int = _arg(0, "Torch CPU threads (0: torch's default, one per core).", min=0)
     verbose: bool = _arg(False, "Log what is happening.")
 
 
@@ -54,8 +55,12 @@ _FLAGS = {"verbose": ("--verbose", "-v")}
 
 
 def _load(options: EvalOptions, *, needs_trained: bool) -> Any:
+    import torch
+
     from memrag.compressor import Compressor
 
+    if options.threads:
+        torch.set_num_threads(options.threads)
     if options.untrained:
         return Compressor.from_base(options.base_model, device=options.device, dtype=options.dtype)
     try:
@@ -68,12 +73,21 @@ def _load(options: EvalOptions, *, needs_trained: bool) -> Any:
 
 
 def _describe(compressor: Any, options: EvalOptions) -> dict[str, Any]:
+    import torch
+
+    from memrag.utils.machine import describe_device
+    from memrag.utils.torch_utils import dtype_name
+
     return {
         "compressor": getattr(compressor, "source", None) or ("untrained" if options.untrained else options.compressor),
         "fingerprint": compressor.fingerprint,
         "base_model": compressor.config.base_model,
         "segment_length": compressor.config.segment_length,
         "compression_rate": compressor.config.compression_rate,
+        "device": str(compressor.device),
+        "dtype": dtype_name(compressor.dtype),
+        "threads": torch.get_num_threads(),
+        "hardware": describe_device(compressor.device),
         "memrag_version": __version__,
     }
 
