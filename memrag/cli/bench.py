@@ -54,9 +54,6 @@ def bench(
     warmup: int = typer.Option(
         1, "--warmup", min=0, help="Warm-up rounds (every mode answers once; not counted)."
     ),
-    threads: int = typer.Option(
-        0, "--threads", min=0, help="Torch CPU threads (0: torch's default)."
-    ),
     kv_positions: str = typer.Option(
         "reorder",
         "--kv-positions",
@@ -90,15 +87,12 @@ def bench(
     excluded; modes interleaved per question.
     """
     setup_logging(options.verbose)
-    import torch
 
     from memrag.bench.report import describe_environment, environment, markdown_report, write_plots
     from memrag.bench.runner import BenchSettings, run_benchmark
     from memrag.data.readers import BadRowError
     from memrag.utils.atomic import atomic_write_text
 
-    if threads:
-        torch.set_num_threads(threads)
     if options.limit is None:
         fail("--limit is required")
     try:
