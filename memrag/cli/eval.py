@@ -72,6 +72,16 @@ def _load(options: EvalOptions, *, needs_trained: bool) -> Any:
         return Compressor.from_base(options.base_model, device=options.device, dtype=options.dtype)
 
 
+def _label(compressor: Any, options: EvalOptions) -> str | None:
+    """How reports name the compressor: ``untrained``, a shipped name, or the directory given."""
+    from memrag.compressor.shipped import DEFAULT_COMPRESSOR
+
+    source = getattr(compressor, "source", None)
+    if options.untrained or source is None:  # asked for, or the fallback when none is shipped
+        return "untrained"
+    return DEFAULT_COMPRESSOR if options.compressor is None else source
+
+
 def _describe(compressor: Any, options: EvalOptions) -> dict[str, Any]:
     import torch
 
@@ -79,7 +89,7 @@ def _describe(compressor: Any, options: EvalOptions) -> dict[str, Any]:
     from memrag.utils.torch_utils import dtype_name
 
     return {
-        "compressor": getattr(compressor, "source", None) or ("untrained" if options.untrained else options.compressor),
+        "compressor": _label(compressor, options),
         "fingerprint": compressor.fingerprint,
         "base_model": compressor.config.base_model,
         "segment_length": compressor.config.segment_length,
