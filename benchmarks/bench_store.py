@@ -57,8 +57,10 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on (load average: other processes share the CPU)."""
     import torch
 
+    from memrag.utils.machine import cpu_model
+
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1m": round(os.getloadavg()[0], 2),

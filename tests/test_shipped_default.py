@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from memrag.compressor.config import CONFIG_NAME, SAVED_FILES
-from memrag.compressor.shipped import DEFAULT_COMPRESSOR, resolve_compressor_path, shipped_compressors
+from memrag.compressor.shipped import DEFAULT_COMPRESSOR, resolve_compressor_path, shipped_compressors, source_name
 
 MAX_SHIPPED_BYTES = 20 * 1024 * 1024
 
@@ -31,6 +31,12 @@ def test_the_default_is_shipped_small_and_documented() -> None:
     assert adapter["base_model_name_or_path"] == "gemma-3-270m", "no local path in a shipped file"
 
 
+def test_a_shipped_compressor_is_recorded_by_name_not_location(tmp_path) -> None:
+    assert source_name(resolve_compressor_path(None)) == DEFAULT_COMPRESSOR
+    assert source_name(resolve_compressor_path(DEFAULT_COMPRESSOR)) == DEFAULT_COMPRESSOR
+    assert source_name(tmp_path / "my-compressor") == str(tmp_path / "my-compressor")
+
+
 @pytest.mark.slow
 def test_the_default_answers_from_slots_better_than_an_untrained_compressor() -> None:
     """Teacher-forced answer loss on held-out demo questions (SQuAD dev), from the gold passage's slots."""
@@ -41,7 +47,7 @@ def test_the_default_answers_from_slots_better_than_an_untrained_compressor() ->
     from memrag.training.objectives import QAObjective
 
     trained = Compressor.from_pretrained(dtype="bfloat16")  # verifies the stored fingerprint
-    assert trained.config.base_model == "gemma-3-270m"
+    assert trained.config.base_model == "gemma-3-270m" and trained.source == DEFAULT_COMPRESSOR
     examples = [
         QAExample(id=q.id, question=q.question, answers=q.answers, contexts=[p.text])
         for p in load_demo_corpus()[:6]

@@ -72,24 +72,15 @@ def _load(options: EvalOptions, *, needs_trained: bool) -> Any:
         return Compressor.from_base(options.base_model, device=options.device, dtype=options.dtype)
 
 
-def _label(compressor: Any, options: EvalOptions) -> str | None:
-    """How reports name the compressor: ``untrained``, a shipped name, or the directory given."""
-    from memrag.compressor.shipped import DEFAULT_COMPRESSOR
-
-    source = getattr(compressor, "source", None)
-    if options.untrained or source is None:  # asked for, or the fallback when none is shipped
-        return "untrained"
-    return DEFAULT_COMPRESSOR if options.compressor is None else source
-
-
-def _describe(compressor: Any, options: EvalOptions) -> dict[str, Any]:
+def _describe(compressor: Any) -> dict[str, Any]:
     import torch
 
     from memrag.utils.machine import describe_device
     from memrag.utils.torch_utils import dtype_name
 
     return {
-        "compressor": _label(compressor, options),
+        # The shipped name or directory it was loaded from; none for a fresh (untrained) one.
+        "compressor": getattr(compressor, "source", None) or "untrained",
         "fingerprint": compressor.fingerprint,
         "base_model": compressor.config.base_model,
         "segment_length": compressor.config.segment_length,
@@ -157,7 +148,7 @@ def qa(
     typer.echo(result.table())
     payload = result.to_json(
         data=str(data), limit=options.limit, seed=options.seed, modes=chosen, max_new_tokens=max_new_tokens,
-        seconds=round(time.perf_counter() - start, 1), skipped_rows=report.rows_skipped, **_describe(compressor, options),
+        seconds=round(time.perf_counter() - start, 1), skipped_rows=report.rows_skipped, **_describe(compressor),
     )
     _write(options, payload, result.predictions)
 
@@ -206,6 +197,6 @@ def ae(
     payload = result.to_json(
         data=[str(p) for p in data], limit=options.limit, seed=options.seed, holdout_fraction=holdout_fraction,
         min_length=min_length, max_length=longest, seconds=round(time.perf_counter() - start, 1),
-        **_describe(compressor, options),
+        **_describe(compressor),
     )
     _write(options, payload, result.samples)

@@ -32,7 +32,7 @@ from memrag.compressor.config import (
     EMBEDDINGS_NAME,
     CompressorConfig,
 )
-from memrag.compressor.shipped import resolve_compressor_path
+from memrag.compressor.shipped import resolve_compressor_path, source_name
 from memrag.generation import Generation, GenerationOptions, generate, stream
 from memrag.models.loading import BaseModel, load_base_model, model_signature
 from memrag.slots import Slots
@@ -200,7 +200,7 @@ class Compressor(nn.Module):
                 f"{directory}: weights do not match the stored fingerprint "
                 f"({fingerprint} != {stored_fingerprint}); the files are corrupt or were mixed"
             )
-        compressor.source = str(directory)
+        compressor.source = source_name(directory)
         logger.info("loaded compressor %s (fingerprint %s)", directory, fingerprint)
         return compressor
 

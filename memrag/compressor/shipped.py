@@ -39,3 +39,16 @@ def resolve_compressor_path(name_or_path: str | Path | None) -> Path:
         f"no compressor at {str(name_or_path)!r}: not a directory, and not a shipped compressor "
         f"(shipped: {available}). Train one with `memrag train` or pass a directory."
     )
+
+
+def source_name(directory: str | Path) -> str:
+    """How to record where a compressor was loaded from: its shipped name, or the directory.
+
+    A shipped compressor is named (``"gemma-3-270m-icae"``) rather than located, so store
+    manifests and reports stay valid when the installed package moves.
+    """
+    path = Path(directory)
+    if path.resolve().parent == shipped_dir().resolve():
+        return path.name
+    return str(path)
+

@@ -34,6 +34,7 @@ from memrag.training.distributed import (
 )
 from memrag.training.history import LOG_NAME, PLOT_NAME, TrainingLog, plot_history
 from memrag.training.objectives import Objective
+from memrag.utils.machine import describe_device
 from memrag.utils.progress import progress
 from memrag.utils.torch_utils import resolve_dtype
 from memrag.version import __version__
@@ -276,8 +277,6 @@ class Trainer:
             return None
 
     def _save_final(self) -> Path:
-        from memrag.utils.machine import describe_device
-
         final = self.output / FINAL_DIR
         dtype = resolve_dtype(self.args.save_dtype)
         self.compressor.save_pretrained(final, dtype=None if dtype == torch.float32 else dtype)
