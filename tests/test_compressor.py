@@ -107,6 +107,20 @@ def test_fingerprint_changes_with_weights(tiny_compressor: Compressor) -> None:
     assert tiny_compressor.fingerprint != first
 
 
+def test_load_weights_replaces_the_learned_weights_in_place(tmp_path) -> None:
+    trained = tiny_compressor(seed=3, base=tiny_base_model(seed=0))
+    randomize_lora(trained, seed=5)
+    target = trained.save_pretrained(tmp_path / "saved")
+    fresh = tiny_compressor(seed=4, base=tiny_base_model(seed=0))
+    assert fresh.fingerprint != trained.fingerprint
+    fresh.load_weights(target, expected_fingerprint=trained.fingerprint)
+    assert fresh.fingerprint == trained.fingerprint
+    text = ["Paris is the capital of France."]
+    assert torch.equal(fresh.compress(text)[0].tensor, trained.compress(text)[0].tensor)
+    with pytest.raises(CompressorMismatchError, match="stored fingerprint"):
+        fresh.load_weights(target, expected_fingerprint="0" * 24)
+
+
 def test_loading_against_wrong_base_model_fails(tmp_path, tiny_compressor: Compressor) -> None:
     target = tiny_compressor.save_pretrained(tmp_path / "saved")
     other = tiny_base_model(seed=7)

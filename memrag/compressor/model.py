@@ -150,7 +150,7 @@ class Compressor(nn.Module):
                 trained for, the saved shapes are wrong, or the files are corrupt.
             FileNotFoundError: a file of the saved compressor is missing.
         """
-        from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+        from peft import LoraConfig
 
         directory = resolve_compressor_path(path)
         for name in (CONFIG_NAME, ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, EMBEDDINGS_NAME):
@@ -181,28 +181,46 @@ class Compressor(nn.Module):
                     f"but {CONFIG_NAME} says {expected}"
                 )
         compressor = cls(base, config)
+        compressor.load_weights(directory, expected_fingerprint=stored_fingerprint)
+        compressor.source = source_name(directory)
+        logger.info("loaded compressor %s (fingerprint %s)", directory, compressor.fingerprint)
+        return compressor
+
+    def load_weights(self, directory: str | Path, *, expected_fingerprint: str | None = None) -> None:
+        """Loads the learned weights (LoRA adapter, memory and task embeddings) in place.
+
+        The settings are not compared here; :meth:`from_pretrained` and the trainer's resume
+        check them before calling this.
+
+        Args:
+            directory: A directory written by :meth:`save_pretrained`.
+            expected_fingerprint: When given, the loaded weights must reproduce it.
+
+        Raises:
+            CompressorMismatchError: a tensor is missing, unexpected or of the wrong shape, or
+                the weights do not reproduce ``expected_fingerprint``.
+        """
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        directory = Path(directory)
         adapter = load_file(str(directory / ADAPTER_WEIGHTS_NAME))
-        expected_adapter = get_peft_model_state_dict(compressor.peft_model)
-        _check_state(directory / ADAPTER_WEIGHTS_NAME, adapter, expected_adapter)
-        set_peft_model_state_dict(compressor.peft_model, adapter)
+        _check_state(directory / ADAPTER_WEIGHTS_NAME, adapter, get_peft_model_state_dict(self.peft_model))
         embeddings = load_file(str(directory / EMBEDDINGS_NAME))
         _check_state(
             directory / EMBEDDINGS_NAME,
             embeddings,
-            {_MEMORY_KEY: compressor.memory_embeddings, _TASK_KEY: compressor.task_embeddings},
+            {_MEMORY_KEY: self.memory_embeddings, _TASK_KEY: self.task_embeddings},
         )
+        set_peft_model_state_dict(self.peft_model, adapter)
         with torch.no_grad():
-            compressor.memory_embeddings.copy_(embeddings[_MEMORY_KEY])
-            compressor.task_embeddings.copy_(embeddings[_TASK_KEY])
-        fingerprint = compressor.fingerprint
-        if stored_fingerprint is not None and stored_fingerprint != fingerprint:
+            self.memory_embeddings.copy_(embeddings[_MEMORY_KEY])
+            self.task_embeddings.copy_(embeddings[_TASK_KEY])
+        self.invalidate_fingerprint()
+        if expected_fingerprint is not None and expected_fingerprint != self.fingerprint:
             raise CompressorMismatchError(
                 f"{directory}: weights do not match the stored fingerprint "
-                f"({fingerprint} != {stored_fingerprint}); the files are corrupt or were mixed"
+                f"({self.fingerprint} != {expected_fingerprint}); the files are corrupt or were mixed"
             )
-        compressor.source = source_name(directory)
-        logger.info("loaded compressor %s (fingerprint %s)", directory, fingerprint)
-        return compressor
 
     def _saved_tensors(self, dtype: torch.dtype | None = None) -> tuple[dict, dict]:
         from peft import get_peft_model_state_dict

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from memrag.compressor.config import ADAPTER_WEIGHTS_NAME, CONFIG_NAME, EMBEDDINGS_NAME
+from memrag.compressor.config import CONFIG_NAME
 from memrag.utils.atomic import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -208,27 +208,17 @@ def load_compressor_weights(compressor: Any, directory: str | Path) -> None:
     """Loads the learned weights of a saved compressor into ``compressor`` in place.
 
     Raises:
-        ValueError: the saved compressor's settings differ, or the loaded weights do not
-            reproduce the saved fingerprint.
+        ValueError: the saved compressor's settings differ from ``compressor``'s, or the
+            loaded weights are malformed or do not reproduce the saved fingerprint
+            (:class:`~memrag.compressor.model.CompressorMismatchError` is a ``ValueError``).
     """
-    from peft import set_peft_model_state_dict
-
-    from memrag.compressor.model import _MEMORY_KEY, _TASK_KEY
-
     directory = Path(directory)
     saved = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
     mine = compressor.config.to_dict()
     differ = sorted(k for k in mine if k not in ("memrag_version",) and saved.get(k) != mine[k])
     if differ:
         raise ValueError(f"{directory}: compressor settings differ from the run's ({', '.join(differ)})")
-    set_peft_model_state_dict(compressor.peft_model, load_file(str(directory / ADAPTER_WEIGHTS_NAME)))
-    embeddings = load_file(str(directory / EMBEDDINGS_NAME))
-    with torch.no_grad():
-        compressor.memory_embeddings.copy_(embeddings[_MEMORY_KEY])
-        compressor.task_embeddings.copy_(embeddings[_TASK_KEY])
-    compressor.invalidate_fingerprint()
-    if saved.get("fingerprint") and saved["fingerprint"] != compressor.fingerprint:
-        raise ValueError(f"{directory}: loaded weights do not reproduce the saved fingerprint")
+    compressor.load_weights(directory, expected_fingerprint=saved.get("fingerprint") or None)
 
 
 def load_checkpoint(
