@@ -66,6 +66,19 @@ def test_adapter_changes_encoder_but_not_decoder(tiny_compressor: Compressor) ->
     assert not torch.allclose(plain, adapted), "random LoRA must change the encoder's output"
 
 
+def test_decoder_mode_nests_and_restores_the_adapter(tiny_compressor: Compressor) -> None:
+    ids = torch.tensor([[5, 6, 7, 8]])
+    adapted = tiny_compressor.causal_lm(input_ids=ids).logits
+    with tiny_compressor.decoder_mode() as outer:
+        plain = outer(input_ids=ids).logits
+        with tiny_compressor.decoder_mode() as inner:
+            assert torch.equal(inner(input_ids=ids).logits, plain)
+        # the inner exit must not re-enable the adapter while the outer mode is active
+        assert torch.equal(outer(input_ids=ids).logits, plain)
+    assert not torch.allclose(plain, adapted)
+    assert torch.equal(tiny_compressor.causal_lm(input_ids=ids).logits, adapted)
+
+
 def test_decoder_logits_equal_plain_base_model() -> None:
     base = tiny_base_model(seed=3)
     reference = copy.deepcopy(base.model)
