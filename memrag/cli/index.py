@@ -284,6 +284,27 @@ def delete(
     typer.echo(f"deleted {count} chunk(s)")
 
 
+@index_app.command("set-threshold")
+def set_threshold(
+    store: Path = StoreArgument,
+    threshold: float = typer.Argument(
+        ..., min=0.0, max=1.0, help="Chunks whose stored fidelity is below it are served as text."
+    ),
+    verbose: bool = VerboseOption,
+) -> None:
+    """Re-flag every chunk against a new fidelity threshold (the scores are stored: no re-compression)."""
+    setup_logging(verbose)
+    from memrag.store import MemoryStore
+
+    with _clean_errors():
+        with MemoryStore.open(store) as opened:
+            if opened.manifest.options.fidelity == "none":
+                fail(f"{store}: the store was built without fidelity scores (--no-fidelity)")
+            flagged = opened.set_fidelity_threshold(threshold)
+            total = opened.db.counts()["chunks"]
+    typer.echo(f"fidelity threshold {threshold:g}: {flagged} of {total} chunk(s) served as text")
+
+
 @index_app.command("search")
 def search(
     store: Path = StoreArgument,

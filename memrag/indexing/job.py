@@ -103,6 +103,23 @@ class BuildReport:
         """Compressed tokens per wall-clock second."""
         return self.tokens_written / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def mostly_text(self) -> bool:
+        """Whether more than half of the chunks written fell below the fidelity threshold."""
+        return self.chunks_written > 0 and self.flagged_use_text > self.chunks_written / 2
+
+    def fidelity_warning(self) -> str | None:
+        """What to tell the user when most chunks will be served as text, else ``None``."""
+        if not self.mostly_text:
+            return None
+        return (
+            f"{self.flagged_use_text} of the {self.chunks_written} chunks written scored below "
+            "the store's fidelity threshold, so they will be served as text, not slots: the "
+            "compressor reconstructs them poorly (see its model card). To serve slots anyway, "
+            "lower the threshold: `memrag index set-threshold STORE T` re-flags the stored "
+            "scores without re-compressing (`memrag index info STORE` shows their quantiles)."
+        )
+
     def summary(self) -> str:
         """A multi-line summary for people (bad input listed at the end)."""
         lines = [
@@ -118,6 +135,9 @@ class BuildReport:
             f"  bad input skipped {self.corpus.skipped}; warnings {len(self.corpus.warnings)}",
         ]
         lines += [f"    {line}" for line in self.corpus.lines()]
+        warning = self.fidelity_warning()
+        if warning:
+            lines.append(f"  warning: {warning}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +153,7 @@ class BuildReport:
             "tokens_written": self.tokens_written,
             "tokens_per_second": self.tokens_per_second,
             "flagged_use_text": self.flagged_use_text,
+            "fidelity_warning": self.fidelity_warning(),
             "clamped": self.clamped,
             "seconds": self.seconds,
             "compute_seconds": self.compute_seconds,
@@ -318,6 +339,9 @@ def build_index(
         if owned:
             opened.close()
     logger.info("build finished: %s", report.summary())
+    warning = report.fidelity_warning()
+    if warning:
+        logger.warning("%s: %s", report.store, warning)
     return report
 
 

@@ -1,4 +1,4 @@
-"""``memrag index build | add | delete | search | info | verify | compact``."""
+"""``memrag index build | add | delete | set-threshold | search | info | verify | compact``."""
 
 from __future__ import annotations
 
@@ -125,3 +125,37 @@ def test_index_errors_are_one_clean_line(tmp_path: Path, runner: CliRunner) -> N
         ],
     )
     assert no_corpus.exit_code == 2 and "error:" in no_corpus.output
+
+
+def test_low_fidelity_build_warns_and_set_threshold_re_flags(
+    tmp_path: Path, runner: CliRunner, saved_compressor: Path
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 4)
+    store = tmp_path / "store"
+    common = ["--compressor", str(saved_compressor), "--embedder", "hashing:64", "--quiet"]
+    # A random compressor reconstructs nothing: every chunk falls below the default 0.5.
+    report = json.loads(
+        _ok(runner, "index", "build", "--corpus", str(corpus), "--store", str(store), *common, "--json")
+    )
+    total = report["chunks_written"]
+    assert total > 0 and report["flagged_use_text"] == total
+    assert "memrag index set-threshold" in report["fidelity_warning"]
+
+    assert f"0 of {total} chunk(s) served as text" in _ok(
+        runner, "index", "set-threshold", str(store), "0"
+    )
+    info = json.loads(_ok(runner, "index", "info", str(store), "--json"))
+    assert info["counts"]["use_text"] == 0
+    assert info["manifest"]["options"]["fidelity_threshold"] == 0.0
+    assert f"{total} of {total} chunk(s) served as text" in _ok(
+        runner, "index", "set-threshold", str(store), "1"
+    )
+
+    plain = tmp_path / "plain"
+    built = json.loads(
+        _ok(runner, "index", "build", "--corpus", str(corpus), "--store", str(plain), *common,
+            "--no-fidelity", "--json")
+    )
+    assert built["flagged_use_text"] == 0 and built["fidelity_warning"] is None
+    result = runner.invoke(app, ["index", "set-threshold", str(plain), "0.1"])
+    assert result.exit_code == 2 and "without fidelity scores" in result.output
