@@ -354,6 +354,12 @@ def run_demo(
             f"stored {report.passages} passages ({report.tokens:,} tokens -> {report.slots:,} "
             f"slots{flagged}) in {build_seconds:.1f}s"
         )
+        if report.use_text > report.passages / 2:
+            say(
+                "  most passages scored below the fidelity threshold, so the `slots` answers "
+                "below read their text instead; `memrag index set-threshold STORE T` lowers "
+                "the threshold of a kept --store (see the compressor's model card)"
+            )
         retriever = vectorstore.as_retriever(k=settings.k)
         chains = {
             "slots": create_rag_chain(retriever, model, stop=ANSWER_STOP, return_sources=True),

@@ -65,6 +65,22 @@ def test_demo_answers_from_slots_and_from_text(lc_compressor) -> None:
     assert "mean time to first token" in summary and "untrained compressor" in summary
 
 
+def test_low_fidelity_passages_are_said_to_be_read_as_text(lc_compressor) -> None:
+    lines: list[str] = []
+    report = run_demo(
+        _settings(questions=1, passages=3, fidelity="reconstruct"),
+        compressor=lc_compressor,
+        embedding=EMBEDDER,
+        say=lines.append,
+    )
+    # A random compressor reconstructs nothing: every passage falls below the threshold.
+    assert report.use_text == 3
+    assert any("3 read as text (low fidelity)" in line for line in lines)
+    assert any("memrag index set-threshold" in line for line in lines)
+    answer = report.answers[0]
+    assert answer.results["slots"].positions == answer.results["text"].positions
+
+
 def test_a_kept_store_is_reused(tmp_path, lc_compressor) -> None:
     settings = _settings(questions=1, passages=3, store_path=tmp_path / "store")
     first = run_demo(settings, compressor=lc_compressor, trained=True, embedding=EMBEDDER)
