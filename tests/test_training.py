@@ -179,6 +179,31 @@ def test_resume_continues_exactly(kind: str, tmp_path: Path) -> None:
     assert [r["step"] for r in _log(tmp_path / "b" / "run", "start")] == [0, 2]
 
 
+def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tmp_path: Path) -> None:
+    straight = _trainer("pretrain", tmp_path / "a", tiny_compressor(seed=0), max_steps=3, save_every=3)
+    straight.train()
+    expected = [r["loss"] for r in _log(tmp_path / "a" / "run")]
+
+    run = tmp_path / "b" / "run"
+    boxed = _trainer(
+        "pretrain", tmp_path / "b", tiny_compressor(seed=0), max_steps=3, save_every=3, max_minutes=1e-9
+    )
+    assert boxed.train().step == 1  # the budget is spent by the first step
+    assert (run / "checkpoint-0000001").is_dir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 1 and summary["complete"] is False
+    assert Compressor.from_pretrained(run / "final", base=tiny_base_model(seed=0)).fingerprint == summary["fingerprint"]
+    assert [(r["step"], r["reason"]) for r in _log(run, "stop")] == [(1, "max_minutes")]
+
+    resumed = _trainer("pretrain", tmp_path / "b", tiny_compressor(seed=0), max_steps=3, save_every=3)
+    assert resumed.train(resume=True).step == 3
+    assert [r["loss"] for r in _log(run)] == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert resumed.compressor.fingerprint == straight.compressor.fingerprint
+    assert json.loads((run / "summary.json").read_text())["complete"] is True
+    with pytest.raises(ValueError, match="max_minutes"):
+        _args(tmp_path, max_minutes=0.0)
+
+
 def test_optimizer_state_round_trips_through_safetensors_and_json() -> None:
     parameter = torch.nn.Parameter(torch.randn(3, 2))
     optimizer = torch.optim.AdamW([parameter], lr=0.1)

@@ -54,6 +54,13 @@ class TrainingArguments(_JsonMixin):
 
     output_dir: str = _arg("runs/train", "Directory for checkpoints, the log, the plot and the final compressor.")
     max_steps: int = _arg(1000, "Number of optimizer steps.", min=1)
+    max_minutes: float | None = _arg(
+        None,
+        "Stop this invocation once this many minutes of wall time have passed, at the end of a "
+        "step: a checkpoint and the compressor so far (final/) are written, without the final "
+        "evaluation, and --resume continues towards --max-steps (the schedule follows it).",
+        min=0.0,
+    )
     batch_size: int = _arg(8, "Examples per micro-batch (per process).", min=1)
     grad_accum_steps: int = _arg(1, "Micro-batches accumulated into one optimizer step.", min=1)
     learning_rate: float = _arg(1e-4, "Peak learning rate of the LoRA weights.", min=0.0)
@@ -87,6 +94,8 @@ class TrainingArguments(_JsonMixin):
         for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
 
     @property
     def output_path(self) -> Path:
@@ -96,7 +105,17 @@ class TrainingArguments(_JsonMixin):
     #: Fields that may differ between a run and its resumption without changing the math
     #: already done (a longer run, more or fewer checkpoints, another progress setting).
     RESUMABLE_CHANGES = frozenset(
-        {"max_steps", "log_every", "eval_every", "save_every", "keep_checkpoints", "progress", "threads", "device"}
+        {
+            "max_steps",
+            "max_minutes",
+            "log_every",
+            "eval_every",
+            "save_every",
+            "keep_checkpoints",
+            "progress",
+            "threads",
+            "device",
+        }
     )
 
 

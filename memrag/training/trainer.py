@@ -282,6 +282,7 @@ class Trainer:
         self.compressor.save_pretrained(final, dtype=None if dtype == torch.float32 else dtype)
         summary = {
             "step": self.state.step,
+            "complete": self.state.step >= self.args.max_steps,
             "examples": self.state.examples,
             "source_tokens": self.state.source_tokens,
             "target_tokens": self.state.target_tokens,
@@ -312,7 +313,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self, resume: bool | str | Path = False) -> ckpt.TrainerState:
-        """Trains until ``max_steps``; returns the final state.
+        """Trains until ``max_steps`` (or until ``max_minutes`` have passed); returns the state.
 
         Args:
             resume: ``True``: continue from the newest checkpoint in the output directory (a
@@ -332,6 +333,8 @@ class Trainer:
             # The run's history: which settings each (re)start trained with, from which step.
             self.log.append({"event": "start", "step": start, "time": time.time(), **self._start_facts()})
         window: list[dict[str, Any]] = []
+        budget_s = self.args.max_minutes * 60 if self.args.max_minutes else None
+        started = time.monotonic()
         with progress(
             total=self.args.max_steps,
             initial=start,
@@ -352,10 +355,15 @@ class Trainer:
                 window.append(stats)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{_tokens_per_s(window):.0f}")
                 bar.update(1)
-                if self.state.step % self.args.log_every == 0 or self.state.step == self.args.max_steps:
+                out_of_time = budget_s is not None and self._all_agree(
+                    time.monotonic() - started >= budget_s
+                )
+                last = out_of_time or self.state.step == self.args.max_steps
+                if self.state.step % self.args.log_every == 0 or last:
                     self._log_window(window)
                     window = []
                 due_eval = self.args.eval_every and self.state.step % self.args.eval_every == 0
+                # (no evaluation when the time is up: it would overrun the budget)
                 if due_eval or self.state.step == self.args.max_steps:
                     metrics = self.evaluate()
                     if metrics:
@@ -363,14 +371,39 @@ class Trainer:
                 now = time.perf_counter()
                 self.state.wall_s += now - mark
                 mark = now
-                if self.state.step % self.args.save_every == 0 or self.state.step == self.args.max_steps:
+                if self.state.step % self.args.save_every == 0 or last:
                     self.save_checkpoint()
+                if out_of_time:
+                    self._stop_early()
+                    break
         if self.dist.is_main:
             final = self._save_final()
             self.plot()
             logger.info("saved the trained compressor to %s", final)
         barrier(self.dist)
         return self.state
+
+    def _all_agree(self, flag: bool) -> bool:
+        """Whether any process raised ``flag`` (so that all processes stop at the same step)."""
+        return all_reduce_sum(self.dist, [float(flag)], self.device)[0] > 0
+
+    def _stop_early(self) -> None:
+        if self.dist.is_main:
+            self.log.append(
+                {
+                    "event": "stop",
+                    "reason": "max_minutes",
+                    "step": self.state.step,
+                    "max_steps": self.args.max_steps,
+                    "time": time.time(),
+                }
+            )
+        logger.info(
+            "stopped at step %d of %d after --max-minutes %g; --resume continues",
+            self.state.step,
+            self.args.max_steps,
+            self.args.max_minutes,
+        )
 
     def _log_window(self, window: list[dict[str, Any]]) -> None:
         """Logs the statistics of the steps since the last log line (training time only)."""
