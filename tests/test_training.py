@@ -373,12 +373,16 @@ def test_train_cli_pretrain_then_finetune_then_resume(tmp_path: Path, tiny_base_
     assert "squad_f1" in fine.output
     refused = runner.invoke(app, [*fine_args, "--max-steps", "2"])
     assert refused.exit_code == 2 and "--resume" in refused.output
-    more = runner.invoke(app, [*fine_args, "--max-steps", "2", "--resume"])
+    boxed = runner.invoke(app, [*fine_args, "--max-steps", "3", "--max-minutes", "1e-9", "--resume"])
+    assert boxed.exit_code == 0, boxed.output
+    assert "stopped at step 2 of 3" in boxed.output and "step 2: " not in boxed.output  # no eval at a time stop
+    more = runner.invoke(app, [*fine_args, "--max-steps", "3", "--resume"])
     assert more.exit_code == 0, more.output
+    assert "stopped at" not in more.output and "step 3: " in more.output
     summary = json.loads((tmp_path / "fine" / "summary.json").read_text())
-    assert summary["step"] == 2 and summary["hardware"]
+    assert summary["step"] == 3 and summary["complete"] and summary["hardware"]
     starts = _log(tmp_path / "fine", "start")
-    assert [(r["step"], r["max_steps"]) for r in starts] == [(0, 1), (1, 2)]
+    assert [(r["step"], r["max_steps"]) for r in starts] == [(0, 1), (1, 3), (2, 3)]
 
 
 def test_train_cli_reports_bad_rows_as_errors(tmp_path: Path, tiny_base_dir: Path) -> None:

@@ -70,6 +70,11 @@ def _run(kind: str, model: ModelArguments, data: object, train: TrainingArgument
         f"{state.wall_s / 60:.1f} min; compressor in {train.output_path / FINAL_DIR}, "
         f"summary in {train.output_path / SUMMARY_NAME}"
     )
+    if train.max_minutes and state.step < train.max_steps:
+        typer.echo(
+            f"stopped at step {state.step} of {train.max_steps} (--max-minutes {train.max_minutes:g}); "
+            "run the same command with --resume to continue"
+        )
     if state.last_eval:
         typer.echo("last evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(state.last_eval.items())))
 
