@@ -30,6 +30,7 @@ from langchain_core.documents import Document
 from langchain_core.outputs import LLMResult
 
 from memrag.demo_corpus import DemoPassage, DemoQuestion, load_demo_corpus
+from memrag.store.fidelity import SET_THRESHOLD_HINT, mostly_text
 
 logger = logging.getLogger(__name__)
 
@@ -354,11 +355,11 @@ def run_demo(
             f"stored {report.passages} passages ({report.tokens:,} tokens -> {report.slots:,} "
             f"slots{flagged}) in {build_seconds:.1f}s"
         )
-        if report.use_text > report.passages / 2:
+        if mostly_text(report.use_text, report.passages):
             say(
                 "  most passages scored below the fidelity threshold, so the `slots` answers "
-                "below read their text instead; `memrag index set-threshold STORE T` lowers "
-                "the threshold of a kept --store (see the compressor's model card)"
+                "below read their text instead (see the compressor's model card); with a kept "
+                f"--store, {SET_THRESHOLD_HINT}"
             )
         retriever = vectorstore.as_retriever(k=settings.k)
         chains = {

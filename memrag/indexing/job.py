@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from memrag.indexing.corpus import CorpusReader, CorpusReport, count_documents
+from memrag.store.fidelity import SET_THRESHOLD_HINT, mostly_text
 from memrag.store.memory_store import MemoryStore, document_chunks
 from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch
 from memrag.utils.progress import progress
@@ -103,21 +104,15 @@ class BuildReport:
         """Compressed tokens per wall-clock second."""
         return self.tokens_written / self.seconds if self.seconds > 0 else 0.0
 
-    @property
-    def mostly_text(self) -> bool:
-        """Whether more than half of the chunks written fell below the fidelity threshold."""
-        return self.chunks_written > 0 and self.flagged_use_text > self.chunks_written / 2
-
     def fidelity_warning(self) -> str | None:
         """What to tell the user when most chunks will be served as text, else ``None``."""
-        if not self.mostly_text:
+        if not mostly_text(self.flagged_use_text, self.chunks_written):
             return None
         return (
             f"{self.flagged_use_text} of the {self.chunks_written} chunks written scored below "
             "the store's fidelity threshold, so they will be served as text, not slots: the "
-            "compressor reconstructs them poorly (see its model card). To serve slots anyway, "
-            "lower the threshold: `memrag index set-threshold STORE T` re-flags the stored "
-            "scores without re-compressing (`memrag index info STORE` shows their quantiles)."
+            "compressor reconstructs them poorly (see its model card). To serve slots anyway: "
+            f"{SET_THRESHOLD_HINT}."
         )
 
     def summary(self) -> str:

@@ -24,6 +24,17 @@ import torch.nn.functional as F
 from memrag.slots import Slots
 from memrag.splice import IGNORE_INDEX, Task
 
+#: How to serve slots after all when a store's threshold flags most of its chunks.
+SET_THRESHOLD_HINT = (
+    "`memrag index set-threshold STORE T` lowers a store's threshold and re-flags its stored "
+    "scores without re-compressing (`memrag index info STORE` shows their quantiles)"
+)
+
+
+def mostly_text(flagged: int, total: int) -> bool:
+    """Whether more than half of ``total`` chunks are flagged to be served as text."""
+    return total > 0 and flagged > total / 2
+
 
 class FidelityScorer:
     """Scores chunks by reconstruction likelihood under the frozen decoder.
