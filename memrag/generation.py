@@ -113,6 +113,30 @@ def _seeded(options: GenerationOptions, device: torch.device) -> None:
             torch.cuda.manual_seed_all(options.seed)
 
 
+def batch_inputs(model: Any, batch: SpliceBatch) -> dict[str, Any]:
+    """The ``generate`` keyword arguments of a spliced batch.
+
+    A batch with a cache (K/V memory) passes it with explicit position ids, as pruned memory
+    leaves gaps that positions derived from the attention mask would not have.
+    """
+    inputs: dict[str, Any] = {
+        "inputs_embeds": batch.inputs_embeds,
+        "attention_mask": batch.attention_mask,
+    }
+    if batch.cache is not None:
+        inputs[cache_argument(model)] = batch.cache
+        inputs["position_ids"] = batch.position_ids
+    return inputs
+
+
+def cache_argument(model: Any) -> str:
+    """The name ``generate`` takes a cache under: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    import inspect
+
+    parameters = inspect.signature(model.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -120,7 +144,6 @@ def generate(
     options: GenerationOptions,
     *,
     streamer: Any = None,
-    past_key_values: Any = None,
 ) -> list[Generation]:
     """Decodes every row of ``batch`` with ``model.generate``.
 
@@ -129,20 +152,17 @@ def generate(
     Args:
         model: The decoder.
         tokenizer: Its tokenizer.
-        batch: The spliced prompts.
+        batch: The spliced prompts (with a cache when they hold K/V memory; it is consumed).
         options: How to decode.
         streamer: A transformers streamer passed to ``generate`` (e.g. to time the first token).
-        past_key_values: A cache that already holds the first positions of every row (prefix
-            caching); ``generate`` then prefills only the positions after it.
     """
     _seeded(options, batch.inputs_embeds.device)
-    extra = {"streamer": streamer, "past_key_values": past_key_values}
+    extra = {"streamer": streamer} if streamer is not None else {}
     with torch.inference_mode():
         output = model.generate(
-            inputs_embeds=batch.inputs_embeds,
-            attention_mask=batch.attention_mask,
+            **batch_inputs(model, batch),
             **options.generate_kwargs(tokenizer),
-            **{key: value for key, value in extra.items() if value is not None},
+            **extra,
         )
     results = []
     for row, prompt_positions in zip(output, batch.prompt_lengths):
@@ -307,8 +327,7 @@ def _stream_chunks(
                 context = enter_decoder() if enter_decoder is not None else _null_context()
                 with context, torch.inference_mode():
                     model.generate(
-                        inputs_embeds=batch.inputs_embeds,
-                        attention_mask=batch.attention_mask,
+                        **batch_inputs(model, batch),
                         streamer=streamer,
                         **_with_criterion(options.generate_kwargs(tokenizer), _Cancelled()),
                     )

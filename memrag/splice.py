@@ -1,11 +1,15 @@
-"""The single splice path: prompts with memory slots -> decoder inputs (and training labels).
+"""The single splice path: prompts with memory -> decoder inputs (and training labels).
 
-A prompt is a sequence of *parts*: plain text, a document's :class:`~memrag.slots.Slots`, or a
-:class:`Task` marker. :class:`Splicer` turns a batch of such prompts into left-padded
-``inputs_embeds``, attention mask and position ids for the frozen decoder. Training appends
-target text and gets labels that are ``-100`` everywhere but on the target tokens; inference
-passes the same batch to ``generate``. Every consumer (training, ``memrag ask``, LangChain,
-the server) goes through :meth:`Splicer.build`.
+A prompt is a sequence of *parts*: plain text, a document's :class:`~memrag.slots.Slots`
+(embedding slots), a :class:`Task` marker, or a chunk's K/V memory
+(:class:`~memrag.memory.kv.KVSlots`). :class:`Splicer` turns a batch of prompts without K/V
+parts into left-padded ``inputs_embeds``, attention mask and position ids for the frozen
+decoder. Training appends target text and gets labels that are ``-100`` everywhere but on the
+target tokens; inference passes the same batch to ``generate``. Prompts with K/V parts take
+the K/V prefill (:class:`memrag.memory.prefill.KVPrefill`), which builds on
+:meth:`Splicer.embed_runs` and returns the same :class:`SpliceBatch`, with a cache holding
+the prompt's first positions. Every consumer (training, eval, bench, LangChain, the server)
+goes through :meth:`memrag.compressor.Compressor.build`, which picks the path.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
 
 IGNORE_INDEX = -100
@@ -31,7 +36,7 @@ class Task(str, enum.Enum):
     ANSWER = "answer"
 
 
-PromptPart = Union[str, Slots, Task]
+PromptPart = Union[str, Slots, Task, KVSlots]
 
 
 @dataclass
@@ -39,12 +44,18 @@ class SpliceBatch:
     """Left-padded decoder inputs for a batch of spliced prompts.
 
     Attributes:
-        inputs_embeds: ``(batch, length, hidden)`` input embeddings.
-        attention_mask: ``(batch, length)``, 0 on left padding.
-        position_ids: ``(batch, length)``, counting from 0 at each row's first real position.
+        inputs_embeds: ``(batch, length, hidden)`` input embeddings. With a ``cache``, the
+            first ``cache length`` columns are placeholders (``generate`` skips them).
+        attention_mask: ``(batch, length)``, 0 on padding.
+        position_ids: ``(batch, length)``: each position's rotary position (counting from 0
+            at each row's first real position; with pruned K/V memory they can jump).
         labels: ``(batch, length)`` token ids on target positions, ``-100`` elsewhere; ``None``
             when no targets were given.
-        prompt_lengths: Number of real (non-padding) prompt positions of each row.
+        prompt_lengths: Prompt positions of each row (cached ones included).
+        cache: A Hugging Face cache holding the first positions of every row (K/V memory and
+            the text around it), or ``None``. It is consumed by one ``generate`` call.
+        prefilled_lengths: Positions of each row the decoder computes for this batch (all of
+            them without a cache; with one, the text the K/V memory did not cover).
     """
 
     inputs_embeds: torch.Tensor
@@ -52,6 +63,36 @@ class SpliceBatch:
     position_ids: torch.Tensor
     labels: torch.Tensor | None
     prompt_lengths: list[int]
+    cache: Any = None
+    prefilled_lengths: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefilled_lengths is None:
+            self.prefilled_lengths = list(self.prompt_lengths)
+
+
+@dataclass
+class EmbeddedRun:
+    """A run of consecutive non-K/V prompt parts, embedded.
+
+    Attributes:
+        embeds: ``(length, hidden)`` in the decoder's dtype.
+        token_ids: The run's token ids when it is plain text (``None`` when it holds slots or
+            task markers).
+    """
+
+    embeds: torch.Tensor
+    token_ids: tuple[int, ...] | None
+
+    @property
+    def length(self) -> int:
+        """Positions the run takes."""
+        return int(self.embeds.shape[0])
+
+
+def has_kv_parts(prompts: Sequence[Sequence[PromptPart]]) -> bool:
+    """Whether any prompt holds K/V memory (and so needs the K/V prefill)."""
+    return any(isinstance(part, KVSlots) for parts in prompts for part in parts)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -97,11 +138,19 @@ class Splicer:
         tensor = torch.tensor(ids, dtype=torch.long, device=self._weight.device)
         return self.token_embeddings(tensor)
 
-    def embed_prompt(self, parts: Sequence[PromptPart], *, add_bos: bool | None = None) -> torch.Tensor:
-        """Embeds one prompt into ``(length, hidden)``, in the decoder's dtype."""
+    def embed_runs(
+        self, parts: Sequence[PromptPart], *, add_bos: bool | None = None
+    ) -> list[EmbeddedRun | KVSlots]:
+        """Embeds one prompt into runs: consecutive non-K/V parts embedded together, K/V parts as they are.
+
+        The BOS token starts the first run (unless turned off, or the prompt already starts
+        with its text, as a chat template writes it).
+        """
         weight = self._weight
+        runs: list[EmbeddedRun | KVSlots] = []
         pieces: list[torch.Tensor] = []
         ids: list[int] = []
+        run_ids: list[int] | None = []
         bos = self.tokenizer.bos_token_id
         bos_text = self.tokenizer.bos_token
         # A prompt rendered by a chat template already starts with the BOS token's text.
@@ -109,17 +158,32 @@ class Splicer:
         if (self.add_bos if add_bos is None else add_bos) and bos is not None and not starts_with_bos:
             ids.append(bos)
         task_order = list(Task)
+
+        def flush_ids() -> None:
+            nonlocal ids
+            if ids:
+                pieces.append(self._embed_ids(ids))
+                if run_ids is not None:
+                    run_ids.extend(ids)
+                ids = []
+
+        def close_run() -> None:
+            nonlocal pieces, run_ids
+            flush_ids()
+            if pieces:
+                embeds = torch.cat(pieces, dim=0)
+                runs.append(EmbeddedRun(embeds, tuple(run_ids) if run_ids is not None else None))
+            pieces, run_ids = [], []
+
         for part in parts:
             if isinstance(part, Task):
-                if ids:
-                    pieces.append(self._embed_ids(ids))
-                    ids = []
+                flush_ids()
+                run_ids = None
                 marker = self.task_embeddings[task_order.index(part)]
                 pieces.append(marker.to(device=weight.device, dtype=weight.dtype).unsqueeze(0))
             elif isinstance(part, Slots):
-                if ids:
-                    pieces.append(self._embed_ids(ids))
-                    ids = []
+                flush_ids()
+                run_ids = None
                 if part.kind != "embedding":
                     raise ValueError(f"cannot splice {part.kind!r} slots through inputs_embeds")
                 if part.tensor.shape[-1] != weight.shape[-1]:
@@ -128,15 +192,29 @@ class Splicer:
                         f"{weight.shape[-1]}"
                     )
                 pieces.append(part.tensor.to(device=weight.device, dtype=weight.dtype))
+            elif isinstance(part, KVSlots):
+                close_run()
+                runs.append(part)
             elif isinstance(part, str):
                 ids.extend(self.tokenize(part))
             else:
-                raise TypeError(f"prompt parts must be str, Slots or Task, got {type(part).__name__}")
-        if ids:
-            pieces.append(self._embed_ids(ids))
-        if not pieces:
+                raise TypeError(
+                    f"prompt parts must be str, Slots, KVSlots or Task, got {type(part).__name__}"
+                )
+        close_run()
+        if not runs:
             raise ValueError("cannot splice an empty prompt")
-        return torch.cat(pieces, dim=0)
+        return runs
+
+    def embed_prompt(self, parts: Sequence[PromptPart], *, add_bos: bool | None = None) -> torch.Tensor:
+        """Embeds one prompt without K/V parts into ``(length, hidden)``, in the decoder's dtype."""
+        runs = self.embed_runs(parts, add_bos=add_bos)
+        if any(isinstance(run, KVSlots) for run in runs):
+            raise ValueError(
+                "prompts with K/V memory need the K/V prefill: use Compressor.build, not "
+                "Splicer.build / embed_prompt"
+            )
+        return torch.cat([run.embeds for run in runs], dim=0)  # type: ignore[union-attr]
 
     def build(
         self,

@@ -64,8 +64,13 @@ def tiny_base_model(
     hidden_size: int = 32,
     num_layers: int = 2,
     name: str | None = None,
+    sliding_window: int = 64,
 ) -> BaseModel:
-    """A random tiny causal LM and tokenizer, frozen and ready for a compressor."""
+    """A random tiny causal LM and tokenizer, frozen and ready for a compressor.
+
+    The Gemma 3 flavour alternates sliding-window (``sliding_window`` positions) and full
+    attention layers, as Gemma 3 does.
+    """
     tokenizer = tiny_tokenizer()
     vocab = len(tokenizer)
     torch.manual_seed(seed)
@@ -84,7 +89,13 @@ def tiny_base_model(
     if architecture == "gemma3":
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-        config = Gemma3TextConfig(**shared, head_dim=16, sliding_window=64)
+        config = Gemma3TextConfig(
+            **shared,
+            head_dim=16,
+            sliding_window=sliding_window,
+            layer_types=["sliding_attention", "full_attention"] * (num_layers // 2)
+            + ["sliding_attention"] * (num_layers % 2),
+        )
         model = Gemma3ForCausalLM(config)
     else:
         from transformers import LlamaConfig, LlamaForCausalLM

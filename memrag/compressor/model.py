@@ -10,6 +10,7 @@ vectors outside the vocabulary.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import hashlib
@@ -36,7 +37,15 @@ from memrag.compressor.shipped import resolve_compressor_path, source_name
 from memrag.generation import Generation, GenerationOptions, generate, stream
 from memrag.models.loading import BaseModel, load_base_model, model_signature
 from memrag.slots import Slots
-from memrag.splice import PromptPart, SpliceBatch, Splicer, Task, position_ids_from_mask
+from memrag.memory.prefill import KVPrefill
+from memrag.splice import (
+    PromptPart,
+    SpliceBatch,
+    Splicer,
+    Task,
+    has_kv_parts,
+    position_ids_from_mask,
+)
 from memrag.utils.atomic import atomic_directory
 from memrag.utils.progress import progress
 
@@ -107,6 +116,9 @@ class Compressor(nn.Module):
         # inspects the whole model on every call: about 15 ms per request on a CPU.)
         self._adapter_layers = [m for m in self.peft_model.modules() if isinstance(m, BaseTunerLayer)]
         self._decoder_depth = 0
+        # K/V memory of leading prompt text (BOS, "Passage: "), shared by every K/V prompt.
+        self._kv_memo: collections.OrderedDict = collections.OrderedDict()
+        self._kv_memo_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction / io
     @classmethod
@@ -449,7 +461,11 @@ class Compressor(nn.Module):
 
     # ------------------------------------------------------------------ decoding
     def check_slots(self, prompts: Sequence[Sequence[PromptPart]]) -> None:
-        """Refuses slots made by a different compressor."""
+        """Refuses embedding slots made by a different compressor.
+
+        (K/V memory made by the frozen decoder is checked against its store's fingerprint
+        where it is read; any compressor over the same base model can splice it.)
+        """
         mine = self.fingerprint
         for parts in prompts:
             for part in parts:
@@ -464,9 +480,30 @@ class Compressor(nn.Module):
         targets: Sequence[str | Sequence[int]] | None = None,
         **kwargs: Any,
     ) -> SpliceBatch:
-        """Splices ``prompts`` (see :meth:`memrag.splice.Splicer.build`)."""
+        """Splices ``prompts``: the one path from prompt parts to decoder inputs.
+
+        Prompts of text, embedding slots and task markers become a dense left-padded batch
+        (:meth:`memrag.splice.Splicer.build`; with ``targets`` for training). Prompts holding
+        K/V memory take the K/V prefill (:class:`memrag.memory.prefill.KVPrefill`): the batch
+        then carries a cache with every position but each row's tail, computed here with the
+        frozen decoder. ``kwargs`` go to the splice path taken (``tail=`` and ``recovery=``
+        for K/V prompts).
+        """
         self.check_slots(prompts)
-        return self.splicer.build(prompts, targets, **kwargs)
+        if not has_kv_parts(prompts):
+            return self.splicer.build(prompts, targets, **kwargs)
+        if targets is not None:
+            raise ValueError("training targets after K/V memory are not supported yet")
+        recovery = kwargs.pop("recovery", None)
+        with self.decoder_mode() as decoder:
+            prefill = KVPrefill(
+                decoder,
+                self.splicer,
+                memo=self._kv_memo,
+                memo_lock=self._kv_memo_lock,
+                recovery=recovery,
+            )
+            return prefill.build(prompts, **kwargs)
 
     def decoder_forward(self, batch: SpliceBatch) -> Any:
         """Runs the frozen decoder on a spliced batch; returns the HF output (loss if labels).

@@ -1,0 +1,102 @@
+"""K/V memory of one chunk: per-layer keys and values of some of its positions.
+
+Keys are stored *before* the rotary position embedding (as the model's key projection and
+key norm produce them), so a chunk can be placed at any position of a prompt by applying the
+rotary embedding once, at the position it takes there, in the model's own dtype: moving a
+chunk costs no extra rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from memrag.memory.kinds import MemoryKind
+
+
+@dataclass
+class KVSlots:
+    """Keys and values of the kept positions of one chunk (slot-major).
+
+    Attributes:
+        keys: ``(n, layers, kv_heads, head_dim)`` keys before the rotary embedding.
+        values: ``(n, layers, kv_heads, head_dim)`` values.
+        offsets: ``(n, layers)`` position of each kept entry inside the chunk, per layer
+            (increasing down each column). Every column is ``0 .. n-1`` for ``kv-exact``.
+        span: Prompt positions the chunk occupies (its token count); text after it
+            continues at ``start + span`` whatever was pruned.
+        kind: ``"kv-exact"``, ``"kv-pruned"`` or ``"kv"``.
+        fingerprint: What made it (base model and memory settings); consumers refuse
+            memory whose fingerprint is not their store's.
+        num_tokens: Text tokens of the chunk.
+        text: The chunk's text, when known (a store attaches it): cross-chunk recovery
+            re-tokenizes it to recompute positions.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    offsets: torch.Tensor
+    span: int
+    kind: str = MemoryKind.KV_EXACT.value
+    fingerprint: str = ""
+    num_tokens: int = 0
+    text: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.keys.dim() != 4 or self.keys.shape != self.values.shape:
+            raise ValueError(
+                f"keys and values must both be (n, layers, kv_heads, head_dim), got "
+                f"{tuple(self.keys.shape)} and {tuple(self.values.shape)}"
+            )
+        if tuple(self.offsets.shape) != tuple(self.keys.shape[:2]):
+            raise ValueError(
+                f"offsets must be (n, layers) = {tuple(self.keys.shape[:2])}, got "
+                f"{tuple(self.offsets.shape)}"
+            )
+        if self.keys.shape[0] and (int(self.offsets.min()) < 0 or int(self.offsets.max()) >= self.span):
+            raise ValueError(f"offsets must lie in [0, span={self.span})")
+
+    @property
+    def num_slots(self) -> int:
+        """Cache entries the chunk adds to a prompt (kept positions)."""
+        return int(self.keys.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        """Decoder layers covered."""
+        return int(self.keys.shape[1])
+
+    @property
+    def keep_ratio(self) -> float:
+        """Kept entries over the chunk's positions."""
+        return self.num_slots / max(self.span, 1)
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> "KVSlots":
+        """A copy with keys and values moved / cast (offsets stay integers)."""
+        return KVSlots(
+            keys=self.keys.to(device=device, dtype=dtype),
+            values=self.values.to(device=device, dtype=dtype),
+            offsets=self.offsets.to(device=device),
+            span=self.span,
+            kind=self.kind,
+            fingerprint=self.fingerprint,
+            num_tokens=self.num_tokens,
+            text=self.text,
+        )
+
+    def select(self, rows: torch.Tensor) -> "KVSlots":
+        """The entries ``rows`` (``(m, layers)`` indices into each layer's column), as a pruned copy."""
+        gather = rows.unsqueeze(-1).unsqueeze(-1).expand(-1, -1, *self.keys.shape[2:])
+        return KVSlots(
+            keys=torch.gather(self.keys, 0, gather),
+            values=torch.gather(self.values, 0, gather),
+            offsets=torch.gather(self.offsets, 0, rows),
+            span=self.span,
+            kind=MemoryKind.KV_PRUNED.value,
+            fingerprint=self.fingerprint,
+            num_tokens=self.num_tokens,
+            text=self.text,
+        )
