@@ -92,12 +92,15 @@ class Generation:
         num_tokens: Tokens generated (including a stop string's tokens, not padding).
         finish_reason: ``"stop"`` (EOS or a stop string) or ``"length"``.
         prompt_positions: Decoder context positions of the prompt.
+        prefilled_positions: Prompt positions the decoder computed for this answer (fewer than
+            ``prompt_positions`` when K/V memory was spliced).
     """
 
     text: str
     num_tokens: int
     finish_reason: str
     prompt_positions: int
+    prefilled_positions: int = 0
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -165,7 +168,8 @@ def generate(
             **extra,
         )
     results = []
-    for row, prompt_positions in zip(output, batch.prompt_lengths):
+    prefilled = batch.prefilled_lengths or batch.prompt_lengths
+    for row, prompt_positions, computed in zip(output, batch.prompt_lengths, prefilled):
         ids = row.tolist()
         special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
         hit_eos = tokenizer.eos_token_id in ids
@@ -181,6 +185,7 @@ def generate(
                 num_tokens=num_tokens,
                 finish_reason="stop" if finished or num_tokens < options.max_new_tokens else "length",
                 prompt_positions=prompt_positions,
+                prefilled_positions=computed,
             )
         )
     return results

@@ -103,6 +103,20 @@ def build(
         "--embedder",
         help="Embedder: sentence-transformers name/path or hashing:DIM (default all-MiniLM-L6-v2).",
     ),
+    memory: str = typer.Option(
+        None,
+        "--memory",
+        help="New stores: what to keep for each chunk: embedding (the compressor's slots), "
+        "kv-exact (its key/value cache) or kv-pruned (a subset of its positions' keys and "
+        "values). Settings after colons: kv-exact:int8, kv-pruned:0.5, kv-pruned:0.25:int8. "
+        "Default: the one in the README's 'Which memory?'.",
+    ),
+    keep_ratio: float = typer.Option(
+        None, "--keep-ratio", help="New kv-pruned stores: fraction of positions kept, in (0, 1]."
+    ),
+    kv_dtype: str = typer.Option(
+        None, "--kv-dtype", help="New K/V stores: float16 (default), bfloat16 or int8."
+    ),
     index: str = typer.Option("flat", "--index", help="New stores: flat (exact), hnsw or ivf."),
     index_option: list[str] = typer.Option(
         None,
@@ -172,6 +186,7 @@ def build(
 
         torch.set_num_threads(threads)
     create_options = {
+        "memory": _memory_spec(memory, keep_ratio, kv_dtype),
         "index": index,
         "index_options": _index_options(index_option),
         "slot_dtype": slot_dtype,
@@ -210,6 +225,25 @@ def build(
         _echo_json(report.to_dict())
     else:
         typer.echo(report.summary())
+
+
+def _memory_spec(memory: str | None, keep_ratio: float | None, kv_dtype: str | None) -> Any:
+    """The ``--memory`` mode with ``--keep-ratio`` / ``--kv-dtype`` folded in (bad values fail)."""
+    from memrag.memory.spec import resolve_memory_spec
+
+    try:
+        spec = resolve_memory_spec(memory)
+        if keep_ratio is not None:
+            if spec.kind != "kv-pruned":
+                fail(f"--keep-ratio needs --memory kv-pruned (memory is {spec.kind})")
+            spec.pruning = type(spec.pruning)(**{**spec.pruning.__dict__, "keep_ratio": keep_ratio})
+        if kv_dtype is not None:
+            if not spec.is_kv:
+                fail(f"--kv-dtype needs a K/V memory kind (memory is {spec.kind})")
+            spec = type(spec)(kind=spec.kind, kv_dtype=kv_dtype, pruning=spec.pruning)
+    except (TypeError, ValueError) as err:
+        fail(str(err))
+    return spec
 
 
 @index_app.command("add")
@@ -367,7 +401,7 @@ def info(
     if as_json:
         _echo_json(data)
         return
-    manifest, counts = data["manifest"], data["counts"]
+    manifest, counts, memory = data["manifest"], data["counts"], data["memory"]
     comp, emb, options = manifest["compressor"], manifest["embedder"], manifest["options"]
     typer.echo(
         f"store {data['path']} (format {manifest['format_version']}, memrag "
@@ -376,6 +410,17 @@ def info(
     typer.echo(
         f"  chunks {counts['chunks']:,}  tokens {counts['tokens']:,}  slots {counts['slots']:,}  "
         f"shards {counts['shards']}  served as text {counts['use_text']:,}"
+    )
+    settings = ", ".join(
+        f"{k} {v}" for k, v in memory["settings"].items() if k not in ("kind", "pruning")
+    )
+    pruning = memory["settings"].get("pruning")
+    if pruning:
+        settings += ", " + ", ".join(f"{k} {v}" for k, v in pruning.items())
+    typer.echo(
+        f"  memory {memory['kind']}{' (' + settings + ')' if settings else ''}: "
+        f"{memory['bytes_per_chunk']:,.0f} bytes per chunk, {memory['bytes_per_token']:,.0f} "
+        f"per token; fingerprint {memory['fingerprint']}"
     )
     typer.echo(
         f"  compressor {comp['fingerprint']} "

@@ -119,6 +119,9 @@ class Compressor(nn.Module):
         # K/V memory of leading prompt text (BOS, "Passage: "), shared by every K/V prompt.
         self._kv_memo: collections.OrderedDict = collections.OrderedDict()
         self._kv_memo_lock = threading.Lock()
+        #: Cross-chunk recovery applied to prompts with several K/V chunks
+        #: (:class:`~memrag.memory.recovery.RecoveryConfig`; ``None``: off).
+        self.kv_recovery: Any = None
 
     # ------------------------------------------------------------------ construction / io
     @classmethod
@@ -487,14 +490,14 @@ class Compressor(nn.Module):
         K/V memory take the K/V prefill (:class:`memrag.memory.prefill.KVPrefill`): the batch
         then carries a cache with every position but each row's tail, computed here with the
         frozen decoder. ``kwargs`` go to the splice path taken (``tail=`` and ``recovery=``
-        for K/V prompts).
+        for K/V prompts; ``recovery`` defaults to :attr:`kv_recovery`).
         """
         self.check_slots(prompts)
         if not has_kv_parts(prompts):
             return self.splicer.build(prompts, targets, **kwargs)
         if targets is not None:
             raise ValueError("training targets after K/V memory are not supported yet")
-        recovery = kwargs.pop("recovery", None)
+        recovery = kwargs.pop("recovery", self.kv_recovery)
         with self.decoder_mode() as decoder:
             prefill = KVPrefill(
                 decoder,

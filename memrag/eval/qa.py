@@ -1,9 +1,12 @@
-"""Question answering with the frozen decoder, reading each question's own passage four ways.
+"""Question answering with the frozen decoder, reading each question's own passage in many ways.
 
 * ``text``: the passage as text;
 * ``slots``: the passage's memory slots;
+* ``kv-exact`` / ``kv-pruned`` (with settings, e.g. ``kv-exact:int8``, ``kv-pruned:0.5``; see
+  :func:`memrag.memory.spec.parse_memory_mode`): the passage's K/V memory made by the frozen
+  decoder, as a store keeps it (after the float16 or int8 round trip);
 * ``truncated``: the passage text cut to as many tokens as it has slots (the same number of
-  decoder context positions), the baseline that slots must beat;
+  decoder context positions), the baseline that compressed memory must beat;
 * ``none``: no passage.
 
 Every mode uses the same decoder, the same prompt (:func:`memrag.training.objectives.qa_prompt`,
@@ -24,13 +27,32 @@ from typing import Any
 from memrag.data.readers import OnError, QARecord, ReadReport, iter_qa_records
 from memrag.eval.metrics import aggregate_squad, squad_scores
 from memrag.generation import GenerationOptions
+from memrag.memory.kv import KVSlots
 from memrag.prompts import ANSWER_STOP
 from memrag.slots import Slots
 from memrag.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
+#: Modes without settings; any K/V memory mode (``kv-exact[:...]``, ``kv-pruned[:...]``) too.
 MODES = ("text", "slots", "truncated", "none")
+#: What ``memrag eval qa`` runs by default.
+DEFAULT_MODES = ("text", "slots", "kv-exact", "kv-pruned", "truncated", "none")
+
+
+def check_modes(modes: Sequence[str]) -> None:
+    """Raises ``ValueError`` naming the first mode that is neither in :data:`MODES` nor a K/V mode."""
+    from memrag.memory.spec import parse_memory_mode
+
+    for mode in modes:
+        if mode in MODES:
+            continue
+        if not mode.startswith("kv-"):
+            raise ValueError(
+                f"unknown mode {mode!r}; choose from {', '.join(MODES)} or a K/V memory mode "
+                "(kv-exact[:int8], kv-pruned[:0.5] ...)"
+            )
+        parse_memory_mode(mode)
 
 
 @dataclass
@@ -39,14 +61,21 @@ class QAEvaluation:
 
     Attributes:
         results: ``{mode: {"exact_match": %, "f1": %, "n": int}}``.
-        passage_positions: Mean decoder context positions the passage took, per mode.
+        passage_positions: Mean decoder context positions the passage took, per mode (text
+            tokens, slots, or the K/V entries kept).
         prompt_positions: Mean decoder context positions of the whole prompt, per mode.
+        prefilled_positions: Mean positions of the whole prompt the decoder computed at query
+            time (K/V memory is not recomputed).
+        memory: Per compressed mode, what making and storing the passage's memory cost:
+            ``{"seconds_per_passage", "bytes_per_passage"}``.
         predictions: One dict per question and mode (id, mode, prediction, answers, em, f1).
     """
 
     results: dict[str, dict[str, float]]
     passage_positions: dict[str, float]
     prompt_positions: dict[str, float]
+    prefilled_positions: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self, **info: Any) -> dict[str, Any]:
@@ -55,16 +84,25 @@ class QAEvaluation:
             "results": self.results,
             "passage_positions": self.passage_positions,
             "prompt_positions": self.prompt_positions,
+            "prefilled_positions": self.prefilled_positions,
+            "memory": self.memory,
             **info,
         }
 
     def table(self) -> str:
         """A plain-text table of the scores."""
-        lines = [f"{'mode':<10} {'EM':>6} {'F1':>6} {'n':>6} {'passage pos':>12}"]
+        width = max([10, *(len(mode) for mode in self.results)])
+        lines = [
+            f"{'mode':<{width}} {'EM':>6} {'F1':>6} {'n':>6} {'passage pos':>12} {'prefilled':>10} "
+            f"{'bytes/passage':>14}"
+        ]
         for mode, scores in self.results.items():
+            stored = self.memory.get(mode, {}).get("bytes_per_passage")
             lines.append(
-                f"{mode:<10} {scores['exact_match']:6.1f} {scores['f1']:6.1f} {scores['n']:6d} "
-                f"{self.passage_positions.get(mode, 0.0):12.1f}"
+                f"{mode:<{width}} {scores['exact_match']:6.1f} {scores['f1']:6.1f} {scores['n']:6d} "
+                f"{self.passage_positions.get(mode, 0.0):12.1f} "
+                f"{self.prefilled_positions.get(mode, 0.0):10.1f} "
+                f"{'' if stored is None else f'{stored:,.0f}':>14}"
             )
         return "\n".join(lines)
 
@@ -98,24 +136,48 @@ def truncated_context(compressor: Any, context: str) -> str:
     return compressor.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def _contexts(compressor: Any, records: Sequence[QARecord], mode: str, batch_size: int, show_progress: bool) -> list[list[str | Slots]]:
+Context = str | Slots | KVSlots
+
+
+def _contexts(
+    compressor: Any, records: Sequence[QARecord], mode: str, batch_size: int, show_progress: bool
+) -> tuple[list[list[Context]], dict[str, float]]:
+    """Each record's contexts in ``mode``, and the memory's cost (compressed modes)."""
+    import time
+
+    from memrag.memory.builders import as_stored, build_memory, codec_for
+    from memrag.memory.spec import parse_memory_mode
+
     if mode == "none":
-        return [[] for _ in records]
+        return [[] for _ in records], {}
     unique = list(dict.fromkeys(r.context for r in records))
+    cost: dict[str, float] = {}
     if mode == "text":
-        by_text: dict[str, str | Slots] = {c: c for c in unique}
+        by_text: dict[str, Context] = {c: c for c in unique}
     elif mode == "truncated":
         by_text = {c: truncated_context(compressor, c) for c in unique}
     elif mode == "slots":
+        started = time.perf_counter()
         slots = compressor.compress(unique, batch_size=batch_size, show_progress=show_progress)
+        cost["seconds_per_passage"] = (time.perf_counter() - started) / max(len(unique), 1)
+        # As a store keeps them: float16.
+        cost["bytes_per_passage"] = sum(s.tensor.numel() * 2 for s in slots) / max(len(slots), 1)
         by_text = dict(zip(unique, slots))
     else:
-        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    return [[by_text[r.context]] for r in records]
+        spec = parse_memory_mode(mode)
+        started = time.perf_counter()
+        made = build_memory(compressor, spec, unique, batch_size=batch_size, show_progress=show_progress)
+        cost["seconds_per_passage"] = (time.perf_counter() - started) / max(len(unique), 1)
+        with compressor.decoder_mode() as decoder:
+            codec = codec_for(decoder, spec)
+        stored, sizes = as_stored(made, codec)  # type: ignore[arg-type]
+        cost["bytes_per_passage"] = sum(sizes) / max(len(sizes), 1)
+        by_text = dict(zip(unique, stored))
+    return [[by_text[r.context]] for r in records], cost
 
 
-def _positions(compressor: Any, context: str | Slots) -> int:
-    if isinstance(context, Slots):
+def _positions(compressor: Any, context: Context) -> int:
+    if isinstance(context, (Slots, KVSlots)):
         return context.num_slots
     return len(compressor.tokenizer(context, add_special_tokens=False)["input_ids"])
 
@@ -134,21 +196,21 @@ def evaluate_qa(
     Args:
         compressor: Provides the frozen decoder, the tokenizer and (for ``slots``) the encoder.
         records: The questions, each with its own passage.
-        modes: Any of :data:`MODES`.
+        modes: Any of :data:`MODES`, or K/V memory modes (``kv-exact:int8`` ...).
         batch_size: Questions per ``generate`` call (and passages per compression batch).
         max_new_tokens: Answer length limit.
         show_progress: Show progress bars.
     """
     from memrag.training.objectives import qa_prompt
 
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise ValueError(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
+    check_modes(modes)
     options = GenerationOptions(max_new_tokens=max_new_tokens, stop=ANSWER_STOP)
     tokenizer = compressor.tokenizer
     evaluation = QAEvaluation(results={}, passage_positions={}, prompt_positions={})
     for mode in modes:
-        contexts = _contexts(compressor, records, mode, batch_size, show_progress)
+        contexts, cost = _contexts(compressor, records, mode, batch_size, show_progress)
+        if cost:
+            evaluation.memory[mode] = cost
         prompts = [qa_prompt(tokenizer, ctx, r.question) for ctx, r in zip(contexts, records)]
         passage = [sum(_positions(compressor, c) for c in ctx) for ctx in contexts]
         # Similar lengths together: less padding per generate call.
@@ -172,5 +234,8 @@ def evaluate_qa(
         count = max(len(records), 1)
         evaluation.passage_positions[mode] = sum(passage) / count
         evaluation.prompt_positions[mode] = sum(a.prompt_positions for a in answers.values()) / count
+        evaluation.prefilled_positions[mode] = (
+            sum(a.prefilled_positions for a in answers.values()) / count
+        )
         logger.info("qa %s: %s", mode, evaluation.results[mode])
     return evaluation

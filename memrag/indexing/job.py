@@ -306,13 +306,8 @@ def build_index(
     instance = _resolve_compressor(compressor, device, dtype)
     if isinstance(store, MemoryStore):
         opened, owned = store, False
-        if instance is not None and instance.fingerprint != opened.fingerprint:
-            from memrag.store.errors import compressor_mismatch
-
-            raise compressor_mismatch(
-                f"{opened.path} holds slots of compressor {opened.fingerprint}; the compressor "
-                f"given has fingerprint {instance.fingerprint}"
-            )
+        if instance is not None:
+            opened.check_compressor(instance)
     else:
         opened = MemoryStore.open_or_create(
             store, instance, embedder, device=device, dtype=dtype, **dict(create_options or {})

@@ -123,7 +123,7 @@ class _Worker:
         )
 
     def fingerprint(self) -> str:
-        return str(self.processor.compressor.fingerprint)
+        return str(self.processor.fingerprint)
 
     def process(self, chunks: list[ChunkInput]) -> ProcessedBatch:
         return self.processor.process(chunks)
@@ -169,7 +169,7 @@ class RayExecutor:
         self.workers: list[Any] = []
         self._processor_kwargs = {
             "compress_batch_size": options.compress_batch_size,
-            **store.manifest.options.processor_kwargs(),
+            **store.processor_kwargs(),
         }
 
     def _start(self) -> None:
@@ -207,9 +207,8 @@ class RayExecutor:
         wrong = {f for f in fingerprints if f != store.fingerprint}
         if wrong:
             raise compressor_mismatch(
-                f"Ray workers loaded compressor {sorted(wrong)[0]}, but {store.path} holds slots "
-                "of "
-                f"compressor {store.fingerprint}"
+                f"Ray workers make memory {sorted(wrong)[0]}, but {store.path} holds "
+                f"{store.memory.kind} memory {store.fingerprint}"
             )
         logger.info(
             "Ray executor: %d workers (%s)", len(self.workers), ray_options.address or "local Ray"

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from memrag.memory.capture import capture_kv
+from memrag.memory.codec import KVCodec
 from memrag.memory.kinds import MemoryKind
 from memrag.memory.kv import KVSlots
 from memrag.memory.pruning import REPEAT_PROMPT, score_and_capture, select_positions
@@ -110,3 +111,25 @@ def build_memory(
                     results.append(memory)
                 bar.update(len(group))
     return results
+
+
+def codec_for(decoder: Any, spec: MemorySpec) -> KVCodec:
+    """The codec K/V memory of ``spec`` is stored with, for ``decoder``'s shape."""
+    from memrag.memory.anatomy import decoder_anatomy
+    from memrag.memory.codec import KVCodec
+
+    anatomy = decoder_anatomy(decoder)
+    return KVCodec(anatomy.num_layers, anatomy.num_kv_heads, anatomy.head_dim, spec.kv_dtype)
+
+
+def as_stored(memories: Sequence[KVSlots], codec: KVCodec) -> tuple[list[KVSlots], list[int]]:
+    """The memories after a trip through storage (float16 rounding or int8 quantization), and
+    the bytes each takes in a store shard."""
+    stored, sizes = [], []
+    for memory in memories:
+        rows = codec.encode(memory)
+        sizes.append(int(rows.numel()))
+        stored.append(
+            codec.decode(rows, span=memory.span, kind=memory.kind, fingerprint=memory.fingerprint, text=memory.text)
+        )
+    return stored, sizes

@@ -92,6 +92,7 @@ class RowPlan:
         cached: Cache entries the prompt's K/V parts bring.
         parts: ``(start position, memory, index of its tensors in each layer's entry list)``
             of every K/V part (a memoised leading run included), in prompt order.
+        run_tokens: Token ids of memoised leading runs, by entry index.
     """
 
     entries: _Entries
@@ -103,6 +104,7 @@ class RowPlan:
     computed: int = 0
     cached: int = 0
     parts: list[tuple[int, KVSlots, int]] = field(default_factory=list)
+    run_tokens: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
 
 #: One row's cache: keys and values per layer ``(kv_heads, entries, head_dim)`` sorted by
@@ -130,8 +132,9 @@ class KVPrefill:
         splicer: The splicer (tokenizer, embeddings, task markers) of the same model.
         memo: Where the memory of leading text runs is kept between calls (``None``: not kept).
         memo_size: Leading runs kept at most.
-        recovery: A :class:`~memrag.memory.recovery.Recovery` that recomputes some cached
-            tokens with attention to the chunks before them (``None``: off).
+        recovery: A :class:`~memrag.memory.recovery.RecoveryConfig` (or ``Recovery``) that
+            recomputes some cached tokens with attention to the chunks before them (``None``:
+            off).
     """
 
     def __init__(
@@ -150,7 +153,9 @@ class KVPrefill:
         self.memo = memo
         self.memo_size = memo_size
         self._memo_lock = memo_lock or threading.Lock()
-        self.recovery = recovery
+        from memrag.memory.recovery import Recovery, RecoveryConfig
+
+        self.recovery = Recovery(recovery) if isinstance(recovery, RecoveryConfig) else recovery
         weight = splicer.token_embeddings.weight
         self.device = weight.device
         self.dtype = weight.dtype
@@ -223,6 +228,7 @@ class KVPrefill:
         computed = 0
         cached = 0
         placed: list[tuple[int, KVSlots, int]] = []
+        run_tokens: dict[int, tuple[int, ...]] = {}
         last = len(runs) - 1
         for index, run in enumerate(runs):
             if isinstance(run, KVSlots):
@@ -243,6 +249,7 @@ class KVPrefill:
                 memory, made_now = self._leading_memory(run)
                 computed += made_now
                 placed.append((position, memory, self._add_entries(entries, memory, position)))
+                run_tokens[placed[-1][2]] = run.token_ids
             else:
                 early.append(run.embeds)
                 early_positions.append(positions)
@@ -261,6 +268,7 @@ class KVPrefill:
             computed=computed,
             cached=cached,
             parts=placed,
+            run_tokens=run_tokens,
         )
 
     # ------------------------------------------------------------------ prefill

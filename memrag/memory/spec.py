@@ -81,3 +81,85 @@ class MemorySpec:
         """Identity of the K/V memory this spec makes over a base model (same inputs, same memory)."""
         identity = {"base_model_signature": base_signature, **self.to_dict()}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def parse_memory_mode(text: str) -> MemorySpec:
+    """A K/V memory mode written as ``kind[:setting ...]``, as ``memrag eval qa`` and ``bench`` take it.
+
+    Settings: a storage dtype (``float16``, ``bfloat16``, ``int8``), a keep ratio (``0.5``), a
+    selection (``kvzip``, ``prefill``, ``stride``), ``shared`` (one set of positions for all
+    layers), or ``name=value`` for any :class:`PruningConfig` field (``pool=3``, ``sinks=4``).
+    Examples: ``kv-exact``, ``kv-exact:int8``, ``kv-pruned:0.5``, ``kv-pruned:0.25:kvzip:pool=3``.
+
+    Raises:
+        ValueError: naming the mode and the setting that is not understood.
+    """
+    from memrag.memory.pruning import SELECTIONS
+
+    name, *settings = [piece.strip() for piece in text.split(":")]
+    kind = MemoryKind.parse(name)
+    if not kind.is_kv:
+        raise ValueError(f"mode {text!r}: {name!r} is not a K/V memory kind")
+    kv_dtype = "float16"
+    pruning: dict[str, Any] = {}
+    fields = {f.name: f.type for f in dataclasses.fields(PruningConfig)}
+    for setting in settings:
+        if setting in KV_DTYPES:
+            kv_dtype = setting
+        elif setting in SELECTIONS:
+            pruning["selection"] = setting
+        elif setting == "shared":
+            pruning["per_layer"] = False
+        elif "=" in setting:
+            key, value = (part.strip() for part in setting.split("=", 1))
+            if key not in fields:
+                raise ValueError(f"mode {text!r}: unknown pruning setting {key!r}")
+            try:
+                pruning[key] = _typed(value, str(fields[key]))
+            except ValueError:
+                raise ValueError(f"mode {text!r}: bad value {value!r} for {key}") from None
+        else:
+            try:
+                pruning["keep_ratio"] = float(setting)
+            except ValueError:
+                raise ValueError(f"mode {text!r}: cannot understand {setting!r}") from None
+    if pruning and kind is not MemoryKind.KV_PRUNED:
+        raise ValueError(f"mode {text!r}: pruning settings need kv-pruned")
+    try:
+        return MemorySpec(kind=kind.value, kv_dtype=kv_dtype, pruning=PruningConfig(**pruning))
+    except ValueError as err:
+        raise ValueError(f"mode {text!r}: {err}") from None
+
+
+def _typed(value: str, annotation: str) -> Any:
+    if "bool" in annotation:
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(value)
+    if "int" in annotation:
+        return int(value)
+    if "float" in annotation:
+        return float(value)
+    return value
+
+
+#: The memory ``memrag index build``, the demo, the server and :meth:`MemoryStore.create`
+#: make when none is named (see the README's "Which memory?" for the measurements behind it).
+DEFAULT_MEMORY = "embedding"
+
+
+def resolve_memory_spec(memory: Any) -> MemorySpec:
+    """A :class:`MemorySpec` from a spec, its JSON form, a mode string or ``None`` (the default)."""
+    if memory is None:
+        memory = DEFAULT_MEMORY
+    if isinstance(memory, MemorySpec):
+        return memory
+    if isinstance(memory, dict):
+        return MemorySpec.from_dict(memory)
+    if isinstance(memory, str):
+        if memory == MemoryKind.EMBEDDING.value:
+            return MemorySpec(kind=memory)
+        return parse_memory_mode(memory)
+    raise TypeError(f"memory must be a MemorySpec, a dict or a mode string, got {type(memory).__name__}")

@@ -6,6 +6,10 @@ the chunk from ``[slots, Task.RECONSTRUCT]`` (teacher-forced): ``exp(-mean token
 chunk under an untrained compressor) score low, and a store flags those below its threshold
 with ``use_text`` so query-time consumers splice their text.
 
+Pruned K/V memory is scored the same way, with the prompt ``[memory, "Repeat the previous
+context exactly."]`` (KVzip's reconstruction task) instead of the learned marker; exact K/V
+memory is the text's own cache and is not scored.
+
 Cost: one batched decoder forward pass per chunk. With a large vocabulary (Gemma: 262k) the
 output projection would cost more than the transformer itself, so by default the NLL is
 averaged over ``sample_tokens`` target tokens spread evenly over the chunk (every n-th
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
 from memrag.splice import IGNORE_INDEX, Task
 
@@ -76,12 +81,14 @@ class FidelityScorer:
         stride = targets / self.sample_tokens
         return {targets - int(i * stride) for i in range(self.sample_tokens)}
 
-    def score(self, texts: Sequence[str], slots: Sequence[Slots]) -> list[float]:
-        """Fidelity of each ``(text, slots)`` pair, in input order."""
+    def score(self, texts: Sequence[str], slots: Sequence[Slots | KVSlots]) -> list[float]:
+        """Fidelity of each ``(text, memory)`` pair, in input order."""
         if len(texts) != len(slots):
             raise ValueError(f"{len(texts)} texts but {len(slots)} slot sets")
         if not texts:
             return []
+        if any(isinstance(memory, KVSlots) for memory in slots):
+            return [self._score_kv(text, memory) for text, memory in zip(texts, slots)]  # type: ignore[arg-type]
         splicer = self.compressor.splicer
         lengths = [min(len(splicer.tokenize(t)) + 1, self.max_tokens) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
@@ -102,6 +109,40 @@ class FidelityScorer:
                 batch.append(index)
                 offsets = grown
         return [scores[i] for i in range(len(texts))]
+
+    def _score_kv(self, text: str, memory: KVSlots) -> float:
+        """Reconstruction likelihood of ``text`` from its K/V memory (one prompt)."""
+        from memrag.memory.pruning import REPEAT_PROMPT
+
+        compressor = self.compressor
+        splicer = compressor.splicer
+        ids = splicer.tokenize(text)
+        if len(ids) > self.max_tokens:
+            text = compressor.tokenizer.decode(ids[: self.max_tokens])
+        # Tokenized part by part, as the splicer does.
+        tail_ids = splicer.tokenize(REPEAT_PROMPT) + splicer.tokenize(text)
+        lead = len(splicer.tokenize(REPEAT_PROMPT))
+        count = len(tail_ids) - lead
+        if self.sample_tokens is None or self.sample_tokens >= count:
+            picked = list(range(count))
+        else:
+            picked = sorted({int(i * count / self.sample_tokens) for i in range(self.sample_tokens)})
+        with torch.inference_mode():
+            batch = compressor.build([[memory, REPEAT_PROMPT, text]], tail="run")
+            cached = batch.cache.get_seq_length()
+            # The logit at tail index t predicts tail token t + 1.
+            keep = torch.tensor([lead + j - 1 for j in picked], device=batch.inputs_embeds.device)
+            gold = torch.tensor([tail_ids[lead + j] for j in picked], device=keep.device)
+            with compressor.decoder_mode() as decoder:
+                logits = decoder(
+                    inputs_embeds=batch.inputs_embeds[:, cached:],
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids[:, cached:],
+                    cache=batch.cache,
+                    logits_to_keep=keep,
+                ).logits[0]
+            nll = F.cross_entropy(logits.float(), gold, reduction="mean")
+        return math.exp(-float(nll))
 
     def _score_batch(self, texts: list[str], slots: list[Slots], offsets: set[int]) -> list[float]:
         compressor = self.compressor

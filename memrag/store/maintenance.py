@@ -71,7 +71,7 @@ def compact(store: Any, *, target_shard_slots: int = 65_536) -> CompactReport:
 
 
 def _rewrite_shards(store: Any, shards: list, target_slots: int) -> None:
-    info = store.manifest.compressor
+    info = store.memory
     pending_rows: list[ChunkRow] = []
     pending_tensors: list[torch.Tensor] = []
     pending_old: list = []
@@ -85,7 +85,7 @@ def _rewrite_shards(store: Any, shards: list, target_slots: int) -> None:
                 store.path / SHARDS_DIR,
                 torch.cat(pending_tensors),
                 fingerprint=info.fingerprint,
-                slot_kind=info.slot_kind,
+                slot_kind=info.kind,
             )
         with store.db.transaction() as conn:
             if pending_rows:

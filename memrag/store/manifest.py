@@ -19,7 +19,10 @@ from memrag.utils.atomic import atomic_write_text
 from memrag.version import __version__
 
 #: Format of a store directory. Bump on incompatible changes; older memrag refuses newer.
-STORE_FORMAT_VERSION = 1
+#: Version 2 adds K/V memory; a store of embedding slots is still written as version 1, so
+#: older memrag keeps reading it.
+STORE_FORMAT_VERSION = 2
+EMBEDDING_STORE_FORMAT_VERSION = 1
 STORE_FORMAT = "memrag-store"
 
 MANIFEST_NAME = "manifest.json"
@@ -54,6 +57,52 @@ class CompressorInfo:
     segment_length: int
     compression_rate: int
     hidden_size: int
+
+
+@dataclass
+class MemoryInfo:
+    """The memory the store holds for each chunk (one kind per store).
+
+    Attributes:
+        kind: ``"embedding"``, ``"kv-exact"`` or ``"kv-pruned"``.
+        settings: The :class:`~memrag.memory.spec.MemorySpec` (JSON form).
+        fingerprint: What chunks' memory must have been made by: the compressor's fingerprint
+            for ``embedding``; for K/V kinds a hash of the base model and the settings (any
+            compressor over that base model makes the same K/V memory).
+        base_model: Name or path of the base model.
+        base_model_signature: Shape facts and a weight checksum of the base model.
+        layers: Decoder layers (K/V kinds).
+        kv_heads: Key/value heads per layer (K/V kinds).
+        head_dim: Width of a head (K/V kinds).
+        row_bytes: Width of a stored row in bytes (K/V kinds; see :mod:`memrag.memory.codec`).
+    """
+
+    kind: str
+    settings: dict[str, Any]
+    fingerprint: str
+    base_model: str
+    base_model_signature: dict[str, Any] = field(default_factory=dict)
+    layers: int = 0
+    kv_heads: int = 0
+    head_dim: int = 0
+    row_bytes: int = 0
+
+    @property
+    def is_kv(self) -> bool:
+        """Whether chunks are stored as keys and values."""
+        return self.kind != "embedding"
+
+    def spec(self) -> Any:
+        """The :class:`~memrag.memory.spec.MemorySpec` this describes."""
+        from memrag.memory.spec import MemorySpec
+
+        return MemorySpec.from_dict(self.settings)
+
+    def codec(self) -> Any:
+        """The :class:`~memrag.memory.codec.KVCodec` the store's K/V rows are packed with."""
+        from memrag.memory.codec import KVCodec
+
+        return KVCodec(self.layers, self.kv_heads, self.head_dim, self.spec().kv_dtype)
 
 
 @dataclass
@@ -137,9 +186,27 @@ class Manifest:
     options: Options = field(default_factory=Options)
     counts: dict[str, int] = field(default_factory=dict)
     format: str = STORE_FORMAT
-    format_version: int = STORE_FORMAT_VERSION
+    format_version: int = EMBEDDING_STORE_FORMAT_VERSION
     memrag_version: str = __version__
     created: float = field(default_factory=time.time)
+    memory: MemoryInfo | None = None
+
+    def __post_init__(self) -> None:
+        if self.memory is None:  # a version-1 store: embedding slots of its compressor
+            self.memory = MemoryInfo(
+                kind="embedding",
+                settings={"kind": "embedding"},
+                fingerprint=self.compressor.fingerprint,
+                base_model=self.compressor.base_model,
+            )
+        if self.memory.is_kv:
+            self.format_version = max(self.format_version, STORE_FORMAT_VERSION)
+
+    @property
+    def memory_info(self) -> MemoryInfo:
+        """:attr:`memory` (always set after construction)."""
+        assert self.memory is not None
+        return self.memory
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -149,6 +216,7 @@ class Manifest:
             "memrag_version": self.memrag_version,
             "created": self.created,
             "compressor": dataclasses.asdict(self.compressor),
+            "memory": dataclasses.asdict(self.memory_info),
             "embedder": dataclasses.asdict(self.embedder),
             "index": self.index.to_dict(),
             "options": dataclasses.asdict(self.options),
@@ -176,7 +244,11 @@ class Manifest:
                 f"({__version__}) supports ({STORE_FORMAT_VERSION}); upgrade memrag to read it"
             )
         try:
+            memory = MemoryInfo(**data["memory"]) if data.get("memory") else None
+            if memory is not None:
+                memory.spec()  # validates the settings
             return cls(
+                memory=memory,
                 compressor=CompressorInfo(**data["compressor"]),
                 embedder=EmbedderInfo(**data["embedder"]),
                 index=IndexSpec.from_dict(data["index"]),

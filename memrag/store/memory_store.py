@@ -2,13 +2,15 @@
 
 Layout of a store directory::
 
-    manifest.json        what made the store (format version, compressor fingerprint,
-                         embedder id and dimension, index type, slot kind and dtype, counts)
+    manifest.json        what made the store (format version, memory kind and settings,
+                         compressor and memory fingerprints, embedder id and dimension,
+                         index type, slot dtype, counts)
     store.sqlite         chunk text, metadata, fidelity, vectors, slot locations (WAL mode)
     index/index-<seq>.faiss + .json
                          FAISS index checkpoint after journal entry <seq>, with its SHA-256
     shards/shard-<uuid>.safetensors
-                         memory slots of many chunks (memory-mapped on read)
+                         memory of many chunks (memory-mapped on read): embedding slots, or
+                         K/V memory packed by memrag.memory.codec
     .write.lock          the writer lock
 
 Consistency: a write (one batch of chunks) writes its slot shard atomically, then commits
@@ -31,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
 from memrag.store.chunking import Chunker
 from memrag.store.database import ChunkRow, Database, NewChunk
@@ -61,6 +65,7 @@ from memrag.store.manifest import (
     CompressorInfo,
     EmbedderInfo,
     Manifest,
+    MemoryInfo,
     Options,
 )
 from memrag.store.metadata import RESERVED_KEYS, dumps
@@ -68,7 +73,7 @@ from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch
 from memrag.store.records import ChunkRecord
 from memrag.store.shards import ShardReader, check_shard, write_shard
 from memrag.utils.atomic import atomic_directory
-from memrag.utils.torch_utils import dtype_name
+from memrag.utils.torch_utils import dtype_name, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +81,38 @@ logger = logging.getLogger(__name__)
 EXACT_FILTER_LIMIT = 20_000
 #: Index checkpoints are always written when the index is at most this big.
 _SMALL_INDEX_BYTES = 8 << 20
+
+
+def memory_info(compressor: Any, memory: Any) -> MemoryInfo:
+    """The manifest's description of ``memory`` (a spec, its JSON form, a mode string such as
+    ``"kv-pruned:0.5"``, or ``None`` for :data:`~memrag.memory.spec.DEFAULT_MEMORY`) made with
+    ``compressor``."""
+    from memrag.memory.builders import codec_for
+    from memrag.memory.spec import resolve_memory_spec
+
+    spec = resolve_memory_spec(memory)
+    config = compressor.config
+    if not spec.is_kv:
+        return MemoryInfo(
+            kind=spec.kind,
+            settings=spec.to_dict(),
+            fingerprint=compressor.fingerprint,
+            base_model=config.base_model,
+            base_model_signature=dict(config.base_model_signature),
+        )
+    with compressor.decoder_mode() as decoder:
+        codec = codec_for(decoder, spec)
+    return MemoryInfo(
+        kind=spec.kind,
+        settings=spec.to_dict(),
+        fingerprint=spec.fingerprint(config.base_model_signature),
+        base_model=config.base_model,
+        base_model_signature=dict(config.base_model_signature),
+        layers=codec.layers,
+        kv_heads=codec.kv_heads,
+        head_dim=codec.head_dim,
+        row_bytes=codec.row_bytes,
+    )
 
 
 def _load_compressor(spec: Any, device: str | None, dtype: Any) -> Any:
@@ -141,6 +178,7 @@ class MemoryStore:
         compressor: Any = None,
         embedder: Embedder | str | None = None,
         *,
+        memory: Any = None,
         index: str | IndexSpec = "flat",
         index_options: Mapping[str, Any] | None = None,
         slot_dtype: str = "float16",
@@ -162,6 +200,11 @@ class MemoryStore:
                 shipped name, or ``None`` for the trained default shipped with memrag.
             embedder: An embedder, an embedder id (``"hashing:256"``, a sentence-transformers
                 name or path), or ``None`` for all-MiniLM-L6-v2 from its pip package.
+            memory: What the store keeps for each chunk: a
+                :class:`~memrag.memory.spec.MemorySpec`, a mode string (``"embedding"``,
+                ``"kv-exact"``, ``"kv-exact:int8"``, ``"kv-pruned:0.5"`` ...), or ``None`` for
+                :data:`~memrag.memory.spec.DEFAULT_MEMORY`. K/V memory is made by the
+                compressor's frozen decoder (any compressor over the same base model reads it).
             index: ``"flat"`` (exact, default), ``"hnsw"`` or ``"ivf"``, or an :class:`IndexSpec`.
             index_options: Extra :class:`IndexSpec` fields (``hnsw_m``, ``ivf_nprobe``, ...).
             slot_dtype: ``"float16"`` (default), ``"bfloat16"`` or ``"float32"``.
@@ -203,6 +246,7 @@ class MemoryStore:
         )
         config = compressor.config
         manifest = Manifest(
+            memory=memory_info(compressor, memory),
             compressor=CompressorInfo(
                 fingerprint=compressor.fingerprint,
                 base_model=config.base_model,
@@ -225,8 +269,10 @@ class MemoryStore:
             manifest.counts = {"chunks": 0, "slots": 0, "use_text": 0, "tokens": 0, "shards": 0}
             manifest.save(tmp)
         logger.info(
-            "created store %s (compressor %s, embedder %s)",
+            "created store %s (%s memory %s, compressor %s, embedder %s)",
             target,
+            manifest.memory_info.kind,
+            manifest.memory_info.fingerprint,
             compressor.fingerprint,
             embedder.model_id,
         )
@@ -351,8 +397,19 @@ class MemoryStore:
 
     @property
     def fingerprint(self) -> str:
-        """Fingerprint of the compressor whose slots the store holds."""
-        return self.manifest.compressor.fingerprint
+        """Fingerprint of the store's memory: its compressor's for embedding slots; for K/V
+        memory, of the base model and the memory settings."""
+        return self.manifest.memory_info.fingerprint
+
+    def check_compressor(self, compressor: Any) -> None:
+        """Raises ``CompressorMismatchError`` unless ``compressor`` can make and read this
+        store's memory (the same compressor for embedding slots, the same base model for K/V)."""
+        _check_compressor(self.path, self.manifest, compressor)
+
+    @property
+    def memory(self) -> MemoryInfo:
+        """The kind of memory the store holds, and its settings."""
+        return self.manifest.memory_info
 
     @property
     def dimension(self) -> int:
@@ -386,8 +443,12 @@ class MemoryStore:
             compressor,
             embedder,
             compress_batch_size=compress_batch_size,
-            **self.manifest.options.processor_kwargs(),
+            **self.processor_kwargs(),
         )
+
+    def processor_kwargs(self) -> dict[str, Any]:
+        """The :class:`ChunkProcessor` settings this store's manifest fixes (memory, dtype, fidelity)."""
+        return {"memory": dict(self.memory.settings), **self.manifest.options.processor_kwargs()}
 
     def __len__(self) -> int:
         return self.db.counts()["chunks"]
@@ -495,9 +556,13 @@ class MemoryStore:
             for row in rows
         ]
 
-    def _read_slots(self, rows: list[ChunkRow], *, retry: bool = True) -> dict[int, Slots]:
+    def _read_slots(
+        self, rows: list[ChunkRow], *, retry: bool = True
+    ) -> dict[int, Slots | KVSlots]:
         info = self.manifest.compressor
-        result: dict[int, Slots] = {}
+        memory = self.memory
+        codec = memory.codec() if memory.is_kv else None
+        result: dict[int, Slots | KVSlots] = {}
         for row in rows:
             if row.shard_file is None or not row.slot_count:
                 continue
@@ -514,6 +579,21 @@ class MemoryStore:
                 self._shards.forget()
                 fresh = self.db.rows_by_vids([r.vid for r in rows])
                 return self._read_slots([fresh[r.vid] for r in rows if r.vid in fresh], retry=False)
+            if codec is not None:
+                from memrag.memory.codec import KVDecodeError
+
+                try:
+                    result[row.vid] = codec.decode(
+                        tensor,
+                        span=int(row.num_tokens),
+                        kind=memory.kind,
+                        fingerprint=memory.fingerprint,
+                        text=row.text,
+                        where=f"{self.path}: chunk {row.id!r} (shard {row.shard_file})",
+                    )
+                except KVDecodeError as err:
+                    raise StoreCorruptError(str(err)) from None
+                continue
             result[row.vid] = Slots(
                 tensor=tensor,
                 kind=info.slot_kind,
@@ -704,10 +784,16 @@ class MemoryStore:
         return vids
 
     def _check_batch(self, batch: ProcessedBatch) -> None:
+        memory = self.memory
+        if batch.slot_kind != memory.kind:
+            raise ValueError(
+                f"{batch.slot_kind} memory cannot go into {self.path}, which holds "
+                f"{memory.kind} memory"
+            )
         if batch.fingerprint != self.fingerprint:
             raise compressor_mismatch(
-                f"slots made by compressor {batch.fingerprint} cannot go into {self.path}, "
-                f"which holds slots of compressor {self.fingerprint}"
+                f"{memory.kind} memory made by {batch.fingerprint} cannot go into {self.path}, "
+                f"which holds {memory.kind} memory of {self.fingerprint}"
             )
         if batch.embedder_id != self.manifest.embedder.id:
             raise EmbedderMismatchError(
@@ -720,12 +806,18 @@ class MemoryStore:
                 f"expected vectors of shape ({n}, {self.dimension}), got "
                 f"{tuple(batch.vectors.shape)}"
             )
-        if dtype_name(batch.slots.dtype) != self.manifest.options.slot_dtype:
+        if memory.is_kv:
+            if batch.slots.dtype != torch.uint8 or batch.slots.shape[-1] != memory.row_bytes:
+                raise ValueError(
+                    f"K/V rows are {dtype_name(batch.slots.dtype)} of width {batch.slots.shape[-1]}, "
+                    f"the store keeps uint8 rows of {memory.row_bytes} bytes"
+                )
+        elif dtype_name(batch.slots.dtype) != self.manifest.options.slot_dtype:
             raise ValueError(
                 f"slots are {dtype_name(batch.slots.dtype)}, the store keeps "
                 f"{self.manifest.options.slot_dtype}"
             )
-        if n and batch.slots.shape[-1] != self.manifest.compressor.hidden_size:
+        if n and not memory.is_kv and batch.slots.shape[-1] != self.manifest.compressor.hidden_size:
             raise ValueError(
                 f"slots have width {batch.slots.shape[-1]}, expected "
                 f"{self.manifest.compressor.hidden_size}"
@@ -898,6 +990,16 @@ class MemoryStore:
                 compressor = Compressor.from_base(
                     info.base_model, device=self._device, dtype=self._dtype
                 )
+        except FileNotFoundError as err:
+            if not self.memory.is_kv:
+                raise compressor_mismatch(
+                    f"cannot load the compressor of {self.path} ({info.source}): {err}; pass "
+                    "compressor="
+                ) from err
+            # K/V memory needs only the base model: any compressor over it reads the store.
+            compressor = Compressor.from_base(
+                self.memory.base_model, device=self._device, dtype=self._dtype
+            )
         except (OSError, ValueError) as err:
             raise compressor_mismatch(
                 f"cannot load the compressor of {self.path} (fingerprint {info.fingerprint}, "
@@ -921,8 +1023,18 @@ class MemoryStore:
             if len(fidelity)
             else {}
         )
+        shard_bytes = sum(p.stat().st_size for p in (self.path / SHARDS_DIR).glob("*.safetensors"))
+        memory = self.memory
+        stored = {
+            "kind": memory.kind,
+            "settings": memory.settings,
+            "fingerprint": memory.fingerprint,
+            # Live rows only (deleted chunks' rows stay in shards until a compaction).
+            "bytes_per_chunk": counts["slots"] * self._row_bytes() / max(counts["chunks"], 1),
+            "bytes_per_token": counts["slots"] * self._row_bytes() / max(counts["tokens"], 1),
+        }
         disk = {
-            "shards": sum(p.stat().st_size for p in (self.path / SHARDS_DIR).glob("*.safetensors")),
+            "shards": shard_bytes,
             "index": sum(p.stat().st_size for p in (self.path / INDEX_DIR).glob("*.faiss")),
             "database": sum(p.stat().st_size for p in self.path.glob(DATABASE_NAME + "*")),
         }
@@ -936,11 +1048,19 @@ class MemoryStore:
         return {
             "path": str(self.path),
             "manifest": self.manifest.to_dict(),
+            "memory": stored,
             "counts": counts,
             "index": index,
             "fidelity": quantiles,
             "disk_bytes": disk,
         }
+
+    def _row_bytes(self) -> int:
+        """Bytes of one stored row (a slot, or a packed K/V position)."""
+        if self.memory.is_kv:
+            return self.memory.row_bytes
+        width = self.manifest.compressor.hidden_size
+        return width * torch.tensor([], dtype=resolve_dtype(self.manifest.options.slot_dtype)).element_size()
 
     def verify(self, *, full: bool = True) -> Any:
         """Checks every file of the store; see :func:`memrag.store.verify.verify_store`."""
@@ -963,6 +1083,18 @@ class MemoryStore:
 
 
 def _check_compressor(path: Path, manifest: Manifest, compressor: Any) -> None:
+    memory = manifest.memory_info
+    if memory.is_kv:
+        # K/V memory is the base model's own: any compressor over that base model reads it.
+        signature = dict(compressor.config.base_model_signature)
+        if signature != memory.base_model_signature:
+            raise compressor_mismatch(
+                f"{path} holds {memory.kind} memory of base model {memory.base_model!r} "
+                f"{_describe_signature(memory.base_model_signature)}; the compressor given is "
+                f"over {compressor.config.base_model!r} {_describe_signature(signature)}. K/V "
+                "memory of one model cannot be read by another."
+            )
+        return
     if compressor.fingerprint != manifest.compressor.fingerprint:
         raise compressor_mismatch(
             f"{path} holds slots of compressor {manifest.compressor.fingerprint} "
@@ -971,6 +1103,10 @@ def _check_compressor(path: Path, manifest: Manifest, compressor: Any) -> None:
             f"fingerprint {compressor.fingerprint}. Slots of one compressor cannot be read by "
             "another."
         )
+
+
+def _describe_signature(signature: Mapping[str, Any]) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in sorted(signature.items())) + ")"
 
 
 def _check_embedder(path: Path, manifest: Manifest, embedder: Embedder) -> None:

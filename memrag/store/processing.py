@@ -64,13 +64,14 @@ class ProcessedBatch:
     Attributes:
         chunks: The inputs, in order.
         vectors: ``(n, dim)`` float32 embeddings.
-        slots: All chunks' slots concatenated along dim 0, on CPU, in the store's dtype.
-        slot_counts: Slots of each chunk.
-        segment_slot_counts: Slots per segment of each chunk.
+        slots: All chunks' stored rows concatenated along dim 0, on CPU: slots in the store's
+            dtype, or packed K/V rows (uint8).
+        slot_counts: Stored rows of each chunk.
+        segment_slot_counts: Slots per segment of each chunk (embedding slots only).
         num_tokens: Compressor tokens of each chunk.
         fidelity: Fidelity score of each chunk (``None`` when not measured).
-        fingerprint: The compressor's fingerprint.
-        slot_kind: ``"embedding"`` or ``"kv"``.
+        fingerprint: The memory's fingerprint (the compressor's, for embedding slots).
+        slot_kind: The memory kind (``"embedding"``, ``"kv-exact"``, ``"kv-pruned"``).
         embedder_id: The embedder's model id.
         seconds: Compute time of the batch.
         clamped: Ids of chunks whose slots overflowed the slot dtype (clamped, fidelity 0).
@@ -91,7 +92,7 @@ class ProcessedBatch:
 
     @property
     def tokens(self) -> int:
-        """Compressor tokens in the batch."""
+        """Tokens in the batch."""
         return int(sum(self.num_tokens))
 
 
@@ -99,11 +100,15 @@ class ChunkProcessor:
     """Embeds, compresses and scores batches of chunks.
 
     Args:
-        compressor: The compressor.
+        compressor: The compressor (its encoder makes embedding slots, its frozen decoder K/V
+            memory).
         embedder: The retrieval embedder.
-        slot_dtype: Dtype the slots are stored in.
-        compress_batch_size: Segments per encoder forward pass.
-        fidelity: ``"reconstruct"`` or ``"none"``.
+        memory: The store's :class:`~memrag.memory.spec.MemorySpec` (or its JSON form);
+            ``None``: embedding slots.
+        slot_dtype: Dtype embedding slots are stored in.
+        compress_batch_size: Segments (or chunks, for K/V memory) per forward pass.
+        fidelity: ``"reconstruct"`` or ``"none"``. K/V memory is scored only when pruned
+            (exact memory loses nothing).
         fidelity_max_tokens: Tokens reconstructed per chunk at most.
         fidelity_sample_tokens: Tokens scored per chunk (``None``: all).
     """
@@ -113,26 +118,48 @@ class ChunkProcessor:
         compressor: Any,
         embedder: Embedder,
         *,
+        memory: Any = None,
         slot_dtype: str = "float16",
         compress_batch_size: int = 16,
         fidelity: str = "reconstruct",
         fidelity_max_tokens: int = 512,
         fidelity_sample_tokens: int | None = 32,
     ) -> None:
+        from memrag.memory.spec import MemorySpec
+
         self.compressor = compressor
         self.embedder = embedder
+        self.memory = (
+            memory
+            if isinstance(memory, MemorySpec)
+            else MemorySpec.from_dict(memory or {"kind": "embedding"})
+        )
         self.slot_dtype = resolve_dtype(slot_dtype)
         self.compress_batch_size = compress_batch_size
+        scored = fidelity == "reconstruct" and self.memory.kind != "kv-exact"
         self.scorer = (
             FidelityScorer(
                 compressor, max_tokens=fidelity_max_tokens, sample_tokens=fidelity_sample_tokens
             )
-            if fidelity == "reconstruct"
+            if scored
             else None
         )
+        self._codec = None
+        if self.memory.is_kv:
+            from memrag.memory.builders import codec_for
+
+            with compressor.decoder_mode() as decoder:
+                self._codec = codec_for(decoder, self.memory)
+
+    @property
+    def fingerprint(self) -> str:
+        """What the memory this processor makes is recorded as (see the store's manifest)."""
+        if self.memory.is_kv:
+            return self.memory.fingerprint(self.compressor.config.base_model_signature)
+        return str(self.compressor.fingerprint)
 
     def process(self, chunks: Sequence[ChunkInput]) -> ProcessedBatch:
-        """Vectors, slots and fidelity of ``chunks`` (texts must be non-empty)."""
+        """Vectors, memory and fidelity of ``chunks`` (texts must be non-empty)."""
         started = time.perf_counter()
         chunks = list(chunks)
         texts = [c.text for c in chunks]
@@ -142,6 +169,8 @@ class ChunkProcessor:
                 f"embedder {self.embedder.model_id} returned shape {vectors.shape}, "
                 f"expected ({len(chunks)}, {self.embedder.dimension})"
             )
+        if self.memory.is_kv:
+            return self._process_kv(chunks, texts, vectors, started)
         compressed = (
             self.compressor.compress(texts, batch_size=self.compress_batch_size) if chunks else []
         )
@@ -187,8 +216,50 @@ class ChunkProcessor:
             num_tokens=[s.num_tokens for s in stored],
             fidelity=fidelity,
             fingerprint=self.compressor.fingerprint,
-            slot_kind=self.compressor.config.slot_kind,
+            slot_kind=self.memory.kind,
             embedder_id=self.embedder.model_id,
             seconds=time.perf_counter() - started,
             clamped=clamped,
+        )
+
+    def _process_kv(
+        self, chunks: list[ChunkInput], texts: list[str], vectors: np.ndarray, started: float
+    ) -> ProcessedBatch:
+        from memrag.memory.builders import build_memory
+
+        assert self._codec is not None
+        fingerprint = self.fingerprint
+        made = (
+            build_memory(
+                self.compressor,
+                self.memory,
+                texts,
+                batch_size=self.compress_batch_size,
+                fingerprint=fingerprint,
+            )
+            if chunks
+            else []
+        )
+        rows = [self._codec.encode(memory) for memory in made]  # type: ignore[arg-type]
+        fidelity: list[float | None] = [None] * len(chunks)
+        if self.scorer is not None and chunks:
+            stored = [
+                self._codec.decode(r, span=m.span, kind=m.kind, fingerprint=fingerprint, text=m.text)
+                for r, m in zip(rows, made)
+            ]
+            fidelity = list(self.scorer.score(texts, stored))
+        return ProcessedBatch(
+            chunks=chunks,
+            vectors=vectors,
+            slots=torch.cat(rows)
+            if rows
+            else torch.zeros((0, self._codec.row_bytes), dtype=torch.uint8),
+            slot_counts=[int(r.shape[0]) for r in rows],
+            segment_slot_counts=[[] for _ in rows],
+            num_tokens=[int(m.span) for m in made],  # type: ignore[union-attr]
+            fidelity=fidelity,
+            fingerprint=fingerprint,
+            slot_kind=self.memory.kind,
+            embedder_id=self.embedder.model_id,
+            seconds=time.perf_counter() - started,
         )

@@ -164,7 +164,7 @@ def _verify_shards(
                 path,
                 num_slots=shard.num_slots,
                 size=shard.bytes,
-                fingerprint=manifest.compressor.fingerprint,
+                fingerprint=manifest.memory_info.fingerprint,
             )
             if full and sha256_file(path) != shard.sha256:
                 raise StoreCorruptError(f"slot shard {path} does not match its checksum (corrupt)")

@@ -45,11 +45,35 @@ def store_content(store) -> dict[str, dict]:
             "metadata": record.metadata,
             "fidelity": record.fidelity,
             "use_text": record.use_text,
-            "slots": record.slots.tensor.float().numpy() if record.slots is not None else None,
-            "segments": record.slots.segment_slot_counts if record.slots is not None else None,
+            "slots": _memory_array(record.slots),
+            "segments": _memory_layout(record.slots),
             "vector": np.asarray(vectors[0]),
         }
     return content
+
+
+def _memory_array(memory):
+    """Slots, or a K/V memory's keys and values, as one float array (``None`` if absent)."""
+    import torch
+
+    from memrag.memory.kv import KVSlots
+
+    if memory is None:
+        return None
+    if isinstance(memory, KVSlots):
+        return torch.cat([memory.keys.float(), memory.values.float()]).numpy()
+    return memory.tensor.float().numpy()
+
+
+def _memory_layout(memory):
+    """Slots per segment, or a K/V memory's kept offsets and span."""
+    from memrag.memory.kv import KVSlots
+
+    if memory is None:
+        return None
+    if isinstance(memory, KVSlots):
+        return (memory.offsets.tolist(), memory.span)
+    return memory.segment_slot_counts
 
 
 def assert_same_content(a: dict[str, dict], b: dict[str, dict], *, atol: float = 2e-3) -> None:

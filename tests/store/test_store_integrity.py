@@ -199,13 +199,14 @@ BUILD_SCRIPT = """
 import sys
 from memrag.indexing import BuildOptions, build_index
 build_index(sys.argv[1], sys.argv[2], compressor=sys.argv[3], embedder="hashing:64",
-            options=BuildOptions(batch_chunks=3, window_batches=2, show_progress=False))
+            options=BuildOptions(batch_chunks=3, window_batches=2, show_progress=False),
+            create_options={"memory": sys.argv[4]})
 """
 
 
-def _start_build(corpus: Path, store: Path, compressor: Path) -> subprocess.Popen:
+def _start_build(corpus: Path, store: Path, compressor: Path, memory: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", BUILD_SCRIPT, str(corpus), str(store), str(compressor)],
+        [sys.executable, "-c", BUILD_SCRIPT, str(corpus), str(store), str(compressor), memory],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -217,12 +218,13 @@ def _shards(store: Path) -> int:
     return len(list(directory.iterdir())) if directory.is_dir() else 0
 
 
-def test_kill_9_during_build_then_resume(tmp_path: Path, saved_compressor: Path) -> None:
+@pytest.mark.parametrize("memory", ["embedding", "kv-pruned:0.5:int8"])
+def test_kill_9_during_build_then_resume(tmp_path: Path, saved_compressor: Path, memory: str) -> None:
     from memrag.compressor import Compressor
 
     corpus = write_corpus(tmp_path / "corpus.jsonl", 24)
     store = tmp_path / "killed"
-    process = _start_build(corpus, store, saved_compressor)
+    process = _start_build(corpus, store, saved_compressor, memory)
     deadline = time.monotonic() + 120
     while _shards(store) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -258,6 +260,10 @@ def test_kill_9_during_build_then_resume(tmp_path: Path, saved_compressor: Path)
         compressor=compressor,
         embedder="hashing:64",
         options=BuildOptions(show_progress=False),
+        create_options={"memory": memory},
+    )
+    assert MemoryStore.open(store, read_only=True).memory.settings == (
+        MemoryStore.open(reference, read_only=True).memory.settings
     )
     assert_same_content(
         store_content(MemoryStore.open(store, read_only=True)),

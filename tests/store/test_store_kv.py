@@ -1,0 +1,155 @@
+"""Stores of K/V memory: kinds, storage dtypes, round trips, refusals and fidelity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from memrag.compressor import CompressorMismatchError
+from memrag.generation import GenerationOptions
+from memrag.memory.builders import build_memory
+from memrag.memory.kv import KVSlots
+from memrag.memory.spec import resolve_memory_spec
+from memrag.prompts import qa_parts
+from memrag.store import MemoryStore
+from memrag.store.errors import StoreCorruptError
+
+TEXTS = [
+    "Paris is the capital and most populous city of France.",
+    "In 1889 the Eiffel Tower was completed for the World's Fair in Paris.",
+    "The quick brown fox jumps over the lazy dog.",
+]
+
+
+def _store(path: Path, compressor, memory: str, **options) -> MemoryStore:
+    store = MemoryStore.create(path, compressor=compressor, embedder="hashing:64", memory=memory, **options)
+    store.add(TEXTS, ids=["paris", "tower", "fox"])
+    return store
+
+
+@pytest.mark.parametrize("memory", ["kv-exact", "kv-exact:int8", "kv-pruned", "kv-pruned:0.5:bfloat16"])
+def test_kv_memory_round_trips_through_a_store(tmp_path: Path, compressor, memory: str) -> None:
+    spec = resolve_memory_spec(memory)
+    with _store(tmp_path / "s", compressor, memory, fidelity="none") as store:
+        (record,) = store.get(["tower"])
+        stored = record.slots
+        assert isinstance(stored, KVSlots) and stored.kind == spec.kind and stored.text == TEXTS[1]
+        assert store.memory.kind == spec.kind and stored.fingerprint == store.fingerprint
+        (made,) = build_memory(compressor, spec, [TEXTS[1]])
+        assert torch.equal(stored.offsets, made.offsets) and stored.span == made.span
+        # float16/bfloat16 round to 3/2 significant digits; int8 to 1/127 of a channel's range.
+        tolerance = {"float16": 1e-3, "bfloat16": 8e-3, "int8": 8e-3}[spec.kv_dtype]
+        for name in ("keys", "values"):
+            a, b = getattr(stored, name).float(), getattr(made, name).float()
+            assert float((a - b).abs().max() / b.abs().max()) < tolerance, name
+        options = GenerationOptions(max_new_tokens=6)
+        prompt = qa_parts([record.context()], "When was the tower completed?")
+        assert record.context() is stored
+        assert compressor.generate([prompt], options)[0].text
+
+
+def test_int8_halves_the_bytes_and_info_reports_them(tmp_path: Path, compressor) -> None:
+    sizes = {}
+    for memory in ("kv-exact", "kv-exact:int8", "kv-pruned"):
+        with _store(tmp_path / memory.replace(":", "-"), compressor, memory, fidelity="none") as store:
+            info = store.info()["memory"]
+            tokens = store.info()["counts"]["tokens"]
+            sizes[memory] = info["bytes_per_chunk"]
+            assert info["bytes_per_token"] == pytest.approx(info["bytes_per_chunk"] * 3 / tokens)
+    assert 0.45 < sizes["kv-exact:int8"] / sizes["kv-exact"] < 0.62
+    assert 0.2 < sizes["kv-pruned"] / sizes["kv-exact"] < 0.35
+
+
+def test_any_compressor_over_the_same_base_reads_kv_memory_another_model_is_refused(
+    tmp_path: Path, compressor
+) -> None:
+    from memrag.compressor import Compressor, CompressorConfig
+    from memrag.testing import randomize_lora, tiny_base_model
+
+    _store(tmp_path / "s", compressor, "kv-exact", fidelity="none").close()
+    base = compressor.peft_model.get_base_model()
+    # Another compressor (other LoRA weights) over another copy of the same base model.
+    same_base = tiny_base_model(seed=0)
+    other = Compressor(same_base, CompressorConfig(base_model=same_base.name, segment_length=16, lora_rank=4, lora_alpha=8), seed=5)
+    randomize_lora(other, seed=5)
+    assert other.fingerprint != compressor.fingerprint and base is not None
+    with MemoryStore.open(tmp_path / "s", other) as store:
+        assert isinstance(store.get(["fox"])[0].slots, KVSlots)
+    different = tiny_base_model(seed=3)
+    foreign = Compressor(different, CompressorConfig(base_model=different.name, segment_length=16, lora_rank=4, lora_alpha=8), seed=0)
+    with pytest.raises(CompressorMismatchError, match=r"kv-exact memory of base model .*tiny-gemma3-3"):
+        MemoryStore.open(tmp_path / "s", foreign)
+
+
+def test_a_shard_that_does_not_fit_its_manifest_is_refused_naming_store_chunk_and_field(
+    tmp_path: Path, compressor
+) -> None:
+    _store(tmp_path / "s", compressor, "kv-exact", fidelity="none").close()
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    manifest["memory"]["head_dim"] = manifest["memory"]["head_dim"] // 2
+    manifest["memory"]["row_bytes"] -= 1
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    with MemoryStore.open(tmp_path / "s", read_only=True) as store:
+        with pytest.raises(StoreCorruptError, match=r"s: chunk 'fox' .*stored K/V rows are .*uint8"):
+            store.get(["fox"])
+
+
+def test_mixing_memory_kinds_in_one_store_is_refused(tmp_path: Path, compressor) -> None:
+    with _store(tmp_path / "s", compressor, "kv-exact", fidelity="none") as store:
+        other = MemoryStore.create(tmp_path / "o", compressor=compressor, embedder="hashing:64", memory="kv-pruned", fidelity="none")
+        from memrag.store.processing import ChunkInput
+
+        batch = other.processor.process([ChunkInput("x", "Another text about bridges.")])
+        with pytest.raises(ValueError, match="kv-pruned memory cannot go into .* which holds kv-exact"):
+            store.write(batch)
+        other.close()
+
+
+@pytest.mark.parametrize("bad", ["kv-pruned:0", "kv-pruned:1.5", "kv-pruned:-0.2"])
+def test_keep_ratio_outside_zero_one_is_refused(tmp_path: Path, compressor, bad: str) -> None:
+    with pytest.raises(ValueError, match="keep_ratio must be in"):
+        MemoryStore.create(tmp_path / "s", compressor=compressor, embedder="hashing:64", memory=bad)
+    assert not (tmp_path / "s").exists()
+
+
+def test_pruned_memory_is_scored_and_low_fidelity_chunks_are_served_as_text(
+    tmp_path: Path, compressor
+) -> None:
+    with _store(tmp_path / "s", compressor, "kv-pruned", fidelity_threshold=1.0) as store:
+        records = store.get(["paris", "tower", "fox"])
+        assert all(r.fidelity is not None and 0 < r.fidelity <= 1 for r in records)
+        assert all(r.use_text and r.context() == r.text for r in records)
+        store.set_fidelity_threshold(0.0)
+        assert all(isinstance(r.context(), KVSlots) for r in store.get(["paris", "tower", "fox"]))
+    with _store(tmp_path / "e", compressor, "kv-exact") as exact:
+        assert all(r.fidelity is None for r in exact.get(["paris", "fox"]))
+
+
+def test_cli_builds_and_describes_a_pruned_int8_store(tmp_path: Path, saved_compressor: Path) -> None:
+    from typer.testing import CliRunner
+
+    from memrag.cli import app
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    runner = CliRunner()
+    store = tmp_path / "store"
+    result = runner.invoke(
+        app,
+        ["index", "build", "--corpus", str(corpus), "--store", str(store), "--compressor", str(saved_compressor),
+         "--embedder", "hashing:64", "--memory", "kv-pruned", "--keep-ratio", "0.5", "--kv-dtype", "int8", "-q"],
+    )
+    assert result.exit_code == 0, result.output
+    info = runner.invoke(app, ["index", "info", str(store)])
+    assert info.exit_code == 0, info.output
+    assert "memory kv-pruned (kv_dtype int8, keep_ratio 0.5" in info.output
+    assert "bytes per chunk" in info.output
+    bad = runner.invoke(
+        app,
+        ["index", "build", "--corpus", str(corpus), "--store", str(tmp_path / "bad"), "--compressor",
+         str(saved_compressor), "--memory", "kv-exact", "--keep-ratio", "0.5", "-q"],
+    )
+    assert bad.exit_code != 0 and "--keep-ratio needs --memory kv-pruned" in bad.output
