@@ -225,7 +225,8 @@ class TextStream(Iterator[str]):
 
     Iterate it for the text; :attr:`num_tokens` and :attr:`finish_reason` count exactly the
     tokens the decoder produced (as :func:`generate` does), final once the iteration ended.
-    Closing it early stops the generation.
+    :attr:`prompt_positions` and :attr:`prefilled_positions` are the prompt's, as
+    :class:`Generation` reports them. Closing it early stops the generation.
     """
 
     def __init__(
@@ -235,7 +236,12 @@ class TextStream(Iterator[str]):
         stops: StopStringFilter,
         options: GenerationOptions,
         eos_token_id: int | None,
+        *,
+        prompt_positions: int = 0,
+        prefilled_positions: int = 0,
     ) -> None:
+        self.prompt_positions = prompt_positions
+        self.prefilled_positions = prefilled_positions
         self._chunks = chunks
         self._tokens = tokens
         self._stops = stops
@@ -303,7 +309,15 @@ def stream(
     streamer = _CountingStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
     stops = StopStringFilter(options.stop)
     chunks = _stream_chunks(model, tokenizer, batch, options, streamer, stops, lock, enter_decoder)
-    return TextStream(chunks, tokens, stops, options, tokenizer.eos_token_id)
+    return TextStream(
+        chunks,
+        tokens,
+        stops,
+        options,
+        tokenizer.eos_token_id,
+        prompt_positions=batch.prompt_lengths[0],
+        prefilled_positions=(batch.prefilled_lengths or batch.prompt_lengths)[0],
+    )
 
 
 def _stream_chunks(

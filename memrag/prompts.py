@@ -11,13 +11,16 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
 from memrag.splice import PromptPart
 
 #: Stop strings for short extractive answers.
 ANSWER_STOP = ("\n",)
 
-Context = str | Slots
+#: A document as a prompt holds it: its text, its embedding slots or its K/V memory.
+Memory = Slots | KVSlots
+Context = str | Memory
 
 
 def qa_parts(contexts: Sequence[Context], question: str) -> list[PromptPart]:
@@ -45,21 +48,21 @@ def render_chat(
 ) -> list[PromptPart]:
     """Renders chat ``messages`` into prompt parts.
 
-    Each message is ``{"role": ..., "content": str | list[str | Slots]}``. With a chat template
-    the slots are replaced by unique placeholders, the template is applied, and the text is
-    split back at the placeholders. Without one, a plain ``Role: content`` transcript is used.
+    Each message is ``{"role": ..., "content": str | list[str | Slots | KVSlots]}``. With a chat
+    template each document's memory is replaced by a unique placeholder, the template is
+    applied, and the text is split back at the placeholders. Without one, a plain ``Role: content`` transcript is used.
 
     Returns:
         The parts. When a template writes the BOS token itself, the splicer adds no other.
     """
-    slots_by_key: dict[str, Slots] = {}
+    slots_by_key: dict[str, Memory] = {}
     flat: list[dict[str, str]] = []
     for message in messages:
         content = message["content"]
-        pieces = [content] if isinstance(content, (str, Slots)) else list(content)
+        pieces = [content] if isinstance(content, (str, Slots, KVSlots)) else list(content)
         text = ""
         for piece in pieces:
-            if isinstance(piece, Slots):
+            if isinstance(piece, (Slots, KVSlots)):
                 key = f"<<memrag-slots-{uuid.uuid4().hex}>>"
                 slots_by_key[key] = piece
                 text += key
@@ -78,8 +81,8 @@ def render_chat(
     return split_placeholders(rendered, slots_by_key)
 
 
-def split_placeholders(text: str, slots_by_key: dict[str, Slots]) -> list[PromptPart]:
-    """Splits ``text`` at the placeholder keys, putting each key's slots in its place."""
+def split_placeholders(text: str, slots_by_key: dict[str, Memory]) -> list[PromptPart]:
+    """Splits ``text`` at the placeholder keys, putting each key's memory in its place."""
     parts: list[PromptPart] = []
     rest = text
     while slots_by_key:

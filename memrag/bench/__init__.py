@@ -16,7 +16,6 @@ _EXPORTS = {
     "AnswerTimer": "memrag.bench.timing",
     "AnswerTiming": "memrag.bench.timing",
     "percentile": "memrag.bench.timing",
-    "FullKVStore": "memrag.bench.full_kv",
     "environment": "memrag.bench.report",
     "markdown_report": "memrag.bench.report",
     "write_plots": "memrag.bench.report",

@@ -1,16 +1,20 @@
 """The context modes the benchmark compares: how the retrieved chunks reach the decoder.
 
 Every mode turns (question, retrieved chunk ids) into a :class:`~memrag.splice.SpliceBatch`
-for the same frozen decoder, with the same prompt wording (:func:`memrag.prompts.qa_parts`,
-through :func:`memrag.training.objectives.qa_prompt` as fine-tuning and ``memrag eval qa``
-use it); the runner decodes it greedily. A mode's :meth:`ContextMode.prepare` is part of the
-measured time: it loads the mode's stored payload of the chunks (and marks that moment on the
-timer), then assembles the prompt.
+through :meth:`memrag.compressor.Compressor.build` (the one splice path), for the same frozen
+decoder, with the same prompt wording (:func:`memrag.training.objectives.qa_prompt`, as
+fine-tuning and ``memrag eval qa`` use it); the runner decodes it greedily. A mode's
+:meth:`ContextMode.prepare` is part of the measured time: it loads the mode's stored payload
+of the chunks (and marks that moment on the timer), then assembles the prompt (for K/V memory:
+rotating the cached keys into place and prefilling the text around them).
 
 * ``text``: the chunks' text (classic RAG, the baseline);
-* ``slots`` / ``kv-slots``: the chunks' memory slots from the store (embedding or K/V slots,
-  as the compressor under test makes; only one of the two exists per compressor);
-* ``full-kv``: the chunks' pre-computed key/value caches (:mod:`memrag.bench.full_kv`);
+* ``slots``: the chunks' memory slots from the store, as the compressor under test makes them;
+* ``kv-exact[:settings]`` / ``kv-pruned[:settings]``: the chunks' K/V memory read from a store
+  of that kind (e.g. ``kv-exact:int8``, ``kv-pruned:0.5``; see
+  :func:`memrag.memory.spec.parse_memory_mode`), optionally with cross-chunk recovery
+  (``kv-exact+cacheblend``, ``kv-exact+cacheblend:0.1``; see
+  :class:`memrag.memory.recovery.RecoveryConfig`);
 * ``truncated``: each chunk's text cut to as many tokens as it has slots
   (:func:`memrag.eval.qa.truncated_context`), computed offline;
 * ``none``: no context.
@@ -23,18 +27,62 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from memrag.bench.full_kv import FullKVStore, KeyRotation, Positions, prefix_cache
 from memrag.bench.timing import AnswerTimer
-from memrag.prompts import qa_parts
+from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
 from memrag.splice import SpliceBatch
 
 logger = logging.getLogger(__name__)
 
-#: Every mode, in report order.
-MODES: tuple[str, ...] = ("text", "slots", "kv-slots", "full-kv", "truncated", "none")
+#: The modes without settings, in report order (K/V modes come after ``slots``).
+MODES: tuple[str, ...] = ("text", "slots", "kv-exact", "kv-pruned", "truncated", "none")
+#: What ``memrag bench`` runs by default.
+DEFAULT_MODES: tuple[str, ...] = (
+    "text",
+    "slots",
+    "kv-exact",
+    "kv-exact+cacheblend",
+    "kv-pruned",
+    "truncated",
+    "none",
+)
+
+
+@dataclass(frozen=True)
+class ModeName:
+    """A parsed mode name: ``kv-exact:int8+cacheblend:0.1`` -> memory ``kv-exact:int8``, recovery."""
+
+    name: str
+    memory: str | None = None
+    recovery: str | None = None
+
+    @property
+    def is_kv(self) -> bool:
+        """Whether the mode reads K/V memory."""
+        return self.memory is not None
+
+
+def parse_mode(name: str) -> ModeName:
+    """Checks and splits a bench mode name.
+
+    Raises:
+        ValueError: naming the mode and what is wrong with it.
+    """
+    from memrag.memory.recovery import RecoveryConfig
+    from memrag.memory.spec import parse_memory_mode
+
+    base, _, recovery = name.partition("+")
+    if not base.startswith("kv-"):
+        if recovery or base not in MODES:
+            raise ValueError(
+                f"unknown mode {name!r}; choose from {', '.join(MODES)} (K/V modes take "
+                "settings: kv-exact:int8, kv-pruned:0.5, kv-exact+cacheblend)"
+            )
+        return ModeName(name)
+    parse_memory_mode(base)
+    if recovery:
+        RecoveryConfig.parse(recovery)
+    return ModeName(name, memory=base, recovery=recovery or None)
 
 
 @dataclass
@@ -42,14 +90,12 @@ class Prepared:
     """A mode's decoder input for one question.
 
     Attributes:
-        batch: The one-row spliced prompt (all positions, cached ones included).
-        past_key_values: A cache holding the first positions of the prompt, or ``None``.
-        prefilled: Decoder context positions the decoder has to prefill.
-        cached: Positions loaded from a pre-computed cache instead of prefilled.
+        batch: The one-row spliced prompt (with a cache holding its K/V memory, if any).
+        prefilled: Decoder context positions the decoder computed for this question.
+        cached: Positions read from stored K/V memory instead of computed.
     """
 
     batch: SpliceBatch
-    past_key_values: Any = None
     prefilled: int = 0
     cached: int = 0
 
@@ -67,35 +113,18 @@ class OfflineCost:
     offline_s_per_chunk: float
 
 
+Context = str | Slots | KVSlots
+
+
 class ContextMode:
     """One way of giving the retrieved chunks to the decoder.
 
     Args:
-        name: The mode's name (one of :data:`MODES`).
+        name: The mode's name.
         compressor: The compressor under test (its frozen decoder answers in every mode).
         cost: The mode's storage and pre-computation cost.
-    """
-
-    def __init__(self, name: str, compressor: Any, cost: OfflineCost) -> None:
-        self.name = name
-        self.compressor = compressor
-        self.cost = cost
-
-    def prepare(
-        self, decoder: Any, question: str, chunk_ids: Sequence[str], timer: AnswerTimer
-    ) -> Prepared:
-        """Loads the chunks' payload (then calls ``timer.fetched()``) and builds the prompt."""
-        raise NotImplementedError
-
-
-class SplicedMode(ContextMode):
-    """A mode whose contexts are text or slots, spliced through ``inputs_embeds``.
-
-    Args:
-        name: The mode's name.
-        compressor: The compressor under test.
-        cost: The mode's storage and pre-computation cost.
-        fetch: Returns the contexts (text or :class:`~memrag.slots.Slots`) of chunk ids.
+        fetch: Returns the contexts (text, slots or K/V memory) of chunk ids.
+        recovery: Cross-chunk recovery for K/V memory (a ``RecoveryConfig``), or ``None``.
     """
 
     def __init__(
@@ -103,78 +132,28 @@ class SplicedMode(ContextMode):
         name: str,
         compressor: Any,
         cost: OfflineCost,
-        fetch: Callable[[Sequence[str]], list[str | Slots]],
+        fetch: Callable[[Sequence[str]], list[Context]],
+        *,
+        recovery: Any = None,
     ) -> None:
-        super().__init__(name, compressor, cost)
+        self.name = name
+        self.compressor = compressor
+        self.cost = cost
         self.fetch = fetch
+        self.recovery = recovery
 
     def prepare(
         self, decoder: Any, question: str, chunk_ids: Sequence[str], timer: AnswerTimer
     ) -> Prepared:
+        """Loads the chunks' payload (then calls ``timer.fetched()``) and builds the prompt."""
         from memrag.training.objectives import qa_prompt
 
         contexts = self.fetch(chunk_ids)
         timer.fetched()
-        batch = self.compressor.build([qa_prompt(self.compressor.tokenizer, contexts, question)])
-        return Prepared(batch=batch, prefilled=batch.prompt_lengths[0])
-
-
-class FullKVMode(ContextMode):
-    """The ``full-kv`` mode: the chunks' stored caches as a ``past_key_values`` prefix.
-
-    Args:
-        compressor: The compressor under test (its decoder computed the caches).
-        cost: The mode's storage and pre-computation cost.
-        store: The pre-computed caches.
-        positions: ``"reorder"`` or ``"composite"`` rotary positions.
-        decoder: The decoder (to check that its keys can be re-rotated).
-    """
-
-    def __init__(
-        self,
-        compressor: Any,
-        cost: OfflineCost,
-        store: FullKVStore,
-        *,
-        positions: Positions,
-        decoder: Any,
-    ) -> None:
-        super().__init__("full-kv", compressor, cost)
-        self.store = store
-        self.rotation = KeyRotation(decoder)
-        if positions == "reorder" and not self.rotation.available:
-            logger.warning(
-                "cannot re-rotate %s keys; full-kv uses composite positions", type(decoder).__name__
-            )
-            positions = "composite"
-        self.positions: Positions = positions
-        # The BOS token's cache is the same for every prompt: held in memory like a system prompt.
-        bos = store.load_bos()
-        self.head = [bos] if bos is not None else []
-
-    def prepare(
-        self, decoder: Any, question: str, chunk_ids: Sequence[str], timer: AnswerTimer
-    ) -> Prepared:
-        chunks = self.store.load(chunk_ids)
-        timer.fetched()
-        cache, prefix_ids = prefix_cache(
-            decoder, self.head + chunks, positions=self.positions, rotation=self.rotation
-        )
-        splicer = self.compressor.splicer
-        embeddings = splicer.token_embeddings
-        with torch.inference_mode():
-            prefix = embeddings(prefix_ids.to(embeddings.weight.device))
-            tail = splicer.embed_prompt(qa_parts([], question), add_bos=False)
-        inputs = torch.cat([prefix, tail], dim=0).unsqueeze(0)
-        length = inputs.shape[1]
-        mask = torch.ones((1, length), dtype=torch.long, device=inputs.device)
-        batch = SpliceBatch(
-            inputs_embeds=inputs,
-            attention_mask=mask,
-            position_ids=torch.arange(length, device=inputs.device).unsqueeze(0),
-            labels=None,
-            prompt_lengths=[length],
-        )
-        return Prepared(
-            batch=batch, past_key_values=cache, prefilled=tail.shape[0], cached=prefix.shape[0]
-        )
+        prompt = qa_prompt(self.compressor.tokenizer, contexts, question)
+        if any(isinstance(c, KVSlots) for c in contexts):
+            batch = self.compressor.build([prompt], recovery=self.recovery)
+        else:
+            batch = self.compressor.build([prompt])
+        computed = batch.prefilled_lengths[0]
+        return Prepared(batch=batch, prefilled=computed, cached=batch.prompt_lengths[0] - computed)

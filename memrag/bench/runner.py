@@ -24,8 +24,7 @@ from typing import Any
 import torch
 
 from memrag.bench.corpus import BenchCorpus, BuiltStore, build_store, select_corpus
-from memrag.bench.full_kv import POSITIONS, FullKVStore
-from memrag.bench.modes import MODES, ContextMode, FullKVMode, OfflineCost, SplicedMode
+from memrag.bench.modes import DEFAULT_MODES, ContextMode, OfflineCost, parse_mode
 from memrag.bench.timing import AnswerTimer, Clock, percentile, timed
 from memrag.eval.metrics import aggregate_squad, squad_scores
 from memrag.generation import GenerationOptions, generate
@@ -59,12 +58,10 @@ class BenchSettings:
         limit: Number of questions (a seeded sample).
         k: Chunks retrieved per question.
         corpus_size: Passages in the store (the questions' own plus distractors).
-        modes: Modes to run (any of :data:`~memrag.bench.modes.MODES`).
+        modes: Modes to run (see :func:`~memrag.bench.modes.parse_mode`), in report order.
         seed: Seed of the question and distractor samples.
         max_new_tokens: Answer length limit.
         warmup: Warm-up rounds (every mode answers the first questions; not counted).
-        kv_positions: Rotary positions of the ``full-kv`` prefix: ``reorder`` or ``composite``.
-        kv_dtype: Dtype the ``full-kv`` caches are stored in.
         embedder: Retrieval embedder id (``None``: all-MiniLM-L6-v2 from its pip package).
         on_bad_row: ``skip`` or ``raise`` on bad data rows.
         show_progress: Show progress bars.
@@ -74,28 +71,25 @@ class BenchSettings:
     limit: int
     k: int = 5
     corpus_size: int = 500
-    modes: Sequence[str] = MODES
+    modes: Sequence[str] = DEFAULT_MODES
     seed: int = 0
     max_new_tokens: int = 32
     warmup: int = 1
-    kv_positions: str = "reorder"
-    kv_dtype: str = "float16"
     embedder: str | None = None
     on_bad_row: str = "skip"
     show_progress: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.modes if m not in MODES]
-        if unknown or not self.modes:
-            raise ValueError(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
-        self.modes = [m for m in MODES if m in self.modes]
+        if not self.modes:
+            raise ValueError("no modes to run")
+        for mode in self.modes:
+            parse_mode(mode)
+        self.modes = list(dict.fromkeys(self.modes))
         for name in ("limit", "k", "corpus_size", "max_new_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        if self.kv_positions not in POSITIONS:
-            raise ValueError(f"kv_positions must be one of {POSITIONS}, got {self.kv_positions!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -108,8 +102,6 @@ class BenchSettings:
             "seed": self.seed,
             "max_new_tokens": self.max_new_tokens,
             "warmup": self.warmup,
-            "kv_positions": self.kv_positions,
-            "kv_dtype": self.kv_dtype,
             "embedder": self.embedder or "sentence-transformers/all-MiniLM-L6-v2",
             "decoding": "greedy",
         }
@@ -210,6 +202,11 @@ class _Setup:
     modes: dict[str, ContextMode]
     unavailable: dict[str, str]
     offline: dict[str, Any]
+    stores: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
 
 
 def _make_modes(
@@ -224,7 +221,6 @@ def _make_modes(
     from memrag.eval.qa import truncated_context
 
     store = built.store
-    wanted = set(settings.modes)
     modes: dict[str, ContextMode] = {}
     unavailable: dict[str, str] = {}
     offline: dict[str, Any] = {
@@ -236,76 +232,109 @@ def _make_modes(
         "payload_chunks": len(used),
     }
     texts = [corpus.passages[i] for i in used]
-    if "text" in wanted:
-        modes["text"] = SplicedMode(
-            "text",
-            compressor,
-            OfflineCost(_bytes_of_text(texts), 0.0),
-            lambda ids: [r.text for r in store.get(ids, with_slots=False)],
-        )
-    kind = compressor.config.slot_kind
-    slot_mode = "slots" if kind == "embedding" else "kv-slots"
-    other = "kv-slots" if slot_mode == "slots" else "slots"
-    if other in wanted:
-        unavailable[other] = (
-            "not available: no compressor with slot_kind 'kv' "
-            "(the compressor under test makes embedding slots)"
-            if other == "kv-slots"
-            else "not available: the compressor under test makes kv slots"
-        )
-    if slot_mode in wanted:
-        records = store.get(list(used), with_slots=True)
-        slot_bytes = [
-            r.slots.tensor.numel() * r.slots.tensor.element_size()
-            for r in records
-            if r.slots is not None
-        ]
-        cost = OfflineCost(
-            sum(slot_bytes) / max(len(slot_bytes), 1), built.compress_seconds / max(built.chunks, 1)
-        )
-        modes[slot_mode] = SplicedMode(
-            slot_mode,
-            compressor,
-            cost,
-            lambda ids: [r.context() for r in store.get(ids, with_slots=True)],
-        )
-    if "full-kv" in wanted:
-        if has_chat_template(compressor.tokenizer):
-            unavailable["full-kv"] = (
-                "not available: per-chunk caches need the plain QA prompt "
-                "(the tokenizer has a chat template)"
-            )
-        else:
-            kv_store = FullKVStore(work_dir / "full_kv", dtype=settings.kv_dtype)
-            seconds = kv_store.build(
+    memory_stores: dict[str, tuple[Any, OfflineCost]] = {}
+    for name in settings.modes:
+        mode = parse_mode(name)
+        if name == "text":
+            modes[name] = ContextMode(
+                name,
                 compressor,
-                [(i, corpus.passages[i]) for i in used],
-                show_progress=settings.show_progress,
+                OfflineCost(_bytes_of_text(texts), 0.0),
+                lambda ids: [r.text for r in store.get(ids, with_slots=False)],
             )
-            sizes = [kv_store.file_bytes(i) for i in used]
-            cost = OfflineCost(sum(sizes) / max(len(sizes), 1), seconds / max(len(used), 1))
-            modes["full-kv"] = FullKVMode(
+        elif name == "slots":
+            records = store.get(list(used), with_slots=True)
+            slot_bytes = [
+                r.slots.tensor.numel() * r.slots.tensor.element_size()
+                for r in records
+                if r.slots is not None
+            ]
+            cost = OfflineCost(
+                sum(slot_bytes) / max(len(slot_bytes), 1),
+                built.compress_seconds / max(built.chunks, 1),
+            )
+            modes[name] = ContextMode(
+                name,
                 compressor,
                 cost,
-                kv_store,
-                positions=settings.kv_positions,
-                decoder=compressor.causal_lm,  # type: ignore[arg-type]
+                lambda ids: [r.context() for r in store.get(ids, with_slots=True)],
             )
-            offline["full_kv_positions"] = modes["full-kv"].positions  # type: ignore[attr-defined]
-            offline["full_kv_build_s"] = seconds
-    if "truncated" in wanted:
-        cut, seconds = timed(
-            clock, lambda: {i: truncated_context(compressor, corpus.passages[i]) for i in used}
-        )
-        modes["truncated"] = SplicedMode(
-            "truncated",
-            compressor,
-            OfflineCost(_bytes_of_text(list(cut.values())), seconds / max(len(used), 1)),
-            lambda ids: [cut[i] for i in ids],
-        )
-    if "none" in wanted:
-        modes["none"] = SplicedMode("none", compressor, OfflineCost(0.0, 0.0), lambda ids: [])
-    return _Setup(modes=modes, unavailable=unavailable, offline=offline)
+        elif mode.is_kv:
+            if has_chat_template(compressor.tokenizer):
+                unavailable[name] = (
+                    "not available: K/V memory is benchmarked with the plain QA prompt "
+                    "(the tokenizer has a chat template)"
+                )
+                continue
+            assert mode.memory is not None
+            if mode.memory not in memory_stores:
+                memory_stores[mode.memory] = _memory_store(
+                    compressor, mode.memory, used, texts, work_dir, len(memory_stores), settings, clock
+                )
+                offline[f"{mode.memory}_build_s"] = memory_stores[mode.memory][1].offline_s_per_chunk * len(used)
+            kv_store, cost = memory_stores[mode.memory]
+            recovery = None
+            if mode.recovery:
+                from memrag.memory.recovery import RecoveryConfig
+
+                recovery = RecoveryConfig.parse(mode.recovery)
+            modes[name] = ContextMode(
+                name,
+                compressor,
+                cost,
+                lambda ids, s=kv_store: [r.context() for r in s.get(ids, with_slots=True)],
+                recovery=recovery,
+            )
+        elif name == "truncated":
+            cut, seconds = timed(
+                clock, lambda: {i: truncated_context(compressor, corpus.passages[i]) for i in used}
+            )
+            modes[name] = ContextMode(
+                name,
+                compressor,
+                OfflineCost(_bytes_of_text(list(cut.values())), seconds / max(len(used), 1)),
+                lambda ids, cut=cut: [cut[i] for i in ids],
+            )
+        elif name == "none":
+            modes[name] = ContextMode(name, compressor, OfflineCost(0.0, 0.0), lambda ids: [])
+    return _Setup(
+        modes=modes,
+        unavailable=unavailable,
+        offline=offline,
+        stores=[kv_store for kv_store, _ in memory_stores.values()],
+    )
+
+
+def _memory_store(
+    compressor: Any,
+    memory: str,
+    used: Sequence[str],
+    texts: Sequence[str],
+    work_dir: Path,
+    number: int,
+    settings: BenchSettings,
+    clock: Clock,
+) -> tuple[Any, OfflineCost]:
+    """A store of ``memory`` holding the retrieved chunks (read by id), and what it cost.
+
+    Its vectors are never searched (retrieval runs on the main store), so a model-free
+    embedder keeps them cheap; fidelity is not scored, so every chunk is read from its memory.
+    """
+    from memrag.store import MemoryStore
+
+    started = clock()
+    kv_store = MemoryStore.create(
+        work_dir / f"memory-{number}",
+        compressor=compressor,
+        embedder="hashing:16",
+        memory=memory,
+        fidelity="none",
+        device=str(compressor.device),
+    )
+    kv_store.add(list(texts), ids=list(used), show_progress=settings.show_progress)
+    seconds = clock() - started
+    info = kv_store.info()["memory"]
+    return kv_store, OfflineCost(info["bytes_per_chunk"], seconds / max(len(used), 1))
 
 
 def run_benchmark(
@@ -387,7 +416,7 @@ def _run(
         for name, mode in setup.modes.items()
     }
     if "none" not in runs:
-        limit_mode = SplicedMode(LIMIT, compressor, OfflineCost(0.0, 0.0), lambda ids: [])
+        limit_mode = ContextMode(LIMIT, compressor, OfflineCost(0.0, 0.0), lambda ids: [])
         runs[LIMIT] = (limit_mode, GenerationOptions(max_new_tokens=1, stop=ANSWER_STOP))
     samples = {name: ModeSamples() for name in runs}
     predictions: list[dict[str, Any]] = []
@@ -399,14 +428,7 @@ def _run(
         timer = AnswerTimer(clock)
         timer.start()
         prepared = mode.prepare(decoder, question, ids, timer)
-        generation = generate(
-            decoder,
-            tokenizer,
-            prepared.batch,
-            options,
-            streamer=timer,
-            past_key_values=prepared.past_key_values,
-        )[0]
+        generation = generate(decoder, tokenizer, prepared.batch, options, streamer=timer)[0]
         return generation, timer.stop(), prepared
 
     with compressor.decoder_mode() as decoder, torch.inference_mode():
@@ -450,6 +472,7 @@ def _run(
                     )
                 bar.update(1)
         finished = clock()
+    setup.close()
 
     results = {name: samples[name].summary(setup.modes[name].cost) for name in names}
     ratios_vs_text(results)

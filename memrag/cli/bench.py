@@ -19,9 +19,11 @@ from memrag.cli.eval import EvalOptions, _load
 from memrag.cli.options import Spec, dataclass_options
 
 _MODES_HELP = (
-    "Comma-separated modes: text (chunks as text), slots (memory slots), kv-slots (K/V slots; "
-    "needs a compressor of that kind), full-kv (pre-computed key/value caches), truncated (text "
-    "cut to the slots' positions), none."
+    "Comma-separated modes: text (chunks as text), slots (the compressor's memory slots), "
+    "kv-exact (each chunk's pre-computed key/value cache), kv-pruned (a quarter of its "
+    "positions' keys and values), truncated (text cut to the slots' positions), none. K/V modes "
+    "take settings (kv-exact:int8, kv-pruned:0.5) and cross-chunk recovery "
+    "(kv-exact+cacheblend, kv-exact+cacheblend:0.1)."
 )
 
 
@@ -48,19 +50,13 @@ def bench(
         help="Passages in the store: the questions' own plus distractors from the same file.",
     ),
     modes: str = typer.Option(
-        "text,slots,kv-slots,full-kv,truncated,none", "--modes", help=_MODES_HELP
+        "text,slots,kv-exact,kv-exact+cacheblend,kv-pruned,truncated,none",
+        "--modes",
+        help=_MODES_HELP,
     ),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Answer length limit."),
     warmup: int = typer.Option(
         1, "--warmup", min=0, help="Warm-up rounds (every mode answers once; not counted)."
-    ),
-    kv_positions: str = typer.Option(
-        "reorder",
-        "--kv-positions",
-        help="full-kv rotary positions: reorder (as in the text prompt) or composite.",
-    ),
-    kv_dtype: str = typer.Option(
-        "float16", "--kv-dtype", help="Dtype the full-kv caches are stored in."
     ),
     embedder: str = typer.Option(
         None,
@@ -105,8 +101,6 @@ def bench(
             seed=options.seed,
             max_new_tokens=max_new_tokens,
             warmup=warmup,
-            kv_positions=kv_positions,
-            kv_dtype=kv_dtype,
             embedder=embedder,
             on_bad_row=options.on_bad_row,
             show_progress=True,
@@ -119,7 +113,7 @@ def bench(
     if work_dir is not None and work_dir.exists() and any(work_dir.iterdir()):
         fail(f"--work-dir {work_dir} is not empty")
     compressor = _load(
-        options, needs_trained=any(m in settings.modes for m in ("slots", "kv-slots"))
+        options, needs_trained="slots" in settings.modes
     )
     trained = getattr(compressor, "source", None) is not None
     label = (

@@ -338,9 +338,11 @@ class MemragModelMixin(BaseModel):
             yield StreamEnd(generation)
             return
         (prompt,) = self._materialize([spec])
-        positions = self.compressor.build([prompt]).prompt_lengths[0]
         pieces: list[str] = []
         iterator = self.compressor.stream(prompt, options)
+        positions = getattr(iterator, "prompt_positions", None)
+        if positions is None:  # a compressor whose stream does not say
+            positions = self.compressor.build([prompt]).prompt_lengths[0]
         try:
             for piece in iterator:
                 pieces.append(piece)
@@ -354,7 +356,8 @@ class MemragModelMixin(BaseModel):
         else:
             num_tokens = len(self.compressor.tokenizer(text, add_special_tokens=False)["input_ids"])
             finish = "length" if num_tokens >= options.max_new_tokens else "stop"
-        yield StreamEnd(Generation(text, num_tokens, finish, positions))
+        prefilled = int(getattr(iterator, "prefilled_positions", positions))
+        yield StreamEnd(Generation(text, num_tokens, finish, positions, prefilled))
 
     @staticmethod
     def usage(generation: Generation) -> dict[str, int]:

@@ -76,9 +76,15 @@ class InMemoryDocumentSource:
     Args:
         compressor: The compressor that makes (and later reads) the slots.
         batch_size: Segments per encoder pass when compressing.
+        memory: What to keep for each document (a :class:`~memrag.memory.spec.MemorySpec` or a
+            mode string: ``"embedding"`` slots by default, or ``"kv-exact"``, ``"kv-pruned"``
+            ...: K/V memory made by the compressor's frozen decoder).
     """
 
-    def __init__(self, compressor: Compressor, *, batch_size: int = 16) -> None:
+    def __init__(self, compressor: Compressor, *, batch_size: int = 16, memory: Any = "embedding") -> None:
+        from memrag.memory.spec import resolve_memory_spec
+
+        self.memory = resolve_memory_spec(memory)
         self.compressor = compressor
         self.batch_size = batch_size
         self._records: dict[str, ChunkRecord] = {}
@@ -129,9 +135,11 @@ class InMemoryDocumentSource:
                 raise ValueError(f"{count} texts but {len(values)} {name}")
         final_ids = [doc_id if doc_id else str(uuid.uuid4()) for doc_id in chosen]
         to_compress = [i for i in range(count) if not flags[i]]
-        slots = self.compressor.compress(
-            [texts[i] for i in to_compress], batch_size=self.batch_size
-        )
+        from memrag.memory.builders import build_memory
+
+        slots = build_memory(
+            self.compressor, self.memory, [texts[i] for i in to_compress], batch_size=self.batch_size
+        ) if to_compress else []
         slots_by_index = dict(zip(to_compress, slots))
         records = [
             ChunkRecord(

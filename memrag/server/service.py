@@ -89,8 +89,14 @@ def document_info(record: ChunkRecord) -> dict[str, Any]:
         "id": record.id,
         "source_id": record.metadata.get("source_id", record.id),
         "score": None if record.score is None else round(float(record.score), 6),
-        "spliced": "text" if record.use_text or record.slots is None else "slots",
+        "spliced": "text" if record.use_text or record.slots is None else _spliced_as(record),
     }
+
+
+def _spliced_as(record: ChunkRecord) -> str:
+    """``"slots"`` for embedding slots, the memory kind (``"kv-exact"`` ...) for K/V memory."""
+    kind = getattr(record.slots, "kind", "embedding")
+    return "slots" if kind == "embedding" else str(kind)
 
 
 class RagService:
@@ -116,12 +122,11 @@ class RagService:
     ) -> None:
         self.store = store
         self.default_stop = tuple(stop)
-        store_fingerprint = getattr(store, "fingerprint", None)
-        if compressor is not None and store_fingerprint not in (None, compressor.fingerprint):
-            raise ValueError(
-                f"the store holds slots of compressor {store_fingerprint}, not of the compressor "
-                f"given ({compressor.fingerprint})"
-            )
+        if compressor is not None and hasattr(store, "check_compressor"):
+            try:
+                store.check_compressor(compressor)
+            except ValueError as err:
+                raise ValueError(str(err)) from None
         # A key of our own: only this process writes and reads the document references.
         self.chat = ChatMemrag(
             source=store,

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from memrag.prompts import has_chat_template, qa_parts, render_chat
+from memrag.prompts import Context, has_chat_template, qa_parts, render_chat
 from memrag.slots import Slots
 from memrag.splice import IGNORE_INDEX, PromptPart, Task
 from memrag.training.data import PretrainExample, QAExample
@@ -66,7 +66,7 @@ def continue_prompt(slots: Slots) -> list[PromptPart]:
     return [slots, Task.CONTINUE]
 
 
-def qa_prompt(tokenizer: Any, contexts: Sequence[str | Slots], question: str) -> list[PromptPart]:
+def qa_prompt(tokenizer: Any, contexts: Sequence[Context], question: str) -> list[PromptPart]:
     """The question-answering prompt used for fine-tuning and evaluation alike.
 
     It is :func:`memrag.prompts.qa_parts`; a model with a chat template gets it as the user

@@ -1,4 +1,4 @@
-"""``memrag bench``: fake-clock timing, full-kv caches, the harness end to end (tiny models)."""
+"""``memrag bench``: fake-clock timing, the K/V modes, the harness end to end (tiny models)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from training_fixtures import qa_corpus
 from typer.testing import CliRunner
 
 from memrag.bench.corpus import TimedCompressor, passage_id, select_corpus
-from memrag.bench.full_kv import FullKVStore, KeyRotation, prefix_cache
 from memrag.bench.report import markdown_report, targets, write_plots
+from memrag.bench.modes import parse_mode
 from memrag.bench.runner import RESULT_FIELDS, BenchSettings, run_benchmark
 from memrag.bench.timing import AnswerTimer, percentile
 from memrag.generation import GenerationOptions, generate
@@ -22,9 +22,7 @@ from memrag.prompts import qa_parts
 from memrag.testing import tiny_base_model, tiny_compressor
 
 QUESTION = "What is the capital of France?"
-LONG_CONTEXT = (
-    "Paris is the capital and most populous city of France. " * 8
-)  # > the tiny sliding window
+BENCH_MODES = ["text", "slots", "kv-exact", "kv-exact:int8+cacheblend:0.5", "kv-pruned", "truncated", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +39,8 @@ def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def bench_result(compressor, qa_file: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = BenchSettings(
-        data=qa_file, limit=3, k=2, corpus_size=5, embedder="hashing:64", max_new_tokens=3
+        data=qa_file, limit=3, k=2, corpus_size=5, embedder="hashing:64", max_new_tokens=3,
+        modes=BENCH_MODES,
     )
     return run_benchmark(
         compressor, settings, tmp_path_factory.mktemp("work"), environment={"machine": "test"}
@@ -111,65 +110,19 @@ def test_percentile_matches_numpy(q: float) -> None:
     assert np.isnan(percentile([], q))
 
 
-# --------------------------------------------------------------------------- full-kv
-@pytest.mark.parametrize("architecture", ["gemma3", "llama"])
-def test_full_kv_prefix_equals_text_prefill_for_one_chunk(
-    architecture: str, tmp_path: Path
-) -> None:
-    """One chunk's cache + the question gives the text prompt's logits (past the sliding window)."""
-    model = tiny_compressor(seed=0, architecture=architecture)
-    store = FullKVStore(tmp_path, dtype="float32")
-    store.build(model, [("a", LONG_CONTEXT), ("b", "The quick brown fox.")], batch_size=2)
-    text = model.build([qa_parts([LONG_CONTEXT], QUESTION)])
-    question = torch.tensor([model.splicer.tokenize(qa_parts([], QUESTION)[0])])
-    with model.decoder_mode() as decoder, torch.inference_mode():
-        expected = decoder(inputs_embeds=text.inputs_embeds).logits[0, -1]
-        cache, ids = prefix_cache(decoder, [store.load_bos(), *store.load(["a"])])
-        assert cache.get_seq_length() == ids.shape[0] == text.prompt_lengths[0] - question.shape[1]
-        got = decoder(input_ids=question, past_key_values=cache).logits[0, -1]
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_key_rotation_moves_keys_to_other_positions(compressor, tmp_path: Path) -> None:
-    """Layer-0 keys depend only on token and position: re-rotated keys equal keys computed there."""
-    from transformers import DynamicCache
-
-    store = FullKVStore(tmp_path, dtype="float32")
-    store.build(compressor, [("a", "The quick brown fox jumps over the lazy dog.")])
-    (chunk,) = store.load(["a"])
-    offset = 37
-    ids = torch.tensor([[compressor.tokenizer.bos_token_id, *chunk.token_ids.tolist()]])
-    positions = torch.tensor([[0, *range(offset, offset + chunk.length)]])
-    with compressor.decoder_mode() as decoder, torch.inference_mode():
-        cache = DynamicCache()
-        decoder(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
-        shifted = KeyRotation(decoder).shift(chunk.keys[0], offset - chunk.start, 0)
-    torch.testing.assert_close(shifted, cache.layers[0].keys[0, :, 1:], atol=1e-5, rtol=1e-5)
-
-
-def test_full_kv_store_files_and_composite_positions(compressor, tmp_path: Path) -> None:
-    store = FullKVStore(tmp_path / "kv")
-    seconds = store.build(
-        compressor, [("x/1", "Paris is in France."), ("y", "Berlin is in Germany.")]
-    )
-    assert (
-        seconds > 0 and store.path("x/1").parent == tmp_path / "kv" and store.file_bytes("x/1") > 0
-    )
-    bos, (x, y) = store.load_bos(), store.load(["x/1", "y"])
-    assert x.keys[0].dtype == torch.float16 and x.start == 1 and bos.start == 0 and bos.length == 1
-    with compressor.decoder_mode() as decoder:
-        reordered, ids = prefix_cache(decoder, [bos, x, y], positions="reorder")
-        composite, _ = prefix_cache(decoder, [bos, x, y], positions="composite")
-    assert ids.tolist() == [*bos.token_ids.tolist(), *x.token_ids.tolist(), *y.token_ids.tolist()]
-    first = 1 + x.length  # y's keys start here: moved by reorder, left alone by composite
-    assert torch.equal(
-        reordered.layers[0].keys[0, :, :first], composite.layers[0].keys[0, :, :first]
-    )
-    assert not torch.allclose(
-        reordered.layers[0].keys[0, :, first:], composite.layers[0].keys[0, :, first:]
-    )
-    with pytest.raises(FileNotFoundError):
-        store.load(["missing"])
+# --------------------------------------------------------------------------- modes
+def test_mode_names_parse_and_bad_ones_are_refused() -> None:
+    assert parse_mode("kv-exact:int8+cacheblend:0.1").memory == "kv-exact:int8"
+    assert parse_mode("kv-exact+cacheblend").recovery == "cacheblend"
+    assert not parse_mode("text").is_kv
+    for bad, message in (
+        ("pictures", "unknown mode"),
+        ("text+cacheblend", "unknown mode"),
+        ("kv-pruned:2", "keep_ratio"),
+        ("kv-exact+blend", "recovery"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_mode(bad)
 
 
 # --------------------------------------------------------------------------- corpus
@@ -196,30 +149,25 @@ def test_timed_compressor_adds_up_compress_time(compressor) -> None:
 def test_bench_end_to_end_json_has_every_field(bench_result) -> None:
     report = json.loads(json.dumps(bench_result.to_json()))
     assert {"results", "limit", "environment"} <= set(report)
-    assert list(report["results"]) == ["text", "slots", "full-kv", "truncated", "none"]
-    assert (
-        "kv-slots" in report["unavailable"] and "not available" in report["unavailable"]["kv-slots"]
-    )
+    assert list(report["results"]) == BENCH_MODES and report["unavailable"] == {}
     for mode, figures in report["results"].items():
         assert set(RESULT_FIELDS) <= set(figures), mode
         assert figures["n"] == 3 and 0 <= figures["f1"] <= 100
         assert 0 < figures["ttft_p50_s"] <= figures["ttft_p90_s"]
         assert figures["ttft_p50_s"] <= figures["latency_p50_s"] * 1.5
     results = report["results"]
+    exact, blended, pruned = (results[m] for m in ("kv-exact", "kv-exact:int8+cacheblend:0.5", "kv-pruned"))
     assert results["text"]["ratios_vs_text"]["ttft_p50_s"] == 1.0
     assert results["none"]["bytes_per_chunk"] == 0 and results["text"]["offline_s_per_chunk"] == 0
-    assert results["full-kv"]["bytes_per_chunk"] > results["slots"]["bytes_per_chunk"] > 0
-    assert (
-        results["slots"]["offline_s_per_chunk"] > 0
-        and results["full-kv"]["offline_s_per_chunk"] > 0
-    )
-    # full-kv prefills only the question; slots and truncated take the same positions.
-    assert (
-        results["full-kv"]["context_positions"]
-        < results["slots"]["context_positions"]
-        < results["text"]["context_positions"]
-    )
-    assert results["full-kv"]["cached_positions"] > 0
+    # int8 K/V is about half float16's; pruned keeps about a quarter of the positions.
+    assert 0.45 < blended["bytes_per_chunk"] / exact["bytes_per_chunk"] < 0.7
+    assert 0.15 < pruned["bytes_per_chunk"] / exact["bytes_per_chunk"] < 0.4
+    assert results["slots"]["offline_s_per_chunk"] > 0 and exact["offline_s_per_chunk"] > 0
+    # K/V memory is read, not prefilled: fewer positions computed than with slots or text;
+    # recovery recomputes some.
+    assert exact["context_positions"] < blended["context_positions"] < results["text"]["context_positions"]
+    assert exact["context_positions"] < results["slots"]["context_positions"]
+    assert exact["cached_positions"] == pruned["cached_positions"] > 0  # positions, not entries
     assert (
         abs(results["truncated"]["context_positions"] - results["slots"]["context_positions"])
         <= 2 * 2
@@ -228,30 +176,24 @@ def test_bench_end_to_end_json_has_every_field(bench_result) -> None:
     assert report["environment"] == {"machine": "test"} and report["settings"]["k"] == 2
     assert 0 <= report["retrieval"]["gold_passage_recall_at_k"] <= 1
     assert report["timing"]["s_per_question_all_modes"] > 0
-    assert len(bench_result.predictions) == 3 * 5
+    assert len(bench_result.predictions) == 3 * len(BENCH_MODES)
 
 
-def test_bench_same_prompt_for_text_and_full_kv(bench_result) -> None:
-    """full-kv reads the text mode's tokens: cached + prefilled positions = text positions."""
-    text, full = bench_result.results["text"], bench_result.results["full-kv"]
-    assert full["cached_positions"] + full["context_positions"] == pytest.approx(
+def test_bench_same_prompt_for_text_and_kv_exact(bench_result) -> None:
+    """kv-exact reads the text mode's tokens: cached + computed positions = text positions."""
+    text, exact = bench_result.results["text"], bench_result.results["kv-exact"]
+    assert exact["cached_positions"] + exact["context_positions"] == pytest.approx(
         text["context_positions"]
     )
 
 
 def test_bench_markdown_and_plots(bench_result, tmp_path: Path) -> None:
     report = markdown_report(bench_result)
-    for row in (
-        "| text |",
-        "| slots |",
-        "| kv-slots | not available",
-        "| full-kv |",
-        "| truncated |",
-        "| none |",
-        "*limit*",
-    ):
+    for row in (*(f"| {mode} |" for mode in BENCH_MODES), "*limit*"):
         assert row in report
-    assert "Targets:" in report and len(targets(bench_result)) == 3
+    checks = targets(bench_result)
+    assert "Targets:" in report and len(checks) == 5
+    assert "kv-exact:int8+cacheblend:0.5 F1 at least 95% of text's" in checks[2]["target"]
     paths = write_plots(bench_result, tmp_path / "plots")
     assert [p.name for p in paths] == ["f1_vs_ttft.png", "f1_vs_bytes.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
@@ -277,9 +219,7 @@ def test_bench_limit_without_the_none_mode(compressor, qa_file: Path, tmp_path: 
 def test_bench_settings_reject_bad_values(qa_file: Path) -> None:
     with pytest.raises(ValueError, match="pictures"):
         BenchSettings(data=qa_file, limit=1, modes=["text", "pictures"])
-    with pytest.raises(ValueError, match="kv_positions"):
-        BenchSettings(data=qa_file, limit=1, kv_positions="sideways")
-    assert BenchSettings(data=qa_file, limit=1, modes=["none", "text"]).modes == ["text", "none"]
+    assert BenchSettings(data=qa_file, limit=1, modes=["none", "text", "none"]).modes == ["none", "text"]
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +271,8 @@ def test_bench_cli_writes_every_output(
             str(tmp_path / "bench.md"),
             "--work-dir",
             str(tmp_path / "work"),
+            "--modes",
+            "text,slots,kv-exact,kv-exact+cacheblend,truncated,none",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -342,7 +284,7 @@ def test_bench_cli_writes_every_output(
         report["environment"]["compressor_trained"] is True
         and report["environment"]["threads"] == 1
     )
-    assert set(report["results"]) == {"text", "slots", "full-kv", "truncated", "none"}
+    assert set(report["results"]) == {"text", "slots", "kv-exact", "kv-exact+cacheblend", "truncated", "none"}
     assert (tmp_path / "plots" / "f1_vs_ttft.png").is_file() and "| slots |" in (
         tmp_path / "bench.md"
     ).read_text()

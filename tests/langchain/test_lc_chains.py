@@ -154,3 +154,27 @@ def test_chain_over_a_bound_model_with_its_own_key(retriever, lc_source) -> None
     answer = create_rag_chain(retriever, model.bind(max_tokens=MAX_TOKENS)).invoke(question)
     assert answer == create_rag_chain(retriever, plain).invoke(question)
     assert isinstance(default_rag_prompt(model.bind(stop=["x"])), ChatPromptTemplate)
+
+
+@pytest.mark.parametrize("model_class", [ChatMemrag, MemragLLM])
+def test_chain_over_kv_memory_equals_direct_splice_and_streams(model_class, lc_compressor) -> None:
+    """The same chain over documents kept as K/V memory: invoke, stream and batch agree."""
+    from memrag.langchain import InMemoryDocumentSource
+    from memrag.memory.kv import KVSlots
+
+    source = InMemoryDocumentSource(lc_compressor, memory="kv-exact")
+    ids = ["paris", "tower"]
+    source.add_texts(
+        ["Paris is the capital and most populous city of France.",
+         "In 1889 the Eiffel Tower was completed for the World's Fair."],
+        ids=ids,
+    )
+    assert all(isinstance(r.context(), KVSlots) for r in source.get(ids))
+    documents = [Document(r.text, id=r.id) for r in source.get(ids)]
+    retriever = KeywordRetriever(documents=documents, keywords=["capital", "tower"])
+    chain = create_rag_chain(retriever, model_class(source=source, max_tokens=MAX_TOKENS))
+    question = "When was the tower completed?"
+    answer = chain.invoke(question)
+    assert answer == _direct(lc_compressor, source, ["tower"], question, chat=model_class is ChatMemrag)
+    assert "".join(chain.stream(question)) == answer
+    assert chain.batch([question, "What is the capital?"])[0] == answer

@@ -1,7 +1,8 @@
 """LangChain's standard suites for MemragVectorStore and MemragRetriever (tiny compressor).
 
 Nothing is opted out: the vector store runs the whole ``VectorStoreIntegrationTests`` suite,
-sync and async, with ``get_by_ids``; the retriever runs ``RetrieversIntegrationTests``.
+sync and async, with ``get_by_ids``; the retriever runs ``RetrieversIntegrationTests``. Both
+run over a store of embedding slots and over a store of K/V memory.
 """
 
 from __future__ import annotations
@@ -55,8 +56,26 @@ class TestMemragVectorStoreStandard(VectorStoreIntegrationTests):
             store.close()
 
 
+class TestMemragVectorStoreStandardOverKV(TestMemragVectorStoreStandard):
+    """The same suite over a store of pruned K/V memory (int8)."""
+
+    @pytest.fixture
+    def vectorstore(self, tmp_path) -> Iterator[MemragVectorStore]:  # type: ignore[override]
+        store = MemragVectorStore.create(
+            tmp_path / "store",
+            embedding=self.get_embeddings(),
+            compressor=_compressor(),
+            memory="kv-pruned:0.5:int8",
+            fidelity="none",
+        )
+        try:
+            yield store
+        finally:
+            store.close()
+
+
 @functools.cache
-def _retriever_store() -> MemragVectorStore:
+def _retriever_store(memory: str = "embedding") -> MemragVectorStore:
     """A temporary store with a few documents (removed when the process exits)."""
     texts = [
         "Paris is the capital and most populous city of France.",
@@ -70,6 +89,7 @@ def _retriever_store() -> MemragVectorStore:
         "hashing:64",
         ids=[f"doc-{i}" for i in range(len(texts))],
         compressor=_compressor(),
+        memory=memory,
         fidelity="none",
     )
 
@@ -88,6 +108,20 @@ class TestMemragRetrieverStandard(RetrieversIntegrationTests):
     @property
     def retriever_query_example(self) -> str:
         return "What is the capital of France?"
+
+
+class TestMemragRetrieverStandardOverKV(TestMemragRetrieverStandard):
+    @property
+    def retriever_constructor_params(self) -> dict[str, Any]:
+        return {"vectorstore": _retriever_store("kv-exact")}
+
+
+def test_the_kv_retriever_store_holds_kv_memory() -> None:
+    from memrag.memory.kv import KVSlots
+
+    store = _retriever_store("kv-exact").store
+    assert store.memory.kind == "kv-exact"
+    assert isinstance(store.get(["doc-0"])[0].context(), KVSlots)
 
 
 def test_the_suites_ran_on_a_temporary_store() -> None:

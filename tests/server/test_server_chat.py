@@ -238,3 +238,28 @@ def test_a_foreign_compressor_is_refused(server_store):
 
     with pytest.raises(ValueError, match="slots of compressor"):
         create_app(server_store, compressor=tiny_compressor(seed=3))
+
+
+@pytest.mark.parametrize("memory", ["kv-exact", "kv-pruned:0.5:int8"])
+def test_a_kv_store_serves_plain_and_streamed_completions(start_server, tmp_path, server_compressor, memory):
+    """Unchanged from the client's side: K/V memory is spliced instead of slots."""
+    store = demo_store(tmp_path / "kv", server_compressor, memory=memory)
+    try:
+        server = start_server(store)
+        client = openai_client(server)
+        messages = [{"role": "user", "content": QUESTION}]
+        completion = client.chat.completions.create(model="memrag", messages=messages, max_tokens=6)
+        used = completion.model_extra["memrag_documents"]
+        assert {d["spliced"] for d in used} == {store.memory.kind}
+        assert completion.choices[0].message.content == chain_answer(store, QUESTION, k=3, max_tokens=6)
+        streamed = "".join(
+            chunk.choices[0].delta.content or ""
+            for chunk in client.chat.completions.create(
+                model="memrag", messages=messages, max_tokens=6, stream=True
+            )
+            if chunk.choices
+        )
+        assert streamed == completion.choices[0].message.content
+        assert completion.usage.prompt_tokens > 0
+    finally:
+        store.close()

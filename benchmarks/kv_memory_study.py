@@ -1,0 +1,102 @@
+"""Side-by-side QA study of K/V memory settings (pruning selections, keep ratios, storage dtypes).
+
+Runs ``memrag eval qa``'s evaluation one mode at a time on the same seeded sample of SQuAD
+dev questions (each question with its own passage), writes one JSON report per mode (so an
+interrupted study resumes where it stopped), and a markdown table of all of them:
+
+    python benchmarks/kv_memory_study.py --limit 200 --out benchmarks/results/kv-study \\
+        --modes text,none,truncated,kv-exact,kv-pruned:0.25:stride,kv-pruned:0.25:kvzip
+
+Every figure in the README's K/V tables comes from this script or ``memrag eval qa``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from memrag.compressor import Compressor
+from memrag.eval.qa import check_modes, evaluate_qa, sample_qa_records
+from memrag.utils.atomic import atomic_write_text
+from memrag.utils.machine import describe_device
+
+
+def _file(out: Path, mode: str) -> Path:
+    return out / "modes" / (mode.replace(":", "_").replace("=", "-") + ".json")
+
+
+def table(out: Path, modes: list[str]) -> str:
+    """A markdown table of every finished mode, with ratios against ``text`` and ``truncated``."""
+    reports = {m: json.loads(_file(out, m).read_text()) for m in modes if _file(out, m).is_file()}
+    text_f1 = reports.get("text", {}).get("results", {}).get("text", {}).get("f1")
+    cut_f1 = reports.get("truncated", {}).get("results", {}).get("truncated", {}).get("f1")
+    lines = [
+        "| mode | F1 | EM | F1 / text | F1 - truncated | passage positions | prefilled | bytes / passage | offline s / passage |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, report in reports.items():
+        scores = report["results"][mode]
+        memory = report.get("memory", {}).get(mode, {})
+        ratio = f"{scores['f1'] / text_f1:.2f}" if text_f1 else ""
+        delta = f"{scores['f1'] - cut_f1:+.1f}" if cut_f1 is not None else ""
+        size = memory.get("bytes_per_passage")
+        seconds = memory.get("seconds_per_passage")
+        lines.append(
+            f"| `{mode}` | {scores['f1']:.1f} | {scores['exact_match']:.1f} | {ratio} | {delta} | "
+            f"{report['passage_positions'][mode]:.1f} | {report['prefilled_positions'].get(mode, 0):.1f} | "
+            f"{'' if size is None else f'{size:,.0f}'} | {'' if seconds is None else f'{seconds:.3f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/squad_v1.1/dev.jsonl.gz")
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", required=True, help="Comma-separated eval qa modes.")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--compressor", default=None)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    check_modes(modes)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    records = sample_qa_records(args.data, limit=args.limit, seed=args.seed)
+    compressor = Compressor.from_pretrained(args.compressor, dtype=args.dtype)
+    environment = {
+        "data": args.data,
+        "limit": args.limit,
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "hardware": describe_device(compressor.device),
+        "compressor": getattr(compressor, "source", None),
+        "fingerprint": compressor.fingerprint,
+    }
+    for mode in modes:
+        target = _file(args.out, mode)
+        if target.is_file():
+            logging.info("%s: done already (%s)", mode, target)
+            continue
+        started = time.perf_counter()
+        result = evaluate_qa(compressor, records, modes=[mode], batch_size=args.batch_size, show_progress=True)
+        report = result.to_json(seconds=round(time.perf_counter() - started, 1), **environment)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.out / "table.md", table(args.out, modes))
+        logging.info("%s: %s", mode, result.results[mode])
+    print(table(args.out, modes))
+
+
+if __name__ == "__main__":
+    main()
