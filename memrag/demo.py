@@ -1,19 +1,21 @@
-"""The demo behind ``memrag demo``: RAG from memory slots next to classic text RAG.
+"""The demo behind ``memrag demo``: RAG from stored memory next to classic text RAG.
 
 :func:`run_demo` builds a :class:`~memrag.langchain.MemragVectorStore` over the bundled demo
-corpus (100 SQuAD dev paragraphs, compressed into slots as they are added), then answers a few
-of the corpus' questions through the LangChain RAG chain
+corpus (100 SQuAD dev paragraphs, turned into memory as they are added: the default memory
+kind, :data:`~memrag.memory.spec.DEFAULT_MEMORY`, or the one asked for), then answers a few of
+the corpus' questions through the LangChain RAG chain
 (:func:`~memrag.langchain.create_rag_chain`) twice, with the same retriever and the same memrag
 model (:func:`~memrag.langchain.default_model`: the completion model for the embedded Gemma,
 whose tokenizer has no chat template):
 
-* **slots**: each retrieved passage is a reference the model replaces by its memory slots;
+* **memory** (shown as ``slots`` for embedding slots, else as the kind, e.g. ``kv-exact``):
+  each retrieved passage is a reference the model replaces by its stored memory;
 * **text**: each retrieved passage is rendered as its text (classic RAG), through the same
   prompt, splice and ``generate`` path.
 
 For each answer it records the time to first token (retrieval included), the decoder context
-positions prefilled, and the SQuAD F1 against the reference answers. The CLI prints the
-report with :func:`format_answer` and :func:`format_summary`.
+positions computed at query time, and the SQuAD F1 against the reference answers. The CLI
+prints the report with :func:`format_answer` and :func:`format_summary`.
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ UNTRAINED_WARNING = (
     f"over {FALLBACK_BASE}. Answers read from its slots are nonsense (the text answers are "
     "the base model's); train one with `memrag train` or pass --compressor DIR."
 )
-#: The two ways the demo reads the retrieved passages.
-MODES = ("slots", "text")
+
+
+def memory_mode(kind: str) -> str:
+    """How the demo names answers read from memory of ``kind``: ``slots`` or the K/V kind."""
+    return "slots" if kind == "embedding" else kind
 
 
 @dataclass
@@ -63,6 +68,8 @@ class DemoSettings:
             passages are compressed); ``None``: a temporary store.
         batch_size: Passages per committed batch while building the store (the progress bar
             moves once per batch; larger batches waste less padding when compressing).
+        memory: What the store keeps for each passage (``None``: the default memory kind;
+            ``"embedding"``, ``"kv-exact"``, ``"kv-pruned"`` ...). A kept store keeps its kind.
         show_progress: Show progress bars.
         device: Device of the retrieval embedder when it is loaded here.
     """
@@ -76,6 +83,7 @@ class DemoSettings:
     batch_size: int = 25
     show_progress: bool = True
     device: str = "cpu"
+    memory: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("questions", "k", "max_new_tokens", "batch_size"):
@@ -90,12 +98,12 @@ class ModeResult:
     """One answer to one question, read one way.
 
     Attributes:
-        mode: ``"slots"`` or ``"text"``.
+        mode: ``"text"``, or the memory mode (``"slots"``, ``"kv-exact"`` ...).
         answer: The answer text.
         ttft: Seconds from asking to the first answer token (retrieval included).
         seconds: Seconds for the whole answer.
-        positions: Decoder context positions prefilled (slots or tokens of the passages,
-            plus the prompt).
+        positions: Decoder context positions computed at query time (slots or tokens of the
+            passages, plus the prompt; K/V memory is read, not computed).
         f1: SQuAD F1 against the reference answers, in ``[0, 1]``.
     """
 
@@ -109,7 +117,7 @@ class ModeResult:
 
 @dataclass
 class DemoAnswer:
-    """A question with its retrieved passages and its answers from slots and from text."""
+    """A question with its retrieved passages and its answers from memory and from text."""
 
     question: DemoQuestion
     documents: list[Document]
@@ -123,25 +131,34 @@ class DemoReport:
     Attributes:
         compressor: The compressor's description (``<base>+memrag-<fingerprint>``).
         trained: Whether the compressor was loaded from a trained checkpoint.
+        memory: The store's memory kind.
         passages: Passages in the store.
         compressed: Passages compressed by this run (0 when a kept store was complete).
-        slots: Memory slots in the store.
+        slots: Stored rows (memory slots, or K/V positions) in the store.
         tokens: Compressor tokens of the stored passages.
         use_text: Passages flagged to be read as text (low fidelity; only with
             ``fidelity="reconstruct"``).
         build_seconds: Time to build (or complete) the store.
+        memory_bytes: Bytes of stored memory per passage.
         answers: One entry per question.
     """
 
     compressor: str
     trained: bool
+    memory: str
     passages: int
     compressed: int
     slots: int
     tokens: int
     use_text: int
     build_seconds: float
+    memory_bytes: float = 0.0
     answers: list[DemoAnswer] = field(default_factory=list)
+
+    @property
+    def modes(self) -> tuple[str, str]:
+        """The two ways the passages were read: from memory, then as text."""
+        return (memory_mode(self.memory), "text")
 
     def mean(self, mode: str, name: str) -> float:
         """Mean of a :class:`ModeResult` attribute over the answers read as ``mode``."""
@@ -226,7 +243,12 @@ def build_demo_store(
         )
     else:
         vectorstore = MemragVectorStore.create(
-            path, embedding=embedding, compressor=compressor, fidelity=settings.fidelity, **options
+            path,
+            embedding=embedding,
+            compressor=compressor,
+            fidelity=settings.fidelity,
+            memory=settings.memory,
+            **options,
         )
     try:
         missing = [p for p in passages if p.id not in vectorstore.store]
@@ -241,7 +263,8 @@ def build_demo_store(
 
 
 class _UsageRecorder(BaseCallbackHandler):
-    """Remembers the prompt positions the model reported for its last answer."""
+    """Remembers the prompt positions the model computed for its last answer (those it read
+    from stored K/V memory, reported as ``cache_read``, left out)."""
 
     def __init__(self) -> None:
         self.positions = 0
@@ -252,7 +275,8 @@ class _UsageRecorder(BaseCallbackHandler):
             usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
             usage = usage or (generation.generation_info or {}).get("usage_metadata")
             if usage:
-                self.positions = int(usage["input_tokens"])
+                cached = (usage.get("input_token_details") or {}).get("cache_read", 0)
+                self.positions = int(usage["input_tokens"]) - int(cached)
 
 
 def timed_answer(
@@ -297,7 +321,7 @@ def run_demo(
     warn: Callable[[str], None] | None = None,
     on_answer: Callable[[DemoAnswer, int, int], None] | None = None,
 ) -> DemoReport:
-    """Builds the demo store and answers the demo questions from slots and from text.
+    """Builds the demo store and answers the demo questions from memory and from text.
 
     Args:
         settings: What to do (default :class:`DemoSettings`).
@@ -328,21 +352,29 @@ def run_demo(
     corpus = load_demo_corpus()
     questions = pick_questions(corpus, settings.questions)
     passages = choose_passages(corpus, questions, settings.passages)
-    say(
-        f"building a memory store over {len(passages)} demo passages: embedding them and "
-        f"compressing each into memory slots (rate {compressor.config.compression_rate}) ..."
+    from memrag.memory.spec import resolve_memory_spec
+
+    kind = resolve_memory_spec(settings.memory).kind
+    making = (
+        f"compressing each into memory slots (rate {compressor.config.compression_rate})"
+        if kind == "embedding"
+        else f"computing each one's {kind} memory (keys and values) with the frozen decoder"
     )
+    say(f"building a memory store over {len(passages)} demo passages: embedding them and {making} ...")
     start = time.perf_counter()
     vectorstore, compressed = build_demo_store(
         passages, compressor, embedding=embedding, settings=settings
     )
     try:
         build_seconds = time.perf_counter() - start
-        counts = vectorstore.store.info()["counts"]
+        info = vectorstore.store.info()
+        counts = info["counts"]
         model = default_model(vectorstore, max_tokens=settings.max_new_tokens)
         report = DemoReport(
             compressor=model.model_name or "",
             trained=bool(trained),
+            memory=info["memory"]["kind"],
+            memory_bytes=float(info["memory"]["bytes_per_chunk"]),
             passages=len(vectorstore),
             compressed=compressed,
             slots=int(counts.get("slots", 0)),
@@ -351,9 +383,14 @@ def run_demo(
             build_seconds=build_seconds,
         )
         flagged = f", {report.use_text} read as text (low fidelity)" if report.use_text else ""
+        stored = (
+            f"{report.slots:,} slots"
+            if report.memory == "embedding"
+            else f"{report.memory} memory, {report.memory_bytes / 1e3:,.0f} kB per passage"
+        )
         say(
-            f"stored {report.passages} passages ({report.tokens:,} tokens -> {report.slots:,} "
-            f"slots{flagged}) in {build_seconds:.1f}s"
+            f"stored {report.passages} passages ({report.tokens:,} tokens -> {stored}{flagged}) "
+            f"in {build_seconds:.1f}s"
         )
         if mostly_text(report.use_text, report.passages):
             say(
@@ -363,7 +400,9 @@ def run_demo(
             )
         retriever = vectorstore.as_retriever(k=settings.k)
         chains = {
-            "slots": create_rag_chain(retriever, model, stop=ANSWER_STOP, return_sources=True),
+            report.modes[0]: create_rag_chain(
+                retriever, model, stop=ANSWER_STOP, return_sources=True
+            ),
             "text": create_rag_chain(
                 retriever,
                 model,
@@ -376,12 +415,12 @@ def run_demo(
         compressor.generate([["Hello"]], GenerationOptions(max_new_tokens=1))
         say(
             f"answering {len(questions)} question(s) with the LangChain RAG chain (top-{settings.k}"
-            " passages), from their slots and from their text ..."
+            f" passages), from their {report.modes[0]} and from their text ..."
         )
         for position, question in enumerate(questions, 1):
             results: dict[str, ModeResult] = {}
             documents: list[Document] = []
-            for mode in MODES:
+            for mode in report.modes:
                 results[mode], documents = timed_answer(chains[mode], question, mode)
             answer = DemoAnswer(question=question, documents=documents, results=results)
             report.answers.append(answer)
@@ -401,34 +440,35 @@ def format_answer(answer: DemoAnswer, index: int | None = None, total: int | Non
         f"    reference: {answer.question.answers[0] if answer.question.answers else '?'}",
         f"    sources:   {sources}",
     ]
-    for mode in MODES:
-        result = answer.results[mode]
+    width = max(5, *(len(mode) for mode in answer.results))
+    for mode, result in answer.results.items():
         lines.append(
-            f"    {mode:5s}  TTFT {result.ttft:5.2f}s  {result.positions:4d} positions  "
+            f"    {mode:{width}s}  TTFT {result.ttft:5.2f}s  {result.positions:4d} positions  "
             f"F1 {100 * result.f1:5.1f}  {result.answer!r}"
         )
     return "\n".join(lines)
 
 
 def format_summary(report: DemoReport) -> str:
-    """The closing lines: mean time to first token and context size, slots vs text."""
+    """The closing lines: mean time to first token and context size, memory vs text."""
     if not report.answers:
         return "no questions answered"
-    slots_ttft, text_ttft = report.mean("slots", "ttft"), report.mean("text", "ttft")
-    slots_pos, text_pos = report.mean("slots", "positions"), report.mean("text", "positions")
+    mode = report.modes[0]
+    mem_ttft, text_ttft = report.mean(mode, "ttft"), report.mean("text", "ttft")
+    mem_pos, text_pos = report.mean(mode, "positions"), report.mean("text", "positions")
     ttft = (
-        f"mean time to first token: slots {slots_ttft:.2f}s, text {text_ttft:.2f}s "
-        f"({text_ttft / max(slots_ttft, 1e-9):.1f}x)"
+        f"mean time to first token: {mode} {mem_ttft:.2f}s, text {text_ttft:.2f}s "
+        f"({text_ttft / max(mem_ttft, 1e-9):.1f}x)"
     )
     positions = (
-        f"mean context positions prefilled: slots {slots_pos:.0f}, text {text_pos:.0f} "
-        f"({text_pos / max(slots_pos, 1e-9):.1f}x fewer with slots)"
+        f"mean context positions prefilled: {mode} {mem_pos:.0f}, text {text_pos:.0f} "
+        f"({text_pos / max(mem_pos, 1e-9):.1f}x fewer with {mode})"
     )
     f1 = (
-        f"mean F1: slots {100 * report.mean('slots', 'f1'):.1f}, "
+        f"mean F1: {mode} {100 * report.mean(mode, 'f1'):.1f}, "
         f"text {100 * report.mean('text', 'f1'):.1f}"
     )
     lines = [ttft, positions, f1]
-    if not report.trained:
+    if not report.trained and report.memory == "embedding":
         lines.append("(untrained compressor: the slot answers are nonsense; see the warning above)")
     return "\n".join(lines)

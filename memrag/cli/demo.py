@@ -33,6 +33,12 @@ def demo(
         None, "--embedder", help="Retrieval embedder id (default: the embedded all-MiniLM-L6-v2)."
     ),
     store: Path = StoreOption,
+    memory: str = typer.Option(
+        None,
+        "--memory",
+        help="What the store keeps per passage: embedding (slots), kv-exact or kv-pruned "
+        "(settings after colons, e.g. kv-pruned:0.5). Default: the README's 'Which memory?'.",
+    ),
     fidelity: str = typer.Option(
         "none",
         "--fidelity",
@@ -43,11 +49,12 @@ def demo(
     max_new_tokens: int = typer.Option(24, "--max-new-tokens", min=1, help="Answer length limit."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is happening."),
 ) -> None:
-    """Build a memory store over the demo corpus and answer questions from slots and from text.
+    """Build a memory store over the demo corpus and answer questions from memory and from text.
 
     Each answer goes through the LangChain RAG chain twice, with the same retriever and model:
-    once reading the retrieved passages as memory slots, once as text (classic RAG). The time
-    to first token and the context positions of both are printed side by side.
+    once reading the retrieved passages from their stored memory (slots or K/V), once as text
+    (classic RAG). The time to first token and the context positions of both are printed side
+    by side.
     """
     setup_logging(verbose)
     from memrag.demo import (
@@ -66,6 +73,7 @@ def demo(
         fidelity=fidelity,
         store_path=store,
         device=device,
+        memory=memory,
     )
 
     def warn(message: str) -> None:

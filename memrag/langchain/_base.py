@@ -360,13 +360,21 @@ class MemragModelMixin(BaseModel):
         yield StreamEnd(Generation(text, num_tokens, finish, positions, prefilled))
 
     @staticmethod
-    def usage(generation: Generation) -> dict[str, int]:
-        """LangChain usage metadata: decoder positions prefilled in, tokens generated out."""
-        return {
+    def usage(generation: Generation) -> dict[str, Any]:
+        """LangChain usage metadata: decoder context positions in, tokens generated out.
+
+        Positions read from stored K/V memory instead of computed are reported as
+        ``input_token_details["cache_read"]``, as LangChain reports a provider's prompt cache.
+        """
+        usage: dict[str, Any] = {
             "input_tokens": generation.prompt_positions,
             "output_tokens": generation.num_tokens,
             "total_tokens": generation.prompt_positions + generation.num_tokens,
         }
+        cached = generation.prompt_positions - generation.prefilled_positions
+        if generation.prefilled_positions and cached > 0:
+            usage["input_token_details"] = {"cache_read": cached}
+        return usage
 
 
 @contextlib.contextmanager

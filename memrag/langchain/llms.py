@@ -86,7 +86,8 @@ class MemragLLM(MemragModelMixin, LLM):
         usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         for _, generation in pairs:
             for key, value in self.usage(generation).items():
-                usage[key] += value
+                if key in usage:
+                    usage[key] += value
         return LLMResult(
             generations=[[lc_generation] for lc_generation, _ in pairs],
             llm_output={"model_name": self.model_name, "token_usage": usage},
@@ -101,8 +102,13 @@ class MemragLLM(MemragModelMixin, LLM):
             raise RuntimeError("the stream ended without its final chunk")
         info = merged.generation_info
         usage = info["usage_metadata"]
+        cached = usage.get("input_token_details", {}).get("cache_read", 0)
         generation = Generation(
-            merged.text, usage["output_tokens"], info["finish_reason"], usage["input_tokens"]
+            merged.text,
+            usage["output_tokens"],
+            info["finish_reason"],
+            usage["input_tokens"],
+            usage["input_tokens"] - cached,
         )
         return LCGeneration(text=merged.text, generation_info=info), generation
 

@@ -22,7 +22,14 @@ EMBEDDER = "hashing:128"
 
 
 def _settings(**overrides) -> DemoSettings:
-    values = {"questions": 2, "passages": 6, "k": 2, "max_new_tokens": 4, "show_progress": False}
+    values = {
+        "questions": 2,
+        "passages": 6,
+        "k": 2,
+        "max_new_tokens": 4,
+        "show_progress": False,
+        "memory": "embedding",
+    }
     return DemoSettings(**{**values, **overrides})
 
 
@@ -63,6 +70,29 @@ def test_demo_answers_from_slots_and_from_text(lc_compressor) -> None:
     assert shown.startswith("[1/2] Q: ") and "slots  TTFT" in shown and "text   TTFT" in shown
     summary = format_summary(report)
     assert "mean time to first token" in summary and "untrained compressor" in summary
+
+
+def test_demo_answers_from_kv_memory_and_from_text(lc_compressor) -> None:
+    lines: list[str] = []
+    # The tiny model's context (1,024 positions) holds a whole demo passage's cache for the
+    # passages picked here (its byte-level tokenizer cuts a long paragraph into more).
+    report = run_demo(
+        _settings(memory="kv-exact", questions=1, passages=3),
+        compressor=lc_compressor,
+        embedding=EMBEDDER,
+        say=lines.append,
+    )
+    assert report.memory == "kv-exact" and report.modes == ("kv-exact", "text")
+    assert any("kv-exact memory" in line and "kB per passage" in line for line in lines)
+    for answer in report.answers:
+        memory, text = answer.results["kv-exact"], answer.results["text"]
+        # The passages are read from memory: only the question and the text around them is
+        # computed at query time.
+        assert 0 < memory.positions < text.positions
+        assert 0 < memory.ttft <= memory.seconds
+    shown = format_answer(report.answers[0], 1, 1)
+    assert "kv-exact  TTFT" in shown and "text      TTFT" in shown
+    assert "mean F1: kv-exact" in format_summary(report)
 
 
 def test_low_fidelity_passages_are_said_to_be_read_as_text(lc_compressor) -> None:
