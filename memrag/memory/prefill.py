@@ -255,6 +255,12 @@ class KVPrefill:
                 early_positions.append(positions)
                 computed += run.length
             position += run.length
+        limit = getattr(self.decoder.config, "max_position_embeddings", None)
+        if limit and position > int(limit):
+            raise ValueError(
+                f"the prompt takes {position} positions (its K/V memory included), more than the "
+                f"decoder's context ({limit}); retrieve fewer or shorter chunks"
+            )
         hidden = self.splicer.token_embeddings.weight.shape[-1]
         return RowPlan(
             entries=entries,

@@ -96,6 +96,17 @@ class ProcessedBatch:
         return int(sum(self.num_tokens))
 
 
+def _name_chunk(message: str, chunks: Sequence[ChunkInput]) -> str:
+    """``"text 3 has ..."`` (an error of :func:`~memrag.memory.builders.build_memory`) with
+    the text's index replaced by its chunk id."""
+    import re
+
+    found = re.match(r"text (\d+) ", message)
+    if not found or int(found.group(1)) >= len(chunks):
+        return message
+    return f"chunk {chunks[int(found.group(1))].id!r} " + message[found.end() :]
+
+
 class ChunkProcessor:
     """Embeds, compresses and scores batches of chunks.
 
@@ -229,17 +240,20 @@ class ChunkProcessor:
 
         assert self._codec is not None
         fingerprint = self.fingerprint
-        made = (
-            build_memory(
-                self.compressor,
-                self.memory,
-                texts,
-                batch_size=self.compress_batch_size,
-                fingerprint=fingerprint,
+        try:
+            made = (
+                build_memory(
+                    self.compressor,
+                    self.memory,
+                    texts,
+                    batch_size=self.compress_batch_size,
+                    fingerprint=fingerprint,
+                )
+                if chunks
+                else []
             )
-            if chunks
-            else []
-        )
+        except ValueError as err:
+            raise ValueError(_name_chunk(str(err), chunks)) from None
         rows = [self._codec.encode(memory) for memory in made]  # type: ignore[arg-type]
         fidelity: list[float | None] = [None] * len(chunks)
         if self.scorer is not None and chunks:

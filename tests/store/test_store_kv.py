@@ -153,3 +153,21 @@ def test_cli_builds_and_describes_a_pruned_int8_store(tmp_path: Path, saved_comp
          str(saved_compressor), "--memory", "kv-exact", "--keep-ratio", "0.5", "-q"],
     )
     assert bad.exit_code != 0 and "--keep-ratio needs --memory kv-pruned" in bad.output
+
+
+def test_a_chunk_longer_than_the_context_is_refused_by_id_and_nothing_is_written(
+    tmp_path: Path, compressor
+) -> None:
+    limit = compressor.causal_lm.config.max_position_embeddings
+    with _store(tmp_path / "s", compressor, "kv-exact", fidelity="none") as store:
+        with pytest.raises(ValueError, match=r"chunk 'long' has \d+ tokens.*context \(" + str(limit)):
+            store.add(["short text", "word " * (limit + 1)], ids=["short", "long"])
+        assert len(store) == 3 and "short" not in store
+
+
+def test_a_prompt_longer_than_the_context_is_refused(tmp_path: Path, compressor) -> None:
+    limit = compressor.causal_lm.config.max_position_embeddings
+    with _store(tmp_path / "s", compressor, "kv-exact", fidelity="none") as store:
+        memory = store.get(["tower"])[0].context()
+        with pytest.raises(ValueError, match=r"prompt takes \d+ positions .* context \(" + str(limit)):
+            compressor.build([[memory] * (limit // memory.span + 1) + ["Question?"]])
