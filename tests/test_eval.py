@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from memrag.compressor import Compressor
 from memrag.eval.ae import evaluate_ae, sample_segments
-from memrag.eval.qa import MODES, evaluate_qa, sample_qa_records, truncated_context
+from memrag.eval.qa import DEFAULT_MODES, MODES, evaluate_qa, sample_qa_records, truncated_context
 from memrag.models.loading import load_base_model
 from memrag.testing import tiny_base_model, tiny_compressor
 from training_fixtures import qa_corpus, text_corpus, write_jsonl
@@ -92,14 +92,45 @@ def test_eval_qa_cli_writes_json(saved: dict[str, Path], tmp_path: Path) -> None
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert set(report["results"]) == set(MODES)
+    assert list(report["results"]) == list(DEFAULT_MODES) and report["complete"] is True
     for scores in report["results"].values():
         assert set(scores) == {"exact_match", "f1", "n"} and scores["n"] == 5
     assert report["fingerprint"] and report["seed"] == 1
     assert report["threads"] == 1 and report["dtype"] == "float32" and report["hardware"]
-    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 5 * len(MODES)
-    for mode in MODES:
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 5 * len(DEFAULT_MODES)
+    for mode in DEFAULT_MODES:
         assert mode in result.output
+    # K/V memory is read, not computed: its prompts prefill only the question and separators.
+    assert report["prefilled_positions"]["kv-exact"] < report["prefilled_positions"]["slots"]
+    assert report["memory"]["kv-pruned"]["bytes_per_passage"] < report["memory"]["kv-exact"]["bytes_per_passage"]
+
+
+def test_eval_qa_kv_modes_and_resume(saved: dict[str, Path], tmp_path: Path) -> None:
+    """An interrupted run keeps its finished modes; --resume runs only the others."""
+    from memrag.cli import app
+
+    out, samples = tmp_path / "qa.json", tmp_path / "p.jsonl"
+    common = [
+        "eval", "qa", "--data", str(saved["qa"]), "--compressor", str(saved["compressor"]), "--limit", "4",
+        "--max-new-tokens", "2", "--json-out", str(out), "--samples-out", str(samples), "--threads", "1",
+    ]
+    threads = torch.get_num_threads()
+    runner = CliRunner()
+    try:
+        first = runner.invoke(app, [*common, "--modes", "text,kv-exact:int8"])
+        assert first.exit_code == 0, first.output
+        before = json.loads(out.read_text())
+        resumed = runner.invoke(app, [*common, "--modes", "text,kv-exact:int8,kv-pruned:0.5:prefill", "--resume"])
+        assert resumed.exit_code == 0, resumed.output
+        assert "resuming: keeping text, kv-exact:int8" in resumed.output
+        after = json.loads(out.read_text())
+        assert after["results"]["text"] == before["results"]["text"] and after["complete"] is True
+        assert list(after["results"]) == ["text", "kv-exact:int8", "kv-pruned:0.5:prefill"]
+        assert len(samples.read_text().splitlines()) == 4 * 3
+        other = runner.invoke(app, [*[c if c != "4" else "3" for c in common], "--modes", "text", "--resume"])
+        assert other.exit_code != 0 and "different limit" in other.output
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_eval_qa_cli_untrained_baseline_and_bad_modes(saved: dict[str, Path]) -> None:

@@ -93,15 +93,19 @@ def _describe(compressor: Any) -> dict[str, Any]:
     }
 
 
-def _write(options: EvalOptions, report: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+def _write(
+    options: EvalOptions, report: dict[str, Any], samples: list[dict[str, Any]], *, quiet: bool = False
+) -> None:
     from memrag.utils.atomic import atomic_write_text
 
     if options.json_out:
         atomic_write_text(Path(options.json_out), json.dumps(report, indent=2) + "\n")
-        typer.echo(f"wrote {options.json_out}")
+        if not quiet:
+            typer.echo(f"wrote {options.json_out}")
     if options.samples_out:
         atomic_write_text(Path(options.samples_out), "".join(json.dumps(s) + "\n" for s in samples))
-        typer.echo(f"wrote {options.samples_out}")
+        if not quiet:
+            typer.echo(f"wrote {options.samples_out}")
 
 
 @eval_app.command("qa")
@@ -119,10 +123,18 @@ def qa(
         "take settings after colons: kv-exact:int8, kv-pruned:0.5, kv-pruned:0.25:prefill:pool=3.",
     ),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Answer length limit."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Keep the modes an interrupted run already wrote to --json-out (same data, sample, "
+        "model and settings) and run only the others.",
+    ),
     *,
     options: EvalOptions,
 ) -> None:
     """Answer each question from its own passage read many ways; SQuAD exact match and F1 (%).
+
+    With --json-out the report is rewritten after every mode, so a long run can be resumed.
 
     Same frozen decoder, same prompt wording (the one fine-tuning uses), greedy decoding.
     """
@@ -147,15 +159,44 @@ def qa(
         fail(f"no usable questions in {data} ({report.summary()})")
     compressor = _load(options, needs_trained="slots" in chosen)
     start = time.perf_counter()
+    info = dict(
+        data=str(data), limit=options.limit, seed=options.seed, modes=chosen, max_new_tokens=max_new_tokens,
+        skipped_rows=report.rows_skipped, **_describe(compressor),
+    )
+    done = _earlier_run(options, info) if resume else None
+
+    def save(evaluation: Any) -> None:
+        complete = all(mode in evaluation.results for mode in chosen)
+        seconds = round(time.perf_counter() - start, 1) + (done_seconds if done else 0.0)
+        _write(options, evaluation.to_json(**info, seconds=seconds, complete=complete), evaluation.predictions, quiet=not complete)
+
+    done_seconds = float(done[1]) if done else 0.0
     result = evaluate_qa(
-        compressor, records, modes=chosen, batch_size=options.batch_size, max_new_tokens=max_new_tokens, show_progress=True
+        compressor, records, modes=chosen, batch_size=options.batch_size, max_new_tokens=max_new_tokens,
+        show_progress=True, done=done[0] if done else None, on_mode=save if options.json_out else None,
     )
     typer.echo(result.table())
-    payload = result.to_json(
-        data=str(data), limit=options.limit, seed=options.seed, modes=chosen, max_new_tokens=max_new_tokens,
-        seconds=round(time.perf_counter() - start, 1), skipped_rows=report.rows_skipped, **_describe(compressor),
-    )
-    _write(options, payload, result.predictions)
+    if not options.json_out:
+        _write(options, result.to_json(**info, seconds=round(time.perf_counter() - start, 1), complete=True), result.predictions)
+
+
+def _earlier_run(options: EvalOptions, info: dict[str, Any]) -> tuple[Any, float] | None:
+    """The evaluation an interrupted run saved in --json-out, if it matches this one."""
+    from memrag.eval.qa import QAEvaluation
+
+    if not options.json_out or not Path(options.json_out).is_file():
+        fail("--resume needs the --json-out file of the interrupted run")
+    report = json.loads(Path(options.json_out).read_text())
+    keys = ("data", "limit", "seed", "max_new_tokens", "fingerprint", "dtype", "device")
+    different = [k for k in keys if report.get(k) != info.get(k)]
+    if different:
+        fail(f"--resume: {options.json_out} was written by another run (different {', '.join(different)})")
+    predictions: list[dict[str, Any]] = []
+    if options.samples_out and Path(options.samples_out).is_file():
+        lines = Path(options.samples_out).read_text().splitlines()
+        predictions = [json.loads(line) for line in lines if line.strip()]
+    typer.echo(f"resuming: keeping {', '.join(report['results'])} from {options.json_out}")
+    return QAEvaluation.from_json(report, predictions), float(report.get("seconds", 0.0))
 
 
 @eval_app.command("ae")

@@ -89,6 +89,18 @@ class QAEvaluation:
             **info,
         }
 
+    @classmethod
+    def from_json(cls, report: dict[str, Any], predictions: Sequence[dict[str, Any]] = ()) -> "QAEvaluation":
+        """Inverse of :meth:`to_json` (with the predictions, when they were kept)."""
+        return cls(
+            results=dict(report["results"]),
+            passage_positions=dict(report["passage_positions"]),
+            prompt_positions=dict(report["prompt_positions"]),
+            prefilled_positions=dict(report.get("prefilled_positions", {})),
+            memory=dict(report.get("memory", {})),
+            predictions=[p for p in predictions if p.get("mode") in report["results"]],
+        )
+
     def table(self) -> str:
         """A plain-text table of the scores."""
         width = max([10, *(len(mode) for mode in self.results)])
@@ -190,6 +202,8 @@ def evaluate_qa(
     batch_size: int = 8,
     max_new_tokens: int = 32,
     show_progress: bool = False,
+    done: QAEvaluation | None = None,
+    on_mode: Any = None,
 ) -> QAEvaluation:
     """Answers every question in every mode and scores the answers.
 
@@ -200,14 +214,20 @@ def evaluate_qa(
         batch_size: Questions per ``generate`` call (and passages per compression batch).
         max_new_tokens: Answer length limit.
         show_progress: Show progress bars.
+        done: An earlier, interrupted evaluation of the same questions: its modes are kept
+            and not run again.
+        on_mode: Called with the evaluation after each mode finishes (to save it as it goes).
     """
     from memrag.training.objectives import qa_prompt
 
     check_modes(modes)
     options = GenerationOptions(max_new_tokens=max_new_tokens, stop=ANSWER_STOP)
     tokenizer = compressor.tokenizer
-    evaluation = QAEvaluation(results={}, passage_positions={}, prompt_positions={})
+    evaluation = done or QAEvaluation(results={}, passage_positions={}, prompt_positions={})
     for mode in modes:
+        if mode in evaluation.results:
+            logger.info("qa %s: kept from the earlier run", mode)
+            continue
         contexts, cost = _contexts(compressor, records, mode, batch_size, show_progress)
         if cost:
             evaluation.memory[mode] = cost
@@ -238,4 +258,6 @@ def evaluate_qa(
             sum(a.prefilled_positions for a in answers.values()) / count
         )
         logger.info("qa %s: %s", mode, evaluation.results[mode])
+        if on_mode is not None:
+            on_mode(evaluation)
     return evaluation
