@@ -171,3 +171,20 @@ def test_a_prompt_longer_than_the_context_is_refused(tmp_path: Path, compressor)
         memory = store.get(["tower"])[0].context()
         with pytest.raises(ValueError, match=r"prompt takes \d+ positions .* context \(" + str(limit)):
             compressor.build([[memory] * (limit // memory.span + 1) + ["Question?"]])
+
+
+def test_a_damaged_kv_shard_is_found_and_its_memory_recomputed(tmp_path: Path, compressor) -> None:
+    from memrag.store.verify import repair_store, verify_store
+
+    with _store(tmp_path / "s", compressor, "kv-pruned:0.5:int8", fidelity="none") as store:
+        before = {r.id: r.slots for r in store.get(["paris", "tower", "fox"])}
+    (shard,) = (tmp_path / "s" / "shards").glob("*.safetensors")
+    shard.write_bytes(shard.read_bytes()[:100])
+    report = verify_store(tmp_path / "s")
+    assert not report.ok and report.parts() == {"shard"}
+    result = repair_store(tmp_path / "s", compressor=compressor)
+    assert result.recompressed == 3 and result.after.ok
+    with MemoryStore.open(tmp_path / "s", read_only=True) as store:
+        for record in store.get(list(before)):
+            assert torch.equal(record.slots.offsets, before[record.id].offsets)
+            torch.testing.assert_close(record.slots.keys, before[record.id].keys)
