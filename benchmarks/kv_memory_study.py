@@ -22,6 +22,7 @@ import torch
 
 from memrag.compressor import Compressor
 from memrag.eval.qa import check_modes, evaluate_qa, sample_qa_records
+from memrag.memory.builders import MemoryReuse
 from memrag.utils.atomic import atomic_write_text
 from memrag.utils.machine import describe_device
 
@@ -83,13 +84,16 @@ def main() -> None:
         "compressor": getattr(compressor, "source", None),
         "fingerprint": compressor.fingerprint,
     }
+    reuse = MemoryReuse()  # each passage's keys, values and scores, computed once for every mode
     for mode in modes:
         target = _file(args.out, mode)
         if target.is_file():
             logging.info("%s: done already (%s)", mode, target)
             continue
         started = time.perf_counter()
-        result = evaluate_qa(compressor, records, modes=[mode], batch_size=args.batch_size, show_progress=True)
+        result = evaluate_qa(
+            compressor, records, modes=[mode], batch_size=args.batch_size, show_progress=True, reuse=reuse
+        )
         report = result.to_json(seconds=round(time.perf_counter() - started, 1), **environment)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, json.dumps(report, indent=2) + "\n")

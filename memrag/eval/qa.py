@@ -152,7 +152,12 @@ Context = str | Slots | KVSlots
 
 
 def _contexts(
-    compressor: Any, records: Sequence[QARecord], mode: str, batch_size: int, show_progress: bool
+    compressor: Any,
+    records: Sequence[QARecord],
+    mode: str,
+    batch_size: int,
+    show_progress: bool,
+    reuse: Any = None,
 ) -> tuple[list[list[Context]], dict[str, float]]:
     """Each record's contexts in ``mode``, and the memory's cost (compressed modes)."""
     import time
@@ -177,9 +182,12 @@ def _contexts(
         by_text = dict(zip(unique, slots))
     else:
         spec = parse_memory_mode(mode)
-        started = time.perf_counter()
-        made = build_memory(compressor, spec, unique, batch_size=batch_size, show_progress=show_progress)
-        cost["seconds_per_passage"] = (time.perf_counter() - started) / max(len(unique), 1)
+        made = build_memory(
+            compressor, spec, unique, batch_size=batch_size, show_progress=show_progress, reuse=reuse
+        )
+        selection = spec.pruning.selection if spec.kind == "kv-pruned" else "exact"
+        # What a store would pay to make it (computed once per selection, whatever was reused).
+        cost["seconds_per_passage"] = reuse.seconds.get(selection, reuse.seconds.get("exact", 0.0))
         with compressor.decoder_mode() as decoder:
             codec = codec_for(decoder, spec)
         stored, sizes = as_stored(made, codec)  # type: ignore[arg-type]
@@ -204,6 +212,7 @@ def evaluate_qa(
     show_progress: bool = False,
     done: QAEvaluation | None = None,
     on_mode: Any = None,
+    reuse: Any = None,
 ) -> QAEvaluation:
     """Answers every question in every mode and scores the answers.
 
@@ -217,6 +226,8 @@ def evaluate_qa(
         done: An earlier, interrupted evaluation of the same questions: its modes are kept
             and not run again.
         on_mode: Called with the evaluation after each mode finishes (to save it as it goes).
+        reuse: A :class:`~memrag.memory.builders.MemoryReuse`: K/V modes compute each
+            passage's keys, values and selection scores once (default: one for this call).
     """
     from memrag.training.objectives import qa_prompt
 
@@ -224,11 +235,14 @@ def evaluate_qa(
     options = GenerationOptions(max_new_tokens=max_new_tokens, stop=ANSWER_STOP)
     tokenizer = compressor.tokenizer
     evaluation = done or QAEvaluation(results={}, passage_positions={}, prompt_positions={})
+    from memrag.memory.builders import MemoryReuse
+
+    reuse = MemoryReuse() if reuse is None else reuse
     for mode in modes:
         if mode in evaluation.results:
             logger.info("qa %s: kept from the earlier run", mode)
             continue
-        contexts, cost = _contexts(compressor, records, mode, batch_size, show_progress)
+        contexts, cost = _contexts(compressor, records, mode, batch_size, show_progress, reuse)
         if cost:
             evaluation.memory[mode] = cost
         prompts = [qa_prompt(tokenizer, ctx, r.question) for ctx, r in zip(contexts, records)]

@@ -11,8 +11,11 @@ prompt right after a start-of-text, and holds only the text's own positions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,6 +38,31 @@ def context_limit(decoder: Any) -> int | None:
     return int(value) if value else None
 
 
+@dataclass
+class _Made:
+    """What was computed for one text: its exact memory and any selection scores."""
+
+    exact: KVSlots
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class MemoryReuse:
+    """Keys, values and selection scores of texts, kept between :func:`build_memory` calls.
+
+    One evaluation of several K/V settings over the same texts computes each text's memory once
+    (and each selection's scores once). It holds every text's keys and values in memory.
+
+    Attributes:
+        made: Per text, its exact memory and selection scores.
+        seconds: Seconds per text it took to compute, per ``"exact"`` or selection name (the
+            offline cost a store would pay, whatever was reused later).
+    """
+
+    made: dict[str, _Made] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
 def build_memory(
     compressor: Any,
     spec: MemorySpec,
@@ -43,6 +71,7 @@ def build_memory(
     batch_size: int = 8,
     show_progress: bool = False,
     fingerprint: str = "",
+    reuse: MemoryReuse | None = None,
 ) -> list[Slots | KVSlots]:
     """One memory per text, of ``spec``'s kind.
 
@@ -53,6 +82,8 @@ def build_memory(
         batch_size: Texts (segments, for ``embedding``) per forward pass.
         show_progress: Show a progress bar.
         fingerprint: Recorded in K/V memory (the store's memory fingerprint).
+        reuse: Kept between calls (e.g. one evaluation of several K/V settings over the same
+            texts): each text's exact memory and selection scores are computed once.
 
     Raises:
         ValueError: an empty text, or one longer than the decoder's context (index named).
@@ -63,17 +94,54 @@ def build_memory(
     empty = [i for i, text in enumerate(texts) if not text or not text.strip()]
     if empty:
         raise ValueError(f"cannot make memory of empty or whitespace-only text (indices {empty[:10]})")
+    pruned = kind is MemoryKind.KV_PRUNED
+    selection = spec.pruning.selection if pruned and spec.pruning.selection != "stride" else None
+    reuse = reuse if reuse is not None else MemoryReuse()
+    made = reuse.made
+    missing = [
+        text
+        for text in dict.fromkeys(texts)
+        if text not in made or (selection is not None and selection not in made[text].scores)
+    ]
+    if missing:
+        started = time.perf_counter()
+        _compute(compressor, missing, selection, made, batch_size=batch_size, show_progress=show_progress, label=kind.value)
+        reuse.seconds.setdefault(selection or "exact", (time.perf_counter() - started) / len(missing))
+    results: list[KVSlots] = []
+    for text in texts:
+        entry = made[text]
+        memory = dataclasses.replace(entry.exact, fingerprint=fingerprint)
+        if pruned:
+            scores = entry.scores.get(selection) if selection else None
+            if scores is None:
+                scores = torch.zeros(memory.span, memory.num_layers)
+            memory = memory.select(select_positions(scores, spec.pruning))
+        results.append(memory)
+    return results
+
+
+def _compute(
+    compressor: Any,
+    texts: Sequence[str],
+    selection: str | None,
+    made: dict[str, Any],
+    *,
+    batch_size: int,
+    show_progress: bool,
+    label: str,
+) -> None:
+    """Exact memory (and ``selection``'s scores) of ``texts``, into ``made``."""
+    from memrag.memory.pruning import PruningConfig
+
     splicer = compressor.splicer
     tokenizer = compressor.tokenizer
     sequences = [splicer.tokenize(text) for text in texts]
     context = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    repeat = splicer.tokenize(REPEAT_PROMPT) if spec.pruning.selection == "kvzip" else []
+    repeat = splicer.tokenize(REPEAT_PROMPT) if selection == "kvzip" else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    results: list[KVSlots] = []
     with compressor.decoder_mode() as decoder:
         limit = context_limit(decoder)
-        pruned = kind is MemoryKind.KV_PRUNED
-        reads = 2 if pruned and spec.pruning.selection == "kvzip" else 1
+        reads = 2 if selection == "kvzip" else 1
         for index, ids in enumerate(sequences):
             needed = len(context) + reads * len(ids) + (len(repeat) if reads == 2 else 0)
             if limit is not None and needed > limit:
@@ -81,36 +149,36 @@ def build_memory(
                     f"text {index} has {len(ids)} tokens; its K/V memory needs {needed} positions, "
                     f"more than the decoder's context ({limit}); cut it into smaller chunks"
                 )
-        with progress(total=len(texts), desc=f"{kind.value}", unit="chunk", disable=not show_progress) as bar:
+        with progress(total=len(texts), desc=label, unit="chunk", disable=not show_progress) as bar:
             for begin in range(0, len(sequences), batch_size):
                 group = sequences[begin : begin + batch_size]
-                if pruned and spec.pruning.selection != "stride":
+                if selection is not None:
                     scored = score_and_capture(
-                        decoder, group, spec.pruning, context=context, repeat_ids=repeat,
-                        batch_size=batch_size, pad_token_id=pad,
+                        decoder, group, PruningConfig(selection=selection), context=context,
+                        repeat_ids=repeat, batch_size=batch_size, pad_token_id=pad,
                     )
                 else:
-                    scored = [(kv, None) for kv in capture_kv(decoder, group, context=context, batch_size=batch_size, pad_token_id=pad)]
-                for (captured, scores), ids, text in zip(scored, group, texts[begin : begin + batch_size]):
+                    captured = capture_kv(decoder, group, context=context, batch_size=batch_size, pad_token_id=pad)
+                    scored = [(kv, None) for kv in captured]
+                for (captured_kv, scores), ids, text in zip(scored, group, texts[begin : begin + batch_size]):
                     span = len(ids)
-                    layers = captured.keys.shape[1]
-                    memory = KVSlots(
-                        keys=captured.keys,
-                        values=captured.values,
-                        offsets=torch.arange(span).unsqueeze(1).expand(span, layers).clone(),
-                        span=span,
-                        kind=MemoryKind.KV_EXACT.value,
-                        fingerprint=fingerprint,
-                        num_tokens=span,
-                        text=text,
-                    )
-                    if pruned:
-                        if scores is None:
-                            scores = torch.zeros(span, layers)
-                        memory = memory.select(select_positions(scores, spec.pruning))
-                    results.append(memory)
+                    layers = captured_kv.keys.shape[1]
+                    entry = made.get(text)
+                    if entry is None:
+                        entry = made[text] = _Made(
+                            KVSlots(
+                                keys=captured_kv.keys,
+                                values=captured_kv.values,
+                                offsets=torch.arange(span).unsqueeze(1).expand(span, layers).clone(),
+                                span=span,
+                                kind=MemoryKind.KV_EXACT.value,
+                                num_tokens=span,
+                                text=text,
+                            )
+                        )
+                    if selection is not None and scores is not None:
+                        entry.scores[selection] = scores
                 bar.update(len(group))
-    return results
 
 
 def codec_for(decoder: Any, spec: MemorySpec) -> KVCodec:
