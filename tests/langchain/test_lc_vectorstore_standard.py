@@ -40,6 +40,9 @@ class TestMemragVectorStoreStandard(VectorStoreIntegrationTests):
 
     pytestmark = ASYNC_MARKS
 
+    #: What the store keeps per document.
+    memory = "embedding"
+
     @pytest.fixture
     def vectorstore(self, tmp_path) -> Iterator[MemragVectorStore]:  # type: ignore[override]
         # No fidelity scoring: it only decides text fallback at query time, which the
@@ -48,6 +51,7 @@ class TestMemragVectorStoreStandard(VectorStoreIntegrationTests):
             tmp_path / "store",
             embedding=self.get_embeddings(),
             compressor=_compressor(),
+            memory=self.memory,
             fidelity="none",
         )
         try:
@@ -59,19 +63,7 @@ class TestMemragVectorStoreStandard(VectorStoreIntegrationTests):
 class TestMemragVectorStoreStandardOverKV(TestMemragVectorStoreStandard):
     """The same suite over a store of pruned K/V memory (int8)."""
 
-    @pytest.fixture
-    def vectorstore(self, tmp_path) -> Iterator[MemragVectorStore]:  # type: ignore[override]
-        store = MemragVectorStore.create(
-            tmp_path / "store",
-            embedding=self.get_embeddings(),
-            compressor=_compressor(),
-            memory="kv-pruned:0.5:int8",
-            fidelity="none",
-        )
-        try:
-            yield store
-        finally:
-            store.close()
+    memory = "kv-pruned:0.5:int8"
 
 
 @functools.cache
