@@ -436,13 +436,24 @@ class MemoryStore:
         return self._processor
 
     def make_processor(
-        self, compressor: Any, embedder: Embedder, *, compress_batch_size: int = 16
+        self,
+        compressor: Any,
+        embedder: Embedder,
+        *,
+        compress_batch_size: int = 16,
+        reuse: Any = None,
     ) -> ChunkProcessor:
-        """A :class:`ChunkProcessor` with this store's slot dtype and fidelity settings."""
+        """A :class:`ChunkProcessor` with this store's memory, slot dtype and fidelity settings.
+
+        ``reuse`` (a :class:`~memrag.memory.builders.MemoryReuse`) shares computed K/V memory
+        and selection scores with other processors of the same texts (several stores of one
+        corpus in different K/V settings).
+        """
         return ChunkProcessor(
             compressor,
             embedder,
             compress_batch_size=compress_batch_size,
+            reuse=reuse,
             **self.processor_kwargs(),
         )
 
@@ -702,8 +713,13 @@ class MemoryStore:
         batch_size: int = 64,
         show_progress: bool = False,
         delete_ids: Sequence[str] = (),
+        processor: ChunkProcessor | None = None,
     ) -> None:
-        """Processes and writes prepared chunks, ``batch_size`` per committed batch."""
+        """Processes and writes prepared chunks, ``batch_size`` per committed batch.
+
+        ``processor`` replaces the store's own (see :meth:`make_processor`); it must make this
+        store's memory (checked on write).
+        """
         from memrag.utils.progress import progress
 
         order = sorted(range(len(chunks)), key=lambda i: len(chunks[i].text), reverse=True)
@@ -717,7 +733,7 @@ class MemoryStore:
                 self.delete(delete_ids)
             for start in range(0, len(order), batch_size):
                 batch = [chunks[i] for i in order[start : start + batch_size]]
-                self.write(self.processor.process(batch))
+                self.write((processor or self.processor).process(batch))
                 bar.update(len(batch))
 
     def write(self, batch: ProcessedBatch) -> list[int]:

@@ -122,6 +122,8 @@ class ChunkProcessor:
             (exact memory loses nothing).
         fidelity_max_tokens: Tokens reconstructed per chunk at most.
         fidelity_sample_tokens: Tokens scored per chunk (``None``: all).
+        reuse: A :class:`~memrag.memory.builders.MemoryReuse` shared with other processors of
+            the same texts (K/V memory and selection scores computed once).
     """
 
     def __init__(
@@ -135,9 +137,11 @@ class ChunkProcessor:
         fidelity: str = "reconstruct",
         fidelity_max_tokens: int = 512,
         fidelity_sample_tokens: int | None = 32,
+        reuse: Any = None,
     ) -> None:
         from memrag.memory.spec import MemorySpec
 
+        self.reuse = reuse
         self.compressor = compressor
         self.embedder = embedder
         self.memory = (
@@ -248,6 +252,7 @@ class ChunkProcessor:
                     texts,
                     batch_size=self.compress_batch_size,
                     fingerprint=fingerprint,
+                    reuse=self.reuse,
                 )
                 if chunks
                 else []
