@@ -116,6 +116,8 @@ def build_memory(
             if scores is None:
                 scores = torch.zeros(memory.span, memory.num_layers)
             memory = memory.select(select_positions(scores, spec.pruning))
+            if spec.pruning.compact:
+                memory = memory.compacted()
         results.append(memory)
     return results
 

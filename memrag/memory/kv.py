@@ -8,6 +8,7 @@ chunk costs no extra rounding.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -85,6 +86,14 @@ class KVSlots:
             fingerprint=self.fingerprint,
             num_tokens=self.num_tokens,
             text=self.text,
+        )
+
+    def compacted(self) -> "KVSlots":
+        """A copy whose entries sit at consecutive positions ``0 .. n-1`` (span ``n``)."""
+        count = self.num_slots
+        offsets = torch.arange(count, device=self.offsets.device).unsqueeze(1)
+        return dataclasses.replace(
+            self, offsets=offsets.expand(count, self.num_layers).clone(), span=max(count, 1)
         )
 
     def select(self, rows: torch.Tensor) -> "KVSlots":

@@ -45,6 +45,8 @@ class PruningConfig:
         recent: The last ``recent`` positions are always kept.
         pool: Max-pool scores over this many neighbouring positions (odd; 1: off).
         per_layer: Each layer keeps its own best positions (else one set for all layers).
+        compact: Place the kept entries at consecutive positions (the chunk then spans as many
+            positions as it keeps entries), instead of at their original offsets.
     """
 
     keep_ratio: float = 0.25
@@ -53,6 +55,7 @@ class PruningConfig:
     recent: int = 0
     pool: int = 1
     per_layer: bool = True
+    compact: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.keep_ratio) <= 1.0:
