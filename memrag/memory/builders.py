@@ -115,7 +115,7 @@ def build_memory(
             scores = entry.scores.get(selection) if selection else None
             if scores is None:
                 scores = torch.zeros(memory.span, memory.num_layers)
-            memory = memory.select(select_positions(scores, spec.pruning))
+            memory = memory.select(select_positions(scores, spec.pruning), merge=spec.pruning.merge)
             if spec.pruning.compact:
                 memory = memory.compacted()
         results.append(memory)

@@ -96,12 +96,20 @@ class KVSlots:
             self, offsets=offsets.expand(count, self.num_layers).clone(), span=max(count, 1)
         )
 
-    def select(self, rows: torch.Tensor) -> "KVSlots":
-        """The entries ``rows`` (``(m, layers)`` indices into each layer's column), as a pruned copy."""
+    def select(self, rows: torch.Tensor, *, merge: bool = False) -> "KVSlots":
+        """The entries ``rows`` (``(m, layers)`` indices into each layer's column), as a pruned copy.
+
+        With ``merge``, each kept entry's value becomes the mean of its own value and those of
+        the dropped entries nearest to it (per layer), so what was dropped is summarised rather
+        than lost; keys are kept as they are.
+        """
         gather = rows.unsqueeze(-1).unsqueeze(-1).expand(-1, -1, *self.keys.shape[2:])
+        values = torch.gather(self.values, 0, gather)
+        if merge:
+            values = _merged_values(self.values, self.offsets, rows)
         return KVSlots(
             keys=torch.gather(self.keys, 0, gather),
-            values=torch.gather(self.values, 0, gather),
+            values=values,
             offsets=torch.gather(self.offsets, 0, rows),
             span=self.span,
             kind=MemoryKind.KV_PRUNED.value,
@@ -109,3 +117,19 @@ class KVSlots:
             num_tokens=self.num_tokens,
             text=self.text,
         )
+
+
+def _merged_values(values: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Per layer, each kept row's value averaged with the dropped rows nearest to it."""
+    count, layers = rows.shape
+    merged = torch.empty((count, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    for layer in range(layers):
+        kept = offsets[rows[:, layer], layer].float()  # (m,) ascending
+        every = offsets[:, layer].float()  # (n,)
+        owner = (every.unsqueeze(1) - kept.unsqueeze(0)).abs().argmin(dim=1)  # nearest kept
+        column = values[:, layer].float().reshape(values.shape[0], -1)
+        sums = torch.zeros((count, column.shape[1]), dtype=torch.float32, device=values.device)
+        sums.index_add_(0, owner, column)
+        sizes = torch.bincount(owner, minlength=count).clamp(min=1).unsqueeze(1).float()
+        merged[:, layer] = (sums / sizes).reshape(count, *values.shape[2:]).to(values.dtype)
+    return merged

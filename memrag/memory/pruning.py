@@ -47,6 +47,8 @@ class PruningConfig:
         per_layer: Each layer keeps its own best positions (else one set for all layers).
         compact: Place the kept entries at consecutive positions (the chunk then spans as many
             positions as it keeps entries), instead of at their original offsets.
+        merge: Average each dropped position's value into the nearest kept position's (per
+            layer), so dropped tokens are summarised rather than lost.
     """
 
     keep_ratio: float = 0.25
@@ -56,6 +58,7 @@ class PruningConfig:
     pool: int = 1
     per_layer: bool = True
     compact: bool = False
+    merge: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.keep_ratio) <= 1.0:

@@ -88,7 +88,8 @@ def parse_memory_mode(text: str) -> MemorySpec:
 
     Settings: a storage dtype (``float16``, ``bfloat16``, ``int8``), a keep ratio (``0.5``), a
     selection (``kvzip``, ``prefill``, ``stride``), ``shared`` (one set of positions for all
-    layers), ``compact`` (kept entries at consecutive positions), or ``name=value`` for any
+    layers), ``compact`` (kept entries at consecutive positions), ``merge`` (dropped values
+    averaged into the nearest kept ones), or ``name=value`` for any
     :class:`PruningConfig` field (``pool=3``, ``sinks=4``).
     Examples: ``kv-exact``, ``kv-exact:int8``, ``kv-pruned:0.5``, ``kv-pruned:0.25:kvzip:pool=3``.
 
@@ -111,8 +112,8 @@ def parse_memory_mode(text: str) -> MemorySpec:
             pruning["selection"] = setting
         elif setting == "shared":
             pruning["per_layer"] = False
-        elif setting == "compact":
-            pruning["compact"] = True
+        elif setting in ("compact", "merge"):
+            pruning[setting] = True
         elif "=" in setting:
             key, value = (part.strip() for part in setting.split("=", 1))
             if key not in fields:
