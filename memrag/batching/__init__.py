@@ -17,7 +17,7 @@ from memrag.batching.engine import (
 )
 from memrag.batching.handle import RowCancelledError, RowHandle
 from memrag.batching.rows import RowText
-from memrag.batching.sampling import RowSampler, sample
+from memrag.batching.sampling import RowSampler, sample, warp_scores
 from memrag.batching.state import DecodeState
 
 __all__ = [
@@ -31,4 +31,5 @@ __all__ = [
     "RowSampler",
     "RowText",
     "sample",
+    "warp_scores",
 ]

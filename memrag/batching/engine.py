@@ -29,6 +29,7 @@ turns with the steps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 
 from memrag.batching.handle import RowCancelledError, RowHandle
+from memrag.batching.kernels import PackedLinears, packed_linears_supported
 from memrag.batching.rows import RowText
 from memrag.batching.sampling import RowSampler
 from memrag.batching.state import DecodeState
@@ -93,6 +95,9 @@ class BatchedGenerator:
         compressor: The :class:`~memrag.compressor.Compressor` whose frozen decoder answers.
         max_batch_size: Most rows decoded in one step.
         batch_window: Seconds an idle batcher waits for more requests before it starts.
+        packed_weights: Decode steps of several rows with oneDNN-packed weights
+            (:class:`~memrag.batching.kernels.PackedLinears`; CPU and float32 only; a second
+            copy of the linear weights in memory). ``None``: wherever supported.
 
     Raises:
         ValueError: ``max_batch_size`` < 1 or ``batch_window`` < 0.
@@ -104,6 +109,7 @@ class BatchedGenerator:
         *,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         batch_window: float = DEFAULT_BATCH_WINDOW,
+        packed_weights: bool | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -120,6 +126,14 @@ class BatchedGenerator:
         self._abort = False
         self._thread: threading.Thread | None = None
         self._stats = _Stats()
+        supported = packed_linears_supported(compressor.causal_lm)
+        if packed_weights and not supported:
+            raise ValueError("packed_weights needs a float32 model on a CPU with oneDNN")
+        self._packed = (
+            PackedLinears(compressor.causal_lm)
+            if (supported if packed_weights is None else packed_weights)
+            else None
+        )
 
     # ------------------------------------------------------------------ public API
     def submit(self, prompt: Sequence[PromptPart], options: GenerationOptions | None = None) -> RowHandle:
@@ -148,6 +162,17 @@ class BatchedGenerator:
                 self._thread.start()
             self._cond.notify_all()
         return row.handle
+
+    @property
+    def packed_weights(self) -> bool:
+        """Whether steps of several rows use oneDNN-packed weights."""
+        return self._packed is not None
+
+    def warm_up(self) -> None:
+        """Does the one-off work now rather than in the first batch (packing the weights)."""
+        if self._packed is not None:
+            with self.compressor.decoder_mode():
+                self._packed.pack()
 
     def stats(self) -> dict[str, Any]:
         """Rows decoding and waiting, and counters since the start."""
@@ -274,7 +299,8 @@ class BatchedGenerator:
             return []
         try:
             batch = self.compressor.build([row.prompt for row in rows])
-            state, logits = DecodeState.prefill(decoder, batch)
+            with self._kernels(len(rows)):
+                state, logits = DecodeState.prefill(decoder, batch)
         except Exception as err:  # noqa: BLE001 - isolate the row(s) at fault
             if len(rows) == 1:
                 logger.warning("a prompt could not be spliced or prefilled: %s", err)
@@ -298,12 +324,20 @@ class BatchedGenerator:
         state = self._state
         assert state is not None
         rows = self._rows
-        logits = state.step(decoder)
+        with self._kernels(len(rows)):
+            logits = state.step(decoder)
         self._stats.steps += 1
         self._stats.rows_decoded += len(rows)
         keep = [i for i, row in enumerate(rows) if self._advance(row, logits[i], len(rows))]
         self._rows = [rows[i] for i in keep]
         self._state = _continue(state, rows, keep)
+
+    def _kernels(self, rows: int) -> contextlib.AbstractContextManager[Any]:
+        """The packed weights for a pass over several rows; one row runs exactly as the
+        one-at-a-time path does (default kernels)."""
+        if self._packed is not None and rows > 1:
+            return self._packed.active()
+        return contextlib.nullcontext()
 
     def _advance(self, row: _Row, logits: torch.Tensor, batch_rows: int) -> bool:
         """Samples the row's next token and emits its text; returns whether it goes on."""

@@ -44,25 +44,15 @@ class RowSampler:
         )
 
 
-def sample(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    *,
-    generator: torch.Generator | None = None,
-) -> int:
-    """Draws a token from ``logits`` warped as ``generate`` warps them.
+def warp_scores(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """``logits`` as ``generate`` warps them before sampling: scaled by the temperature, then
+    everything outside the top ``top_k`` and outside the top-``top_p`` mass set to ``-inf``.
 
     Args:
         logits: ``(vocab,)`` scores of one row.
         temperature: Above 0.
         top_k: Keep the ``top_k`` best tokens (0: all).
         top_p: Keep the smallest set of best tokens whose probability reaches ``top_p``.
-        generator: The row's random generator.
-
-    Raises:
-        RuntimeError: the warped scores are not a distribution (e.g. NaN temperature).
     """
     scores = logits.float() / temperature
     vocab = scores.shape[-1]
@@ -75,5 +65,21 @@ def sample(
         remove = cumulative <= (1 - top_p)
         remove[-1] = False  # keep at least the best token
         scores = scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
-    probabilities = scores.softmax(dim=-1)
+    return scores
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    *,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Draws a token from ``logits`` warped by :func:`warp_scores`.
+
+    Raises:
+        RuntimeError: the warped scores are not a distribution (e.g. NaN temperature).
+    """
+    probabilities = warp_scores(logits, temperature, top_k, top_p).softmax(dim=-1)
     return int(torch.multinomial(probabilities, 1, generator=generator).item())
