@@ -203,10 +203,17 @@ class _Server:
                 service.chat.compressor,
                 max_batch_size=settings.max_batch_size,
                 batch_window=settings.batch_window_ms / 1000,
+                packed_weights=None if settings.packed_weights else False,
             )
             if settings.batching
             else None
         )
+
+    def warm_up(self) -> None:
+        """Loads the embedder and packs the batcher's weights now, not in the first requests."""
+        self.service.warm_up()
+        if self.batcher is not None:
+            self.batcher.warm_up()
 
     def close(self) -> None:
         """Stops the batcher (rows still running are cancelled)."""
@@ -288,7 +295,7 @@ class _Server:
             "batch_window_ms": settings.batch_window_ms,
         }
         if self.batcher is not None:
-            batching.update(self.batcher.stats())
+            batching.update(packed_weights=self.batcher.packed_weights, **self.batcher.stats())
         return {
             "status": "ok",
             "model": self.service.model_name,
@@ -415,6 +422,14 @@ class _Server:
         except ClientDisconnectedError:
             fields["outcome"] = "disconnected"
             raise APIError(499, "client disconnected", code="client_disconnected") from None
+        except APIError:
+            raise
+        except Exception as err:
+            # E.g. a chunk that cannot be read or spliced: this request fails, the server and
+            # the other requests (of its batch) go on.
+            logger.error("chat completion failed", exc_info=err)
+            fields["outcome"] = "error"
+            raise APIError(500, "internal server error", code="internal_error") from None
         finally:
             if not handed_over:
                 ticket.release()

@@ -34,6 +34,10 @@ class ServerSettings:
         batch_window_ms: How long an idle batcher waits for more requests before it starts
             a batch (milliseconds); a running batch takes new requests at its next step
             without waiting.
+        packed_weights: On a CPU in float32, decode batches of several requests with
+            oneDNN-packed copies of the linear weights (:mod:`memrag.batching.kernels`):
+            several times faster per row there, for a second copy of those weights in memory.
+            Ignored where unsupported.
         max_concurrent: Generations (and document compressions) running at once when
             ``max_batch_size`` is 1. The compressor serialises its decoder with a lock, so
             more than 1 only overlaps prompt building with decoding. With batching, the
@@ -63,6 +67,7 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20
     max_batch_size: int = 8
     batch_window_ms: float = 10.0
+    packed_weights: bool = True
     max_concurrent: int = 1
     max_queue: int = 8
     request_timeout: float = 120.0
