@@ -225,7 +225,7 @@ class _Server:
     ) -> AsyncIterator[str | StreamEnd]:
         """The answer's pieces under ``guard``: decoded in the batch, or on its own."""
         if self.batcher is None:
-            log_fields(request)["batch_size"] = 1
+            log_fields(request).update(batch_size=1, batch_size_mean=1.0)
             return guarded_pieces(prepared, guard)
         try:
             handle = self.batcher.submit(prepared.prompt, prepared.options)
