@@ -19,7 +19,14 @@ from typing import Any
 import torch
 from transformers import TextStreamer
 
-from memrag.generation import Generation, GenerationOptions, StopStringFilter
+from memrag.generation import (
+    Generation,
+    GenerationOptions,
+    StopOnStrings,
+    StopStringFilter,
+    finish_reason,
+    tokens_generated,
+)
 
 
 class _ChunkStreamer(TextStreamer):
@@ -67,7 +74,7 @@ class RowText:
         self._eos = tokenizer.eos_token_id
         self._streamer = _ChunkStreamer(tokenizer)
         self._stops = StopStringFilter(options.stop)
-        self._window = max((len(s) for s in options.stop), default=0) + 1
+        self._stop_rule = StopOnStrings(tokenizer, options.stop) if options.stop else None
 
     def push(self, token: int) -> str:
         """Adds the next generated token; returns the text now safe to emit (may be empty).
@@ -82,7 +89,7 @@ class RowText:
         self.done = (
             token == self._eos
             or self._stops.stopped
-            or self._hit_stop_string()
+            or (self._stop_rule is not None and self._stop_rule.hit(self.tokens))
             or len(self.tokens) >= self.options.max_new_tokens
         )
         if self.done:
@@ -99,25 +106,15 @@ class RowText:
     def _filter(self, chunks: list[str]) -> str:
         return "".join(self._stops.push(chunk) for chunk in chunks)
 
-    def _hit_stop_string(self) -> bool:
-        if not self.options.stop:
-            return False
-        recent = self.tokenizer.decode(self.tokens[-self._window :], skip_special_tokens=True)
-        return any(stop in recent for stop in self.options.stop)
-
     @property
     def num_tokens(self) -> int:
         """Tokens generated (an end-of-sequence token included)."""
-        if self._eos is not None and self._eos in self.tokens:
-            return self.tokens.index(self._eos) + 1
-        return len(self.tokens)
+        return tokens_generated(self.tokens, self._eos)
 
     @property
     def finish_reason(self) -> str:
         """``"stop"`` (EOS or a stop string) or ``"length"``, as :func:`memrag.generation.generate` says."""
-        hit_eos = self._eos is not None and self._eos in self.tokens
-        finished = hit_eos or self._stops.stopped
-        return "stop" if finished or self.num_tokens < self.options.max_new_tokens else "length"
+        return finish_reason(self.tokens, self._eos, self._stops.stopped, self.options.max_new_tokens)
 
     def generation(self) -> Generation:
         """The row's answer so far, as a :class:`~memrag.generation.Generation`."""

@@ -60,6 +60,7 @@ from memrag.version import __version__
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 _END = object()
 
 
@@ -109,11 +110,9 @@ async def guarded_pieces(
     """
     pieces = iterate_in_thread(prepared.stream())
     try:
-        while True:
-            item = await guard.run(_anext(pieces))
-            if item is _END:
-                return
-            yield item
+        async with contextlib.aclosing(_under_guard(pieces, guard)) as items:
+            async for item in items:
+                yield item
     finally:
         await pieces.aclose()
 
@@ -124,17 +123,23 @@ async def guarded_row(handle: RowHandle, guard: RequestGuard) -> AsyncIterator[s
     Leaving early (as for :func:`guarded_pieces`) cancels the row, and this generator
     finishes only once the row has left the batch. A row that failed raises its error.
     """
-    pieces = handle.__aiter__()
     try:
-        while True:
-            item = await guard.run(_anext(pieces))
-            if item is _END:
-                break
-            yield item
+        async with contextlib.aclosing(_under_guard(handle.__aiter__(), guard)) as items:
+            async for item in items:
+                yield item
         yield StreamEnd(handle.generation)
     finally:
         handle.cancel()  # nothing happens when it has already ended
         await handle.wait_async()
+
+
+async def _under_guard(items: AsyncIterator[T], guard: RequestGuard) -> AsyncIterator[T]:
+    """Each of ``items`` awaited under ``guard`` (its deadline, its client's liveness)."""
+    while True:
+        item = await guard.run(_anext(items))
+        if item is _END:
+            return
+        yield item
 
 
 class EventStreamResponse(StreamingResponse):

@@ -3,23 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
-
-PASSAGES = [
-    "Paris is the capital and most populous city of France.",
-    "In 1889 the Eiffel Tower was completed for the World's Fair.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Memory slots compress a document into a few vectors for a frozen decoder.",
-]
-QUESTIONS = ["What is the capital of France?", "When was the tower completed?", "What jumps?"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+from batching_helpers import PASSAGES
 
 
 @pytest.fixture(scope="module")

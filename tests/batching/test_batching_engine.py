@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import PASSAGES, QUESTIONS
+from batching_helpers import PASSAGES, QUESTIONS
 
 from memrag.batching import BatchedGenerator, BatcherClosedError, RowCancelledError
 from memrag.generation import GenerationOptions
