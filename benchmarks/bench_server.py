@@ -407,7 +407,8 @@ def markdown_section(results: dict[str, Any]) -> str:
     ]
     machine = results["machine"]
     lines = [
-        f"### `--model {results['model']}`: {results['description']}",
+        f"### `--model {results['model']}`, answers of at most {results['max_tokens']} tokens: "
+        f"{results['description']}",
         "",
         (
             f"`{results['command']}` on {results['date']}: {machine['cpus']} CPU cores, "
@@ -432,16 +433,23 @@ def markdown_section(results: dict[str, Any]) -> str:
     ]
     check = results.get("padding_check")
     if check:
-        lines += [
-            (
-                f"Padding check ({check['dtype']}, in-process, {check['questions']} questions, "
-                f"batches of up to {check['max_batch_size']}): {check['identical']} of "
-                f"{check['questions']} greedy answers identical to one-at-a-time decoding"
-                + (f"; differing: {', '.join(check['differing'])}" if check["differing"] else "")
-                + "."
-            ),
-            "",
-        ]
+        line = (
+            f"Padding check ({check['dtype']}, in-process, {check['questions']} questions, "
+            f"at most {check.get('max_tokens', results['max_tokens'])} new tokens, batches of up "
+            f"to {check['max_batch_size']}): {check['identical']} of {check['questions']} greedy "
+            "answers identical to one-at-a-time decoding"
+        )
+        if "identical_in_batches_of_one" in check:
+            line += (
+                f"; decoded by the batcher in batches of one row, {check['identical_in_batches_of_one']} "
+                f"of {check['questions']}"
+            )
+        if check["differing"] and "first_difference_chars" in check:
+            line += (
+                "; the differing answers part at character "
+                + ", ".join(f"{d} of {n}" for d, n in zip(check["first_difference_chars"], check["answer_chars"]))
+            )
+        lines += [line + ".", ""]
     return "\n".join(lines)
 
 
@@ -483,7 +491,12 @@ def markdown(result_files: list[Path]) -> str:
 # ---------------------------------------------------------------------- padding check
 def padding_check(store: Path, compressor_dir: Path, questions: list[str], *, count: int,
                   dtype: str, max_tokens: int, top_k: int, max_batch_size: int) -> dict[str, Any]:
-    """Greedy answers decoded one at a time and in batches (left-padded), in ``dtype``."""
+    """Greedy answers decoded one at a time and in batches (left-padded), in ``dtype``.
+
+    The batcher also decodes them one by one (batches of one row: no padding, the same
+    shapes as the one-at-a-time path), which separates its own loop from what batch shapes
+    and padding change.
+    """
     from memrag.batching import BatchedGenerator
     from memrag.server.service import RagService, Turn
     from memrag.store import MemoryStore
@@ -497,18 +510,27 @@ def padding_check(store: Path, compressor_dir: Path, questions: list[str], *, co
         start = time.perf_counter()
         alone = ["".join(compressor.stream(prompt, options)) for prompt in prompts]
         alone_s = time.perf_counter() - start
+        with BatchedGenerator(compressor, max_batch_size=1, batch_window=0) as batcher:
+            rows_of_one = ["".join(batcher.submit(prompt, options)) for prompt in prompts]
         start = time.perf_counter()
         with BatchedGenerator(compressor, max_batch_size=max_batch_size, batch_window=1.0) as batcher:
             handles = [batcher.submit(prompt, options) for prompt in prompts]
             together = ["".join(handle) for handle in handles]
         together_s = time.perf_counter() - start
     differing = [str(i) for i, (a, b) in enumerate(zip(alone, together)) if a != b]
+
+    def first_difference(a: str, b: str) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
     return {
         "dtype": dtype,
         "questions": len(chosen),
         "max_batch_size": max_batch_size,
         "identical": len(chosen) - len(differing),
         "differing": differing,
+        "identical_in_batches_of_one": sum(a == b for a, b in zip(alone, rows_of_one)),
+        "first_difference_chars": [first_difference(alone[int(i)], together[int(i)]) for i in differing],
+        "answer_chars": [len(alone[int(i)]) for i in differing],
         "examples": [{"question": chosen[int(i)], "alone": alone[int(i)], "batched": together[int(i)]} for i in differing[:5]],
         "one_at_a_time_s": round(alone_s, 1),
         "batched_s": round(together_s, 1),
@@ -541,6 +563,7 @@ def main() -> int:
     parser.add_argument("--padding-check", type=int, default=0, metavar="N",
                         help="Also compare N greedy answers in-process, alone and batched.")
     parser.add_argument("--check-dtype", default="bfloat16")
+    parser.add_argument("--check-max-tokens", type=int, default=16)
     parser.add_argument(
         "--out",
         type=Path,
@@ -613,8 +636,10 @@ def main() -> int:
             print(f"padding check: {args.padding_check} questions in {args.check_dtype} ...", flush=True)
             check = padding_check(
                 store, compressor, questions, count=args.padding_check, dtype=args.check_dtype,
-                max_tokens=args.max_tokens, top_k=args.top_k, max_batch_size=MODES["batched"]["max_batch_size"],
+                max_tokens=args.check_max_tokens, top_k=args.top_k,
+                max_batch_size=MODES["batched"]["max_batch_size"],
             )
+            check["max_tokens"] = args.check_max_tokens
             print(json.dumps(check, indent=2), flush=True)
     by_key = {(s["mode"], s["clients"]): s for s in summaries if not s["scenario"].endswith("overload")}
     comparisons = [
