@@ -191,6 +191,9 @@ class Scenario:
     elapsed_s: float = 0.0
 
 
+#: The target for the embedded model: batched requests/s over one-at-a-time at this many clients.
+TARGET_SPEEDUP, TARGET_CLIENTS = 2.5, 4
+
 #: Server settings of each decoding mode (the queue is set to hold every client).
 MODES = {
     "one-at-a-time": {"max_batch_size": 1, "max_concurrent": 1},
@@ -431,6 +434,15 @@ def markdown_section(results: dict[str, Any]) -> str:
         *comparisons,
         "",
     ]
+    for c in results["comparisons"] if results["model"] == "embedded" else []:
+        if c["clients"] == TARGET_CLIENTS and c["rps_speedup"] and c["p99_latency_ratio"]:
+            met = c["rps_speedup"] >= TARGET_SPEEDUP and c["p99_latency_ratio"] <= 1
+            lines += [
+                f"Target (at least {TARGET_SPEEDUP}x the requests/s of one-at-a-time decoding at "
+                f"{TARGET_CLIENTS} clients, p99 latency no worse): **{'met' if met else 'missed'}** — "
+                f"{c['rps_speedup']}x, p99 {c['p99_latency_ratio']}x.",
+                "",
+            ]
     check = results.get("padding_check")
     if check:
         line = (
@@ -481,6 +493,16 @@ def markdown(result_files: list[Path]) -> str:
                 "the client measured them (queue wait included); TTFT is the time to the first "
                 "streamed token. *identical greedy answers*: the same question from the same client "
                 "answered alike by both servers (float32)."
+            ),
+            "",
+            (
+                "Where the time goes, on a CPU: a decoding step reads every weight once whatever the "
+                "number of rows, so batching makes each token far cheaper (with oneDNN-packed weights, "
+                "a step of 4 rows cost about 1.35x a step of 1 on this machine); but each request's "
+                "prompt is still prefilled on its own, and prefill is compute-bound (a ~135-position "
+                "prompt took about 0.9 s, as long as 4-5 one-row steps). So the speed-up grows with "
+                "the answer length and the number of clients: short answers leave the prefill a "
+                "large share of the work that batching does not shrink."
             ),
             "",
             *sections,
@@ -576,7 +598,13 @@ def main() -> int:
         default=HERE / "README_server.md",
         help="Snippet written from every server_*.json next to --out.",
     )
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="Only regenerate --markdown from the results JSON files.")
     args = parser.parse_args()
+    if args.markdown_only:
+        folder = (args.out or HERE / "results" / "x").parent
+        args.markdown.write_text(markdown(sorted(folder.glob("server_*.json"))), encoding="utf-8")
+        return 0
     counts = [int(c) for c in args.clients.split(",")]
     modes = args.modes.split(",")
     if max(counts) > 64 or args.requests > 50 or args.requests < 1:
