@@ -36,10 +36,12 @@ class GenerationOptions:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):  # NaN fails too
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         if any(not s for s in self.stop):
@@ -79,8 +81,16 @@ class StopOnStrings(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, -self.window :], skip_special_tokens=True)
-        done = [any(s in text for s in self.stop) for text in texts]
+        done = [self._found(text) for text in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def hit(self, token_ids: Sequence[int]) -> bool:
+        """Whether one row's generated ``token_ids`` end with text holding a stop string."""
+        recent = self.tokenizer.decode(list(token_ids[-self.window :]), skip_special_tokens=True)
+        return self._found(recent)
+
+    def _found(self, text: str) -> bool:
+        return any(s in text for s in self.stop)
 
 
 @dataclass
@@ -101,6 +111,22 @@ class Generation:
     finish_reason: str
     prompt_positions: int
     prefilled_positions: int = 0
+
+
+def tokens_generated(tokens: Sequence[int], eos_token_id: int | None) -> int:
+    """Tokens a row generated: up to and including its end-of-sequence token, if any."""
+    if eos_token_id is not None and eos_token_id in tokens:
+        return list(tokens).index(eos_token_id) + 1
+    return len(tokens)
+
+
+def finish_reason(
+    tokens: Sequence[int], eos_token_id: int | None, stopped: bool, max_new_tokens: int
+) -> str:
+    """``"stop"`` (EOS, a stop string — ``stopped`` —, or fewer tokens than allowed) or ``"length"``."""
+    hit_eos = eos_token_id is not None and eos_token_id in tokens
+    finished = hit_eos or stopped or tokens_generated(tokens, eos_token_id) < max_new_tokens
+    return "stop" if finished else "length"
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -261,16 +287,14 @@ class TextStream(Iterator[str]):
     @property
     def num_tokens(self) -> int:
         """Tokens generated (an end-of-sequence token included, padding not)."""
-        if self._eos is not None and self._eos in self._tokens:
-            return self._tokens.index(self._eos) + 1
-        return len(self._tokens)
+        return tokens_generated(self._tokens, self._eos)
 
     @property
     def finish_reason(self) -> str:
         """``"stop"`` (EOS or a stop string) or ``"length"``, as :func:`generate` reports."""
-        hit_eos = self._eos is not None and self._eos in self._tokens
-        finished = hit_eos or self._stops.stopped
-        return "stop" if finished or self.num_tokens < self._options.max_new_tokens else "length"
+        return finish_reason(
+            self._tokens, self._eos, self._stops.stopped, self._options.max_new_tokens
+        )
 
 
 def stream(

@@ -16,6 +16,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+#: Test folders whose tiny models run on one torch thread.
+ONE_THREAD_FOLDERS = ("store", "batching")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread(request):
+    """Tiny models run fastest on one thread (more only adds sync overhead on a busy box)."""
+    if request.path.parent.name not in ONE_THREAD_FOLDERS:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture
 def tiny_compressor():
     """A fresh tiny compressor with random LoRA weights (function-scoped: tests mutate it)."""

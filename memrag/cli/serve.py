@@ -52,8 +52,29 @@ def serve(
     max_body_bytes: int = typer.Option(
         1 << 20, "--max-body-bytes", min=1, help="Largest request body (bytes)."
     ),
+    max_batch_size: int = typer.Option(
+        8,
+        "--max-batch-size",
+        min=1,
+        help="Requests decoded together (continuous batching); 1: one at a time.",
+    ),
+    batch_window_ms: float = typer.Option(
+        10.0,
+        "--batch-window-ms",
+        min=0.0,
+        max=1000.0,
+        help="How long an idle server waits for more requests before it starts a batch.",
+    ),
+    packed_weights: bool = typer.Option(
+        True,
+        "--packed-weights/--no-packed-weights",
+        help="CPU, float32: decode batches with oneDNN-packed weights (faster; more memory).",
+    ),
     max_concurrent: int = typer.Option(
-        1, "--max-concurrent", min=1, help="Generations running at once."
+        1,
+        "--max-concurrent",
+        min=1,
+        help="Generations running at once with --max-batch-size 1.",
     ),
     max_queue: int = typer.Option(
         8, "--max-queue", min=0, help="Requests waiting for a slot before 429s."
@@ -94,6 +115,9 @@ def serve(
             max_tokens=max_tokens,
             max_messages=max_messages,
             max_body_bytes=max_body_bytes,
+            max_batch_size=max_batch_size,
+            batch_window_ms=batch_window_ms,
+            packed_weights=packed_weights,
             max_concurrent=max_concurrent,
             max_queue=max_queue,
             request_timeout=timeout,
@@ -111,7 +135,7 @@ def serve(
     with opened:
         try:
             application = create_app(opened, settings)
-            application.state.memrag.service.warm_up()
+            application.state.memrag.warm_up()
         except (StoreError, ValueError, OSError, ImportError) as err:
             fail(str(err))
             return

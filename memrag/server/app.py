@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from memrag.batching import BatchedGenerator, BatcherClosedError, RowHandle
 from memrag.generation import Generation
 from memrag.langchain._base import StreamEnd, iterate_in_thread
 from memrag.server.errors import APIError, bad_request, install_error_handlers, validation_message
@@ -59,6 +60,7 @@ from memrag.version import __version__
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 _END = object()
 
 
@@ -108,13 +110,36 @@ async def guarded_pieces(
     """
     pieces = iterate_in_thread(prepared.stream())
     try:
-        while True:
-            item = await guard.run(_anext(pieces))
-            if item is _END:
-                return
-            yield item
+        async with contextlib.aclosing(_under_guard(pieces, guard)) as items:
+            async for item in items:
+                yield item
     finally:
         await pieces.aclose()
+
+
+async def guarded_row(handle: RowHandle, guard: RequestGuard) -> AsyncIterator[str | StreamEnd]:
+    """A batched row's text pieces, then a :class:`StreamEnd`, each awaited under ``guard``.
+
+    Leaving early (as for :func:`guarded_pieces`) cancels the row, and this generator
+    finishes only once the row has left the batch. A row that failed raises its error.
+    """
+    try:
+        async with contextlib.aclosing(_under_guard(handle.__aiter__(), guard)) as items:
+            async for item in items:
+                yield item
+        yield StreamEnd(handle.generation)
+    finally:
+        handle.cancel()  # nothing happens when it has already ended
+        await handle.wait_async()
+
+
+async def _under_guard(items: AsyncIterator[T], guard: RequestGuard) -> AsyncIterator[T]:
+    """Each of ``items`` awaited under ``guard`` (its deadline, its client's liveness)."""
+    while True:
+        item = await guard.run(_anext(items))
+        if item is _END:
+            return
+        yield item
 
 
 class EventStreamResponse(StreamingResponse):
@@ -171,13 +196,59 @@ class _Server:
         self.service = service
         self.settings = settings
         self.limiter = GenerationLimiter(
-            settings.max_concurrent,
+            settings.slots,
             settings.max_queue,
             retry_after_min=settings.retry_after_min,
             retry_after_max=settings.retry_after_max,
         )
         self.created = int(time.time())
         self.model_names = {service.model_name, *settings.model_aliases}
+        self.batcher = (
+            BatchedGenerator(
+                service.chat.compressor,
+                max_batch_size=settings.max_batch_size,
+                batch_window=settings.batch_window_ms / 1000,
+                packed_weights=None if settings.packed_weights else False,
+            )
+            if settings.batching
+            else None
+        )
+
+    def warm_up(self) -> None:
+        """Loads the embedder and packs the batcher's weights now, not in the first requests."""
+        self.service.warm_up()
+        if self.batcher is not None:
+            self.batcher.warm_up()
+
+    def close(self) -> None:
+        """Stops the batcher (rows still running are cancelled)."""
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def pieces(
+        self, request: Request, prepared: PreparedChat, guard: RequestGuard
+    ) -> AsyncIterator[str | StreamEnd]:
+        """The answer's pieces under ``guard``: decoded in the batch, or on its own."""
+        if self.batcher is None:
+            log_fields(request).update(batch_size=1, batch_size_mean=1.0)
+            return guarded_pieces(prepared, guard)
+        try:
+            handle = self.batcher.submit(prepared.prompt, prepared.options)
+        except BatcherClosedError:
+            raise APIError(503, "the server is shutting down", code="server_unavailable") from None
+        return self._logged_row(request, handle, guard)
+
+    async def _logged_row(
+        self, request: Request, handle: RowHandle, guard: RequestGuard
+    ) -> AsyncIterator[str | StreamEnd]:
+        try:
+            async for item in guarded_row(handle, guard):
+                yield item
+        finally:
+            log_fields(request).update(
+                batch_size=handle.max_batch_size,
+                batch_size_mean=round(handle.mean_batch_size, 2),
+            )
 
     # ------------------------------------------------------------------ auth, admission
     async def authorize(self, request: Request) -> None:
@@ -223,7 +294,19 @@ class _Server:
 
     # ------------------------------------------------------------------ routes
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.service.model_name, **self.limiter.stats()}
+        settings = self.settings
+        batching: dict[str, Any] = {
+            "max_batch_size": settings.max_batch_size,
+            "batch_window_ms": settings.batch_window_ms,
+        }
+        if self.batcher is not None:
+            batching.update(packed_weights=self.batcher.packed_weights, **self.batcher.stats())
+        return {
+            "status": "ok",
+            "model": self.service.model_name,
+            **self.limiter.stats(),
+            "batching": batching,
+        }
 
     def model_card(self) -> dict[str, Any]:
         return {
@@ -344,6 +427,14 @@ class _Server:
         except ClientDisconnectedError:
             fields["outcome"] = "disconnected"
             raise APIError(499, "client disconnected", code="client_disconnected") from None
+        except APIError:
+            raise
+        except Exception as err:
+            # E.g. a chunk that cannot be read or spliced: this request fails, the server and
+            # the other requests (of its batch) go on.
+            logger.error("chat completion failed", exc_info=err)
+            fields["outcome"] = "error"
+            raise APIError(500, "internal server error", code="internal_error") from None
         finally:
             if not handed_over:
                 ticket.release()
@@ -355,7 +446,7 @@ class _Server:
         fields = log_fields(request)
         start = time.perf_counter()
         generation = None
-        async with contextlib.aclosing(guarded_pieces(prepared, guard)) as pieces:
+        async with contextlib.aclosing(self.pieces(request, prepared, guard)) as pieces:
             async for item in pieces:
                 if isinstance(item, StreamEnd):
                     generation = item.generation
@@ -399,7 +490,7 @@ class _Server:
                 )
             )
             try:
-                async with contextlib.aclosing(guarded_pieces(prepared, guard)) as pieces:
+                async with contextlib.aclosing(self.pieces(request, prepared, guard)) as pieces:
                     async for item in pieces:
                         if isinstance(item, StreamEnd):
                             generation = item.generation
@@ -540,12 +631,20 @@ def create_app(
             store, compressor=compressor, model_name=settings.model_name, stop=settings.stop
         )
     server = _Server(service, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn has let open requests finish (or cancelled them): stop the batcher.
+        await run_in_threadpool(server.close)
+
     app = FastAPI(
         title="memrag",
         version=__version__,
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        lifespan=lifespan,
     )
     app.state.memrag = server
     install_error_handlers(app)

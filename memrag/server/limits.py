@@ -1,12 +1,13 @@
 """Admission control: a bounded queue in front of a few generation slots, deadlines, disconnects.
 
 A request that needs the model (a chat completion, a document add) is *admitted* first: when
-``max_concurrent + max_queue`` requests are already in, it is refused at once (the server
-answers 429 with ``Retry-After``). An admitted request does its cheap work (parsing,
-retrieval) and then waits for one of ``max_concurrent`` *slots*; it gives its place back when
-it finishes, fails, times out or its client goes away. The compressor serialises its decoder
-with a lock, so one slot is the natural default: queued requests wait on an ``asyncio``
-semaphore (no thread each) rather than on the lock.
+``slots + max_queue`` requests are already in, it is refused at once (the server answers 429
+with ``Retry-After``). An admitted request does its cheap work (parsing, retrieval) and then
+waits for one of the *slots*; it gives its place back when it finishes, fails, times out or
+its client goes away. With batched decoding the slots are the rows of the batch
+(``max_batch_size``); decoding one request at a time, the compressor serialises its decoder
+with a lock, so one slot is the natural default. Queued requests wait on an ``asyncio``
+semaphore (no thread each) rather than on a lock.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ of :func:`~memrag.langchain.create_rag_chain` (the retrieved chunks rendered by
 :func:`~memrag.langchain.prepare_question`), earlier messages stay as they are (escaped), and
 the chat model renders them with the tokenizer's chat template, splices each chunk's slots
 (its text, when the store flags it ``use_text``) and decodes with the compressor's
-``stream``. Every method here blocks; the app calls them from worker threads.
+``stream`` — or the server batches it with other requests' prompts
+(:class:`~memrag.batching.BatchedGenerator`, from :attr:`PreparedChat.prompt`). Every
+method here blocks; the app calls them from worker threads.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from memrag.langchain._base import PromptSpec, StreamEnd
 from memrag.langchain.chat_models import ChatMemrag
 from memrag.langchain.formatting import DEFAULT_QA_TEMPLATE, format_docs, prepare_question
 from memrag.langchain.markers import escape_markers
+from memrag.splice import PromptPart
 from memrag.store.records import ChunkRecord
 
 logger = logging.getLogger(__name__)
@@ -56,12 +59,15 @@ class PreparedChat:
         spec: The parsed prompt (the latest user message turned into the QA prompt).
         options: Decoding options.
         documents: The retrieved chunks, best first.
+        prompt: The prompt parts ``spec`` renders to (chat template applied, each chunk's
+            memory or text in place of its reference), for the batched decoder.
     """
 
     model: ChatMemrag
     spec: PromptSpec
     options: GenerationOptions
     documents: list[ChunkRecord]
+    prompt: list[PromptPart]
 
     def stream(self) -> Iterator[str | StreamEnd]:
         """Text chunks of the answer, then a :class:`StreamEnd`; closing it stops the decoder."""
@@ -241,10 +247,10 @@ class RagService:
         spec = model.to_spec(self.messages(turns, documents))
         # Render the chat template now: a conversation it refuses is a client error.
         try:
-            spec.materialize({r.id: r for r in documents}, model.compressor.tokenizer)
+            prompt = spec.materialize({r.id: r for r in documents}, model.compressor.tokenizer)
         except Exception as err:
             raise ValueError(f"the chat template cannot render this conversation: {err}") from err
-        return PreparedChat(model, spec, options, documents)
+        return PreparedChat(model, spec, options, documents, list(prompt))
 
     # ------------------------------------------------------------------ documents
     def add_documents(

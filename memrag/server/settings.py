@@ -9,6 +9,8 @@ from pathlib import Path
 
 #: Environment variable read for the API key by default.
 API_KEY_ENV = "MEMRAG_API_KEY"
+#: Longest gathering window of the batcher (milliseconds).
+MAX_BATCH_WINDOW_MS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -26,11 +28,22 @@ class ServerSettings:
         max_tokens: Largest ``max_tokens`` a request may ask for (more is a 400).
         max_messages: Most messages in one chat request.
         max_body_bytes: Largest request body (more is a 413).
-        max_concurrent: Generations (and document compressions) running at once. The
-            compressor serialises its decoder with a lock, so more than 1 only overlaps
-            prompt building with decoding; keep the default unless the model is replicated.
-        max_queue: Admitted requests that may wait for a generation slot (beyond
-            ``max_concurrent``); a request arriving when the queue is full gets a 429.
+        max_batch_size: Most requests decoded together in one batch (continuous batching:
+            requests join and leave the batch at every step). 1 decodes one request at a
+            time, each with its own ``generate`` call.
+        batch_window_ms: How long an idle batcher waits for more requests before it starts
+            a batch (milliseconds); a running batch takes new requests at its next step
+            without waiting.
+        packed_weights: On a CPU in float32, decode batches of several requests with
+            oneDNN-packed copies of the linear weights (:mod:`memrag.batching.kernels`):
+            several times faster per row there, for a second copy of those weights in memory.
+            Ignored where unsupported.
+        max_concurrent: Generations (and document compressions) running at once when
+            ``max_batch_size`` is 1. The compressor serialises its decoder with a lock, so
+            more than 1 only overlaps prompt building with decoding. With batching, the
+            slots are the batch's rows (``max_batch_size``) and this is not used.
+        max_queue: Admitted requests that may wait for a generation slot (beyond the
+            slots); a request arriving when the queue is full gets a 429.
         request_timeout: Seconds a chat or document request may take in all (queue wait,
             retrieval, generation); past it the generation is stopped and a 504 (or an error
             event in a stream) is sent.
@@ -52,6 +65,9 @@ class ServerSettings:
     max_tokens: int = 2048
     max_messages: int = 64
     max_body_bytes: int = 1 << 20
+    max_batch_size: int = 8
+    batch_window_ms: float = 10.0
+    packed_weights: bool = True
     max_concurrent: int = 1
     max_queue: int = 8
     request_timeout: float = 120.0
@@ -69,11 +85,16 @@ class ServerSettings:
             "max_messages",
             "max_body_bytes",
             "max_concurrent",
+            "max_batch_size",
             "retry_after_min",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.batch_window_ms <= MAX_BATCH_WINDOW_MS:
+            raise ValueError(
+                f"batch_window_ms must be in [0, {MAX_BATCH_WINDOW_MS:g}], got {self.batch_window_ms}"
+            )
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
         if not 0 <= self.top_k <= self.max_top_k:
@@ -93,6 +114,16 @@ class ServerSettings:
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "model_aliases", tuple(self.model_aliases))
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+
+    @property
+    def batching(self) -> bool:
+        """Whether requests are decoded in batches (``max_batch_size`` > 1)."""
+        return self.max_batch_size > 1
+
+    @property
+    def slots(self) -> int:
+        """Requests decoding at once: the batch's rows, or ``max_concurrent`` without batching."""
+        return self.max_batch_size if self.batching else self.max_concurrent
 
     def replace(self, **changes: object) -> ServerSettings:
         """A copy with ``changes`` applied (validated again)."""

@@ -87,24 +87,27 @@ def _rewrite_shards(store: Any, shards: list, target_slots: int) -> None:
                 fingerprint=info.fingerprint,
                 slot_kind=info.kind,
             )
-        with store.db.transaction() as conn:
-            if pending_rows:
-                shard_id = Database.insert_shard(
-                    conn, shard.file, shard.num_slots, shard.bytes, shard.sha256
-                )
-                start = 0
-                for row in pending_rows:
-                    conn.execute(
-                        "UPDATE chunks SET shard_id = ?, slot_start = ? WHERE vid = ?",
-                        (shard_id, start, row.vid),
+        # Readers of this store wait while the slots move (readers elsewhere re-read a
+        # chunk's location when its old shard has gone).
+        with store._index_lock.write():
+            with store.db.transaction() as conn:
+                if pending_rows:
+                    shard_id = Database.insert_shard(
+                        conn, shard.file, shard.num_slots, shard.bytes, shard.sha256
                     )
-                    start += int(row.slot_count or 0)
-            conn.executemany(
-                "DELETE FROM shards WHERE shard_id = ?", [(s.shard_id,) for s in pending_old]
-            )
-        store._shards.forget(set(files))
-        for name in files:
-            (store.path / SHARDS_DIR / name).unlink(missing_ok=True)
+                    start = 0
+                    for row in pending_rows:
+                        conn.execute(
+                            "UPDATE chunks SET shard_id = ?, slot_start = ? WHERE vid = ?",
+                            (shard_id, start, row.vid),
+                        )
+                        start += int(row.slot_count or 0)
+                conn.executemany(
+                    "DELETE FROM shards WHERE shard_id = ?", [(s.shard_id,) for s in pending_old]
+                )
+            store._shards.forget(set(files))
+            for name in files:
+                (store.path / SHARDS_DIR / name).unlink(missing_ok=True)
         pending_rows.clear()
         pending_tensors.clear()
         pending_old.clear()

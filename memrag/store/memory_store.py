@@ -73,6 +73,7 @@ from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch
 from memrag.store.records import ChunkRecord
 from memrag.store.shards import ShardReader, check_shard, write_shard
 from memrag.utils.atomic import atomic_directory
+from memrag.utils.rwlock import ReadWriteLock
 from memrag.utils.torch_utils import dtype_name, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,10 @@ def _load_compressor(spec: Any, device: str | None, dtype: Any) -> Any:
 class MemoryStore:
     """A directory of chunks with their vectors and memory slots. Use :meth:`create` / :meth:`open`.
 
-    Thread-safe: searches may run from many threads while one thread writes.
+    Thread-safe: searches and reads (:meth:`search`, :meth:`get`, their slot reads) run in
+    parallel with each other; a write (adding or deleting chunks) excludes them while it
+    commits, so a search sees the store before or after each committed batch, never half of
+    one.
     """
 
     def __init__(
@@ -162,7 +166,8 @@ class MemoryStore:
         self._write_lock = threading.RLock()
         self._write_depth = 0
         self._cleaned = False
-        self._index_lock = threading.RLock()
+        # Shared by searches and reads, exclusive for commits and index changes.
+        self._index_lock = ReadWriteLock()
         self._index: VectorIndex
         self._applied_seq = 0
         self._closed = False
@@ -484,9 +489,10 @@ class MemoryStore:
         A repeated id is returned once, at its first position.
         """
         ids = [ids] if isinstance(ids, str) else list(ids)
-        rows = self.db.rows_by_ids(ids)
-        ordered = [rows[i] for i in dict.fromkeys(ids) if i in rows]
-        return self._records(ordered, with_slots)
+        with self._index_lock.read():
+            rows = self.db.rows_by_ids(ids)
+            ordered = [rows[i] for i in dict.fromkeys(ids) if i in rows]
+            return self._records(ordered, with_slots)
 
     def search(
         self, query: str, k: int = 4, filter: dict | None = None, with_slots: bool = True
@@ -522,7 +528,7 @@ class MemoryStore:
             allowed = self.db.filter_vids(filter)
             if len(allowed) == 0:
                 return []
-        with self._index_lock:
+        with self._index_lock.read():
             index = self._index
             if (
                 allowed is not None
@@ -533,10 +539,10 @@ class MemoryStore:
             else:
                 scores, vids = index.search(query, k, allowed=allowed)
                 scores, vids = scores[0], vids[0]
-        hits = [(int(v), float(s)) for v, s in zip(vids, scores) if v >= 0]
-        rows = self.db.rows_by_vids([v for v, _ in hits])
-        found = [(rows[v], s) for v, s in hits if v in rows]
-        records = self._records([row for row, _ in found], with_slots)
+            hits = [(int(v), float(s)) for v, s in zip(vids, scores) if v >= 0]
+            rows = self.db.rows_by_vids([v for v, _ in hits])
+            found = [(rows[v], s) for v, s in hits if v in rows]
+            records = self._records([row for row, _ in found], with_slots)
         for record, (_, score) in zip(records, found):
             record.score = score
         return records
@@ -717,8 +723,11 @@ class MemoryStore:
     ) -> None:
         """Processes and writes prepared chunks, ``batch_size`` per committed batch.
 
-        ``processor`` replaces the store's own (see :meth:`make_processor`); it must make this
-        store's memory (checked on write).
+        ``delete_ids`` go in the first batch's commit: a document added again in fewer chunks
+        than before is replaced in one step when it fits one batch (readers never see it
+        half-replaced). Compressing and embedding happen outside the commits, so searches
+        go on meanwhile. ``processor`` replaces the store's own (see :meth:`make_processor`);
+        it must make this store's memory (checked on write).
         """
         from memrag.utils.progress import progress
 
@@ -729,15 +738,21 @@ class MemoryStore:
                 total=len(chunks), desc="adding", unit="chunk", disable=not show_progress
             ) as bar,
         ):
-            if delete_ids:
+            if not chunks and delete_ids:
                 self.delete(delete_ids)
             for start in range(0, len(order), batch_size):
                 batch = [chunks[i] for i in order[start : start + batch_size]]
-                self.write((processor or self.processor).process(batch))
+                self.write(
+                    (processor or self.processor).process(batch),
+                    delete_ids=delete_ids if not start else (),
+                )
                 bar.update(len(batch))
 
-    def write(self, batch: ProcessedBatch) -> list[int]:
+    def write(self, batch: ProcessedBatch, *, delete_ids: Sequence[str] = ()) -> list[int]:
         """Writes a processed batch: one slot shard, one transaction; replaces existing ids.
+
+        ``delete_ids`` are deleted in the same transaction (e.g. the old chunks of a document
+        added again), so readers never see the document missing or doubled.
 
         Returns:
             The new vector ids of the chunks.
@@ -779,23 +794,26 @@ class MemoryStore:
                     )
                     for i, c in enumerate(batch.chunks)
                 ]
-                with self.db.transaction() as conn:
-                    if shard is not None:
-                        shard_id = Database.insert_shard(
-                            conn, shard.file, shard.num_slots, shard.bytes, shard.sha256
-                        )
-                        for chunk in new:
-                            chunk.shard_id = shard_id
-                    removed = Database.delete_ids(conn, [c.id for c in new])
-                    vids = Database.insert_chunks(conn, new)
+                # Readers see the batch all at once: the commit and the index update
+                # happen while they wait.
+                with self._index_lock.write():
+                    with self.db.transaction() as conn:
+                        if shard is not None:
+                            shard_id = Database.insert_shard(
+                                conn, shard.file, shard.num_slots, shard.bytes, shard.sha256
+                            )
+                            for chunk in new:
+                                chunk.shard_id = shard_id
+                        stale = Database.delete_ids(conn, list(delete_ids))
+                        removed = Database.delete_ids(conn, [c.id for c in new])
+                        vids = Database.insert_chunks(conn, new)
+                    self._index.remove(np.asarray(stale + removed, dtype=np.int64))
+                    self._index.add(np.asarray(vids, dtype=np.int64), batch.vectors)
+                    self._applied_seq = self.db.journal_head()
             except BaseException:
                 if shard is not None:
                     (self.path / SHARDS_DIR / shard.file).unlink(missing_ok=True)
                 raise
-            with self._index_lock:
-                self._index.remove(np.asarray(removed, dtype=np.int64))
-                self._index.add(np.asarray(vids, dtype=np.int64), batch.vectors)
-                self._applied_seq = self.db.journal_head()
             self._maybe_checkpoint()
         return vids
 
@@ -851,12 +869,11 @@ class MemoryStore:
             return 0
         if isinstance(ids, str):
             ids = [ids]
-        with self.writing():
+        with self.writing(), self._index_lock.write():
             with self.db.transaction() as conn:
                 vids = Database.delete_ids(conn, list(ids))
-            with self._index_lock:
-                self._index.remove(np.asarray(vids, dtype=np.int64))
-                self._applied_seq = self.db.journal_head()
+            self._index.remove(np.asarray(vids, dtype=np.int64))
+            self._applied_seq = self.db.journal_head()
         return len(vids)
 
     def delete_sources(self, source_ids: Sequence[str]) -> int:
@@ -880,7 +897,9 @@ class MemoryStore:
     # ------------------------------------------------------------------ index upkeep
     def refresh(self) -> None:
         """Brings the in-memory index up to date with other writers' committed changes."""
-        with self._index_lock:
+        if self.db.journal_head() <= self._applied_seq:
+            return  # nothing new (this process's own writes update the index as they commit)
+        with self._index_lock.write():
             try:
                 head, entries = self.db.journal_since(self._applied_seq)
             except LookupError:  # folded into a newer checkpoint (e.g. after a compaction)
@@ -923,7 +942,7 @@ class MemoryStore:
         """
         if self.read_only:
             return
-        with self._index_lock:
+        with self._index_lock.write():
             pending = self._applied_seq - self.db.checkpoint_seq()
             train = self._index.wants_training()
             if pending <= 0 and not train:
@@ -956,7 +975,7 @@ class MemoryStore:
 
     def _rebuild_index(self) -> None:
         """Rebuilds the FAISS index from the database's vectors and checkpoints it."""
-        with self._index_lock:
+        with self._index_lock.write():
             self._applied_seq = self.db.journal_head()
             vids, vectors = self.db.all_vectors(self.dimension)
             self._index = VectorIndex.build(self.manifest.index, self.dimension, vids, vectors)
@@ -1054,7 +1073,7 @@ class MemoryStore:
             "index": sum(p.stat().st_size for p in (self.path / INDEX_DIR).glob("*.faiss")),
             "database": sum(p.stat().st_size for p in self.path.glob(DATABASE_NAME + "*")),
         }
-        with self._index_lock:
+        with self._index_lock.read():
             index = {
                 "structure": self._index.structure,
                 "vectors": self._index.live_count,

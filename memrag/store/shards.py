@@ -100,6 +100,8 @@ def check_shard(path: Path, *, num_slots: int, size: int, fingerprint: str) -> N
 class ShardReader:
     """Reads slot ranges from shards through memory-mapped ``safe_open`` handles (LRU cache).
 
+    Reads from many threads run in parallel: the lock guards only the handle cache.
+
     Args:
         directory: The store's shard directory.
         max_open: Handles kept open at most.
@@ -112,10 +114,11 @@ class ShardReader:
         self._lock = threading.Lock()
 
     def _handle(self, file: str) -> object:
-        handle = self._handles.get(file)
-        if handle is not None:
-            self._handles.move_to_end(file)
-            return handle
+        with self._lock:
+            handle = self._handles.get(file)
+            if handle is not None:
+                self._handles.move_to_end(file)
+                return handle
         path = self.directory / file
         if not path.is_file():
             raise FileNotFoundError(f"slot shard {path} is missing")
@@ -123,9 +126,10 @@ class ShardReader:
             handle = safe_open(str(path), framework="pt")
         except SafetensorError as err:
             raise StoreCorruptError(f"slot shard {path} is unreadable: {err}") from None
-        self._handles[file] = handle
-        while len(self._handles) > self.max_open:
-            self._handles.popitem(last=False)
+        with self._lock:
+            handle = self._handles.setdefault(file, handle)
+            while len(self._handles) > self.max_open:
+                self._handles.popitem(last=False)
         return handle
 
     def read(self, file: str, start: int, count: int) -> torch.Tensor:
@@ -135,21 +139,20 @@ class ShardReader:
             FileNotFoundError: the shard is gone (e.g. removed by a concurrent compaction).
             StoreCorruptError: the shard cannot be read or is shorter than the range.
         """
-        with self._lock:
-            handle = self._handle(file)
-            try:
-                view = handle.get_slice(_TENSOR)
-                total = int(view.get_shape()[0])
-                if start < 0 or start + count > total:
-                    raise StoreCorruptError(
-                        f"slot shard {self.directory / file} has {total} slots, cannot read "
-                        f"[{start}, {start + count})"
-                    )
-                return view[start : start + count]
-            except SafetensorError as err:
+        handle = self._handle(file)
+        try:
+            view = handle.get_slice(_TENSOR)
+            total = int(view.get_shape()[0])
+            if start < 0 or start + count > total:
                 raise StoreCorruptError(
-                    f"slot shard {self.directory / file} is unreadable: {err}"
-                ) from None
+                    f"slot shard {self.directory / file} has {total} slots, cannot read "
+                    f"[{start}, {start + count})"
+                )
+            return view[start : start + count]
+        except SafetensorError as err:
+            raise StoreCorruptError(
+                f"slot shard {self.directory / file} is unreadable: {err}"
+            ) from None
 
     def forget(self, files: set[str] | None = None) -> None:
         """Drops cached handles (all, or those of ``files``)."""

@@ -78,6 +78,10 @@ def test_memrag_serve(saved_store, monkeypatch, restore_access_logger):
             "4",
             "--max-queue",
             "2",
+            "--max-batch-size",
+            "4",
+            "--batch-window-ms",
+            "5",
             "--stop",
             "\n",
         ],
@@ -86,11 +90,12 @@ def test_memrag_serve(saved_store, monkeypatch, restore_access_logger):
     settings = seen["settings"]
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
     assert settings.api_key == "cli-key" and settings.max_queue == 2 and settings.stop == ("\n",)
+    assert (settings.max_batch_size, settings.batch_window_ms, settings.slots) == (4, 5.0, 4)
     completion = seen["completion"]
     assert completion.usage.completion_tokens <= 4
     assert completion.model_extra["memrag_documents"][0]["id"] == "tower"
     chat = [line for line in seen["log"] if line["path"] == "/v1/chat/completions"]
-    assert len(chat) == 1 and chat[0]["status"] == 200
+    assert len(chat) == 1 and chat[0]["status"] == 200 and chat[0]["batch_size"] == 1
     assert any(line["status"] == 401 for line in seen["log"])
 
 

@@ -174,6 +174,12 @@ def test_settings_are_validated():
         {"request_timeout": 0},
         {"api_key": " "},
         {"stop": "x"},
+        {"max_batch_size": 0},
+        {"batch_window_ms": -1},
+        {"batch_window_ms": float("nan")},
+        {"batch_window_ms": 5000},
     ):
         with pytest.raises(ValueError):
             ServerSettings(**bad)
+    assert ServerSettings(max_concurrent=3).slots == 8  # the batch's rows
+    assert ServerSettings(max_concurrent=3, max_batch_size=1).slots == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -13,12 +14,18 @@ import openai
 import pytest
 from server_helpers import assert_openai_error, http_client, openai_client
 
+from memrag.server import ServerSettings
+
 USER = [{"role": "user", "content": "capital of France?"}]
 CHAT = {"messages": USER, "max_tokens": 3}
 
 
 class FakeDecoder:
-    """Replaces ``compressor.stream``: blocks on a gate, or streams forever, or passes through."""
+    """Replaces ``compressor.stream`` (one request at a time): blocks on a gate, or streams
+    forever, or passes through."""
+
+    #: Server settings of this decoding mode.
+    settings = {"max_batch_size": 1, "max_concurrent": 1}
 
     def __init__(self, compressor, monkeypatch) -> None:
         self.real = compressor.stream
@@ -46,9 +53,54 @@ class FakeDecoder:
             self.closed.set()
 
 
-@pytest.fixture
-def fake(server_compressor, monkeypatch):
+class FakeSteps:
+    """The same for the batcher: its decoding step blocks on a gate, or rows run forever
+    (slow steps, no token limit), or all passes through."""
+
+    settings = {"max_batch_size": 2}
+
+    def __init__(self, monkeypatch) -> None:
+        from memrag.batching.engine import BatchedGenerator
+        from memrag.batching.handle import RowHandle
+        from memrag.batching.state import DecodeState
+
+        self.mode = "real"
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.closed = threading.Event()
+        real_step, real_submit, real_end = DecodeState.step, BatchedGenerator.submit, RowHandle._end
+
+        def step(state, decoder):
+            self.entered.set()
+            if self.mode == "gate":
+                assert self.gate.wait(30), "the test never opened the gate"
+            if self.mode == "endless":
+                time.sleep(0.01)
+            return real_step(state, decoder)
+
+        def submit(batcher, prompt, options=None):
+            if self.mode == "endless":
+                options = dataclasses.replace(options, max_new_tokens=1_000_000, stop=())
+            return real_submit(batcher, prompt, options)
+
+        def end(handle, generation, error):
+            real_end(handle, generation, error)
+            self.closed.set()
+
+        monkeypatch.setattr(DecodeState, "step", step)
+        monkeypatch.setattr(BatchedGenerator, "submit", submit)
+        monkeypatch.setattr(RowHandle, "_end", end)
+
+
+@pytest.fixture(params=["one-at-a-time", "batched"])
+def fake(request, server_compressor, monkeypatch):
+    if request.param == "batched":
+        return FakeSteps(monkeypatch)
     return FakeDecoder(server_compressor, monkeypatch)
+
+
+def _delta(line: str) -> dict:
+    return json.loads(line[6:])["choices"][0]["delta"]
 
 
 def health(http) -> dict:
@@ -63,14 +115,16 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
 
 
 def test_full_queue_gets_429_with_retry_after(start_server, fake):
-    server = start_server(max_concurrent=1, max_queue=1)
+    server = start_server(max_queue=1, **fake.settings)
+    slots = ServerSettings(**fake.settings).slots
     fake.mode = "gate"
-    with http_client(server) as http, ThreadPoolExecutor(2) as pool:
-        first = pool.submit(http.post, "/v1/chat/completions", json=CHAT)
+    with http_client(server) as http, ThreadPoolExecutor(slots + 1) as pool:
+        running = [pool.submit(http.post, "/v1/chat/completions", json=CHAT) for _ in range(slots)]
         assert fake.entered.wait(10)
-        second = pool.submit(http.post, "/v1/chat/completions", json=CHAT)
+        wait_for(lambda: health(http)["active"] == slots)
+        queued = pool.submit(http.post, "/v1/chat/completions", json=CHAT)
         wait_for(lambda: health(http)["queued"] == 1)
-        assert health(http)["active"] == 1
+        assert health(http)["active"] == slots
         refused = http.post("/v1/chat/completions", json=CHAT)
         assert_openai_error(refused, 429, "server_busy")
         assert int(refused.headers["retry-after"]) >= 1
@@ -82,20 +136,20 @@ def test_full_queue_gets_429_with_retry_after(start_server, fake):
         assert_openai_error(added, 429, "server_busy")  # compression needs the model too
         fake.mode = "real"
         fake.gate.set()
-        assert first.result(timeout=30).status_code == 200
-        assert second.result(timeout=30).status_code == 200
+        for answer in [*running, queued]:
+            assert answer.result(timeout=30).status_code == 200
         wait_for(lambda: health(http)["active"] == 0 and health(http)["queued"] == 0)
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
 
 
 def test_stream_disconnect_frees_the_slot(start_server, fake):
-    server = start_server(max_concurrent=1, max_queue=0)  # a leaked slot would 429 everything
+    server = start_server(max_queue=0, **fake.settings)  # a leaked slot shows in /healthz
     fake.mode = "endless"
     with http_client(server) as http:
         with http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
-                if line.startswith("data: ") and '"content": "la' in line:
+                if line.startswith("data: ") and _delta(line).get("content"):
                     break  # a token arrived: the decoder is running; now hang up
         assert fake.closed.wait(10), "the decoder was not stopped"
         fake.mode = "real"
@@ -104,7 +158,7 @@ def test_stream_disconnect_frees_the_slot(start_server, fake):
 
 
 def test_plain_request_disconnect_frees_the_slot(start_server, fake):
-    server = start_server(max_concurrent=1, max_queue=0)
+    server = start_server(max_queue=0, **fake.settings)
     fake.mode = "endless"
     impatient = http_client(server, timeout=httpx.Timeout(10, read=0.5))
     with impatient, pytest.raises(httpx.ReadTimeout):
@@ -117,7 +171,7 @@ def test_plain_request_disconnect_frees_the_slot(start_server, fake):
 
 
 def test_timeout_stops_generation(start_server, fake):
-    server = start_server(request_timeout=0.5)
+    server = start_server(request_timeout=0.5, **fake.settings)
     fake.mode = "endless"
     with http_client(server) as http:
         started = time.monotonic()
@@ -143,17 +197,20 @@ def test_timeout_stops_generation(start_server, fake):
 
 
 def test_timeout_while_queued(start_server, fake):
-    server = start_server(max_concurrent=1, max_queue=2, request_timeout=1.0)
+    server = start_server(max_queue=2, request_timeout=1.0, **fake.settings)
+    slots = ServerSettings(**fake.settings).slots
     fake.mode = "gate"
-    with http_client(server) as http, ThreadPoolExecutor(1) as pool:
-        first = pool.submit(http.post, "/v1/chat/completions", json=CHAT)
+    with http_client(server) as http, ThreadPoolExecutor(slots) as pool:
+        running = [pool.submit(http.post, "/v1/chat/completions", json=CHAT) for _ in range(slots)]
         assert fake.entered.wait(10)
+        wait_for(lambda: health(http)["active"] == slots)
         queued = http.post("/v1/chat/completions", json=CHAT)
         assert_openai_error(queued, 504, "timeout")
         assert health(http)["queued"] == 0  # its place was given back
         fake.mode = "real"
         fake.gate.set()
-        assert first.result(timeout=30).status_code == 504  # its own deadline passed meanwhile
+        for answer in running:  # their own deadlines passed meanwhile
+            assert answer.result(timeout=30).status_code == 504
         wait_for(lambda: health(http)["active"] == 0)
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
 

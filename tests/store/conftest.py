@@ -31,14 +31,3 @@ def saved_compressor(tmp_path_factory) -> Path:
     base.tokenizer.save_pretrained(base_dir)
     tiny_compressor(seed=1, base=base).save_pretrained(root / "compressor")
     return root / "compressor"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread (more only adds sync overhead on a busy box)."""
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
