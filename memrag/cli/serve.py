@@ -83,6 +83,12 @@ def serve(
         120.0, "--timeout", min=0.1, help="Seconds per request (queue + generation)."
     ),
     stop: list[str] = typer.Option(None, "--stop", help="Default stop string (repeatable)."),
+    kv_recovery: str = typer.Option(
+        None,
+        "--kv-recovery",
+        help="K/V stores: recompute part of each retrieved chunk with attention to the chunks "
+        "before it (cacheblend[:ratio][:leading], e.g. cacheblend:0.15); default off.",
+    ),
     read_only: bool = typer.Option(
         False, "--read-only", help="Open the store read-only; no document endpoints."
     ),
@@ -93,7 +99,7 @@ def serve(
     dtype: str = DtypeOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is happening."),
 ) -> None:
-    """Serve OpenAI-compatible chat completions that answer from the store's memory slots.
+    """Serve OpenAI-compatible chat completions that answer from the store's memory.
 
     Every request is logged as one JSON line on stderr.
     """
@@ -125,10 +131,17 @@ def serve(
             allow_writes=not read_only,
             cors_origins=tuple(cors_origin or ()),
         )
+        recovery = None
+        if kv_recovery:
+            from memrag.memory.recovery import RecoveryConfig
+
+            recovery = RecoveryConfig.parse(kv_recovery)
         typer.echo(f"opening {store} and loading its models ...", err=True)
         opened = MemoryStore.open(
             store, compressor, read_only=read_only, device=device, dtype=dtype
         )
+        if recovery is not None:
+            opened.compressor.kv_recovery = recovery
     except (StoreError, ValueError, OSError, ImportError) as err:
         fail(str(err))
         return

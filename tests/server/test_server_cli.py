@@ -109,6 +109,16 @@ def test_memrag_serve_reports_a_missing_store(tmp_path):
     assert "error" in result.output
 
 
+def test_memrag_serve_refuses_a_bad_kv_recovery(saved_store):
+    from typer.testing import CliRunner
+
+    from memrag.cli.app import app
+
+    result = CliRunner().invoke(app, ["serve", "--store", str(saved_store), "--kv-recovery", "blend"])
+    assert result.exit_code == 2
+    assert "unknown recovery 'blend'" in result.output
+
+
 class _ListHandler(logging.Handler):
     def __init__(self, records: list) -> None:
         super().__init__()
