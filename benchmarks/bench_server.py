@@ -55,8 +55,11 @@ LOOPBACK = "127.0.0.1"
 
 
 # ---------------------------------------------------------------------- the store and server
-def build_store(root: Path, model: str, passages: int) -> tuple[Path, Path, list[str]]:
-    """A store of the demo corpus; returns (store dir, compressor dir, questions)."""
+def build_store(
+    root: Path, model: str, passages: int, memory: str | None = None
+) -> tuple[Path, Path, list[str]]:
+    """A store of the demo corpus (``memory``: its kind, default the library's); returns
+    (store dir, compressor dir, questions)."""
     from memrag.demo_corpus import load_demo_corpus
     from memrag.store import MemoryStore
 
@@ -80,7 +83,9 @@ def build_store(root: Path, model: str, passages: int) -> tuple[Path, Path, list
         compressor_dir = root / "compressor"
         compressor.save_pretrained(compressor_dir)
         embedder = None  # all-MiniLM-L6-v2 from its pip package
-    with MemoryStore.create(root / "store", compressor, embedder, fidelity="none") as store:
+    with MemoryStore.create(
+        root / "store", compressor, embedder, fidelity="none", memory=memory
+    ) as store:
         store.add(
             [p.text for p in corpus],
             ids=[p.id for p in corpus],
@@ -417,7 +422,8 @@ def markdown_section(results: dict[str, Any]) -> str:
             f"`{results['command']}` on {results['date']}: {machine['cpus']} CPU cores, "
             f"{machine['torch_threads']} torch thread(s) per server, Python {machine['python']}, "
             f"load average {machine['load_average']} when it started (the machine is shared); "
-            f"{results['dtype']}; {results['passages']} passages, top-{results['top_k']} retrieval, "
+            f"{results['dtype']}; {results['passages']} passages stored as "
+            f"`{results.get('memory', 'embedding')}` memory, top-{results['top_k']} retrieval, "
             f"at most {results['max_tokens']} new tokens per answer, "
             f"{results['requests_per_client']} requests per client, half of them streamed."
         ),
@@ -570,6 +576,18 @@ def _access_lines_since(server: ServerProcess, seen: int, expected: int) -> list
         time.sleep(0.1)
 
 
+def _memory_kind(store: Path) -> str:
+    """The memory a store holds, as its mode string (``embedding``, ``kv-exact:int8`` ...)."""
+    manifest = json.loads((store / "manifest.json").read_text())
+    settings = (manifest.get("memory") or {}).get("settings") or {"kind": "embedding"}
+    kind = settings["kind"]
+    if settings.get("kv_dtype", "float16") != "float16":
+        kind += ":" + settings["kv_dtype"]
+    if settings.get("pruning"):
+        kind += f":{settings['pruning']['keep_ratio']}:{settings['pruning']['selection']}"
+    return kind
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("tiny", "embedded"), default="tiny")
@@ -577,6 +595,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=8, help="Requests each client sends.")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--passages", type=int, default=100, help="Demo passages in the store.")
+    parser.add_argument("--memory", default=None,
+                        help="The store's memory kind (embedding, kv-exact, kv-exact:int8 ...; "
+                        "default: memrag's default).")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--stream-fraction", type=float, default=0.5)
     parser.add_argument("--modes", default="one-at-a-time,batched")
@@ -626,7 +647,8 @@ def main() -> int:
         root = Path(tmp)
         print(f"building the store ({args.model}, {args.passages} passages) ...", flush=True)
         start = time.perf_counter()
-        store, compressor, questions = build_store(root, args.model, args.passages)
+        store, compressor, questions = build_store(root, args.model, args.passages, args.memory)
+        memory_kind = _memory_kind(store)
         print(f"  built in {time.perf_counter() - start:.1f}s", flush=True)
         common = {"top_k": args.top_k, "default_max_tokens": args.max_tokens, "timeout": 900,
                   "dtype": args.dtype}
@@ -695,6 +717,7 @@ def main() -> int:
             "torch_threads": torch_threads,
         },
         "dtype": args.dtype,
+        "memory": memory_kind,
         "max_tokens": args.max_tokens,
         "top_k": args.top_k,
         "passages": args.passages,
