@@ -150,8 +150,9 @@ def build_store(
 ) -> BuiltStore:
     """Creates a store at ``directory`` holding every passage of ``corpus`` as one chunk.
 
-    Fidelity scoring is off: every chunk is answered from its slots (the ``slots`` mode
-    measures the compressor, not the text fallback).
+    The store keeps embedding slots (the ``slots`` mode measures the compressor; K/V modes
+    read stores of their own). Fidelity scoring is off: every chunk is answered from its slots
+    (the ``slots`` mode measures the compressor, not the text fallback).
     """
     from memrag.store import MemoryStore
 
@@ -161,6 +162,7 @@ def build_store(
         directory,
         compressor=timed,
         embedder=embedder,
+        memory="embedding",
         fidelity="none",
         device=str(compressor.device),
     )

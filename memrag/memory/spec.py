@@ -151,7 +151,7 @@ def _typed(value: str, annotation: str) -> Any:
 
 #: The memory ``memrag index build``, the demo, the server and :meth:`MemoryStore.create`
 #: make when none is named (see the README's "Which memory?" for the measurements behind it).
-DEFAULT_MEMORY = "embedding"
+DEFAULT_MEMORY = "kv-exact:int8"
 
 
 def resolve_memory_spec(memory: Any) -> MemorySpec:

@@ -32,3 +32,10 @@ def lc_source(lc_compressor):
         use_text=[flag for _, flag in DOCUMENTS.values()],
     )
     return source
+
+
+@pytest.fixture(autouse=True)
+def _embedding_stores_by_default(monkeypatch):
+    """These tests were written for stores of embedding slots: a store made without naming its
+    memory keeps slots here (K/V stores have their own tests, which name their kind)."""
+    monkeypatch.setattr("memrag.memory.spec.DEFAULT_MEMORY", "embedding")

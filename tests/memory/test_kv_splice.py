@@ -265,3 +265,14 @@ def test_memory_longer_than_the_context_is_refused() -> None:
     limit = compressor.causal_lm.config.max_position_embeddings
     with pytest.raises(ValueError, match=r"text 1 has \d+ tokens.*context \(" + str(limit)):
         build_memory(compressor, MemorySpec("kv-exact"), ["short", "word " * (limit + 5)])
+
+
+def test_a_store_made_without_naming_its_memory_keeps_the_default_kind(tmp_path) -> None:
+    from memrag.memory.spec import DEFAULT_MEMORY, resolve_memory_spec
+    from memrag.store import MemoryStore
+
+    compressor = _compressor()
+    with MemoryStore.create(tmp_path / "s", compressor, "hashing:16", fidelity="none") as store:
+        assert store.memory.settings == resolve_memory_spec(DEFAULT_MEMORY).to_dict()
+        store.add([CHUNK_A], ids=["a"])
+        assert isinstance(store.get(["a"])[0].context(), KVSlots) == store.memory.is_kv

@@ -57,3 +57,10 @@ def server(server_store) -> Iterator[Any]:
     yield start()
     for running in started:
         running.stop()
+
+
+@pytest.fixture(autouse=True)
+def _embedding_stores_by_default(monkeypatch):
+    """These tests were written for stores of embedding slots: a store made without naming its
+    memory keeps slots here (K/V stores have their own tests, which name their kind)."""
+    monkeypatch.setattr("memrag.memory.spec.DEFAULT_MEMORY", "embedding")

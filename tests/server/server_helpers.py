@@ -14,11 +14,12 @@ API_KEY = "test-key-0123456789"
 
 
 def demo_store(path: Any, compressor: Any, **options: Any) -> Any:
-    """A store at ``path`` holding :data:`DOCUMENTS` (hashing embedder; no fidelity scoring
-    unless ``options`` say otherwise)."""
+    """A store at ``path`` holding :data:`DOCUMENTS` (hashing embedder; embedding slots and no
+    fidelity scoring unless ``options`` say otherwise)."""
     from memrag.store import MemoryStore
 
     options.setdefault("fidelity", "none")
+    options.setdefault("memory", "embedding")
     store = MemoryStore.create(path, compressor, "hashing:128", **options)
     store.add(list(DOCUMENTS.values()), ids=list(DOCUMENTS))
     return store

@@ -31,3 +31,10 @@ def saved_compressor(tmp_path_factory) -> Path:
     base.tokenizer.save_pretrained(base_dir)
     tiny_compressor(seed=1, base=base).save_pretrained(root / "compressor")
     return root / "compressor"
+
+
+@pytest.fixture(autouse=True)
+def _embedding_stores_by_default(monkeypatch):
+    """These tests were written for stores of embedding slots: a store made without naming its
+    memory keeps slots here (K/V stores have their own tests, which name their kind)."""
+    monkeypatch.setattr("memrag.memory.spec.DEFAULT_MEMORY", "embedding")
