@@ -23,6 +23,7 @@ import torch
 from memrag.compressor import Compressor
 from memrag.eval.qa import check_modes, evaluate_qa, sample_qa_records
 from memrag.memory.builders import MemoryReuse
+from memrag.memory.spec import MemorySpec, describe_memory, parse_memory_mode
 from memrag.utils.atomic import atomic_write_text
 from memrag.utils.machine import describe_device
 
@@ -42,13 +43,16 @@ def table(out: Path, modes: list[str]) -> str:
     ]
     for mode, report in reports.items():
         scores = report["results"][mode]
+        label = f"`{mode}`"
+        if report.get("spec"):
+            label = f"`{describe_memory(MemorySpec.from_dict(report['spec']))}`"
         memory = report.get("memory", {}).get(mode, {})
         ratio = f"{scores['f1'] / text_f1:.2f}" if text_f1 else ""
         delta = f"{scores['f1'] - cut_f1:+.1f}" if cut_f1 is not None else ""
         size = memory.get("bytes_per_passage")
         seconds = memory.get("seconds_per_passage")
         lines.append(
-            f"| `{mode}` | {scores['f1']:.1f} | {scores['exact_match']:.1f} | {ratio} | {delta} | "
+            f"| {label} | {scores['f1']:.1f} | {scores['exact_match']:.1f} | {ratio} | {delta} | "
             f"{report['passage_positions'][mode]:.1f} | {report['prefilled_positions'].get(mode, 0):.1f} | "
             f"{'' if size is None else f'{size:,.0f}'} | {'' if seconds is None else f'{seconds:.3f}'} |"
         )
@@ -94,7 +98,8 @@ def main() -> None:
         result = evaluate_qa(
             compressor, records, modes=[mode], batch_size=args.batch_size, show_progress=True, reuse=reuse
         )
-        report = result.to_json(seconds=round(time.perf_counter() - started, 1), **environment)
+        spec = parse_memory_mode(mode).to_dict() if mode.startswith("kv-") else None
+        report = result.to_json(seconds=round(time.perf_counter() - started, 1), spec=spec, **environment)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, json.dumps(report, indent=2) + "\n")
         atomic_write_text(args.out / "table.md", table(args.out, modes))

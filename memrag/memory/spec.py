@@ -88,8 +88,9 @@ def parse_memory_mode(text: str) -> MemorySpec:
 
     Settings: a storage dtype (``float16``, ``bfloat16``, ``int8``), a keep ratio (``0.5``), a
     selection (``kvzip``, ``prefill``, ``stride``), ``shared`` (one set of positions for all
-    layers), ``compact`` (kept entries at consecutive positions), ``merge`` (dropped values
-    averaged into the nearest kept ones), or ``name=value`` for any
+    layers), ``compact`` / ``spread`` (kept entries at consecutive positions, the default / at
+    their original offsets), ``merge`` (dropped values averaged into the nearest kept ones), or
+    ``name=value`` for any
     :class:`PruningConfig` field (``pool=3``, ``sinks=4``).
     Examples: ``kv-exact``, ``kv-exact:int8``, ``kv-pruned:0.5``, ``kv-pruned:0.25:kvzip:pool=3``.
 
@@ -114,6 +115,8 @@ def parse_memory_mode(text: str) -> MemorySpec:
             pruning["per_layer"] = False
         elif setting in ("compact", "merge"):
             pruning[setting] = True
+        elif setting == "spread":
+            pruning["compact"] = False
         elif "=" in setting:
             key, value = (part.strip() for part in setting.split("=", 1))
             if key not in fields:
@@ -167,3 +170,24 @@ def resolve_memory_spec(memory: Any) -> MemorySpec:
             return MemorySpec(kind=memory)
         return parse_memory_mode(memory)
     raise TypeError(f"memory must be a MemorySpec, a dict or a mode string, got {type(memory).__name__}")
+
+
+def describe_memory(spec: MemorySpec) -> str:
+    """A label naming every setting that differs from the kind's plain form (defaults change;
+    reports keep meaning what they measured)."""
+    label = spec.kind
+    if spec.is_kv and spec.kv_dtype != "float16":
+        label += f" {spec.kv_dtype}"
+    if spec.kind == MemoryKind.KV_PRUNED.value:
+        p = spec.pruning
+        label += f" {p.keep_ratio:g} {p.selection}"
+        label += " compact" if p.compact else " spread"
+        if not p.per_layer:
+            label += " shared"
+        if p.pool > 1:
+            label += f" pool={p.pool}"
+        if p.sinks or p.recent:
+            label += f" sinks={p.sinks} recent={p.recent}"
+        if p.merge:
+            label += " merge"
+    return label

@@ -203,8 +203,10 @@ def test_prompts_mixing_text_slots_and_kv_generate_the_same_batched_and_alone(ar
 
 
 def test_pruned_memory_keeps_positions_and_the_question_follows_the_whole_span() -> None:
+    from memrag.memory.spec import parse_memory_mode
+
     compressor = _compressor()
-    (pruned,) = build_memory(compressor, MemorySpec("kv-pruned"), [CHUNK_A])
+    (pruned,) = build_memory(compressor, parse_memory_mode("kv-pruned:spread"), [CHUNK_A])
     (exact,) = build_memory(compressor, MemorySpec("kv-exact"), [CHUNK_A])
     assert pruned.span == exact.span and pruned.num_slots == -(-exact.span // 4)
     text = compressor.build([["Passage: ", CHUNK_A, QUESTION]])
@@ -213,6 +215,12 @@ def test_pruned_memory_keeps_positions_and_the_question_follows_the_whole_span()
     # The question sits where it sits after the full text, not after the kept entries.
     assert batch.position_ids[0, -1].item() == text.prompt_lengths[0] - 1
     assert batch.cache.get_seq_length() == 1 + len(compressor.splicer.tokenize("Passage: ")) + pruned.num_slots
+    # Compact (the default): the kept entries take consecutive positions, the question follows.
+    (compact,) = build_memory(compressor, MemorySpec("kv-pruned"), [CHUNK_A])
+    assert compact.span == compact.num_slots == pruned.num_slots
+    assert compact.offsets[:, 0].tolist() == list(range(compact.num_slots))
+    short = compressor.build([["Passage: ", compact, QUESTION]])
+    assert short.prompt_lengths[0] == text.prompt_lengths[0] - (exact.span - compact.span)
 
 
 def test_streaming_a_kv_prompt_matches_generate() -> None:
