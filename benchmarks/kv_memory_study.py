@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from memrag.compressor import Compressor
-from memrag.eval.qa import check_modes, evaluate_qa, sample_qa_records
+from memrag.eval.qa import QAEvaluation, check_modes, evaluate_qa, sample_qa_records
 from memrag.memory.builders import MemoryReuse
 from memrag.memory.spec import MemorySpec, describe_memory, parse_memory_mode
 from memrag.utils.atomic import atomic_write_text
@@ -33,30 +33,16 @@ def _file(out: Path, mode: str) -> Path:
 
 
 def table(out: Path, modes: list[str]) -> str:
-    """A markdown table of every finished mode, with ratios against ``text`` and ``truncated``."""
-    reports = {m: json.loads(_file(out, m).read_text()) for m in modes if _file(out, m).is_file()}
-    text_f1 = reports.get("text", {}).get("results", {}).get("text", {}).get("f1")
-    cut_f1 = reports.get("truncated", {}).get("results", {}).get("truncated", {}).get("f1")
-    lines = [
-        "| mode | F1 | EM | F1 / text | F1 - truncated | passage positions | prefilled | bytes / passage | offline s / passage |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for mode, report in reports.items():
-        scores = report["results"][mode]
-        label = f"`{mode}`"
-        if report.get("spec"):
-            label = f"`{describe_memory(MemorySpec.from_dict(report['spec']))}`"
-        memory = report.get("memory", {}).get(mode, {})
-        ratio = f"{scores['f1'] / text_f1:.2f}" if text_f1 else ""
-        delta = f"{scores['f1'] - cut_f1:+.1f}" if cut_f1 is not None else ""
-        size = memory.get("bytes_per_passage")
-        seconds = memory.get("seconds_per_passage")
-        lines.append(
-            f"| {label} | {scores['f1']:.1f} | {scores['exact_match']:.1f} | {ratio} | {delta} | "
-            f"{report['passage_positions'][mode]:.1f} | {report['prefilled_positions'].get(mode, 0):.1f} | "
-            f"{'' if size is None else f'{size:,.0f}'} | {'' if seconds is None else f'{seconds:.3f}'} |"
-        )
-    return "\n".join(lines) + "\n"
+    """A markdown table of every finished mode, with F1 against ``text`` and ``truncated``."""
+    merged = QAEvaluation(results={}, passage_positions={}, prompt_positions={})
+    labels = {}
+    for mode in modes:
+        if _file(out, mode).is_file():
+            report = json.loads(_file(out, mode).read_text())
+            merged.merge(QAEvaluation.from_json(report))
+            if report.get("spec"):  # every setting spelled out: defaults may change
+                labels[mode] = describe_memory(MemorySpec.from_dict(report["spec"]))
+    return merged.markdown(labels)
 
 
 def main() -> None:

@@ -120,8 +120,15 @@ def test_eval_qa_kv_modes_and_resume(saved: dict[str, Path], tmp_path: Path) -> 
         first = runner.invoke(app, [*common, "--modes", "text,kv-exact:int8"])
         assert first.exit_code == 0, first.output
         before = json.loads(out.read_text())
-        resumed = runner.invoke(app, [*common, "--modes", "text,kv-exact:int8,kv-pruned:0.5:prefill", "--resume"])
+        resumed = runner.invoke(
+            app,
+            [*common, "--modes", "text,kv-exact:int8,kv-pruned:0.5:prefill", "--resume",
+             "--markdown-out", str(tmp_path / "qa.md")],
+        )
         assert resumed.exit_code == 0, resumed.output
+        table = (tmp_path / "qa.md").read_text().splitlines()
+        assert table[0].startswith("| mode | EM | F1 | F1 / text") and len(table) == 2 + 3
+        assert table[3].startswith("| `kv-exact:int8` |")
         assert "resuming: keeping text, kv-exact:int8" in resumed.output
         after = json.loads(out.read_text())
         assert after["results"]["text"] == before["results"]["text"] and after["complete"] is True

@@ -123,6 +123,9 @@ def qa(
         "take settings after colons: kv-exact:int8, kv-pruned:0.5, kv-pruned:0.25:prefill:pool=3.",
     ),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Answer length limit."),
+    markdown_out: Path = typer.Option(
+        None, "--markdown-out", help="Write the scores as a markdown table to this file."
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -176,6 +179,11 @@ def qa(
         show_progress=True, done=done[0] if done else None, on_mode=save if options.json_out else None,
     )
     typer.echo(result.table())
+    if markdown_out is not None:
+        from memrag.utils.atomic import atomic_write_text
+
+        atomic_write_text(markdown_out, result.markdown())
+        typer.echo(f"wrote {markdown_out}")
     if not options.json_out:
         _write(options, result.to_json(**info, seconds=round(time.perf_counter() - start, 1), complete=True), result.predictions)
 

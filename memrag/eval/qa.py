@@ -89,6 +89,15 @@ class QAEvaluation:
             **info,
         }
 
+    def merge(self, other: "QAEvaluation") -> None:
+        """Adds ``other``'s modes (an evaluation of the same questions) to this one."""
+        self.results.update(other.results)
+        self.passage_positions.update(other.passage_positions)
+        self.prompt_positions.update(other.prompt_positions)
+        self.prefilled_positions.update(other.prefilled_positions)
+        self.memory.update(other.memory)
+        self.predictions.extend(other.predictions)
+
     @classmethod
     def from_json(cls, report: dict[str, Any], predictions: Sequence[dict[str, Any]] = ()) -> "QAEvaluation":
         """Inverse of :meth:`to_json` (with the predictions, when they were kept)."""
@@ -100,6 +109,37 @@ class QAEvaluation:
             memory=dict(report.get("memory", {})),
             predictions=[p for p in predictions if p.get("mode") in report["results"]],
         )
+
+    def markdown(self, labels: dict[str, str] | None = None) -> str:
+        """A markdown table of every mode, with F1 against ``text`` and ``truncated``.
+
+        Args:
+            labels: Names to show instead of the modes' (e.g. with every setting spelled out).
+        """
+        labels = labels or {}
+        text_f1 = self.results.get("text", {}).get("f1")
+        cut_f1 = self.results.get("truncated", {}).get("f1")
+        lines = [
+            "| mode | EM | F1 | F1 / text | F1 - truncated | passage positions | prefilled "
+            "| bytes / passage | offline s / passage |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for mode, scores in self.results.items():
+            cost = self.memory.get(mode, {})
+            size, seconds = cost.get("bytes_per_passage"), cost.get("seconds_per_passage")
+            cells = [
+                f"`{labels.get(mode, mode)}`",
+                f"{scores['exact_match']:.1f}",
+                f"{scores['f1']:.1f}",
+                f"{scores['f1'] / text_f1:.2f}" if text_f1 else "",
+                f"{scores['f1'] - cut_f1:+.1f}" if cut_f1 is not None else "",
+                f"{self.passage_positions.get(mode, 0.0):.1f}",
+                f"{self.prefilled_positions.get(mode, 0.0):.1f}",
+                "" if size is None else f"{size:,.0f}",
+                "" if seconds is None else f"{seconds:.3f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
 
     def table(self) -> str:
         """A plain-text table of the scores."""
