@@ -55,6 +55,9 @@ LOOPBACK = "127.0.0.1"
 
 
 # ---------------------------------------------------------------------- the store and server
+#: Characters of each demo passage kept for the tiny model (see build_store).
+TINY_PASSAGE_CHARS = 400
+
 def build_store(
     root: Path, model: str, passages: int, memory: str | None = None
 ) -> tuple[Path, Path, list[str]]:
@@ -64,7 +67,11 @@ def build_store(
     from memrag.store import MemoryStore
 
     corpus = load_demo_corpus()[:passages]
+    texts = [p.text for p in corpus]
     if model == "tiny":
+        # Its tokenizer spends about a token per character and its context is 1,024 positions:
+        # cut passages so that K/V memory (a cache per chunk) fits; retrieval still works.
+        texts = [text[:TINY_PASSAGE_CHARS] for text in texts]
         from memrag.testing import tiny_base_model, tiny_compressor
 
         base = tiny_base_model(seed=0, name=str(root / "base"))
@@ -87,7 +94,7 @@ def build_store(
         root / "store", compressor, embedder, fidelity="none", memory=memory
     ) as store:
         store.add(
-            [p.text for p in corpus],
+            texts,
             ids=[p.id for p in corpus],
             metadatas=[{"title": p.title} for p in corpus],
         )
