@@ -12,7 +12,8 @@
 #   DEVICE       [cpu]        cpu, cuda, cuda:N
 #   DTYPE        [float32]    float32 (fastest on CPUs without AMX, e.g. AVX2-only) or bfloat16
 #                             (about 2x faster on CPUs with AMX, and on GPUs)
-#   MODES        [text,slots,kv-exact,kv-exact:int8,kv-exact+cacheblend,kv-pruned:0.5,kv-pruned,truncated,none]
+#   MODES        [text,slots,kv-exact,kv-exact:int8,kv-exact:int8+cacheblend,kv-exact:int8+cacheblend:0.1:leading,
+#                 kv-pruned:0.5,kv-pruned,truncated,none]
 #   THREADS      [0]          torch CPU threads (0: torch's default, one per core)
 #   OUT          [benchmarks/results/bench-$DEVICE-$DTYPE]
 # Writes bench.json, bench.md, samples.jsonl, f1_vs_ttft.png, f1_vs_bytes.png and log.txt to OUT.
@@ -25,7 +26,7 @@ K=${K:-5}
 CORPUS_SIZE=${CORPUS_SIZE:-500}
 DEVICE=${DEVICE:-cpu}
 DTYPE=${DTYPE:-float32}
-MODES=${MODES:-text,slots,kv-exact,kv-exact:int8,kv-exact+cacheblend,kv-pruned:0.5,kv-pruned,truncated,none}
+MODES=${MODES:-text,slots,kv-exact,kv-exact:int8,kv-exact:int8+cacheblend,kv-exact:int8+cacheblend:0.1:leading,kv-pruned:0.5,kv-pruned,truncated,none}
 THREADS=${THREADS:-0}
 OUT=${OUT:-benchmarks/results/bench-${DEVICE%%:*}-${DTYPE}}
 
