@@ -56,11 +56,19 @@ class MemoryReuse:
     Attributes:
         made: Per text, its exact memory and selection scores.
         seconds: Seconds per text it took to compute, per ``"exact"`` or selection name (the
-            offline cost a store would pay, whatever was reused later).
+            offline cost a store would pay, whatever was reused later), averaged over every
+            text computed so far.
     """
 
     made: dict[str, _Made] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    _spent: dict[str, tuple[float, int]] = field(default_factory=dict, repr=False)
+
+    def record(self, key: str, seconds: float, texts: int) -> None:
+        """Adds ``seconds`` spent computing ``texts`` texts' ``key`` memory to the average."""
+        total, count = self._spent.get(key, (0.0, 0))
+        self._spent[key] = (total + seconds, count + texts)
+        self.seconds[key] = (total + seconds) / (count + texts)
 
 
 def build_memory(
@@ -106,7 +114,7 @@ def build_memory(
     if missing:
         started = time.perf_counter()
         _compute(compressor, missing, selection, made, batch_size=batch_size, show_progress=show_progress, label=kind.value)
-        reuse.seconds.setdefault(selection or "exact", (time.perf_counter() - started) / len(missing))
+        reuse.record(selection or "exact", time.perf_counter() - started, len(missing))
     results: list[KVSlots] = []
     for text in texts:
         entry = made[text]

@@ -284,3 +284,20 @@ def test_a_store_made_without_naming_its_memory_keeps_the_default_kind(tmp_path)
         assert store.memory.settings == resolve_memory_spec(DEFAULT_MEMORY).to_dict()
         store.add([CHUNK_A], ids=["a"])
         assert isinstance(store.get(["a"])[0].context(), KVSlots) == store.memory.is_kv
+
+
+def test_memory_reuse_reports_the_average_cost_of_every_text_computed() -> None:
+    from memrag.memory.builders import MemoryReuse
+    from memrag.memory.spec import parse_memory_mode
+
+    reuse = MemoryReuse()
+    reuse.record("exact", 6.0, 2)  # e.g. a first batch, warming up
+    reuse.record("exact", 2.0, 2)
+    assert reuse.seconds["exact"] == pytest.approx(2.0)
+
+    compressor = _compressor()
+    spec = parse_memory_mode("kv-exact")
+    reuse = MemoryReuse()
+    build_memory(compressor, spec, ["one passage here", "another passage"], reuse=reuse)
+    build_memory(compressor, spec, ["another passage", "a third, new passage"], reuse=reuse)
+    assert reuse._spent["exact"][1] == 3  # every text counted once, the reused one not again
