@@ -326,13 +326,13 @@ def _memory_store(
     The chunks' keys, values and selection scores are shared between the K/V stores
     (``reuse``); each store's offline cost counts its memory's computation all the same.
     """
+    from memrag.memory.builders import computation_key
     from memrag.memory.spec import parse_memory_mode
     from memrag.store import MemoryStore
     from memrag.store.processing import ChunkInput
 
-    spec = parse_memory_mode(memory)
-    selection = spec.pruning.selection if spec.kind == "kv-pruned" else "exact"
-    computed_before = dict(reuse.seconds)
+    key = computation_key(parse_memory_mode(memory))
+    computed_before = key in reuse.seconds
     started = clock()
     kv_store = MemoryStore.create(
         work_dir / f"memory-{number}",
@@ -349,8 +349,7 @@ def _memory_store(
         processor=processor,
     )
     per_chunk = (clock() - started) / max(len(used), 1)
-    key = selection if selection in reuse.seconds else "exact"
-    if key in computed_before:  # computed for an earlier store: count it here too
+    if computed_before:  # computed for an earlier store: count it here too
         per_chunk += reuse.seconds[key]
     info = kv_store.info()["memory"]
     return kv_store, OfflineCost(info["bytes_per_chunk"], per_chunk)

@@ -202,7 +202,7 @@ def _contexts(
     """Each record's contexts in ``mode``, and the memory's cost (compressed modes)."""
     import time
 
-    from memrag.memory.builders import as_stored, build_memory, codec_for
+    from memrag.memory.builders import as_stored, build_memory, codec_for, computation_key
     from memrag.memory.spec import parse_memory_mode
 
     if mode == "none":
@@ -225,9 +225,8 @@ def _contexts(
         made = build_memory(
             compressor, spec, unique, batch_size=batch_size, show_progress=show_progress, reuse=reuse
         )
-        selection = spec.pruning.selection if spec.kind == "kv-pruned" else "exact"
         # What a store would pay to make it (computed once per selection, whatever was reused).
-        cost["seconds_per_passage"] = reuse.seconds.get(selection, reuse.seconds.get("exact", 0.0))
+        cost["seconds_per_passage"] = reuse.seconds.get(computation_key(spec), 0.0)
         with compressor.decoder_mode() as decoder:
             codec = codec_for(decoder, spec)
         stored, sizes = as_stored(made, codec)  # type: ignore[arg-type]

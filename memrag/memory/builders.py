@@ -71,6 +71,19 @@ class MemoryReuse:
         self.seconds[key] = (total + seconds) / (count + texts)
 
 
+def scored_selection(spec: MemorySpec) -> str | None:
+    """The selection whose scores ``spec``'s memory needs (``None``: exact memory, or stride)."""
+    if spec.memory_kind is not MemoryKind.KV_PRUNED or spec.pruning.selection == "stride":
+        return None
+    return spec.pruning.selection
+
+
+def computation_key(spec: MemorySpec) -> str:
+    """The name :class:`MemoryReuse` records ``spec``'s computation under: its scored
+    selection, or ``"exact"``."""
+    return scored_selection(spec) or "exact"
+
+
 def build_memory(
     compressor: Any,
     spec: MemorySpec,
@@ -80,6 +93,7 @@ def build_memory(
     show_progress: bool = False,
     fingerprint: str = "",
     reuse: MemoryReuse | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Slots | KVSlots]:
     """One memory per text, of ``spec``'s kind.
 
@@ -92,9 +106,10 @@ def build_memory(
         fingerprint: Recorded in K/V memory (the store's memory fingerprint).
         reuse: Kept between calls (e.g. one evaluation of several K/V settings over the same
             texts): each text's exact memory and selection scores are computed once.
+        names: How errors name each text (e.g. ``"chunk 'id'"``); default ``"text <index>"``.
 
     Raises:
-        ValueError: an empty text, or one longer than the decoder's context (index named).
+        ValueError: an empty text, or one longer than the decoder's context (named).
     """
     kind = spec.memory_kind
     if kind is MemoryKind.EMBEDDING:
@@ -103,18 +118,24 @@ def build_memory(
     if empty:
         raise ValueError(f"cannot make memory of empty or whitespace-only text (indices {empty[:10]})")
     pruned = kind is MemoryKind.KV_PRUNED
-    selection = spec.pruning.selection if pruned and spec.pruning.selection != "stride" else None
+    selection = scored_selection(spec)
     reuse = reuse if reuse is not None else MemoryReuse()
     made = reuse.made
+    name_of: dict[str, str] = {}
+    for index, text in enumerate(texts):
+        name_of.setdefault(text, names[index] if names is not None else f"text {index}")
     missing = [
         text
-        for text in dict.fromkeys(texts)
+        for text in name_of
         if text not in made or (selection is not None and selection not in made[text].scores)
     ]
     if missing:
         started = time.perf_counter()
-        _compute(compressor, missing, selection, made, batch_size=batch_size, show_progress=show_progress, label=kind.value)
-        reuse.record(selection or "exact", time.perf_counter() - started, len(missing))
+        _compute(
+            compressor, missing, [name_of[text] for text in missing], selection, made,
+            batch_size=batch_size, show_progress=show_progress, label=kind.value,
+        )
+        reuse.record(computation_key(spec), time.perf_counter() - started, len(missing))
     results: list[KVSlots] = []
     for text in texts:
         entry = made[text]
@@ -133,6 +154,7 @@ def build_memory(
 def _compute(
     compressor: Any,
     texts: Sequence[str],
+    names: Sequence[str],
     selection: str | None,
     made: dict[str, Any],
     *,
@@ -152,11 +174,11 @@ def _compute(
     with compressor.decoder_mode() as decoder:
         limit = context_limit(decoder)
         reads = 2 if selection == "kvzip" else 1
-        for index, ids in enumerate(sequences):
+        for name, ids in zip(names, sequences):
             needed = len(context) + reads * len(ids) + (len(repeat) if reads == 2 else 0)
             if limit is not None and needed > limit:
                 raise ValueError(
-                    f"text {index} has {len(ids)} tokens; its K/V memory needs {needed} positions, "
+                    f"{name} has {len(ids)} tokens; its K/V memory needs {needed} positions, "
                     f"more than the decoder's context ({limit}); cut it into smaller chunks"
                 )
         with progress(total=len(texts), desc=label, unit="chunk", disable=not show_progress) as bar:

@@ -104,9 +104,9 @@ class KVSlots:
         than lost; keys are kept as they are.
         """
         gather = rows.unsqueeze(-1).unsqueeze(-1).expand(-1, -1, *self.keys.shape[2:])
-        values = torch.gather(self.values, 0, gather)
-        if merge:
-            values = _merged_values(self.values, self.offsets, rows)
+        values = (
+            _merged_values(self.values, self.offsets, rows) if merge else torch.gather(self.values, 0, gather)
+        )
         return KVSlots(
             keys=torch.gather(self.keys, 0, gather),
             values=values,

@@ -96,17 +96,6 @@ class ProcessedBatch:
         return int(sum(self.num_tokens))
 
 
-def _name_chunk(message: str, chunks: Sequence[ChunkInput]) -> str:
-    """``"text 3 has ..."`` (an error of :func:`~memrag.memory.builders.build_memory`) with
-    the text's index replaced by its chunk id."""
-    import re
-
-    found = re.match(r"text (\d+) ", message)
-    if not found or int(found.group(1)) >= len(chunks):
-        return message
-    return f"chunk {chunks[int(found.group(1))].id!r} " + message[found.end() :]
-
-
 class ChunkProcessor:
     """Embeds, compresses and scores batches of chunks.
 
@@ -244,21 +233,19 @@ class ChunkProcessor:
 
         assert self._codec is not None
         fingerprint = self.fingerprint
-        try:
-            made = (
-                build_memory(
-                    self.compressor,
-                    self.memory,
-                    texts,
-                    batch_size=self.compress_batch_size,
-                    fingerprint=fingerprint,
-                    reuse=self.reuse,
-                )
-                if chunks
-                else []
+        made = (
+            build_memory(
+                self.compressor,
+                self.memory,
+                texts,
+                batch_size=self.compress_batch_size,
+                fingerprint=fingerprint,
+                reuse=self.reuse,
+                names=[f"chunk {chunk.id!r}" for chunk in chunks],
             )
-        except ValueError as err:
-            raise ValueError(_name_chunk(str(err), chunks)) from None
+            if chunks
+            else []
+        )
         rows = [self._codec.encode(memory) for memory in made]  # type: ignore[arg-type]
         fidelity: list[float | None] = [None] * len(chunks)
         if self.scorer is not None and chunks:

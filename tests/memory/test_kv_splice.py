@@ -301,3 +301,17 @@ def test_memory_reuse_reports_the_average_cost_of_every_text_computed() -> None:
     build_memory(compressor, spec, ["one passage here", "another passage"], reuse=reuse)
     build_memory(compressor, spec, ["another passage", "a third, new passage"], reuse=reuse)
     assert reuse._spent["exact"][1] == 3  # every text counted once, the reused one not again
+
+
+def test_a_text_too_long_is_named_by_its_own_index_when_others_repeat_or_were_made() -> None:
+    from memrag.memory.builders import MemoryReuse
+
+    compressor = _compressor()
+    limit = compressor.causal_lm.config.max_position_embeddings
+    reuse = MemoryReuse()
+    build_memory(compressor, MemorySpec("kv-exact"), ["short"], reuse=reuse)
+    too_long = "word " * (limit + 5)
+    with pytest.raises(ValueError, match=r"text 3 has \d+ tokens"):
+        build_memory(compressor, MemorySpec("kv-exact"), ["short", "other", "other", too_long], reuse=reuse)
+    with pytest.raises(ValueError, match=r"chunk 'c' has \d+ tokens"):
+        build_memory(compressor, MemorySpec("kv-exact"), ["short", too_long], names=["chunk 'a'", "chunk 'c'"])
