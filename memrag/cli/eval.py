@@ -167,13 +167,13 @@ def qa(
         skipped_rows=report.rows_skipped, **_describe(compressor),
     )
     done = _earlier_run(options, info) if resume else None
+    done_seconds = done[1] if done else 0.0
 
     def save(evaluation: Any) -> None:
         complete = all(mode in evaluation.results for mode in chosen)
-        seconds = round(time.perf_counter() - start, 1) + (done_seconds if done else 0.0)
+        seconds = round(time.perf_counter() - start, 1) + done_seconds
         _write(options, evaluation.to_json(**info, seconds=seconds, complete=complete), evaluation.predictions, quiet=not complete)
 
-    done_seconds = float(done[1]) if done else 0.0
     result = evaluate_qa(
         compressor, records, modes=chosen, batch_size=options.batch_size, max_new_tokens=max_new_tokens,
         show_progress=True, done=done[0] if done else None, on_mode=save if options.json_out else None,
