@@ -342,6 +342,9 @@ def checkpoint_name(seq: int) -> str:
 def list_checkpoints(directory: Path) -> list[Checkpoint]:
     """Checkpoints whose sidecar is readable, oldest first (their index files are not read).
 
+    A sidecar that disappears while the directory is listed (a writer superseded it) is
+    skipped.
+
     Raises:
         StoreCorruptError: a sidecar exists but is not valid JSON of the expected shape.
     """
@@ -354,6 +357,11 @@ def list_checkpoints(directory: Path) -> list[Checkpoint]:
             continue
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue  # deleted by a writer after a newer checkpoint
+        except ValueError as err:
+            raise StoreCorruptError(f"{path}: unreadable index sidecar ({err})") from None
+        try:
             found.append(
                 Checkpoint(
                     seq=int(info["seq"]),
@@ -401,21 +409,27 @@ def write_checkpoint(directory: Path, seq: int, index: VectorIndex) -> Checkpoin
     )
 
 
+def remove_checkpoint(checkpoint: Checkpoint) -> None:
+    """Deletes a checkpoint: its sidecar first, so a listed sidecar always has its file."""
+    checkpoint.sidecar.unlink(missing_ok=True)
+    checkpoint.file.unlink(missing_ok=True)
+
+
 def read_checkpoint(checkpoint: Checkpoint, spec: IndexSpec, dimension: int) -> VectorIndex:
     """Loads a checkpoint, checking its size and SHA-256 before FAISS parses it.
 
     Raises:
         StoreCorruptError: the file is missing, truncated, corrupt or unreadable.
     """
-    if not checkpoint.file.is_file():
-        raise StoreCorruptError(f"index file {checkpoint.file} is missing")
-    size = checkpoint.file.stat().st_size
-    if size != checkpoint.bytes:
+    try:
+        data = np.fromfile(checkpoint.file, dtype=np.uint8)
+    except FileNotFoundError:
+        raise StoreCorruptError(f"index file {checkpoint.file} is missing") from None
+    if data.nbytes != checkpoint.bytes:
         raise StoreCorruptError(
-            f"index file {checkpoint.file} has {size} bytes, expected {checkpoint.bytes} "
-            "(truncated?)"
+            f"index file {checkpoint.file} has {data.nbytes} bytes, expected "
+            f"{checkpoint.bytes} (truncated?)"
         )
-    data = np.fromfile(checkpoint.file, dtype=np.uint8)
     digest = hashlib.sha256(data).hexdigest()
     if digest != checkpoint.sha256:
         raise StoreCorruptError(

@@ -54,6 +54,7 @@ from memrag.store.index import (
     VectorIndex,
     list_checkpoints,
     read_checkpoint,
+    remove_checkpoint,
     write_checkpoint,
 )
 from memrag.store.maintenance import CompactReport, compact, remove_debris
@@ -82,6 +83,7 @@ logger = logging.getLogger(__name__)
 EXACT_FILTER_LIMIT = 20_000
 #: Index checkpoints are always written when the index is at most this big.
 _SMALL_INDEX_BYTES = 8 << 20
+_INDEX_LOAD_ATTEMPTS = 5  # re-reads when writers keep superseding the checkpoint being read
 
 
 def memory_info(compressor: Any, memory: Any) -> MemoryInfo:
@@ -917,20 +919,35 @@ class MemoryStore:
         index.add(vids, vectors)
 
     def _load_index(self) -> tuple[VectorIndex, int]:
+        """The newest index checkpoint with the journal after it replayed.
+
+        A writer in another process may supersede the checkpoint while it is read (it
+        writes a newer one, deletes the old one and folds the journal into it): the read
+        then starts over from the newer checkpoint.
+        """
         directory = self.path / INDEX_DIR
-        required = self.db.checkpoint_seq()
-        usable = [c for c in list_checkpoints(directory) if c.seq >= required]
-        if not usable:
-            raise StoreCorruptError(
-                f"{directory}: no index checkpoint at or after journal entry {required}; "
-                "`memrag index verify --repair` rebuilds the index from the database"
-            )
-        newest = usable[-1]
-        index = read_checkpoint(newest, self.manifest.index, self.dimension)
-        head, entries = self.db.journal_since(newest.seq)
-        if entries:
-            self._replay(index, entries)
-        return index, max(newest.seq, head)
+        attempts_left = _INDEX_LOAD_ATTEMPTS
+        while True:
+            attempts_left -= 1
+            required = self.db.checkpoint_seq()
+            usable = [c for c in list_checkpoints(directory) if c.seq >= required]
+            if not usable:
+                raise StoreCorruptError(
+                    f"{directory}: no index checkpoint at or after journal entry {required}; "
+                    "`memrag index verify --repair` rebuilds the index from the database"
+                )
+            newest = usable[-1]
+            try:
+                index = read_checkpoint(newest, self.manifest.index, self.dimension)
+                head, entries = self.db.journal_since(newest.seq)
+            except (StoreCorruptError, LookupError):
+                superseded = not newest.sidecar.exists() or self.db.checkpoint_seq() > newest.seq
+                if superseded and attempts_left > 0:
+                    continue
+                raise
+            if entries:
+                self._replay(index, entries)
+            return index, max(newest.seq, head)
 
     def _maybe_checkpoint(self, *, force: bool = False, final: bool = False) -> None:
         """Checkpoints the index when the journal since the last checkpoint is long enough.
@@ -969,8 +986,7 @@ class MemoryStore:
             conn.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
         for old in list_checkpoints(directory):
             if old.seq < checkpoint.seq:
-                old.file.unlink(missing_ok=True)
-                old.sidecar.unlink(missing_ok=True)
+                remove_checkpoint(old)
         logger.info("index checkpoint %s (%d vectors)", checkpoint.file.name, checkpoint.ntotal)
 
     def _rebuild_index(self) -> None:

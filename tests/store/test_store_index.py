@@ -155,6 +155,47 @@ def test_concurrent_readers_while_one_writer_adds(tmp_path: Path, compressor) ->
     writer.close()
 
 
+def test_a_reader_whose_checkpoint_is_superseded_mid_read_reads_the_newer_one(
+    tmp_path: Path, compressor, monkeypatch
+) -> None:
+    texts, ids = _docs(8)
+    writer = MemoryStore.create(tmp_path / "s", compressor, "hashing:64")
+    writer.add(texts[:4], ids=ids[:4])
+    real_read = memory_store.read_checkpoint
+    superseded: list[int] = []
+
+    def read_while_a_writer_checkpoints(checkpoint, spec, dimension):
+        if not superseded:  # the writer commits, checkpoints and deletes this one meanwhile
+            superseded.append(checkpoint.seq)
+            writer.add(texts[4:], ids=ids[4:])
+            assert not checkpoint.sidecar.exists() and not checkpoint.file.exists()
+        return real_read(checkpoint, spec, dimension)
+
+    monkeypatch.setattr(memory_store, "read_checkpoint", read_while_a_writer_checkpoints)
+    reader = MemoryStore.open(tmp_path / "s", read_only=True)
+    assert superseded
+    assert reader.search(texts[6], k=1)[0].id == "d6"
+    assert len(reader.search("Document", k=50)) == 8
+    writer.close()
+
+
+def test_a_sidecar_deleted_while_listing_is_skipped(tmp_path: Path, compressor, monkeypatch) -> None:
+    with MemoryStore.create(tmp_path / "s", compressor, "hashing:64") as s:
+        s.add(*_docs(3))
+    directory = tmp_path / "s" / "index"
+    present = [c.seq for c in list_checkpoints(directory)]
+    ghost = directory / "index-000000000000.json"
+    assert present and present != [0] and not ghost.exists()
+    real_iterdir = Path.iterdir
+
+    def iterdir_listing_a_ghost(self: Path):  # the ghost was deleted after the listing
+        listed = list(real_iterdir(self))
+        return iter(listed + [ghost] if self == directory else listed)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir_listing_a_ghost)
+    assert [c.seq for c in list_checkpoints(directory)] == present
+
+
 def test_reader_in_another_process_sees_committed_writes(tmp_path: Path, compressor) -> None:
     texts, ids = _docs(6)
     with MemoryStore.create(tmp_path / "s", compressor, "hashing:64") as s:
