@@ -216,6 +216,19 @@ class Splicer:
             )
         return torch.cat([run.embeds for run in runs], dim=0)  # type: ignore[union-attr]
 
+    def target_ids(
+        self,
+        target: str | Sequence[int],
+        *,
+        append_eos: bool = True,
+        max_target_tokens: int | None = None,
+    ) -> list[int]:
+        """Token ids of a training target (text is tokenized; EOS appended; truncated)."""
+        ids = self.tokenize(target) if isinstance(target, str) else list(target)
+        if append_eos and self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids[:max_target_tokens] if max_target_tokens is not None else ids
+
     def build(
         self,
         prompts: Sequence[Sequence[PromptPart]],
@@ -244,12 +257,9 @@ class Splicer:
             prompt_lengths.append(embedded.shape[0])
             row_labels = [IGNORE_INDEX] * embedded.shape[0]
             if targets is not None:
-                target = targets[index]
-                target_ids = self.tokenize(target) if isinstance(target, str) else list(target)
-                if append_eos and self.tokenizer.eos_token_id is not None:
-                    target_ids.append(self.tokenizer.eos_token_id)
-                if max_target_tokens is not None:
-                    target_ids = target_ids[:max_target_tokens]
+                target_ids = self.target_ids(
+                    targets[index], append_eos=append_eos, max_target_tokens=max_target_tokens
+                )
                 if not target_ids:
                     raise ValueError(f"target {index} is empty")
                 embedded = torch.cat([embedded, self._embed_ids(target_ids)], dim=0)

@@ -124,6 +124,8 @@ def tiny_compressor(
     compression_rate: int = 4,
     architecture: Literal["gemma3", "llama"] = "gemma3",
     base: BaseModel | None = None,
+    slot_kind: Literal["embedding", "kv"] = "embedding",
+    kv_positions: Literal["memory", "subset"] = "memory",
 ) -> Any:
     """A tiny compressor with random (non-zero) LoRA weights over a fresh tiny base model."""
     from memrag.compressor.model import Compressor
@@ -133,6 +135,8 @@ def tiny_compressor(
         base_model=base.name,
         segment_length=segment_length,
         compression_rate=compression_rate,
+        slot_kind=slot_kind,
+        kv_positions=kv_positions,
         lora_rank=4,
         lora_alpha=8,
     )

@@ -293,7 +293,7 @@ def test_objectives_put_loss_on_target_tokens_only(tiny_compressor: Compressor) 
     slots = tiny_compressor.compress(["Paris is the capital.", "The quick brown fox jumps."])
     prompts = [reconstruct_prompt(s) for s in slots]
     targets = [tokenize("Paris is the capital."), tokenize("The quick brown fox jumps over")]
-    losses, counts = target_losses(tiny_compressor, prompts, targets)
+    losses, counts, _, _ = target_losses(tiny_compressor, prompts, targets)
     reference = tiny_compressor.decoder_forward(tiny_compressor.build(prompts, targets, append_eos=False)).loss
     torch.testing.assert_close(losses.sum() / sum(counts), reference, rtol=1e-5, atol=1e-6)
 

@@ -7,6 +7,8 @@ help shown here is the documentation of the Python API too. Several GPUs:
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from memrag.cli.app import app
@@ -55,7 +57,8 @@ def _run(kind: str, model: ModelArguments, data: object, train: TrainingArgument
             return
         config = trainer.compressor.config
         typer.echo(
-            f"{kind}: {config.base_model} (segment {config.segment_length}, rate {config.compression_rate}, "
+            f"{kind}: {config.base_model} ({_slots(config)} slots, segment {config.segment_length}, "
+            f"rate {config.compression_rate}, "
             f"LoRA r={config.lora_rank}) on {trainer.device}, {trainer.dist.world_size} process(es) -> {train.output_dir}"
         )
         state = trainer.train(resume=resume)
@@ -128,3 +131,7 @@ _register(
     chat template when the model has one); the loss is on the answer tokens only.
     """,
 )
+
+
+def _slots(config: Any) -> str:
+    return f"kv/{config.kv_positions}" if config.slot_kind == "kv" else config.slot_kind

@@ -23,6 +23,8 @@ EMBEDDINGS_NAME = "memory_embeddings.safetensors"
 SAVED_FILES = (CONFIG_NAME, ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, EMBEDDINGS_NAME)
 
 SlotKind = Literal["embedding", "kv"]
+#: Where ``kv`` slots are read in the encoder (see :class:`CompressorConfig`).
+KV_POSITIONS = ("memory", "subset")
 TASK_NAMES = ("reconstruct", "continue", "answer")
 
 
@@ -36,7 +38,13 @@ class CompressorConfig:
         base_model_revision: Revision (commit, tag) of ``base_model``, when it has one.
         base_model_signature: Shape facts and a weight checksum of the base model, used to
             refuse loading against a different model. Filled in when the compressor is built.
-        slot_kind: ``"embedding"`` (hidden states spliced through ``inputs_embeds``) or ``"kv"``.
+        slot_kind: ``"embedding"`` (hidden states spliced through ``inputs_embeds``) or ``"kv"``
+            (per-layer keys and values spliced as a cache prefix, 500xCompressor-style).
+        kv_positions: Which encoder positions give ``kv`` slots: ``"memory"`` (learned memory
+            tokens appended after the segment, as in 500xCompressor) or ``"subset"`` (every
+            ``compression_rate``-th of the segment's own tokens, as in KV-Distill; before any
+            training these are the frozen decoder's own keys and values). Ignored for
+            ``embedding`` slots.
         segment_length: Maximum number of text tokens compressed together as one segment.
         compression_rate: Text tokens per memory slot; a segment of ``n`` tokens yields
             ``ceil(n / compression_rate)`` slots.
@@ -52,6 +60,7 @@ class CompressorConfig:
     base_model_revision: str | None = None
     base_model_signature: dict[str, Any] = field(default_factory=dict)
     slot_kind: SlotKind = "embedding"
+    kv_positions: str = "memory"
     segment_length: int = 128
     compression_rate: int = 4
     lora_rank: int = 16
@@ -66,6 +75,10 @@ class CompressorConfig:
     def __post_init__(self) -> None:
         if self.slot_kind not in ("embedding", "kv"):
             raise ValueError(f"slot_kind must be 'embedding' or 'kv', got {self.slot_kind!r}")
+        if self.kv_positions not in KV_POSITIONS:
+            raise ValueError(
+                f"kv_positions must be one of {', '.join(KV_POSITIONS)}, got {self.kv_positions!r}"
+            )
         if self.segment_length < 1:
             raise ValueError(f"segment_length must be >= 1, got {self.segment_length}")
         if self.compression_rate < 1:
@@ -75,6 +88,24 @@ class CompressorConfig:
     def num_memory_tokens(self) -> int:
         """Number of learned memory embeddings: the slots of one full segment."""
         return self.slots_for(self.segment_length)
+
+    @property
+    def uses_memory_tokens(self) -> bool:
+        """Whether slots are read at learned memory tokens appended to each segment."""
+        return self.slot_kind == "embedding" or self.kv_positions == "memory"
+
+    def slot_positions(self, num_tokens: int) -> list[int]:
+        """For ``kv_positions="subset"``: the segment positions whose keys and values are kept
+        (the last token of each group of ``compression_rate`` tokens)."""
+        rate = self.compression_rate
+        return [min(num_tokens - 1, (group + 1) * rate - 1) for group in range(self.slots_for(num_tokens))]
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define what the compressor computes (hashed into its fingerprint)."""
+        data = {k: v for k, v in self.to_dict().items() if k not in ("memrag_version", "format_version")}
+        if self.slot_kind == "embedding":
+            data.pop("kv_positions")  # meaningless there; older fingerprints stay valid
+        return data
 
     def slots_for(self, num_tokens: int) -> int:
         """Number of slots a segment of ``num_tokens`` text tokens is compressed into."""

@@ -37,6 +37,9 @@ from memrag.compressor.shipped import resolve_compressor_path, source_name
 from memrag.generation import Generation, GenerationOptions, generate, stream
 from memrag.models.loading import BaseModel, load_base_model, model_signature
 from memrag.slots import Slots
+from memrag.compressor.kv_encoder import encode_kv_segments, encoder_rows, left_padded
+from memrag.memory.kinds import MemoryKind
+from memrag.memory.kv import KVSlots
 from memrag.memory.prefill import KVPrefill
 from memrag.splice import (
     PromptPart,
@@ -362,38 +365,35 @@ class Compressor(nn.Module):
         size = self.config.segment_length
         return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
-    def encode_segments(self, segments: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        """Slots of each token segment, as ``(ceil(len/rate), hidden)`` tensors.
+    def check_segment(self, ids: Sequence[int]) -> None:
+        """Refuses a segment the encoder cannot take (empty, or longer than ``segment_length``)."""
+        if not ids:
+            raise ValueError("cannot encode an empty segment")
+        if len(ids) > self.config.segment_length:
+            raise ValueError(
+                f"segment of {len(ids)} tokens exceeds segment_length={self.config.segment_length}"
+            )
 
-        Runs as one left-padded batch with the adapter enabled; gradients flow (training
-        calls this directly; :meth:`compress` wraps it in inference mode).
+    def encode_segments(self, segments: Sequence[Sequence[int]]) -> list[Any]:
+        """Slots of each token segment, in one left-padded batch with the adapter enabled.
+
+        ``embedding`` slots are ``(ceil(len/rate), hidden)`` tensors: the encoder's last hidden
+        states at the memory tokens. ``kv`` slots are :class:`~memrag.memory.kv.KVSlots`
+        (:mod:`memrag.compressor.kv_encoder`). Gradients flow (training calls this directly;
+        :meth:`compress` wraps it in inference mode).
         """
         if not segments:
             return []
-        embed = self.token_embeddings
-        weight = embed.weight
-        bos = self.tokenizer.bos_token_id
-        rows: list[torch.Tensor] = []
-        counts: list[int] = []
+        if self.config.slot_kind == "kv":
+            return encode_kv_segments(self, segments)
+        rows, counts = [], []
         for ids in segments:
-            if not ids:
-                raise ValueError("cannot encode an empty segment")
-            if len(ids) > self.config.segment_length:
-                raise ValueError(
-                    f"segment of {len(ids)} tokens exceeds segment_length={self.config.segment_length}"
-                )
-            prefix = ([bos] if bos is not None else []) + list(ids)
-            count = self.config.slots_for(len(ids))
-            text = embed(torch.tensor(prefix, dtype=torch.long, device=weight.device))
-            memory = self.memory_embeddings[:count].to(dtype=weight.dtype)
-            rows.append(torch.cat([text, memory], dim=0))
-            counts.append(count)
-        length = max(row.shape[0] for row in rows)
-        inputs = weight.new_zeros((len(rows), length, weight.shape[-1]))
-        mask = torch.zeros((len(rows), length), dtype=torch.long, device=weight.device)
-        for i, row in enumerate(rows):
-            inputs[i, length - row.shape[0] :] = row
-            mask[i, length - row.shape[0] :] = 1
+            self.check_segment(ids)
+            row, pick = encoder_rows(self, ids)
+            rows.append(row)
+            counts.append(len(pick))
+        inputs, mask = left_padded(rows)
+        length = inputs.shape[1]
         with self.encoder_mode() as backbone:
             hidden = backbone(
                 inputs_embeds=inputs,
@@ -403,13 +403,25 @@ class Compressor(nn.Module):
             ).last_hidden_state
         return [hidden[i, length - count :] for i, count in enumerate(counts)]
 
+    def join_segments(self, pieces: Sequence[Any], num_tokens: int, fingerprint: str = "") -> Slots | KVSlots:
+        """One text's slots from its segments' slots (from :meth:`encode_segments`), in order."""
+        if self.config.slot_kind == "kv":
+            return KVSlots.concatenate(list(pieces), fingerprint=fingerprint, num_tokens=num_tokens)
+        return Slots(
+            tensor=torch.cat(list(pieces), dim=0),
+            kind=self.config.slot_kind,
+            fingerprint=fingerprint,
+            num_tokens=num_tokens,
+            segment_slot_counts=[piece.shape[0] for piece in pieces],
+        )
+
     def compress(
         self,
         texts: Sequence[str] | str,
         *,
         batch_size: int = 16,
         show_progress: bool = False,
-    ) -> list[Slots]:
+    ) -> list[Slots | KVSlots]:
         """Compresses each text into memory slots.
 
         Segments of all texts are sorted by length and encoded in batches of ``batch_size``
@@ -421,7 +433,8 @@ class Compressor(nn.Module):
             show_progress: Show a progress bar over segments.
 
         Returns:
-            One :class:`Slots` per text, on the model's device and dtype.
+            One :class:`Slots` per text (:class:`~memrag.memory.kv.KVSlots` for a ``kv``
+            compressor), on the model's device and dtype.
 
         Raises:
             ValueError: a text is empty or whitespace-only (its index is named). A document
@@ -435,7 +448,7 @@ class Compressor(nn.Module):
         per_text = [self.segment(text) for text in texts]
         flat = [(t, s, seg) for t, segs in enumerate(per_text) for s, seg in enumerate(segs)]
         order = sorted(range(len(flat)), key=lambda i: len(flat[i][2]), reverse=True)
-        outputs: dict[int, torch.Tensor] = {}
+        outputs: dict[int, Any] = {}
         with torch.inference_mode(), progress(
             total=len(flat), desc="compressing", unit="seg", disable=not show_progress
         ) as bar:
@@ -446,25 +459,17 @@ class Compressor(nn.Module):
                     outputs[i] = tensor
                 bar.update(len(batch))
         fingerprint = self.fingerprint
-        results: list[Slots] = []
+        results: list[Slots | KVSlots] = []
         cursor = 0
         for segs in per_text:
-            tensors = [outputs[cursor + k] for k in range(len(segs))]
+            pieces = [outputs[cursor + k] for k in range(len(segs))]
             cursor += len(segs)
-            results.append(
-                Slots(
-                    tensor=torch.cat(tensors, dim=0),
-                    kind=self.config.slot_kind,
-                    fingerprint=fingerprint,
-                    num_tokens=sum(len(seg) for seg in segs),
-                    segment_slot_counts=[t.shape[0] for t in tensors],
-                )
-            )
+            results.append(self.join_segments(pieces, sum(len(seg) for seg in segs), fingerprint))
         return results
 
     # ------------------------------------------------------------------ decoding
     def check_slots(self, prompts: Sequence[Sequence[PromptPart]]) -> None:
-        """Refuses embedding slots made by a different compressor.
+        """Refuses slots (embedding or trained ``kv``) made by a different compressor.
 
         (K/V memory made by the frozen decoder is checked against its store's fingerprint
         where it is read; any compressor over the same base model can splice it.)
@@ -472,7 +477,10 @@ class Compressor(nn.Module):
         mine = self.fingerprint
         for parts in prompts:
             for part in parts:
-                if isinstance(part, Slots) and part.fingerprint and part.fingerprint != mine:
+                trained = isinstance(part, Slots) or (
+                    isinstance(part, KVSlots) and part.kind == MemoryKind.KV.value
+                )
+                if trained and part.fingerprint and part.fingerprint != mine:
                     raise CompressorMismatchError(
                         f"slots were made by compressor {part.fingerprint}, not by this one ({mine})"
                     )
@@ -495,8 +503,6 @@ class Compressor(nn.Module):
         self.check_slots(prompts)
         if not has_kv_parts(prompts):
             return self.splicer.build(prompts, targets, **kwargs)
-        if targets is not None:
-            raise ValueError("training targets after K/V memory are not supported yet")
         recovery = kwargs.pop("recovery", self.kv_recovery)
         with self.decoder_mode() as decoder:
             prefill = KVPrefill(
@@ -506,6 +512,10 @@ class Compressor(nn.Module):
                 memo_lock=self._kv_memo_lock,
                 recovery=recovery,
             )
+            if targets is not None:
+                options = {k: kwargs.pop(k) for k in ("append_eos", "max_target_tokens") if k in kwargs}
+                ids = [self.splicer.target_ids(target, **options) for target in targets]
+                return prefill.build(prompts, targets=ids, **kwargs)
             return prefill.build(prompts, **kwargs)
 
     def decoder_forward(self, batch: SpliceBatch) -> Any:
@@ -586,12 +596,7 @@ def _check_state(path: Path, loaded: dict[str, torch.Tensor], expected: dict[str
 
 
 def _fingerprint(config: CompressorConfig, adapter: dict, embeddings: dict) -> str:
-    identity = {
-        k: v
-        for k, v in config.to_dict().items()
-        if k not in ("memrag_version", "format_version")
-    }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(config.identity(), sort_keys=True).encode())
     for group in (adapter, embeddings):
         for key in sorted(group):
             # Hashed as float32 (exact for bf16/fp16), so a bf16 file and the float32 copy

@@ -97,36 +97,53 @@ def _pre_rotary(anatomy: DecoderAnatomy, layer: int, projected: torch.Tensor) ->
 
 def forward_capture(
     decoder: Any,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None,
     attention_mask: torch.Tensor,
     *,
     reducer: AttentionReducer | None = None,
     start: int = 0,
+    inputs_embeds: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """One backbone pass over right-padded ``input_ids``; returns per-layer pre-rotary keys and values.
+    """One backbone pass over a padded batch; returns per-layer pre-rotary keys and values.
 
     Both are ``(batch, length, kv_heads, head_dim)``. With ``reducer`` the attention weights of
-    each layer are passed to it (the caller must have switched to eager attention). The first
-    column sits at rotary position ``start``.
+    each layer are passed to it (the caller must have switched to eager attention). Gradients
+    flow when the caller has them enabled (a K/V compressor's encoder trains through this).
+
+    Args:
+        decoder: The causal LM (frozen decoder, or a compressor's encoder with its adapter).
+        input_ids: Right-padded token ids (``None`` when ``inputs_embeds`` are given).
+        attention_mask: ``(batch, length)`` 1 on real positions.
+        reducer: Receives each layer's attention weights.
+        start: Rotary position of the first column (when ``position_ids`` are not given).
+        inputs_embeds: Input embeddings instead of ``input_ids`` (any padding side).
+        position_ids: ``(batch, length)`` positions (default: ``start ..`` on every row).
     """
     from transformers import DynamicCache
 
     anatomy = decoder_anatomy(decoder)
     raw: list[torch.Tensor | None] = [None] * anatomy.num_layers
     cache = DynamicCache()
-    positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    reference = input_ids if input_ids is not None else inputs_embeds
+    assert reference is not None, "input_ids or inputs_embeds is required"
+    if position_ids is None:
+        positions = torch.arange(start, start + reference.shape[1], device=reference.device)
+        position_ids = positions.unsqueeze(0).expand(reference.shape[0], -1)
     with _hooks(anatomy, raw, reducer):
         anatomy.backbone(
             input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            position_ids=positions.expand(input_ids.shape[0], -1),
+            position_ids=position_ids,
             cache=cache,
             use_cache=True,
         )
     keys = [_pre_rotary(anatomy, layer, tensor) for layer, tensor in enumerate(raw)]  # type: ignore[arg-type]
     values = [layer.values.transpose(1, 2) for layer in cache.layers]
     if not anatomy.verified:
-        _verify_rotation(anatomy, keys, cache, positions[0], attention_mask)
+        with torch.no_grad():
+            _verify_rotation(anatomy, keys, cache, position_ids[0], attention_mask)
         anatomy.verified = True
     return keys, values
 

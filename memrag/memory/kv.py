@@ -96,6 +96,33 @@ class KVSlots:
             self, offsets=offsets.expand(count, self.num_layers).clone(), span=max(count, 1)
         )
 
+    @classmethod
+    def concatenate(
+        cls, pieces: "list[KVSlots]", *, fingerprint: str = "", num_tokens: int | None = None
+    ) -> "KVSlots":
+        """One text's memory from its segments' memory, entries at consecutive positions.
+
+        Args:
+            pieces: Memory of consecutive segments, in order (all of one kind).
+            fingerprint: Recorded in the result.
+            num_tokens: Text tokens covered (default: the pieces' sum).
+        """
+        if not pieces:
+            raise ValueError("nothing to concatenate")
+        keys = torch.cat([piece.keys for piece in pieces]) if len(pieces) > 1 else pieces[0].keys
+        values = torch.cat([piece.values for piece in pieces]) if len(pieces) > 1 else pieces[0].values
+        count, layers = keys.shape[:2]
+        offsets = torch.arange(count, device=keys.device).unsqueeze(1).expand(count, layers).clone()
+        return cls(
+            keys=keys,
+            values=values,
+            offsets=offsets,
+            span=max(count, 1),
+            kind=pieces[0].kind,
+            fingerprint=fingerprint,
+            num_tokens=sum(piece.num_tokens for piece in pieces) if num_tokens is None else num_tokens,
+        )
+
     def select(self, rows: torch.Tensor, *, merge: bool = False) -> "KVSlots":
         """The entries ``rows`` (``(m, layers)`` indices into each layer's column), as a pruned copy.
 

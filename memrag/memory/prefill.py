@@ -34,6 +34,7 @@ That is exactly the text's window for ``kv-exact`` (no gaps); with pruned memory
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from memrag.memory.anatomy import DecoderAnatomy, decoder_anatomy
 from memrag.memory.capture import capture_kv
 from memrag.memory.kinds import MemoryKind
 from memrag.memory.kv import KVSlots
-from memrag.splice import EmbeddedRun, PromptPart, SpliceBatch, Splicer
+from memrag.splice import IGNORE_INDEX, EmbeddedRun, PromptPart, SpliceBatch, Splicer
 
 Tail = Literal["run", "last"]
 
@@ -203,6 +204,9 @@ class KVPrefill:
             )
         keys = memory.keys.to(device=self.device, dtype=self.dtype)
         values = memory.values.to(device=self.device, dtype=self.dtype)
+        if torch.is_grad_enabled() and keys.is_inference():
+            # Memo entries made in inference mode join a differentiable cache (training).
+            keys, values = keys.clone(), values.clone()
         offsets = memory.offsets.to(device=self.device)
         for layer in range(anatomy.num_layers):
             positions = start + offsets[:, layer]
@@ -385,7 +389,11 @@ class KVPrefill:
         return results
 
     def build(
-        self, prompts: Sequence[Sequence[PromptPart]], *, tail: Tail | None = None
+        self,
+        prompts: Sequence[Sequence[PromptPart]],
+        *,
+        tail: Tail | None = None,
+        targets: Sequence[Sequence[int]] | None = None,
     ) -> SpliceBatch:
         """Splices ``prompts`` into a batch whose ``cache`` holds all but each row's tail.
 
@@ -393,18 +401,46 @@ class KVPrefill:
             prompts: Prompts, any of which may hold K/V memory.
             tail: ``"run"`` leaves the text after the last K/V part to ``generate``; ``"last"``
                 only the last position. Default: ``"run"`` for one prompt, ``"last"`` for more.
+            targets: Token ids each prompt must be followed by (training): they join each
+                row's tail (``"run"``), the batch gets ``labels`` on them, and, with gradients
+                enabled, the cache stays differentiable with respect to the K/V memory (a K/V
+                compressor trains through it). Rows' tails may then differ in length: each
+                is right-aligned after its cache, with masked padding between.
         """
         if not prompts:
             raise ValueError("no prompts to splice")
-        tail = tail or ("run" if len(prompts) == 1 else "last")
-        with torch.inference_mode():
+        if targets is not None and len(targets) != len(prompts):
+            raise ValueError(f"{len(targets)} targets for {len(prompts)} prompts")
+        tail = "run" if targets is not None else tail or ("run" if len(prompts) == 1 else "last")
+        differentiable = targets is not None and torch.is_grad_enabled()
+        with contextlib.nullcontext() if differentiable else torch.inference_mode():
             plans = [self.plan(parts, tail) for parts in prompts]
+            if targets is not None:
+                for plan, target in zip(plans, targets):
+                    self._append_target(plan, target)
             if self.recovery is not None:
                 self.recovery.apply(self, plans)
             rows = self._prefill(plans)
-            return self._assemble(plans, rows)
+            return self._assemble(plans, rows, targets)
 
-    def _assemble(self, plans: list[RowPlan], rows: list[_RowCache]) -> SpliceBatch:
+    def _append_target(self, plan: RowPlan, target: Sequence[int]) -> None:
+        """Teacher forcing: ``target``'s embeddings continue the row's tail."""
+        if not target:
+            raise ValueError("a training target must hold at least one token")
+        ids = torch.tensor(list(target), dtype=torch.long, device=self.device)
+        embeds = self.splicer.token_embeddings(ids).to(self.dtype)
+        after = int(plan.tail_positions[-1]) + 1
+        plan.tail = torch.cat([plan.tail, embeds])
+        plan.tail_positions = torch.cat(
+            [plan.tail_positions, torch.arange(after, after + len(ids), device=self.device)]
+        )
+
+    def _assemble(
+        self,
+        plans: list[RowPlan],
+        rows: list[_RowCache],
+        targets: Sequence[Sequence[int]] | None = None,
+    ) -> SpliceBatch:
         from transformers import DynamicCache
 
         anatomy = self.anatomy
@@ -412,8 +448,9 @@ class KVPrefill:
         batch = len(plans)
         counts = [int(row[2].shape[0]) for row in rows]
         cached = max(counts)
-        tail = max(int(p.tail.shape[0]) for p in plans)
-        if batch > 1 and any(int(p.tail.shape[0]) != tail for p in plans):
+        tails = [int(p.tail.shape[0]) for p in plans]
+        tail = max(tails)
+        if targets is None and batch > 1 and any(length != tail for length in tails):
             raise ValueError("a batch of prompts with K/V memory needs tails of one length")
         cache = DynamicCache()
         for layer in range(anatomy.num_layers):
@@ -428,15 +465,23 @@ class KVPrefill:
         inputs = like.new_zeros((batch, length, like.shape[-1]))
         mask = torch.zeros((batch, length), dtype=torch.long, device=self.device)
         positions = torch.zeros((batch, length), dtype=torch.long, device=self.device)
+        labels = None
+        if targets is not None:
+            labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long, device=self.device)
         for index, plan in enumerate(plans):
-            inputs[index, cached:] = plan.tail
-            mask[index, cached - counts[index] :] = 1
-            positions[index, cached:] = plan.tail_positions
+            start = length - tails[index]
+            inputs[index, start:] = plan.tail
+            mask[index, cached - counts[index] : cached] = 1
+            mask[index, start:] = 1
+            positions[index, start:] = plan.tail_positions
+            if labels is not None and targets is not None:
+                target = torch.tensor(list(targets[index]), dtype=torch.long, device=self.device)
+                labels[index, length - len(target) :] = target
         return SpliceBatch(
             inputs_embeds=inputs,
             attention_mask=mask,
             position_ids=positions,
-            labels=None,
+            labels=labels,
             prompt_lengths=[p.total for p in plans],
             cache=cache,
             prefilled_lengths=[p.computed for p in plans],

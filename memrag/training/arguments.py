@@ -84,6 +84,13 @@ class TrainingArguments(_JsonMixin):
     bf16: bool = _arg(True, "bfloat16 autocast on CUDA (weights and optimizer stay float32); ignored on CPU.")
     save_dtype: str = _arg("float32", "Dtype of the final compressor's weights: float32 or bfloat16.")
     threads: int = _arg(0, "CPU threads for torch (0: torch's default).", min=0)
+    distill_weight: float = _arg(
+        0.0,
+        "Weight of the distillation term: KL from the frozen decoder reading the text to the "
+        "decoder reading the slots, on answer and continuation tokens (0: off).",
+        min=0.0,
+    )
+    distill_top_k: int = _arg(32, "Teacher tokens kept per position for distillation.", min=1)
     progress: bool = _arg(True, "Show a progress bar with tokens/s and ETA.")
 
     def __post_init__(self) -> None:
@@ -135,6 +142,16 @@ class ModelArguments(_JsonMixin):
     lora_rank: int = _arg(16, "LoRA rank of the encoder (fresh compressor).", min=1)
     lora_alpha: int = _arg(32, "LoRA alpha (fresh compressor).", min=1)
     lora_dropout: float = _arg(0.0, "LoRA dropout (fresh compressor).", min=0.0)
+    slot_kind: str = _arg(
+        "embedding",
+        "Slot kind (fresh compressor): embedding (last hidden states) or kv (per-layer keys and "
+        "values, spliced as a cache prefix).",
+    )
+    kv_positions: str = _arg(
+        "memory",
+        "Where kv slots are read (fresh compressor): memory (appended memory tokens, "
+        "500xCompressor) or subset (every rate-th token of the text itself, KV-Distill).",
+    )
 
 
 @dataclass

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from memrag.prompts import Context, has_chat_template, qa_parts, render_chat
+from memrag.generation import cache_argument
+from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
 from memrag.splice import IGNORE_INDEX, PromptPart, Task
 from memrag.training.data import PretrainExample, QAExample
@@ -97,68 +99,189 @@ def _tokenize(tokenizer: Any, text: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------- shared core
-def encode_contexts(compressor: Any, contexts: Sequence[Sequence[Sequence[int]]]) -> list[Slots]:
+def encode_contexts(compressor: Any, contexts: Sequence[Sequence[Sequence[int]]]) -> list[Slots | KVSlots]:
     """Slots of each context given as its token segments, encoded in one batch (with grad)."""
     flat = [segment for segments in contexts for segment in segments]
-    tensors = compressor.encode_segments(flat)
-    result: list[Slots] = []
+    pieces = compressor.encode_segments(flat)
+    result: list[Slots | KVSlots] = []
     cursor = 0
     for segments in contexts:
-        pieces = tensors[cursor : cursor + len(segments)]
+        mine = pieces[cursor : cursor + len(segments)]
         cursor += len(segments)
-        result.append(
-            Slots(
-                tensor=torch.cat(pieces, dim=0),
-                kind=compressor.config.slot_kind,
-                num_tokens=sum(len(s) for s in segments),
-                segment_slot_counts=[p.shape[0] for p in pieces],
-            )
-        )
+        result.append(compressor.join_segments(mine, sum(len(s) for s in segments)))
     return result
 
 
-def target_losses(
-    compressor: Any, prompts: Sequence[Sequence[PromptPart]], targets: Sequence[Sequence[int]]
-) -> tuple[torch.Tensor, list[int]]:
-    """Per-row sums of target-token cross-entropy under the frozen decoder.
+@dataclass(frozen=True)
+class Distillation:
+    """Distillation from the frozen decoder reading the text itself (KV-Distill style).
 
-    Only the logits of the last ``max(len(target)) + 1`` positions are computed (the
-    vocabulary projection dominates the cost of short targets after long prompts).
+    At every target position, the KL divergence from the teacher's next-token distribution
+    (the decoder with the text in place of the slots) to the student's (the decoder with the
+    slots) is added to the cross-entropy, weighted by ``weight``. The teacher's distribution
+    is cut to its ``top_k`` most likely tokens (renormalised): enough to carry its ranking at
+    a fraction of the memory.
 
-    Returns:
-        ``(loss sums of shape (batch,), target token counts)``.
+    Attributes:
+        weight: Weight of the KL term (0: off).
+        top_k: Teacher tokens kept per position.
     """
-    batch = compressor.splicer.build(prompts, [list(t) for t in targets], append_eos=False)
-    length = batch.inputs_embeds.shape[1]
-    keep = min(max(len(t) for t in targets) + 1, length)
+
+    weight: float = 0.0
+    top_k: int = 32
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"distillation weight must be >= 0, got {self.weight}")
+        if self.top_k < 1:
+            raise ValueError(f"distillation top_k must be >= 1, got {self.top_k}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the KL term is computed."""
+        return self.weight > 0
+
+
+@dataclass
+class TargetLogits:
+    """Decoder logits on the target positions of a batch.
+
+    Attributes:
+        logits: ``(batch, positions, vocab)`` float32; position ``t`` predicts ``labels[:, t]``.
+        labels: ``(batch, positions)`` target ids, ``IGNORE_INDEX`` where a row has none.
+    """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+
+def target_logits(
+    compressor: Any,
+    prompts: Sequence[Sequence[PromptPart]],
+    targets: Sequence[Sequence[int]],
+    *,
+    keep: int | None = None,
+) -> TargetLogits:
+    """Logits of the frozen decoder that predict each row's target tokens (teacher forcing).
+
+    Prompts go through :meth:`Compressor.build`, the one splice path: embedding slots and
+    text as ``inputs_embeds``, K/V memory as a (differentiable) cache prefix. Only the logits
+    of the last ``keep`` positions are computed (default ``max(len(target)) + 1``: the
+    vocabulary projection dominates the cost of short targets after long prompts).
+    """
+    batch = compressor.build(prompts, [list(t) for t in targets], append_eos=False)
+    assert batch.labels is not None
+    cached = batch.cache.get_seq_length() if batch.cache is not None else 0
+    length = batch.inputs_embeds.shape[1] - cached
+    keep = min(keep or max(len(t) for t in targets) + 1, length)
     # Positions as an index tensor, not an int: HF then gathers a contiguous slice of the
     # hidden states, so the vocabulary projection is one matrix product. With an int it is a
     # strided view, and matmul falls back to a batched product that copies the (vocab x
     # hidden) weight once per row (seconds per step on CPU).
     positions = torch.arange(length - keep, length, device=batch.inputs_embeds.device)
+    inputs: dict[str, Any] = {}
+    if batch.cache is not None:
+        inputs[cache_argument(compressor.causal_lm)] = batch.cache
     with compressor.decoder_mode() as decoder:
         output = decoder(
-            inputs_embeds=batch.inputs_embeds,
+            inputs_embeds=batch.inputs_embeds[:, cached:],
             attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
+            position_ids=batch.position_ids[:, cached:],
             use_cache=False,
             logits_to_keep=positions,
+            **inputs,
         )
-    logits = output.logits[:, :-1].float()
-    labels = batch.labels[:, -(keep - 1) :]
+    return TargetLogits(output.logits[:, :-1].float(), batch.labels[:, -(keep - 1) :])
+
+
+def token_losses(student: TargetLogits) -> tuple[torch.Tensor, list[int]]:
+    """Per-row sums of target-token cross-entropy, and target token counts."""
+    logits, labels = student.logits, student.labels
     losses = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
     ).view(labels.shape)
     return losses.sum(dim=1), (labels != IGNORE_INDEX).sum(dim=1).tolist()
 
 
-def _output(losses: torch.Tensor, counts: list[int], kinds: Sequence[str], source_tokens: int) -> ObjectiveOutput:
+def top_k_kl(teacher: TargetLogits, student: TargetLogits, top_k: int) -> torch.Tensor:
+    """Per-row sums over target positions of KL(teacher top-k || student).
+
+    The teacher's top-k probabilities are renormalised; the student's log-probabilities are
+    its full softmax's, read at the teacher's tokens.
+    """
+    if teacher.logits.shape != student.logits.shape:
+        raise ValueError(
+            f"teacher logits {tuple(teacher.logits.shape)} and student logits "
+            f"{tuple(student.logits.shape)} do not cover the same target positions"
+        )
+    values, indices = teacher.logits.topk(min(top_k, teacher.logits.shape[-1]), dim=-1)
+    teacher_log = F.log_softmax(values, dim=-1)
+    student_log = F.log_softmax(student.logits, dim=-1).gather(-1, indices)
+    kl = (teacher_log.exp() * (teacher_log - student_log)).sum(dim=-1)
+    return (kl * (student.labels != IGNORE_INDEX)).sum(dim=1)
+
+
+def target_losses(
+    compressor: Any,
+    prompts: Sequence[Sequence[PromptPart]],
+    targets: Sequence[Sequence[int]],
+    *,
+    teacher_prompts: Sequence[Sequence[PromptPart] | None] | None = None,
+    distillation: Distillation | None = None,
+) -> tuple[torch.Tensor, list[int], torch.Tensor | None, int]:
+    """Per-row loss sums under the frozen decoder: cross-entropy, plus distillation when asked.
+
+    Args:
+        compressor: The compressor (its frozen decoder scores the targets).
+        prompts: The student prompts (with slots).
+        targets: Target token ids of each row.
+        teacher_prompts: Per row, the same prompt with the text in place of the slots
+            (``None``: that row is not distilled).
+        distillation: The KL term's settings (``None`` or weight 0: cross-entropy only).
+
+    Returns:
+        ``(cross-entropy sums (batch,), target token counts, KL sums (batch,) or None,
+        distilled target tokens)``, with gradients; the objective adds ``weight * KL``.
+    """
+    student = target_logits(compressor, prompts, targets)
+    losses, counts = token_losses(student)
+    if distillation is None or not distillation.enabled or teacher_prompts is None:
+        return losses, counts, None, 0
+    rows = [i for i, prompt in enumerate(teacher_prompts) if prompt is not None]
+    kl = losses.new_zeros(losses.shape)
+    if rows:
+        keep = student.logits.shape[1] + 1
+        with torch.no_grad():
+            teacher = target_logits(
+                compressor, [teacher_prompts[i] for i in rows], [targets[i] for i in rows], keep=keep
+            )
+        index = torch.tensor(rows, device=losses.device)
+        picked = TargetLogits(student.logits[index], student.labels[index])
+        kl = kl.index_add(0, index, top_k_kl(teacher, picked, distillation.top_k))
+    return losses, counts, kl, sum(counts[i] for i in rows)
+
+
+def _output(
+    losses: torch.Tensor,
+    counts: list[int],
+    kinds: Sequence[str],
+    source_tokens: int,
+    kl: torch.Tensor | None = None,
+    kl_tokens: int = 0,
+    distillation: Distillation | None = None,
+) -> ObjectiveOutput:
+    """The micro-batch's output: cross-entropy per kind, the KL as kind ``"kl"``, and their
+    weighted sum as the loss."""
     parts: dict[str, tuple[float, int]] = {}
     detached = losses.detach().float().cpu().tolist()
     for kind, loss, count in zip(kinds, detached, counts):
         total, tokens = parts.get(kind, (0.0, 0))
         parts[kind] = (total + loss, tokens + count)
-    return ObjectiveOutput(losses.sum(), sum(counts), source_tokens, parts)
+    total_loss = losses.sum()
+    if kl is not None and distillation is not None:
+        parts["kl"] = (float(kl.detach().sum()), kl_tokens)
+        total_loss = total_loss + distillation.weight * kl.sum()
+    return ObjectiveOutput(total_loss, sum(counts), source_tokens, parts)
 
 
 # --------------------------------------------------------------------------- objectives
@@ -168,28 +291,37 @@ class PretrainObjective:
     Args:
         reconstruct_eos: Append EOS to reconstruction targets, so the decoder learns where a
             segment ends (and reconstructions stop by themselves).
+        distillation: Distil continuation (``lm``) examples from the decoder reading the
+            segment's text (autoencoding has no natural teacher: the frozen decoder was never
+            asked to repeat a text, so those examples keep the cross-entropy alone).
     """
 
     name = "pretrain"
-    kinds = ("ae", "lm")
 
-    def __init__(self, *, reconstruct_eos: bool = True) -> None:
+    def __init__(self, *, reconstruct_eos: bool = True, distillation: Distillation | None = None) -> None:
         self.reconstruct_eos = reconstruct_eos
+        self.distillation = distillation
+        self.kinds: tuple[str, ...] = ("ae", "lm") + (("kl",) if distillation and distillation.enabled else ())
 
     def __call__(self, compressor: Any, examples: Sequence[PretrainExample]) -> ObjectiveOutput:
         slots = encode_contexts(compressor, [[example.segment] for example in examples])
-        eos = compressor.tokenizer.eos_token_id
-        prompts, targets = [], []
+        tokenizer = compressor.tokenizer
+        eos = tokenizer.eos_token_id
+        prompts, targets, teachers = [], [], []
         for example, memory in zip(examples, slots):
             if example.kind == "ae":
                 prompts.append(reconstruct_prompt(memory))
                 targets.append(example.segment + ([eos] if self.reconstruct_eos and eos is not None else []))
+                teachers.append(None)
             else:
                 prompts.append(continue_prompt(memory))
                 targets.append(example.continuation)
-        losses, counts = target_losses(compressor, prompts, targets)
+                teachers.append([tokenizer.decode(example.segment)])
+        losses, counts, kl, kl_tokens = target_losses(
+            compressor, prompts, targets, teacher_prompts=teachers, distillation=self.distillation
+        )
         source = sum(len(example.segment) for example in examples)
-        return _output(losses, counts, [example.kind for example in examples], source)
+        return _output(losses, counts, [example.kind for example in examples], source, kl, kl_tokens, self.distillation)
 
 
 class QAObjective:
@@ -197,13 +329,15 @@ class QAObjective:
 
     Args:
         max_answer_tokens: Truncate answer targets to this many tokens.
+        distillation: Distil the answer positions from the decoder reading the passages' text.
     """
 
     name = "qa"
-    kinds = ("qa",)
 
-    def __init__(self, *, max_answer_tokens: int = 48) -> None:
+    def __init__(self, *, max_answer_tokens: int = 48, distillation: Distillation | None = None) -> None:
         self.max_answer_tokens = max_answer_tokens
+        self.distillation = distillation
+        self.kinds: tuple[str, ...] = ("qa",) + (("kl",) if distillation and distillation.enabled else ())
 
     def __call__(self, compressor: Any, examples: Sequence[QAExample]) -> ObjectiveOutput:
         tokenizer = compressor.tokenizer
@@ -212,6 +346,9 @@ class QAObjective:
         slots = dict(zip(unique, encode_contexts(compressor, segments)))
         prompts = [qa_prompt(tokenizer, [slots[c] for c in example.contexts], example.question) for example in examples]
         targets = [qa_target_ids(tokenizer, example.answers[0], self.max_answer_tokens) for example in examples]
-        losses, counts = target_losses(compressor, prompts, targets)
+        teachers = [qa_prompt(tokenizer, list(example.contexts), example.question) for example in examples]
+        losses, counts, kl, kl_tokens = target_losses(
+            compressor, prompts, targets, teacher_prompts=teachers, distillation=self.distillation
+        )
         source = sum(len(s) for segs in segments for s in segs)
-        return _output(losses, counts, ["qa"] * len(examples), source)
+        return _output(losses, counts, ["qa"] * len(examples), source, kl, kl_tokens, self.distillation)

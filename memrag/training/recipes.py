@@ -20,7 +20,7 @@ from memrag.training.arguments import (
 from memrag.training.data import PretrainStream, QAStream, take
 from memrag.training.distributed import DistInfo, setup_distributed
 from memrag.training.evaluators import LossEvaluator, ReconstructionEvaluator, SquadEvaluator
-from memrag.training.objectives import PretrainObjective, QAObjective
+from memrag.training.objectives import Distillation, PretrainObjective, QAObjective
 from memrag.training.trainer import FINAL_DIR, Trainer
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ def build_compressor(args: ModelArguments, device: Any, *, seed: int = 0) -> Any
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
+        slot_kind=args.slot_kind,
+        kv_positions=args.kv_positions,
     )
     return Compressor(base, config, seed=seed)
 
@@ -69,6 +71,12 @@ def build_compressor(args: ModelArguments, device: Any, *, seed: int = 0) -> Any
 def _tokenizer_fn(compressor: Any) -> Callable[[str], list[int]]:
     tokenizer = compressor.tokenizer
     return lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _distillation(train: TrainingArguments) -> Distillation | None:
+    if train.distill_weight <= 0:
+        return None
+    return Distillation(weight=train.distill_weight, top_k=train.distill_top_k)
 
 
 def _run_info(kind: str, model: ModelArguments, data: Any, compressor: Any) -> dict[str, Any]:
@@ -118,7 +126,7 @@ def pretraining_trainer(
         data.data, tokenize, ae_probability=data.ae_probability, seed=train.seed,
         shard=dist.rank, num_shards=dist.world_size, **common,
     )
-    objective = PretrainObjective()
+    objective = PretrainObjective(distillation=_distillation(train))
     evaluators: list[Any] = []
     if data.holdout_fraction > 0 and dist.is_main:
         if data.eval_examples:
@@ -159,7 +167,7 @@ def finetuning_trainer(
         data.data, max_distractors=data.max_distractors, shuffle_buffer=data.shuffle_buffer,
         seed=train.seed, on_error=data.on_bad_row, shard=dist.rank, num_shards=dist.world_size,
     )
-    objective = QAObjective(max_answer_tokens=data.max_answer_tokens)
+    objective = QAObjective(max_answer_tokens=data.max_answer_tokens, distillation=_distillation(train))
     evaluators: list[Any] = []
     if data.eval_data and dist.is_main:
         if data.eval_examples:

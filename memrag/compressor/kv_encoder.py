@@ -1,0 +1,95 @@
+"""The encoder of a ``slot_kind="kv"`` compressor: segments -> per-layer keys and values.
+
+The encoder is the base model with the compressor's LoRA adapter. A segment's slots are the
+pre-rotary keys and the values, at every layer, of some of the encoder's positions
+(:attr:`~memrag.compressor.config.CompressorConfig.kv_positions`):
+
+* ``"memory"`` (500xCompressor): ``ceil(n / rate)`` learned memory tokens appended after the
+  segment's ``n`` tokens; their keys and values are the slots.
+* ``"subset"`` (KV-Distill): the last token of each group of ``rate`` tokens of the segment
+  itself. Before any training (LoRA starts as the identity) these are exactly the frozen
+  decoder's own keys and values of those positions, i.e. stride-pruned K/V memory.
+
+The slots are :class:`~memrag.memory.kv.KVSlots` of kind ``"kv"`` at consecutive positions,
+spliced through the same K/V prefill as exact and pruned memory
+(:class:`~memrag.memory.prefill.KVPrefill`); gradients reach the adapter and the memory
+embeddings when they are enabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from memrag.memory.capture import forward_capture
+from memrag.memory.kinds import MemoryKind
+from memrag.memory.kv import KVSlots
+from memrag.splice import position_ids_from_mask
+
+
+def encoder_rows(compressor: Any, ids: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+    """One segment's encoder input embeddings and the row indices its slots are read at.
+
+    ``[BOS] + segment`` (``+ memory tokens`` when the slots are read there).
+    """
+    config = compressor.config
+    embed = compressor.token_embeddings
+    weight = embed.weight
+    bos = compressor.tokenizer.bos_token_id
+    prefix = ([bos] if bos is not None else []) + list(ids)
+    text = embed(torch.tensor(prefix, dtype=torch.long, device=weight.device))
+    count = config.slots_for(len(ids))
+    if config.uses_memory_tokens:
+        memory = compressor.memory_embeddings[:count].to(dtype=weight.dtype)
+        return torch.cat([text, memory], dim=0), list(range(len(prefix), len(prefix) + count))
+    first = len(prefix) - len(ids)
+    return text, [first + position for position in config.slot_positions(len(ids))]
+
+
+def left_padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of embeddings stacked left-padded: ``(inputs, attention_mask)``."""
+    length = max(row.shape[0] for row in rows)
+    inputs = rows[0].new_zeros((len(rows), length, rows[0].shape[-1]))
+    mask = torch.zeros((len(rows), length), dtype=torch.long, device=rows[0].device)
+    for i, row in enumerate(rows):
+        inputs[i, length - row.shape[0] :] = row
+        mask[i, length - row.shape[0] :] = 1
+    return inputs, mask
+
+
+def encode_kv_segments(compressor: Any, segments: Sequence[Sequence[int]]) -> list[KVSlots]:
+    """K/V slots of each token segment (one left-padded encoder pass, gradients as enabled)."""
+    rows, picks = [], []
+    for ids in segments:
+        compressor.check_segment(ids)
+        row, pick = encoder_rows(compressor, ids)
+        rows.append(row)
+        picks.append(pick)
+    inputs, mask = left_padded(rows)
+    length = inputs.shape[1]
+    with compressor.encoder_mode():
+        keys, values = forward_capture(
+            compressor.causal_lm,
+            None,
+            mask,
+            inputs_embeds=inputs,
+            position_ids=position_ids_from_mask(mask),
+        )
+    results = []
+    for i, (row, pick) in enumerate(zip(rows, picks)):
+        index = torch.tensor(pick, dtype=torch.long, device=inputs.device) + (length - row.shape[0])
+        count = len(pick)
+        layers = len(keys)
+        results.append(
+            KVSlots(
+                keys=torch.stack([layer[i, index] for layer in keys], dim=1),
+                values=torch.stack([layer[i, index] for layer in values], dim=1),
+                offsets=torch.arange(count, device=inputs.device).unsqueeze(1).expand(count, layers).clone(),
+                span=count,
+                kind=MemoryKind.KV.value,
+                num_tokens=len(segments[i]),
+            )
+        )
+    return results

@@ -1,0 +1,284 @@
+"""Trained K/V slots (``slot_kind="kv"``): positions, splicing, training, distillation, save/load."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from memrag.compressor import Compressor, CompressorConfig
+from memrag.compressor.kv_encoder import encoder_rows, left_padded
+from memrag.generation import cache_argument
+from memrag.memory.capture import capture_kv
+from memrag.memory.kv import KVSlots
+from memrag.testing import randomize_lora, tiny_base_model, tiny_compressor
+from memrag.training import FinetuneDataArguments, ModelArguments, PretrainDataArguments, TrainingArguments
+from memrag.training import finetuning_trainer, pretraining_trainer
+from memrag.training.data import QAExample
+from memrag.training.objectives import Distillation, QAObjective, TargetLogits, top_k_kl
+from training_fixtures import qa_corpus, text_corpus
+
+POSITIONS = ["memory", "subset"]
+DOC_A = "alpha beta gamma delta Paris"
+DOC_B = "tower river bridge 1889 museum built"
+QUESTION = "\nQuestion: what?"
+
+
+def _kv(kv_positions: str, seed: int = 0, segment_length: int = 16) -> Compressor:
+    return tiny_compressor(seed=seed, slot_kind="kv", kv_positions=kv_positions, segment_length=segment_length)
+
+
+def _ids(compressor: Compressor, text: str) -> list[int]:
+    return list(compressor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _slots_computed_at(compressor: Compressor, text: str, start: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The slots' keys and values as the model itself caches them with slot ``j`` at ``start + j``.
+
+    For each slot the encoder runs with its positions shifted so that the slot's row sits at
+    ``start + j``, and the model applies its rotary embedding itself: no memrag rotation is
+    involved (a shift changes no relative position inside the encoder).
+    """
+    row, pick = encoder_rows(compressor, _ids(compressor, text))
+    inputs, mask = left_padded([row])
+    keys: list[list[torch.Tensor]] = []
+    values: list[list[torch.Tensor]] = []
+    for slot, index in enumerate(pick):
+        shift = start + slot - index
+        cache = DynamicCache()
+        with torch.no_grad(), compressor.encoder_mode():
+            compressor.causal_lm.model(
+                inputs_embeds=inputs,
+                attention_mask=mask,
+                position_ids=torch.arange(shift, shift + row.shape[0]).unsqueeze(0),
+                cache=cache,
+                use_cache=True,
+            )
+        for layer, entry in enumerate(cache.layers):
+            if slot == 0:
+                keys.append([])
+                values.append([])
+            keys[layer].append(entry.keys[:, :, index : index + 1])
+            values[layer].append(entry.values[:, :, index : index + 1])
+    return [torch.cat(k, dim=2) for k in keys], [torch.cat(v, dim=2) for v in values]
+
+
+def _direct_logits(compressor: Compressor, docs: list[str]) -> torch.Tensor:
+    """Last-position logits of ``[BOS] Passage: <slots of each doc> <question>``, cache built by hand."""
+    tokenizer = compressor.tokenizer
+    prefix = [tokenizer.bos_token_id, *_ids(compressor, "Passage: ")]
+    decoder = compressor.causal_lm
+    cache = DynamicCache()
+    with torch.no_grad(), compressor.decoder_mode():
+        decoder.model(input_ids=torch.tensor([prefix]), cache=cache, use_cache=True)
+    keys = [[layer.keys] for layer in cache.layers]
+    values = [[layer.values] for layer in cache.layers]
+    position = len(prefix)
+    for doc in docs:
+        doc_keys, doc_values = _slots_computed_at(compressor, doc, position)
+        for layer in range(len(keys)):
+            keys[layer].append(doc_keys[layer])
+            values[layer].append(doc_values[layer])
+        position += doc_keys[0].shape[2]
+    full = DynamicCache()
+    for layer in range(len(keys)):
+        full.update(torch.cat(keys[layer], dim=2), torch.cat(values[layer], dim=2), layer)
+    tail = _ids(compressor, QUESTION)
+    with torch.no_grad(), compressor.decoder_mode():
+        output = decoder(
+            input_ids=torch.tensor([tail]),
+            attention_mask=torch.ones((1, position + len(tail)), dtype=torch.long),
+            position_ids=torch.arange(position, position + len(tail)).unsqueeze(0),
+            **{cache_argument(decoder): full},
+        )
+    return output.logits[0, -1]
+
+
+def _spliced_logits(compressor: Compressor, docs: list[str]) -> torch.Tensor:
+    """The same prompt through memrag's one splice path (:meth:`Compressor.build`)."""
+    slots = compressor.compress(docs)
+    batch = compressor.build([["Passage: ", *slots, QUESTION]])
+    cached = batch.cache.get_seq_length()
+    with torch.no_grad(), compressor.decoder_mode() as decoder:
+        output = decoder(
+            inputs_embeds=batch.inputs_embeds[:, cached:],
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids[:, cached:],
+            **{cache_argument(decoder): batch.cache},
+        )
+    return output.logits[0, -1]
+
+
+@pytest.mark.parametrize("kv_positions", POSITIONS)
+def test_slots_moved_to_a_position_equal_slots_computed_there_in_either_order(kv_positions: str) -> None:
+    compressor = _kv(kv_positions, segment_length=32)  # one segment per document
+    for docs in ([DOC_A], [DOC_A, DOC_B], [DOC_B, DOC_A]):
+        direct = _direct_logits(compressor, docs)
+        spliced = _spliced_logits(compressor, docs)
+        torch.testing.assert_close(spliced, direct, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(_spliced_logits(compressor, [DOC_A, DOC_B]), _spliced_logits(compressor, [DOC_B, DOC_A]))
+
+
+def test_kv_slots_have_the_configured_shape_kind_and_fingerprint() -> None:
+    for kv_positions in POSITIONS:
+        compressor = _kv(kv_positions)
+        (slots,) = compressor.compress([DOC_B * 4])  # 2+ segments of 16 tokens
+        tokens = len(_ids(compressor, DOC_B * 4))
+        segments = math.ceil(tokens / 16)
+        assert isinstance(slots, KVSlots) and slots.kind == "kv"
+        assert slots.num_tokens == tokens and slots.fingerprint == compressor.fingerprint
+        expected = sum(math.ceil(min(16, tokens - 16 * s) / 4) for s in range(segments))
+        assert slots.num_slots == slots.span == expected
+        assert slots.keys.shape[1:] == (2, 1, 16)
+        assert torch.equal(slots.offsets[:, 0], torch.arange(expected))
+
+
+def test_subset_slots_of_an_untrained_adapter_are_the_decoders_own_keys_and_values() -> None:
+    base = tiny_base_model(seed=3)
+    compressor = Compressor(base, CompressorConfig(base_model=base.name, segment_length=64, slot_kind="kv", kv_positions="subset"), seed=3)
+    ids = _ids(compressor, DOC_B)
+    (slots,) = compressor.compress([DOC_B])
+    with compressor.decoder_mode() as decoder:
+        (exact,) = capture_kv(decoder, [ids], context=[compressor.tokenizer.bos_token_id])
+    kept = torch.tensor(compressor.config.slot_positions(len(ids)))
+    torch.testing.assert_close(slots.keys, exact.keys[kept], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(slots.values, exact.values[kept], rtol=1e-5, atol=1e-5)
+
+
+def test_slots_of_another_compressor_are_refused() -> None:
+    mine, other = _kv("memory", seed=0), _kv("memory", seed=1)
+    (slots,) = other.compress([DOC_A])
+    with pytest.raises(ValueError, match="made by compressor"):
+        mine.build([["Passage: ", slots, QUESTION]])
+
+
+@pytest.mark.parametrize("kv_positions", POSITIONS)
+def test_save_load_round_trips_with_the_fingerprint_check(kv_positions: str, tmp_path: Path) -> None:
+    compressor = _kv(kv_positions)
+    compressor.save_pretrained(tmp_path / "c")
+    loaded = Compressor.from_pretrained(tmp_path / "c", base=tiny_base_model(seed=0))
+    assert loaded.config.slot_kind == "kv" and loaded.config.kv_positions == kv_positions
+    assert loaded.fingerprint == compressor.fingerprint
+    torch.testing.assert_close(loaded.compress([DOC_A])[0].keys, compressor.compress([DOC_A])[0].keys)
+    config = json.loads((tmp_path / "c" / "memrag_config.json").read_text())
+    config["kv_positions"] = "subset" if kv_positions == "memory" else "memory"
+    (tmp_path / "c" / "memrag_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="fingerprint"):
+        Compressor.from_pretrained(tmp_path / "c", base=tiny_base_model(seed=0))
+
+
+def test_kv_positions_do_not_change_an_embedding_compressors_fingerprint() -> None:
+    a = tiny_compressor(seed=0)
+    b = tiny_compressor(seed=0, kv_positions="subset")
+    assert a.fingerprint == b.fingerprint
+    with pytest.raises(ValueError, match="kv_positions"):
+        CompressorConfig(slot_kind="kv", kv_positions="everywhere")
+
+
+# --------------------------------------------------------------------------- distillation
+def test_top_k_kl_is_zero_for_the_teacher_itself_and_positive_otherwise() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 50)
+    labels = torch.tensor([[5, 6, -100], [7, 8, 9]])
+    teacher = TargetLogits(logits, labels)
+    assert torch.allclose(top_k_kl(teacher, teacher, 50), torch.zeros(2), atol=1e-6)
+    student = TargetLogits(logits + torch.randn(2, 3, 50), labels)
+    kl = top_k_kl(teacher, student, 8)
+    assert (kl > 0).all()
+    masked = top_k_kl(teacher, TargetLogits(student.logits, torch.full_like(labels, -100)), 8)
+    assert torch.equal(masked, torch.zeros(2))
+
+
+@pytest.mark.parametrize("slot_kind", ["embedding", "kv"])
+def test_distillation_adds_a_kl_term_with_gradients(slot_kind: str) -> None:
+    compressor = tiny_compressor(seed=0, slot_kind=slot_kind)  # type: ignore[arg-type]
+    examples = [
+        QAExample(id="a", question="What is it?", answers=["a test"], contexts=["alpha beta Paris", "tower river"], gold_index=0),
+        QAExample(id="b", question="Who?", answers=["bridge"], contexts=["tower river bridge"], gold_index=0),
+    ]
+    plain = QAObjective()(compressor, examples)
+    distilled = QAObjective(distillation=Distillation(weight=0.5, top_k=8))(compressor, examples)
+    kl_sum, kl_tokens = distilled.parts["kl"]
+    assert kl_sum > 0 and kl_tokens == distilled.num_tokens
+    assert distilled.parts["qa"] == pytest.approx(plain.parts["qa"], rel=1e-5)
+    torch.testing.assert_close(distilled.loss_sum, plain.loss_sum + 0.5 * kl_sum, rtol=1e-4, atol=1e-4)
+    distilled.loss_sum.backward()
+    lora = [p.grad for n, p in compressor.peft_model.named_parameters() if "lora_" in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in lora)
+
+
+# --------------------------------------------------------------------------- training
+def _trainer(kind: str, tmp_path: Path, compressor: Compressor, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "run"), max_steps=2, batch_size=3, save_every=2, eval_every=0,
+        warmup_steps=1, log_every=1, device="cpu", progress=False, learning_rate=1e-2,
+        distill_weight=0.5, distill_top_k=8, schedule="constant",  # a longer run keeps the same rates
+    )
+    values.update(overrides)
+    train = TrainingArguments(**values)
+    if kind == "pretrain":
+        corpus = tmp_path / "text.jsonl"
+        if not corpus.exists():
+            text_corpus(corpus)
+        data = PretrainDataArguments(
+            data=[str(corpus)], holdout_fraction=0.1, min_segment_length=4, continuation_length=6,
+            open_records=3, eval_examples=0, eval_ae_segments=0,
+        )
+        return pretraining_trainer(ModelArguments(), data, train, compressor=compressor)
+    corpus = tmp_path / "qa.jsonl"
+    if not corpus.exists():
+        qa_corpus(corpus)
+    data = FinetuneDataArguments(data=str(corpus), eval_data=None, max_distractors=2, shuffle_buffer=6)
+    return finetuning_trainer(ModelArguments(), data, train, compressor=compressor)
+
+
+def _losses(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["event"] == "train"]
+
+
+@pytest.mark.parametrize("kv_positions", POSITIONS)
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_kv_training_with_distillation_resumes_exactly(kind: str, kv_positions: str, tmp_path: Path) -> None:
+    straight = _trainer(kind, tmp_path / "a", _kv(kv_positions), max_steps=3, save_every=1)
+    straight.train()
+    expected = _losses(tmp_path / "a" / "run")
+    assert all("loss_kl" in r and math.isfinite(r["loss"]) for r in expected)
+
+    first = _trainer(kind, tmp_path / "b", _kv(kv_positions), max_steps=2, save_every=1)
+    first.train()
+    fresh = _kv(kv_positions)
+    randomize_lora(fresh, seed=7)  # the checkpoint's weights must replace these
+    resumed = _trainer(kind, tmp_path / "b", fresh, max_steps=3, save_every=1)
+    resumed.train(resume=True)
+    got = _losses(tmp_path / "b" / "run")
+    assert [r["step"] for r in got] == [1, 2, 3]
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in expected], rel=1e-5, abs=1e-6)
+    assert resumed.compressor.fingerprint == straight.compressor.fingerprint
+    loaded = Compressor.from_pretrained(tmp_path / "b" / "run" / "final", base=tiny_base_model(seed=0))
+    assert loaded.fingerprint == straight.compressor.fingerprint
+
+
+@pytest.mark.parametrize("kv_positions", POSITIONS)
+def test_kv_training_lowers_the_loss_on_what_it_trains_on(kv_positions: str, tmp_path: Path) -> None:
+    compressor = _kv(kv_positions)
+    examples = [
+        QAExample(id="a", question="What is first?", answers=["alpha beta"], contexts=["alpha beta gamma delta"], gold_index=0),
+        QAExample(id="b", question="What is built?", answers=["tower"], contexts=["tower river bridge 1889"], gold_index=0),
+    ]
+    objective = QAObjective(distillation=Distillation(weight=0.5, top_k=8))
+    learned = [p for n, p in compressor.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(learned, lr=3e-2)
+    losses = []
+    for _ in range(10):
+        optimizer.zero_grad()
+        output = objective(compressor, examples)
+        (output.loss_sum / output.num_tokens).backward()
+        optimizer.step()
+        compressor.invalidate_fingerprint()
+        losses.append(float(output.loss_sum) / output.num_tokens)
+    # The tiny random decoder reads its context weakly: a drop of ~0.2 nats is all there is.
+    assert losses[-1] < losses[0] - 0.1, losses
