@@ -22,7 +22,7 @@ import torch
 
 from memrag.memory.capture import capture_kv
 from memrag.memory.codec import KVCodec
-from memrag.memory.kinds import MemoryKind
+from memrag.memory.kinds import MemoryKind, check_compressor_kind
 from memrag.memory.kv import KVSlots
 from memrag.memory.pruning import REPEAT_PROMPT, score_and_capture, select_positions
 from memrag.memory.spec import MemorySpec
@@ -112,7 +112,8 @@ def build_memory(
         ValueError: an empty text, or one longer than the decoder's context (named).
     """
     kind = spec.memory_kind
-    if kind is MemoryKind.EMBEDDING:
+    if kind.needs_training:
+        check_compressor_kind(kind, compressor.config.slot_kind)
         return list(compressor.compress(list(texts), batch_size=batch_size, show_progress=show_progress))
     empty = [i for i, text in enumerate(texts) if not text or not text.strip()]
     if empty:

@@ -3,7 +3,7 @@
 | kind | made by | spliced as |
 |---|---|---|
 | ``embedding`` | a trained compressor's encoder (ICAE) | ``inputs_embeds`` rows |
-| ``kv`` | a trained compressor with ``slot_kind="kv"`` (reserved; not built yet) | cache prefix |
+| ``kv`` | a trained compressor with ``slot_kind="kv"`` (its encoder's keys and values) | cache prefix |
 | ``kv-exact`` | the frozen decoder, every position of the chunk | cache prefix |
 | ``kv-pruned`` | the frozen decoder, a query-agnostic subset of positions | cache prefix |
 """
@@ -43,9 +43,24 @@ class MemoryKind(str, enum.Enum):
             raise ValueError(f"unknown memory kind {value!r}; choose from {names}") from None
 
 
-#: Kinds a store can be built with today (``kv`` needs a K/V compressor, which comes later).
+#: Kinds a store can be built with (``embedding`` and ``kv`` need a compressor of that slot kind).
 BUILDABLE_KINDS: tuple[MemoryKind, ...] = (
     MemoryKind.EMBEDDING,
+    MemoryKind.KV,
     MemoryKind.KV_EXACT,
     MemoryKind.KV_PRUNED,
 )
+
+
+def check_compressor_kind(kind: MemoryKind, slot_kind: str) -> None:
+    """Refuses to make trained memory of ``kind`` with a compressor of another slot kind.
+
+    Raises:
+        ValueError: naming both.
+    """
+    if kind.needs_training and kind.value != slot_kind:
+        raise ValueError(
+            f"{kind.value} memory is made by a compressor with slot_kind={kind.value!r}; this "
+            f"compressor's slots are {slot_kind!r}"
+            + (" (use memory 'kv' for it, or a K/V kind made by the frozen decoder)" if slot_kind == "kv" else "")
+        )

@@ -21,7 +21,8 @@ class MemorySpec:
     """The memory a store holds for each chunk.
 
     Args:
-        kind: ``"embedding"`` (a compressor's slots), ``"kv-exact"`` or ``"kv-pruned"``.
+        kind: ``"embedding"`` or ``"kv"`` (a trained compressor's slots), ``"kv-exact"`` or
+            ``"kv-pruned"`` (the frozen decoder's own keys and values).
         kv_dtype: How K/V memory is stored: ``"float16"``, ``"bfloat16"`` or ``"int8"``.
         pruning: For ``kv-pruned``: keep ratio and the selection of positions.
     """
@@ -34,8 +35,7 @@ class MemorySpec:
         kind = MemoryKind.parse(self.kind)
         if kind not in BUILDABLE_KINDS:
             raise ValueError(
-                f"memory kind {kind.value!r} cannot be built yet (it needs a compressor with "
-                "slot_kind='kv'); choose from "
+                f"memory kind {kind.value!r} cannot be built; choose from "
                 + ", ".join(k.value for k in BUILDABLE_KINDS)
             )
         self.kind = kind.value
@@ -76,6 +76,14 @@ class MemorySpec:
             kv_dtype=data.get("kv_dtype", "float16"),
             pruning=PruningConfig.from_dict(pruning),
         )
+
+    def fingerprint_for(self, compressor: Any) -> str:
+        """The fingerprint recorded with the memory this spec makes with ``compressor``: the
+        compressor's own for memory its encoder makes (``embedding``, ``kv``), else
+        :meth:`fingerprint` over its base model (any compressor over it makes the same)."""
+        if self.memory_kind.needs_training:
+            return str(compressor.fingerprint)
+        return self.fingerprint(compressor.config.base_model_signature)
 
     def fingerprint(self, base_signature: dict[str, Any]) -> str:
         """Identity of the K/V memory this spec makes over a base model (same inputs, same memory)."""

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from memrag.memory.kinds import MemoryKind, check_compressor_kind
 from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
 from memrag.store.chunking import Chunker
@@ -95,6 +96,7 @@ def memory_info(compressor: Any, memory: Any) -> MemoryInfo:
 
     spec = resolve_memory_spec(memory)
     config = compressor.config
+    check_compressor_kind(spec.memory_kind, config.slot_kind)
     if not spec.is_kv:
         return MemoryInfo(
             kind=spec.kind,
@@ -108,7 +110,7 @@ def memory_info(compressor: Any, memory: Any) -> MemoryInfo:
     return MemoryInfo(
         kind=spec.kind,
         settings=spec.to_dict(),
-        fingerprint=spec.fingerprint(config.base_model_signature),
+        fingerprint=spec.fingerprint_for(compressor),
         base_model=config.base_model,
         base_model_signature=dict(config.base_model_signature),
         layers=codec.layers,
@@ -1135,7 +1137,7 @@ class MemoryStore:
 
 def _check_compressor(path: Path, manifest: Manifest, compressor: Any) -> None:
     memory = manifest.memory_info
-    if memory.is_kv:
+    if memory.is_kv and not MemoryKind.parse(memory.kind).needs_training:
         # K/V memory is the base model's own: any compressor over that base model reads it.
         signature = dict(compressor.config.base_model_signature)
         if signature != memory.base_model_signature:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from memrag.memory.kinds import check_compressor_kind
 from memrag.slots import Slots
 from memrag.store.embedder import Embedder
 from memrag.store.fidelity import FidelityScorer
@@ -140,7 +141,10 @@ class ChunkProcessor:
         )
         self.slot_dtype = resolve_dtype(slot_dtype)
         self.compress_batch_size = compress_batch_size
-        scored = fidelity == "reconstruct" and self.memory.kind != "kv-exact"
+        check_compressor_kind(self.memory.memory_kind, compressor.config.slot_kind)
+        # Exact K/V memory is the text's own: nothing to score. Trained K/V slots are not
+        # scored yet (the scorer reconstructs through the reconstruct marker).
+        scored = fidelity == "reconstruct" and self.memory.kind in ("embedding", "kv-pruned")
         self.scorer = (
             FidelityScorer(
                 compressor, max_tokens=fidelity_max_tokens, sample_tokens=fidelity_sample_tokens
@@ -158,9 +162,7 @@ class ChunkProcessor:
     @property
     def fingerprint(self) -> str:
         """What the memory this processor makes is recorded as (see the store's manifest)."""
-        if self.memory.is_kv:
-            return self.memory.fingerprint(self.compressor.config.base_model_signature)
-        return str(self.compressor.fingerprint)
+        return self.memory.fingerprint_for(self.compressor)
 
     def process(self, chunks: Sequence[ChunkInput]) -> ProcessedBatch:
         """Vectors, memory and fidelity of ``chunks`` (texts must be non-empty)."""

@@ -189,3 +189,39 @@ def test_a_damaged_kv_shard_is_found_and_its_memory_recomputed(tmp_path: Path, c
         for record in store.get(list(before)):
             assert torch.equal(record.slots.offsets, before[record.id].offsets)
             torch.testing.assert_close(record.slots.keys, before[record.id].keys)
+
+
+@pytest.mark.parametrize("memory", ["kv", "kv:int8"])
+def test_trained_kv_slots_round_trip_through_a_store(tmp_path: Path, memory: str) -> None:
+    from memrag.testing import tiny_compressor
+
+    kv_compressor = tiny_compressor(seed=0, slot_kind="kv")
+    spec = resolve_memory_spec(memory)
+    with _store(tmp_path / "s", kv_compressor, memory, fidelity="none") as store:
+        assert store.memory.kind == "kv" and store.fingerprint == kv_compressor.fingerprint
+        (record,) = store.get(["tower"])
+        stored = record.slots
+        (made,) = kv_compressor.compress([TEXTS[1]])
+        assert isinstance(stored, KVSlots) and stored.kind == "kv"
+        assert stored.num_slots == made.num_slots and torch.equal(stored.offsets, made.offsets)
+        tolerance = {"float16": 1e-3, "int8": 8e-3}[spec.kv_dtype]
+        for name in ("keys", "values"):
+            a, b = getattr(stored, name).float(), getattr(made, name).float()
+            assert float((a - b).abs().max() / b.abs().max()) < tolerance, name
+        prompt = qa_parts([record.context()], "When was the tower completed?")
+        assert kv_compressor.generate([prompt], GenerationOptions(max_new_tokens=4))[0].num_tokens > 0
+    other = tiny_compressor(seed=1, slot_kind="kv")
+    with pytest.raises(CompressorMismatchError):
+        MemoryStore.open(tmp_path / "s", other)
+    with MemoryStore.open(tmp_path / "s", kv_compressor) as store:
+        (record,) = store.get(["fox"])
+        assert kv_compressor.build([qa_parts([record.context()], "What jumps?")]).cache is not None
+
+
+def test_trained_memory_needs_a_compressor_of_its_slot_kind(tmp_path: Path, compressor) -> None:
+    from memrag.testing import tiny_compressor
+
+    with pytest.raises(ValueError, match="slot_kind='kv'"):
+        MemoryStore.create(tmp_path / "a", compressor=compressor, embedder="hashing:64", memory="kv")
+    with pytest.raises(ValueError, match="slot_kind='embedding'"):
+        MemoryStore.create(tmp_path / "b", compressor=tiny_compressor(slot_kind="kv"), embedder="hashing:64", memory="embedding")
