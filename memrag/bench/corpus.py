@@ -150,8 +150,8 @@ def build_store(
 ) -> BuiltStore:
     """Creates a store at ``directory`` holding every passage of ``corpus`` as one chunk.
 
-    The store keeps embedding slots (the ``slots`` mode measures the compressor; K/V modes
-    read stores of their own). Fidelity scoring is off: every chunk is answered from its slots
+    The store keeps the compressor's slots, embedding or trained ``kv`` (the ``slots`` mode
+    measures the compressor; the K/V modes of the frozen decoder read stores of their own). Fidelity scoring is off: every chunk is answered from its slots
     (the ``slots`` mode measures the compressor, not the text fallback).
     """
     from memrag.store import MemoryStore
@@ -162,7 +162,7 @@ def build_store(
         directory,
         compressor=timed,
         embedder=embedder,
-        memory="embedding",
+        memory=compressor.config.slot_kind,  # "embedding" or trained "kv" slots
         fidelity="none",
         device=str(compressor.device),
     )

@@ -202,7 +202,7 @@ def _contexts(
     """Each record's contexts in ``mode``, and the memory's cost (compressed modes)."""
     import time
 
-    from memrag.memory.builders import as_stored, build_memory, codec_for, computation_key
+    from memrag.memory.builders import as_stored, build_memory, codec_for, computation_key, float16_bytes
     from memrag.memory.spec import parse_memory_mode
 
     if mode == "none":
@@ -218,7 +218,7 @@ def _contexts(
         slots = compressor.compress(unique, batch_size=batch_size, show_progress=show_progress)
         cost["seconds_per_passage"] = (time.perf_counter() - started) / max(len(unique), 1)
         # As a store keeps them: float16.
-        cost["bytes_per_passage"] = sum(_float16_bytes(s) for s in slots) / max(len(slots), 1)
+        cost["bytes_per_passage"] = sum(float16_bytes(s) for s in slots) / max(len(slots), 1)
         by_text = dict(zip(unique, slots))
     else:
         spec = parse_memory_mode(mode)
@@ -233,13 +233,6 @@ def _contexts(
         cost["bytes_per_passage"] = sum(sizes) / max(len(sizes), 1)
         by_text = dict(zip(unique, stored))
     return [[by_text[r.context]] for r in records], cost
-
-
-def _float16_bytes(memory: Slots | KVSlots) -> int:
-    """Bytes of a compressor's slots kept as float16 (keys and values for ``kv`` slots)."""
-    if isinstance(memory, KVSlots):
-        return (memory.keys.numel() + memory.values.numel()) * 2
-    return memory.tensor.numel() * 2
 
 
 def _positions(compressor: Any, context: Context) -> int:

@@ -1,0 +1,130 @@
+"""Table and learning curves of the equal-budget slot-kind comparison (issue #13).
+
+Reads each arm's training log (copied from ``--runs`` into ``<out>/logs`` when present, so
+the report can be re-made from the committed files) and the evaluations written by
+``experiments/eval_equal_budget.sh`` (``<arm>-<minutes>min.json`` and ``reference-r<rate>.json``),
+and writes ``<out>/report.md`` and ``<out>/curves.png``.
+
+    python benchmarks/equal_budget_report.py --runs runs/equal-budget --out experiments/equal-budget
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+_EVAL = re.compile(r"^(?P<arm>.+)-(?P<minutes>\d+)min\.json$")
+
+
+def _train_events(log: Path) -> list[dict]:
+    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    events = {}
+    for row in rows:
+        if row.get("event") == "train":
+            events[row["step"]] = row  # a resumed run may repeat steps after its checkpoint
+    return [events[step] for step in sorted(events)]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / max(len(values), 1)
+
+
+def _collect(runs: Path | None, out: Path) -> tuple[dict, dict, dict]:
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if runs is not None and runs.is_dir():
+        for arm in sorted(p for p in runs.iterdir() if (p / "log.jsonl").is_file()):
+            shutil.copyfile(arm / "log.jsonl", logs / f"{arm.name}.jsonl")
+            if (arm / "training_args.json").is_file():
+                shutil.copyfile(arm / "training_args.json", logs / f"{arm.name}.args.json")
+    training = {log.stem: _train_events(log) for log in sorted(logs.glob("*.jsonl"))}
+    evals: dict[str, dict[int, dict]] = {}
+    references = {}
+    for path in sorted(out.glob("*.json")):
+        match = _EVAL.match(path.name)
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if match:
+            evals.setdefault(match["arm"], {})[int(match["minutes"])] = report
+        elif path.name.startswith("reference"):
+            references[path.stem] = report
+    return training, evals, references
+
+
+def _table(training: dict, evals: dict, references: dict) -> str:
+    lines = [
+        "| arm | trained (min) | steps | examples | tokens compressed | last-10-step QA loss | "
+        "KL | eval | F1 | EM | bytes / passage (float16) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for arm, events in training.items():
+        for minutes, report in sorted(evals.get(arm, {}).items()) or [(None, None)]:
+            if report is None:
+                continue
+            # The training state when that evaluation's compressor was saved.
+            upto = [e for e in events if e["elapsed_s"] <= minutes * 60 + 1] or events
+            state = upto[-1]
+            tokens = state.get("source_tokens", 0)  # cumulative in the trainer's log
+            qa = _mean([e.get("loss_qa", float("nan")) for e in upto[-10:]])
+            kl = _mean([e.get("loss_kl", float("nan")) for e in upto[-10:]])
+            result = report["results"]["slots"]
+            size = report["memory"]["slots"]["bytes_per_passage"]
+            lines.append(
+                f"| {arm} | {state['elapsed_s'] / 60:.1f} | {state['step']} | {state['examples']:,} | "
+                f"{tokens:,} | {qa:.2f} | {kl:.2f} | {result['n']} q | {result['f1']:.1f} | "
+                f"{result['exact_match']:.1f} | {size:,.0f} |"
+            )
+    for name, report in references.items():
+        for mode, result in report["results"].items():
+            size = report.get("memory", {}).get(mode, {}).get("bytes_per_passage")
+            lines.append(
+                f"| {mode} ({name}) | | | | | | | {result['n']} q | {result['f1']:.1f} | "
+                f"{result['exact_match']:.1f} | {f'{size:,.0f}' if size else ''} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(training: dict, evals: dict, references: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, events in training.items():
+        minutes = [e["elapsed_s"] / 60 for e in events]
+        values = [e.get("loss_qa", float("nan")) for e in events]
+        window = 5
+        smooth = [_mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+        losses.plot(minutes, smooth, label=arm)
+        points = sorted(evals.get(arm, {}).items())
+        if points:
+            scores.plot([m for m, _ in points], [r["results"]["slots"]["f1"] for _, r in points], "o-", label=arm)
+    for report in references.values():
+        for mode, result in report["results"].items():
+            scores.axhline(result["f1"], linestyle="--", linewidth=0.8, color="grey")
+            scores.annotate(mode, (0, result["f1"]), fontsize=7, color="grey")
+    losses.set(xlabel="training minutes", ylabel="QA cross-entropy (5-step mean)", title="training loss")
+    scores.set(xlabel="training minutes", ylabel="SQuAD dev F1", title="answers from slots")
+    for axis in (losses, scores):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=None, help="training runs (their logs are copied)")
+    parser.add_argument("--out", type=Path, default=Path("experiments/equal-budget"))
+    args = parser.parse_args()
+    training, evals, references = _collect(args.runs, args.out)
+    (args.out / "report.md").write_text(_table(training, evals, references), encoding="utf-8")
+    _plot(training, evals, references, args.out / "curves.png")
+    print((args.out / "report.md").read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()
