@@ -1,11 +1,13 @@
 """Table and learning curves of the equal-budget slot-kind comparison (issue #13).
 
 Reads each arm's training log (copied from ``--runs`` into ``<out>/logs`` when present, so
-the report can be re-made from the committed files) and the evaluations written by
-``experiments/eval_equal_budget.sh`` (``<arm>-<minutes>min.json`` and ``reference-r<rate>.json``),
-and writes ``<out>/report.md`` and ``<out>/curves.png``.
+the report can be re-made from the committed files) the evaluations written by
+``experiments/eval_equal_budget.sh`` (``<arm>-<minutes>min.json``, ``reference-r<rate>.json``)
+and any ``--reference`` evaluation reports of the same questions, and writes
+``<out>/report.md`` and ``<out>/curves.png``.
 
-    python benchmarks/equal_budget_report.py --runs runs/equal-budget --out experiments/equal-budget
+    python benchmarks/equal_budget_report.py --runs runs/equal-budget --out experiments/equal-budget \
+        --reference benchmarks/results/kv-study/modes/{text,kv-exact,truncated,none}.json
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / max(len(values), 1)
 
 
-def _collect(runs: Path | None, out: Path) -> tuple[dict, dict, dict]:
+def _collect(runs: Path | None, out: Path, extra: list[Path]) -> tuple[dict, dict, dict]:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     if runs is not None and runs.is_dir():
@@ -50,6 +52,8 @@ def _collect(runs: Path | None, out: Path) -> tuple[dict, dict, dict]:
             evals.setdefault(match["arm"], {})[int(match["minutes"])] = report
         elif path.name.startswith("reference"):
             references[path.stem] = report
+    for path in extra:
+        references[str(path)] = json.loads(path.read_text(encoding="utf-8"))
     return training, evals, references
 
 
@@ -80,7 +84,7 @@ def _table(training: dict, evals: dict, references: dict) -> str:
         for mode, result in report["results"].items():
             size = report.get("memory", {}).get(mode, {}).get("bytes_per_passage")
             lines.append(
-                f"| {mode} ({name}) | | | | | | | {result['n']} q | {result['f1']:.1f} | "
+                f"| {mode} | | | | | | | {result['n']} q | {result['f1']:.1f} | "
                 f"{result['exact_match']:.1f} | {f'{size:,.0f}' if size else ''} |"
             )
     return "\n".join(lines) + "\n"
@@ -119,8 +123,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=None, help="training runs (their logs are copied)")
     parser.add_argument("--out", type=Path, default=Path("experiments/equal-budget"))
+    parser.add_argument(
+        "--reference", type=Path, nargs="*", default=[],
+        help="eval qa reports of the same questions (text, truncated, ...) to show beside the arms",
+    )
     args = parser.parse_args()
-    training, evals, references = _collect(args.runs, args.out)
+    training, evals, references = _collect(args.runs, args.out, args.reference)
     (args.out / "report.md").write_text(_table(training, evals, references), encoding="utf-8")
     _plot(training, evals, references, args.out / "curves.png")
     print((args.out / "report.md").read_text(encoding="utf-8"))
