@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -21,13 +22,23 @@ from pathlib import Path
 _EVAL = re.compile(r"^(?P<arm>.+)-(?P<minutes>\d+)min\.json$")
 
 
-def _train_events(log: Path) -> list[dict]:
+def _train_events(log: Path) -> tuple[list[dict], list[int]]:
+    """The log's training events (one per step) and the step each time-boxed piece ended at."""
     rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
     events = {}
+    starts = []
     for row in rows:
         if row.get("event") == "train":
             events[row["step"]] = row  # a resumed run may repeat steps after its checkpoint
-    return [events[step] for step in sorted(events)]
+        elif row.get("event") == "start":
+            starts.append(int(row["step"]))
+    ordered = [events[step] for step in sorted(events)]
+    ends = starts[1:] + ([ordered[-1]["step"]] if ordered else [])
+    return ordered, ends
+
+
+def _number(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.2f}"
 
 
 def _mean(values: list[float]) -> float:
@@ -63,21 +74,22 @@ def _table(training: dict, evals: dict, references: dict) -> str:
         "KL | eval | F1 | EM | bytes / passage (float16) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
-    for arm, events in training.items():
-        for minutes, report in sorted(evals.get(arm, {}).items()) or [(None, None)]:
-            if report is None:
-                continue
-            # The training state when that evaluation's compressor was saved.
-            upto = [e for e in events if e["elapsed_s"] <= minutes * 60 + 1] or events
-            state = upto[-1]
+    for arm, (events, ends) in training.items():
+        # Evaluations after 0 minutes are of the untrained compressor; the others, in order,
+        # of the compressor each time-boxed piece ended with.
+        timed = [m for m in sorted(evals.get(arm, {})) if m > 0]
+        for minutes, report in sorted(evals.get(arm, {}).items()):
+            last = ends[timed.index(minutes)] if minutes > 0 and timed.index(minutes) < len(ends) else 0
+            upto = [e for e in events if e["step"] <= last]
+            state = upto[-1] if upto else {"elapsed_s": 0.0, "step": 0, "examples": 0}
             tokens = state.get("source_tokens", 0)  # cumulative in the trainer's log
-            qa = _mean([e.get("loss_qa", float("nan")) for e in upto[-10:]])
-            kl = _mean([e.get("loss_kl", float("nan")) for e in upto[-10:]])
+            qa = _mean([e.get("loss_qa", float("nan")) for e in upto[-10:]]) if upto else float("nan")
+            kl = _mean([e.get("loss_kl", float("nan")) for e in upto[-10:]]) if upto else float("nan")
             result = report["results"]["slots"]
             size = report["memory"]["slots"]["bytes_per_passage"]
             lines.append(
                 f"| {arm} | {state['elapsed_s'] / 60:.1f} | {state['step']} | {state['examples']:,} | "
-                f"{tokens:,} | {qa:.2f} | {kl:.2f} | {result['n']} q | {result['f1']:.1f} | "
+                f"{tokens:,} | {_number(qa)} | {_number(kl)} | {result['n']} q | {result['f1']:.1f} | "
                 f"{result['exact_match']:.1f} | {size:,.0f} |"
             )
     for name, report in references.items():
@@ -97,7 +109,7 @@ def _plot(training: dict, evals: dict, references: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4))
-    for arm, events in training.items():
+    for arm, (events, _) in training.items():
         minutes = [e["elapsed_s"] / 60 for e in events]
         values = [e.get("loss_qa", float("nan")) for e in events]
         window = 5
