@@ -101,6 +101,17 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return positions.masked_fill(attention_mask == 0, 0)
 
 
+def left_padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of embeddings ``(length_i, hidden)`` stacked left-padded: ``(inputs, attention_mask)``."""
+    length = max(row.shape[0] for row in rows)
+    inputs = rows[0].new_zeros((len(rows), length, rows[0].shape[-1]))
+    mask = torch.zeros((len(rows), length), dtype=torch.long, device=rows[0].device)
+    for i, row in enumerate(rows):
+        inputs[i, length - row.shape[0] :] = row
+        mask[i, length - row.shape[0] :] = 1
+    return inputs, mask
+
+
 class Splicer:
     """Builds decoder inputs from prompts made of text, slots and task markers.
 
@@ -268,17 +279,12 @@ class Splicer:
                 row_labels += target_ids
             rows.append(embedded)
             label_rows.append(row_labels)
-        length = max(row.shape[0] for row in rows)
-        hidden = weight.shape[-1]
-        batch = len(rows)
-        inputs_embeds = weight.new_zeros((batch, length, hidden))
-        attention_mask = torch.zeros((batch, length), dtype=torch.long, device=weight.device)
-        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long, device=weight.device)
+        inputs_embeds, attention_mask = left_padded(rows)
+        length = inputs_embeds.shape[1]
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=weight.device)
         for i, row in enumerate(rows):
-            start = length - row.shape[0]
-            inputs_embeds[i, start:] = row
-            attention_mask[i, start:] = 1
-            labels[i, start:] = torch.tensor(label_rows[i], dtype=torch.long, device=weight.device)
+            row_labels = torch.tensor(label_rows[i], dtype=torch.long, device=weight.device)
+            labels[i, length - row.shape[0] :] = row_labels
         return SpliceBatch(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -11,16 +11,15 @@ import torch
 from transformers import DynamicCache
 
 from memrag.compressor import Compressor, CompressorConfig
-from memrag.compressor.kv_encoder import encoder_rows, left_padded
+from memrag.compressor.kv_encoder import encoder_rows
+from memrag.splice import left_padded
 from memrag.generation import cache_argument
 from memrag.memory.capture import capture_kv
 from memrag.memory.kv import KVSlots
 from memrag.testing import randomize_lora, tiny_base_model, tiny_compressor
-from memrag.training import FinetuneDataArguments, ModelArguments, PretrainDataArguments, TrainingArguments
-from memrag.training import finetuning_trainer, pretraining_trainer
 from memrag.training.data import QAExample
 from memrag.training.objectives import Distillation, QAObjective, TargetLogits, top_k_kl
-from training_fixtures import qa_corpus, text_corpus
+from training_fixtures import make_trainer, train_log
 
 POSITIONS = ["memory", "subset"]
 DOC_A = "alpha beta gamma delta Paris"
@@ -213,31 +212,10 @@ def test_distillation_adds_a_kl_term_with_gradients(slot_kind: str) -> None:
 
 # --------------------------------------------------------------------------- training
 def _trainer(kind: str, tmp_path: Path, compressor: Compressor, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "run"), max_steps=2, batch_size=3, save_every=2, eval_every=0,
-        warmup_steps=1, log_every=1, device="cpu", progress=False, learning_rate=1e-2,
-        distill_weight=0.5, distill_top_k=8, schedule="constant",  # a longer run keeps the same rates
+    # Distillation on; a constant rate, so a longer resumed run keeps the same rates.
+    return make_trainer(
+        kind, tmp_path, compressor, distill_weight=0.5, distill_top_k=8, schedule="constant", **overrides
     )
-    values.update(overrides)
-    train = TrainingArguments(**values)
-    if kind == "pretrain":
-        corpus = tmp_path / "text.jsonl"
-        if not corpus.exists():
-            text_corpus(corpus)
-        data = PretrainDataArguments(
-            data=[str(corpus)], holdout_fraction=0.1, min_segment_length=4, continuation_length=6,
-            open_records=3, eval_examples=0, eval_ae_segments=0,
-        )
-        return pretraining_trainer(ModelArguments(), data, train, compressor=compressor)
-    corpus = tmp_path / "qa.jsonl"
-    if not corpus.exists():
-        qa_corpus(corpus)
-    data = FinetuneDataArguments(data=str(corpus), eval_data=None, max_distractors=2, shuffle_buffer=6)
-    return finetuning_trainer(ModelArguments(), data, train, compressor=compressor)
-
-
-def _losses(run: Path) -> list[dict]:
-    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["event"] == "train"]
 
 
 @pytest.mark.parametrize("kv_positions", POSITIONS)
@@ -245,7 +223,7 @@ def _losses(run: Path) -> list[dict]:
 def test_kv_training_with_distillation_resumes_exactly(kind: str, kv_positions: str, tmp_path: Path) -> None:
     straight = _trainer(kind, tmp_path / "a", _kv(kv_positions), max_steps=3, save_every=1)
     straight.train()
-    expected = _losses(tmp_path / "a" / "run")
+    expected = train_log(tmp_path / "a" / "run")
     assert all("loss_kl" in r and math.isfinite(r["loss"]) for r in expected)
 
     first = _trainer(kind, tmp_path / "b", _kv(kv_positions), max_steps=2, save_every=1)
@@ -254,7 +232,7 @@ def test_kv_training_with_distillation_resumes_exactly(kind: str, kv_positions: 
     randomize_lora(fresh, seed=7)  # the checkpoint's weights must replace these
     resumed = _trainer(kind, tmp_path / "b", fresh, max_steps=3, save_every=1)
     resumed.train(resume=True)
-    got = _losses(tmp_path / "b" / "run")
+    got = train_log(tmp_path / "b" / "run")
     assert [r["step"] for r in got] == [1, 2, 3]
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in expected], rel=1e-5, abs=1e-6)
     assert resumed.compressor.fingerprint == straight.compressor.fingerprint

@@ -15,15 +15,12 @@ from memrag.compressor.config import SAVED_FILES
 from memrag.data.readers import BadRowError
 from memrag.testing import randomize_lora, tiny_base_model, tiny_compressor
 from memrag.training import (
-    FinetuneDataArguments,
     ModelArguments,
-    PretrainDataArguments,
     PretrainStream,
     QAStream,
     TrainingArguments,
     finetuning_trainer,
     holdout_start_line,
-    pretraining_trainer,
 )
 from memrag.training.checkpoint import CHECKPOINT_FILES, optimizer_from_files, optimizer_to_files
 from memrag.training.data import take
@@ -36,47 +33,19 @@ from memrag.training.objectives import (
     target_losses,
 )
 from memrag.training.trainer import OutputExistsError, lr_factor
-from training_fixtures import qa_corpus, text_corpus, write_jsonl
+from training_fixtures import (
+    finetune_data,
+    make_trainer,
+    qa_corpus,
+    text_corpus,
+    train_log,
+    training_args,
+    write_jsonl,
+)
 
 
 def _tokenize(compressor: Compressor):
     return lambda text: compressor.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _args(tmp_path: Path, **overrides) -> TrainingArguments:
-    values = dict(
-        output_dir=str(tmp_path / "run"), max_steps=2, batch_size=3, save_every=2, eval_every=0,
-        warmup_steps=1, log_every=1, device="cpu", progress=False, learning_rate=1e-2,
-    )
-    values.update(overrides)
-    return TrainingArguments(**values)
-
-
-def _pretrain_data(tmp_path: Path, **overrides) -> PretrainDataArguments:
-    corpus = tmp_path / "text.jsonl"
-    if not corpus.exists():
-        text_corpus(corpus)
-    values = dict(
-        data=[str(corpus)], holdout_fraction=0.1, min_segment_length=4, continuation_length=6,
-        open_records=3, eval_examples=0, eval_ae_segments=0,
-    )
-    values.update(overrides)
-    return PretrainDataArguments(**values)
-
-
-def _finetune_data(tmp_path: Path, **overrides) -> FinetuneDataArguments:
-    corpus = tmp_path / "qa.jsonl"
-    if not corpus.exists():
-        qa_corpus(corpus)
-    values = dict(data=str(corpus), eval_data=None, max_distractors=2, shuffle_buffer=6)
-    values.update(overrides)
-    return FinetuneDataArguments(**values)
-
-
-def _trainer(kind: str, tmp_path: Path, compressor: Compressor, **overrides):
-    if kind == "pretrain":
-        return pretraining_trainer(ModelArguments(), _pretrain_data(tmp_path), _args(tmp_path, **overrides), compressor=compressor)
-    return finetuning_trainer(ModelArguments(), _finetune_data(tmp_path), _args(tmp_path, **overrides), compressor=compressor)
 
 
 def _learned(compressor: Compressor) -> dict[str, torch.Tensor]:
@@ -86,22 +55,17 @@ def _learned(compressor: Compressor) -> dict[str, torch.Tensor]:
     return weights
 
 
-def _log(run: Path, event: str = "train") -> list[dict]:
-    lines = (run / "log.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["event"] == event]
-
-
 # --------------------------------------------------------------------------- smoke
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
 def test_two_steps_train_learned_weights_only_and_checkpoint(kind: str, tmp_path: Path) -> None:
     compressor = tiny_compressor(seed=0)
     frozen = {n: p.detach().clone() for n, p in compressor.peft_model.named_parameters() if "lora_" not in n}
     before = _learned(compressor)
-    trainer = _trainer(kind, tmp_path, compressor)
+    trainer = make_trainer(kind, tmp_path, compressor)
     state = trainer.train()
 
     assert state.step == 2 and state.target_tokens > 0
-    losses = [r["loss"] for r in _log(tmp_path / "run")]
+    losses = [r["loss"] for r in train_log(tmp_path / "run")]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     after = _learned(compressor)
     lora_changed = [n for n in before if n not in ("memory", "task") and not torch.equal(before[n], after[n])]
@@ -124,7 +88,7 @@ def test_two_steps_train_learned_weights_only_and_checkpoint(kind: str, tmp_path
 
 
 def test_only_lora_and_embeddings_are_optimised(tmp_path: Path) -> None:
-    trainer = _trainer("pretrain", tmp_path, tiny_compressor(seed=0))
+    trainer = make_trainer("pretrain", tmp_path, tiny_compressor(seed=0))
     optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     names = [n for n, p in trainer.compressor.named_parameters() if id(p) in optimised]
     assert names and all("lora_" in n or n in ("memory_embeddings", "task_embeddings") for n in names)
@@ -135,9 +99,9 @@ def test_bfloat16_base_trains_float32_learned_weights(tmp_path: Path) -> None:
     base = tiny_base_model(seed=0)
     base.model.to(torch.bfloat16)
     compressor = tiny_compressor(seed=0, base=base)
-    trainer = _trainer("pretrain", tmp_path, compressor, max_steps=1, save_every=1)
+    trainer = make_trainer("pretrain", tmp_path, compressor, max_steps=1, save_every=1)
     trainer.train()
-    assert math.isfinite(_log(tmp_path / "run")[0]["loss"])
+    assert math.isfinite(train_log(tmp_path / "run")[0]["loss"])
     assert {p.dtype for group in trainer.optimizer.param_groups for p in group["params"]} == {torch.float32}
 
 
@@ -148,11 +112,11 @@ class _Interrupted(RuntimeError):
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
 def test_resume_continues_exactly(kind: str, tmp_path: Path) -> None:
-    straight = _trainer(kind, tmp_path / "a", tiny_compressor(seed=0), max_steps=4, save_every=2)
+    straight = make_trainer(kind, tmp_path / "a", tiny_compressor(seed=0), max_steps=4, save_every=2)
     straight.train()
-    expected = [r["loss"] for r in _log(tmp_path / "a" / "run")]
+    expected = [r["loss"] for r in train_log(tmp_path / "a" / "run")]
 
-    interrupted = _trainer(kind, tmp_path / "b", tiny_compressor(seed=0), max_steps=4, save_every=2)
+    interrupted = make_trainer(kind, tmp_path / "b", tiny_compressor(seed=0), max_steps=4, save_every=2)
     original_step = interrupted.train_step
     calls = []
 
@@ -166,26 +130,26 @@ def test_resume_continues_exactly(kind: str, tmp_path: Path) -> None:
     with pytest.raises(_Interrupted):
         interrupted.train()
     with pytest.raises(OutputExistsError):
-        _trainer(kind, tmp_path / "b", tiny_compressor(seed=0), max_steps=4, save_every=2).train()
+        make_trainer(kind, tmp_path / "b", tiny_compressor(seed=0), max_steps=4, save_every=2).train()
 
     fresh = tiny_compressor(seed=0)
     randomize_lora(fresh, seed=7)  # the checkpoint's weights must replace these
-    resumed = _trainer(kind, tmp_path / "b", fresh, max_steps=4, save_every=2)
+    resumed = make_trainer(kind, tmp_path / "b", fresh, max_steps=4, save_every=2)
     resumed.train(resume=True)
-    got = [r["loss"] for r in _log(tmp_path / "b" / "run")]
-    assert [r["step"] for r in _log(tmp_path / "b" / "run")] == [1, 2, 3, 4]
+    got = [r["loss"] for r in train_log(tmp_path / "b" / "run")]
+    assert [r["step"] for r in train_log(tmp_path / "b" / "run")] == [1, 2, 3, 4]
     assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
     assert resumed.compressor.fingerprint == straight.compressor.fingerprint
-    assert [r["step"] for r in _log(tmp_path / "b" / "run", "start")] == [0, 2]
+    assert [r["step"] for r in train_log(tmp_path / "b" / "run", "start")] == [0, 2]
 
 
 def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tmp_path: Path) -> None:
-    straight = _trainer("pretrain", tmp_path / "a", tiny_compressor(seed=0), max_steps=3, save_every=3)
+    straight = make_trainer("pretrain", tmp_path / "a", tiny_compressor(seed=0), max_steps=3, save_every=3)
     straight.train()
-    expected = [r["loss"] for r in _log(tmp_path / "a" / "run")]
+    expected = [r["loss"] for r in train_log(tmp_path / "a" / "run")]
 
     run = tmp_path / "b" / "run"
-    boxed = _trainer(
+    boxed = make_trainer(
         "pretrain", tmp_path / "b", tiny_compressor(seed=0), max_steps=3, save_every=3, max_minutes=1e-9
     )
     assert boxed.train().step == 1  # the budget is spent by the first step
@@ -193,15 +157,15 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tm
     summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == 1 and summary["complete"] is False
     assert Compressor.from_pretrained(run / "final", base=tiny_base_model(seed=0)).fingerprint == summary["fingerprint"]
-    assert [(r["step"], r["reason"]) for r in _log(run, "stop")] == [(1, "max_minutes")]
+    assert [(r["step"], r["reason"]) for r in train_log(run, "stop")] == [(1, "max_minutes")]
 
-    resumed = _trainer("pretrain", tmp_path / "b", tiny_compressor(seed=0), max_steps=3, save_every=3)
+    resumed = make_trainer("pretrain", tmp_path / "b", tiny_compressor(seed=0), max_steps=3, save_every=3)
     assert resumed.train(resume=True).step == 3
-    assert [r["loss"] for r in _log(run)] == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert [r["loss"] for r in train_log(run)] == pytest.approx(expected, rel=1e-6, abs=1e-7)
     assert resumed.compressor.fingerprint == straight.compressor.fingerprint
     assert json.loads((run / "summary.json").read_text())["complete"] is True
     with pytest.raises(ValueError, match="max_minutes"):
-        _args(tmp_path, max_minutes=0.0)
+        training_args(tmp_path, max_minutes=0.0)
 
 
 def test_optimizer_state_round_trips_through_safetensors_and_json() -> None:
@@ -314,8 +278,8 @@ def test_bad_rows_raise_with_file_and_line_or_are_skipped(tmp_path: Path) -> Non
     assert len(take(stream, 10)) == 2
     assert [(r.line, r.reason) for r in stream.reports[0].bad_rows] == [(3, "invalid JSON (Expecting property name enclosed in double quotes)"), (4, "missing field 'answers'")]
 
-    data = _finetune_data(tmp_path, data=str(bad), on_bad_row="raise")
-    trainer = finetuning_trainer(ModelArguments(), data, _args(tmp_path, batch_size=4), compressor=tiny_compressor(seed=0))
+    data = finetune_data(tmp_path, data=str(bad), on_bad_row="raise")
+    trainer = finetuning_trainer(ModelArguments(), data, training_args(tmp_path, batch_size=4), compressor=tiny_compressor(seed=0))
     with pytest.raises(BadRowError, match=r"bad\.jsonl:3"):
         trainer.train()
 
@@ -381,7 +345,7 @@ def test_train_cli_pretrain_then_finetune_then_resume(tmp_path: Path, tiny_base_
     assert "stopped at" not in more.output and "step 3: " in more.output
     summary = json.loads((tmp_path / "fine" / "summary.json").read_text())
     assert summary["step"] == 3 and summary["complete"] and summary["hardware"]
-    starts = _log(tmp_path / "fine", "start")
+    starts = train_log(tmp_path / "fine", "start")
     assert [(r["step"], r["max_steps"]) for r in starts] == [(0, 1), (1, 3), (2, 3)]
 
 

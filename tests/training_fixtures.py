@@ -7,6 +7,15 @@ import random
 from pathlib import Path
 from typing import Any
 
+from memrag.training import (
+    FinetuneDataArguments,
+    ModelArguments,
+    PretrainDataArguments,
+    TrainingArguments,
+    finetuning_trainer,
+    pretraining_trainer,
+)
+
 WORDS = (
     "alpha beta gamma delta epsilon zeta eta theta iota kappa Paris France capital city "
     "tower river bridge museum 1889 completed built famous old new"
@@ -49,3 +58,50 @@ def qa_corpus(path: Path, *, paragraphs: int = 8, questions: int = 3, seed: int 
                 }
             )
     return write_jsonl(path, rows)
+
+
+def training_args(tmp_path: Path, **overrides: Any) -> TrainingArguments:
+    """Two quick CPU steps writing to ``tmp_path/run`` (``overrides`` change any field)."""
+    values: dict[str, Any] = dict(
+        output_dir=str(tmp_path / "run"), max_steps=2, batch_size=3, save_every=2, eval_every=0,
+        warmup_steps=1, log_every=1, device="cpu", progress=False, learning_rate=1e-2,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def pretrain_data(tmp_path: Path, **overrides: Any) -> PretrainDataArguments:
+    """Pretraining data over a random text corpus written to ``tmp_path/text.jsonl`` once."""
+    corpus = tmp_path / "text.jsonl"
+    if not corpus.exists():
+        text_corpus(corpus)
+    values: dict[str, Any] = dict(
+        data=[str(corpus)], holdout_fraction=0.1, min_segment_length=4, continuation_length=6,
+        open_records=3, eval_examples=0, eval_ae_segments=0,
+    )
+    values.update(overrides)
+    return PretrainDataArguments(**values)
+
+
+def finetune_data(tmp_path: Path, **overrides: Any) -> FinetuneDataArguments:
+    """Fine-tuning data over a SQuAD-style corpus written to ``tmp_path/qa.jsonl`` once."""
+    corpus = tmp_path / "qa.jsonl"
+    if not corpus.exists():
+        qa_corpus(corpus)
+    values: dict[str, Any] = dict(data=str(corpus), eval_data=None, max_distractors=2, shuffle_buffer=6)
+    values.update(overrides)
+    return FinetuneDataArguments(**values)
+
+
+def make_trainer(kind: str, tmp_path: Path, compressor: Any, **overrides: Any) -> Any:
+    """A ``pretrain`` or ``finetune`` trainer of ``compressor`` (``overrides``: training args)."""
+    train = training_args(tmp_path, **overrides)
+    if kind == "pretrain":
+        return pretraining_trainer(ModelArguments(), pretrain_data(tmp_path), train, compressor=compressor)
+    return finetuning_trainer(ModelArguments(), finetune_data(tmp_path), train, compressor=compressor)
+
+
+def train_log(run: Path, event: str = "train") -> list[dict]:
+    """The ``event`` lines of a run's ``log.jsonl``."""
+    lines = (run / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]

@@ -151,8 +151,9 @@ def build_store(
     """Creates a store at ``directory`` holding every passage of ``corpus`` as one chunk.
 
     The store keeps the compressor's slots, embedding or trained ``kv`` (the ``slots`` mode
-    measures the compressor; the K/V modes of the frozen decoder read stores of their own). Fidelity scoring is off: every chunk is answered from its slots
-    (the ``slots`` mode measures the compressor, not the text fallback).
+    measures the compressor; the K/V modes of the frozen decoder read stores of their own).
+    Fidelity scoring is off: every chunk is answered from its slots (the ``slots`` mode
+    measures the compressor, not the text fallback).
     """
     from memrag.store import MemoryStore
 

@@ -26,7 +26,7 @@ import torch
 from memrag.memory.capture import forward_capture
 from memrag.memory.kinds import MemoryKind
 from memrag.memory.kv import KVSlots
-from memrag.splice import position_ids_from_mask
+from memrag.splice import left_padded, position_ids_from_mask
 
 
 def encoder_rows(compressor: Any, ids: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
@@ -46,17 +46,6 @@ def encoder_rows(compressor: Any, ids: Sequence[int]) -> tuple[torch.Tensor, lis
         return torch.cat([text, memory], dim=0), list(range(len(prefix), len(prefix) + count))
     first = len(prefix) - len(ids)
     return text, [first + position for position in config.slot_positions(len(ids))]
-
-
-def left_padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of embeddings stacked left-padded: ``(inputs, attention_mask)``."""
-    length = max(row.shape[0] for row in rows)
-    inputs = rows[0].new_zeros((len(rows), length, rows[0].shape[-1]))
-    mask = torch.zeros((len(rows), length), dtype=torch.long, device=rows[0].device)
-    for i, row in enumerate(rows):
-        inputs[i, length - row.shape[0] :] = row
-        mask[i, length - row.shape[0] :] = 1
-    return inputs, mask
 
 
 def encode_kv_segments(compressor: Any, segments: Sequence[Sequence[int]]) -> list[KVSlots]:
@@ -80,14 +69,10 @@ def encode_kv_segments(compressor: Any, segments: Sequence[Sequence[int]]) -> li
     results = []
     for i, (row, pick) in enumerate(zip(rows, picks)):
         index = torch.tensor(pick, dtype=torch.long, device=inputs.device) + (length - row.shape[0])
-        count = len(pick)
-        layers = len(keys)
         results.append(
-            KVSlots(
-                keys=torch.stack([layer[i, index] for layer in keys], dim=1),
-                values=torch.stack([layer[i, index] for layer in values], dim=1),
-                offsets=torch.arange(count, device=inputs.device).unsqueeze(1).expand(count, layers).clone(),
-                span=count,
+            KVSlots.consecutive(
+                torch.stack([layer[i, index] for layer in keys], dim=1),
+                torch.stack([layer[i, index] for layer in values], dim=1),
                 kind=MemoryKind.KV.value,
                 num_tokens=len(segments[i]),
             )

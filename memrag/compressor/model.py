@@ -37,7 +37,7 @@ from memrag.compressor.shipped import resolve_compressor_path, source_name
 from memrag.generation import Generation, GenerationOptions, generate, stream
 from memrag.models.loading import BaseModel, load_base_model, model_signature
 from memrag.slots import Slots
-from memrag.compressor.kv_encoder import encode_kv_segments, encoder_rows, left_padded
+from memrag.compressor.kv_encoder import encode_kv_segments, encoder_rows
 from memrag.memory.kinds import MemoryKind
 from memrag.memory.kv import KVSlots
 from memrag.memory.prefill import KVPrefill
@@ -47,6 +47,7 @@ from memrag.splice import (
     Splicer,
     Task,
     has_kv_parts,
+    left_padded,
     position_ids_from_mask,
 )
 from memrag.utils.atomic import atomic_directory

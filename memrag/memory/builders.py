@@ -201,18 +201,14 @@ def _compute(
                     captured = capture_kv(decoder, group, context=context, batch_size=batch_size, pad_token_id=pad)
                     scored = [(kv, None) for kv in captured]
                 for (captured_kv, scores), ids, text in zip(scored, group, texts[begin : begin + batch_size]):
-                    span = len(ids)
-                    layers = captured_kv.keys.shape[1]
                     entry = made.get(text)
                     if entry is None:
                         entry = made[text] = _Made(
-                            KVSlots(
-                                keys=captured_kv.keys,
-                                values=captured_kv.values,
-                                offsets=torch.arange(span).unsqueeze(1).expand(span, layers).clone(),
-                                span=span,
+                            KVSlots.consecutive(
+                                captured_kv.keys,
+                                captured_kv.values,
                                 kind=MemoryKind.KV_EXACT.value,
-                                num_tokens=span,
+                                num_tokens=len(ids),
                                 text=text,
                             )
                         )

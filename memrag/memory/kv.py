@@ -88,13 +88,26 @@ class KVSlots:
             text=self.text,
         )
 
+    @classmethod
+    def consecutive(cls, keys: torch.Tensor, values: torch.Tensor, **fields: object) -> "KVSlots":
+        """Memory whose entries sit at consecutive positions ``0 .. n-1`` (span ``n``): exact
+        memory of ``n`` tokens, or compacted / trained memory of ``n`` entries.
+
+        ``fields`` are the other attributes (``kind``, ``fingerprint``, ``num_tokens``, ``text``).
+        """
+        count, layers = keys.shape[:2]
+        return cls(
+            keys=keys,
+            values=values,
+            offsets=consecutive_offsets(count, layers, keys.device),
+            span=max(count, 1),
+            **fields,  # type: ignore[arg-type]
+        )
+
     def compacted(self) -> "KVSlots":
         """A copy whose entries sit at consecutive positions ``0 .. n-1`` (span ``n``)."""
-        count = self.num_slots
-        offsets = torch.arange(count, device=self.offsets.device).unsqueeze(1)
-        return dataclasses.replace(
-            self, offsets=offsets.expand(count, self.num_layers).clone(), span=max(count, 1)
-        )
+        offsets = consecutive_offsets(self.num_slots, self.num_layers, self.offsets.device)
+        return dataclasses.replace(self, offsets=offsets, span=max(self.num_slots, 1))
 
     @classmethod
     def concatenate(
@@ -111,13 +124,9 @@ class KVSlots:
             raise ValueError("nothing to concatenate")
         keys = torch.cat([piece.keys for piece in pieces]) if len(pieces) > 1 else pieces[0].keys
         values = torch.cat([piece.values for piece in pieces]) if len(pieces) > 1 else pieces[0].values
-        count, layers = keys.shape[:2]
-        offsets = torch.arange(count, device=keys.device).unsqueeze(1).expand(count, layers).clone()
-        return cls(
-            keys=keys,
-            values=values,
-            offsets=offsets,
-            span=max(count, 1),
+        return cls.consecutive(
+            keys,
+            values,
             kind=pieces[0].kind,
             fingerprint=fingerprint,
             num_tokens=sum(piece.num_tokens for piece in pieces) if num_tokens is None else num_tokens,
@@ -144,6 +153,11 @@ class KVSlots:
             num_tokens=self.num_tokens,
             text=self.text,
         )
+
+
+def consecutive_offsets(count: int, layers: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``(count, layers)`` offsets ``0 .. count-1`` in every layer's column."""
+    return torch.arange(count, device=device).unsqueeze(1).expand(count, layers).clone()
 
 
 def _merged_values(values: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -175,13 +175,8 @@ class KVPrefill:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         (captured,) = capture_kv(self.decoder, [list(key)], pad_token_id=pad)
         span = len(key)
-        memory = KVSlots(
-            keys=captured.keys,
-            values=captured.values,
-            offsets=torch.arange(span).unsqueeze(1).expand(span, self.anatomy.num_layers).clone(),
-            span=span,
-            kind=MemoryKind.KV_EXACT.value,
-            num_tokens=span,
+        memory = KVSlots.consecutive(
+            captured.keys, captured.values, kind=MemoryKind.KV_EXACT.value, num_tokens=span
         )
         if self.memo is not None:
             with self._memo_lock:
