@@ -45,6 +45,12 @@ def _mean(values: list[float]) -> float:
     return sum(values) / max(len(values), 1)
 
 
+def _rate_then_name(log: Path) -> tuple[int, str]:
+    """Arms (``embedding-r4`` ...) ordered by compression rate, then name."""
+    rate = re.search(r"-r(\d+)$", log.stem)
+    return (int(rate.group(1)) if rate else 0, log.stem)
+
+
 def _collect(runs: Path | None, out: Path, extra: list[Path]) -> tuple[dict, dict, dict]:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -53,7 +59,7 @@ def _collect(runs: Path | None, out: Path, extra: list[Path]) -> tuple[dict, dic
             shutil.copyfile(arm / "log.jsonl", logs / f"{arm.name}.jsonl")
             if (arm / "training_args.json").is_file():
                 shutil.copyfile(arm / "training_args.json", logs / f"{arm.name}.args.json")
-    training = {log.stem: _train_events(log) for log in sorted(logs.glob("*.jsonl"))}
+    training = {log.stem: _train_events(log) for log in sorted(logs.glob("*.jsonl"), key=_rate_then_name)}
     evals: dict[str, dict[int, dict]] = {}
     references = {}
     for path in sorted(out.glob("*.json")):
@@ -66,6 +72,12 @@ def _collect(runs: Path | None, out: Path, extra: list[Path]) -> tuple[dict, dic
     for path in extra:
         references[str(path)] = json.loads(path.read_text(encoding="utf-8"))
     return training, evals, references
+
+
+def _reference_label(name: str, mode: str) -> str:
+    """``truncated (rate 16)`` for a mode of ``reference-r16.json`` (measured at that rate: the
+    truncated text's length depends on it), the mode alone for other references."""
+    return f"{mode} (rate {name.rsplit('-r', 1)[1]})" if name.startswith("reference-r") else mode
 
 
 def _table(training: dict, evals: dict, references: dict) -> str:
@@ -96,7 +108,7 @@ def _table(training: dict, evals: dict, references: dict) -> str:
         for mode, result in report["results"].items():
             size = report.get("memory", {}).get(mode, {}).get("bytes_per_passage")
             lines.append(
-                f"| {mode} | | | | | | | {result['n']} q | {result['f1']:.1f} | "
+                f"| {_reference_label(name, mode)} | | | | | | | {result['n']} q | {result['f1']:.1f} | "
                 f"{result['exact_match']:.1f} | {f'{size:,.0f}' if size else ''} |"
             )
     return "\n".join(lines) + "\n"
@@ -118,10 +130,10 @@ def _plot(training: dict, evals: dict, references: dict, path: Path) -> None:
         points = sorted(evals.get(arm, {}).items())
         if points:
             scores.plot([m for m, _ in points], [r["results"]["slots"]["f1"] for _, r in points], "o-", label=arm)
-    for report in references.values():
+    for name, report in references.items():
         for mode, result in report["results"].items():
             scores.axhline(result["f1"], linestyle="--", linewidth=0.8, color="grey")
-            scores.annotate(mode, (0, result["f1"]), fontsize=7, color="grey")
+            scores.annotate(_reference_label(name, mode), (0, result["f1"]), fontsize=7, color="grey")
     losses.set(xlabel="training minutes", ylabel="QA cross-entropy (5-step mean)", title="training loss")
     scores.set(xlabel="training minutes", ylabel="SQuAD dev F1", title="answers from slots")
     for axis in (losses, scores):

@@ -169,13 +169,15 @@ class DemoReport:
 def load_demo_compressor(
     name: str | Path | None = None,
     *,
+    memory_kind: str | None = None,
     device: str = "cpu",
     dtype: str = "float32",
     warn: Callable[[str], None] | None = None,
 ) -> tuple[Any, bool]:
     """The compressor to demo and whether it is trained.
 
-    ``name=None`` loads the trained default shipped with memrag; when none is shipped, an
+    ``name=None`` loads the trained default shipped with memrag for memory of ``memory_kind``
+    (:func:`~memrag.compressor.shipped.default_compressor`); when none is shipped, an
     untrained compressor over :data:`FALLBACK_BASE` is built and :data:`UNTRAINED_WARNING`
     is given to ``warn`` (default: logged as a warning). A ``name`` that cannot be found
     raises.
@@ -184,9 +186,11 @@ def load_demo_compressor(
         FileNotFoundError: ``name`` is not a compressor directory or shipped name.
     """
     from memrag.compressor import Compressor
+    from memrag.compressor.shipped import default_compressor
 
     try:
-        return Compressor.from_pretrained(name, device=device, dtype=dtype), True
+        source = default_compressor(memory_kind) if name is None else name
+        return Compressor.from_pretrained(source, device=device, dtype=dtype), True
     except FileNotFoundError:
         if name is not None:
             raise
@@ -343,23 +347,23 @@ def run_demo(
 
     settings = settings or DemoSettings()
     say = say or logger.info
+    from memrag.memory.spec import resolve_memory_spec
+
+    kind = resolve_memory_spec(settings.memory).kind
     if compressor is None or isinstance(compressor, (str, Path)):
         say("loading the compressor (the first run de-quantizes the embedded model once) ...")
-        compressor, trained = load_demo_compressor(compressor, warn=warn)
+        compressor, trained = load_demo_compressor(compressor, memory_kind=kind, warn=warn)
     elif trained is None:
         trained = getattr(compressor, "source", None) is not None
 
     corpus = load_demo_corpus()
     questions = pick_questions(corpus, settings.questions)
     passages = choose_passages(corpus, questions, settings.passages)
-    from memrag.memory.spec import resolve_memory_spec
-
-    kind = resolve_memory_spec(settings.memory).kind
-    making = (
-        f"compressing each into memory slots (rate {compressor.config.compression_rate})"
-        if kind == "embedding"
-        else f"computing each one's {kind} memory (keys and values) with the frozen decoder"
-    )
+    rate = compressor.config.compression_rate
+    making = {
+        "embedding": f"compressing each into memory slots (rate {rate})",
+        "kv": f"compressing each into K/V memory slots (rate {rate}) with the trained compressor",
+    }.get(kind, f"computing each one's {kind} memory (keys and values) with the frozen decoder")
     say(f"building a memory store over {len(passages)} demo passages: embedding them and {making} ...")
     start = time.perf_counter()
     vectorstore, compressed = build_demo_store(

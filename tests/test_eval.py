@@ -50,6 +50,23 @@ def test_evaluate_qa_all_modes_shape_and_positions(tiny_compressor: Compressor, 
     json.dumps(result.to_json(extra=1))
 
 
+def test_a_kv_compressors_slots_are_scored_as_stored_in_float16_and_int8(tmp_path: Path) -> None:
+    from memrag.eval.qa import check_modes
+
+    kv_compressor = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset")
+    records = sample_qa_records(qa_corpus(tmp_path / "qa.jsonl", paragraphs=3, questions=1))
+    check_modes(["kv", "kv:int8"])
+    with pytest.raises(ValueError, match="unknown mode 'kvx'"):
+        check_modes(["kvx"])
+    result = evaluate_qa(kv_compressor, records, modes=("slots", "kv", "kv:int8"), batch_size=4, max_new_tokens=4)
+    sizes = {mode: cost["bytes_per_passage"] for mode, cost in result.memory.items()}
+    # float16 keys and values, plus the positions a store keeps with them
+    assert sizes["slots"] <= sizes["kv"] < 1.1 * sizes["slots"]
+    assert 0.4 < sizes["kv:int8"] / sizes["kv"] < 0.65
+    assert all(result.memory[mode]["seconds_per_passage"] > 0 for mode in ("slots", "kv", "kv:int8"))
+    assert result.passage_positions["kv"] == result.passage_positions["slots"]
+
+
 def test_truncated_context_has_as_many_tokens_as_slots(tiny_compressor: Compressor) -> None:
     context = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris, France. " * 3
     (slots,) = tiny_compressor.compress([context])
@@ -75,6 +92,19 @@ def test_evaluate_ae_buckets(tiny_compressor: Compressor, tmp_path: Path) -> Non
     assert set(result.by_length) <= {"1-8", "9-16"}
     assert sum(b["n"] for b in result.by_length.values()) == 6
     assert "all" in result.table()
+
+
+def test_evaluate_ae_reconstructs_from_kv_slots_with_the_repeat_instruction(tmp_path: Path) -> None:
+    from memrag.memory.kv import KVSlots
+    from memrag.memory.pruning import REPEAT_PROMPT
+    from memrag.training.objectives import reconstruct_prompt
+
+    kv_compressor = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset")
+    segments = sample_segments([text_corpus(tmp_path / "t.jsonl")], kv_compressor.tokenizer, limit=3, max_length=16, min_length=4)
+    (slots,) = kv_compressor.encode_segments(segments[:1])
+    assert isinstance(slots, KVSlots) and reconstruct_prompt(slots) == [slots, REPEAT_PROMPT]
+    result = evaluate_ae(kv_compressor, segments, buckets=(16,), batch_size=2)
+    assert result.overall["n"] == 3 and 0.0 <= result.overall["bleu4"] <= 1.0
 
 
 def test_eval_qa_cli_writes_json(saved: dict[str, Path], tmp_path: Path) -> None:
@@ -185,3 +215,16 @@ def test_eval_cli_help(command: str) -> None:
     assert result.exit_code == 0
     for option in ("--data", "--compressor", "--limit", "--json-out", "--untrained"):
         assert option in result.output
+
+
+def test_compress_cli_prints_both_slot_kinds(saved: dict[str, Path], tmp_path: Path) -> None:
+    from memrag.cli import app
+
+    kv = tiny_compressor(seed=0, base=load_base_model(str(saved["base"])), slot_kind="kv", kv_positions="subset")
+    kv.save_pretrained(tmp_path / "kv")
+    runner = CliRunner()
+    for directory, kind in ((saved["compressor"], "embedding"), (tmp_path / "kv", "kv")):
+        result = runner.invoke(app, ["compress", "--compressor", str(directory), "Paris is the capital of France."])
+        assert result.exit_code == 0, result.output
+        assert f"{kind} slots)" in result.output and "tokens ->" in result.output
+    assert "keys and values each" in result.output

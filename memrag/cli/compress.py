@@ -24,6 +24,8 @@ def compress(
 ) -> None:
     """Compress TEXTS into memory slots and print slot counts and shapes."""
     setup_logging(verbose)
+    from memrag.memory.kv import KVSlots
+
     if not texts or texts == ["-"]:
         texts = [sys.stdin.read()]
     try:
@@ -35,8 +37,11 @@ def compress(
     typer.echo(f"compressor {model.fingerprint} (rate {model.config.compression_rate}, "
                f"segment {model.config.segment_length} tokens, {model.config.slot_kind} slots)")
     for index, memory in enumerate(slots):
+        if isinstance(memory, KVSlots):  # keys and values of every layer: (slots, layers, heads, dim)
+            tensor, detail = memory.keys, "keys and values each"
+        else:
+            tensor, detail = memory.tensor, f"segments {memory.segment_slot_counts}"
         typer.echo(
             f"text {index}: {memory.num_tokens} tokens -> {memory.num_slots} slots "
-            f"shape {tuple(memory.tensor.shape)} dtype {str(memory.tensor.dtype).removeprefix('torch.')} "
-            f"segments {memory.segment_slot_counts}"
+            f"shape {tuple(tensor.shape)} dtype {str(tensor.dtype).removeprefix('torch.')} {detail}"
         )

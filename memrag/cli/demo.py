@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from memrag.cli.app import app
-from memrag.cli.common import CompressorOption, DeviceOption, DtypeOption, setup_logging
+from memrag.cli.common import CompressorOption, DeviceOption, DtypeOption, fail, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def demo(
     memory: str = typer.Option(
         None,
         "--memory",
-        help="What the store keeps per passage: embedding (slots), kv-exact or kv-pruned "
+        help="What the store keeps per passage: embedding or kv (a trained compressor's slots), "
+        "kv-exact or kv-pruned "
         "(settings after colons, e.g. kv-pruned:0.5). Default: the README's 'Which memory?'.",
     ),
     fidelity: str = typer.Option(
@@ -80,7 +81,15 @@ def demo(
         typer.secho(f"WARNING: {message}", fg=typer.colors.YELLOW, err=True)
 
     typer.echo("loading the compressor (the first run de-quantizes the embedded model once) ...")
-    model, trained = load_demo_compressor(compressor, device=device, dtype=dtype, warn=warn)
+    from memrag.memory.spec import resolve_memory_spec
+
+    try:
+        kind = resolve_memory_spec(memory).kind
+    except ValueError as err:
+        fail(f"--memory: {err}")
+    model, trained = load_demo_compressor(
+        compressor, memory_kind=kind, device=device, dtype=dtype, warn=warn
+    )
     report = run_demo(
         settings,
         compressor=model,

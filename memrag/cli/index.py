@@ -106,8 +106,8 @@ def build(
     memory: str = typer.Option(
         None,
         "--memory",
-        help="New stores: what to keep for each chunk: embedding (the compressor's slots), "
-        "kv-exact (its key/value cache) or kv-pruned (a subset of its positions' keys and "
+        help="New stores: what to keep for each chunk: embedding or kv (a trained compressor's "
+        "slots; default compressor: the shipped one of that slot kind), kv-exact (its key/value cache) or kv-pruned (a subset of its positions' keys and "
         "values). Settings after colons: kv-exact:int8, kv-pruned:0.5, kv-pruned:0.25:int8. "
         "Default: the one in the README's 'Which memory?'.",
     ),

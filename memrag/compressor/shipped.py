@@ -5,8 +5,23 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-#: Name of the trained default compressor (for ``gemma-3-270m``).
-DEFAULT_COMPRESSOR = "gemma-3-270m-icae"
+#: Name of the trained default compressor (for ``gemma-3-270m``): subset K/V slots, the slots
+#: that answer best (README, "Trained K/V slots").
+DEFAULT_COMPRESSOR = "gemma-3-270m-kv-subset"
+
+#: The shipped default for stores of ``embedding`` memory, which need embedding slots (ICAE).
+DEFAULT_EMBEDDING_COMPRESSOR = "gemma-3-270m-icae"
+
+
+def default_compressor(memory_kind: str | None = None) -> str:
+    """The shipped compressor used when none is named, for memory of ``memory_kind``.
+
+    ``"embedding"`` memory needs a compressor with embedding slots
+    (:data:`DEFAULT_EMBEDDING_COMPRESSOR`); every other kind, and ``None``, gets
+    :data:`DEFAULT_COMPRESSOR` (K/V memory of the frozen decoder only uses its base model).
+    """
+    kind = getattr(memory_kind, "value", memory_kind)  # a MemoryKind or its name
+    return DEFAULT_EMBEDDING_COMPRESSOR if kind == "embedding" else DEFAULT_COMPRESSOR
 
 
 def shipped_dir() -> Path:
@@ -44,7 +59,7 @@ def resolve_compressor_path(name_or_path: str | Path | None) -> Path:
 def source_name(directory: str | Path) -> str:
     """How to record where a compressor was loaded from: its shipped name, or the directory.
 
-    A shipped compressor is named (``"gemma-3-270m-icae"``) rather than located, so store
+    A shipped compressor is named (``"gemma-3-270m-kv-subset"``) rather than located, so store
     manifests and reports stay valid when the installed package moves.
     """
     path = Path(directory)

@@ -1,7 +1,8 @@
 """Reconstruction: how much of a segment the decoder can rebuild from its slots alone.
 
-Each segment is compressed, spliced as ``[slots, reconstruct marker]`` (the autoencoding
-prompt of pretraining), and decoded greedily. Scores: corpus BLEU-4 (0–1) over whitespace
+Each segment is compressed, spliced as the autoencoding prompt of pretraining
+(:func:`~memrag.training.objectives.reconstruct_prompt`: embedding slots and the reconstruct
+marker, or K/V slots and KVzip's repeat instruction), and decoded greedily. Scores: corpus BLEU-4 (0–1) over whitespace
 words and exact match (percent), overall and per segment-length bucket.
 """
 
@@ -18,6 +19,7 @@ import torch
 from memrag.data.readers import OnError
 from memrag.eval.metrics import corpus_bleu, reconstruction_exact_match
 from memrag.generation import GenerationOptions
+from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
 from memrag.utils.progress import progress
 
@@ -114,7 +116,10 @@ def reconstruct(compressor: Any, segments: Sequence[Sequence[int]], *, batch_siz
             chunk = order[start : start + batch_size]
             with torch.inference_mode():
                 tensors = compressor.encode_segments([segments[i] for i in chunk])
-            prompts = [reconstruct_prompt(Slots(tensor=t, kind=compressor.config.slot_kind)) for t in tensors]
+            prompts = [
+                reconstruct_prompt(t if isinstance(t, KVSlots) else Slots(tensor=t, kind=compressor.config.slot_kind))
+                for t in tensors
+            ]
             options = GenerationOptions(max_new_tokens=max(len(segments[i]) for i in chunk) + 8)
             for index, generation in zip(chunk, compressor.generate(prompts, options)):
                 texts[index] = generation.text

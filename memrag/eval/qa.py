@@ -47,10 +47,10 @@ def check_modes(modes: Sequence[str]) -> None:
     for mode in modes:
         if mode in MODES:
             continue
-        if not mode.startswith("kv-"):
+        if mode.split(":")[0] not in ("kv", "kv-exact", "kv-pruned"):
             raise ValueError(
                 f"unknown mode {mode!r}; choose from {', '.join(MODES)} or a K/V memory mode "
-                "(kv-exact[:int8], kv-pruned[:0.5] ...)"
+                "(kv-exact[:int8], kv-pruned[:0.5], kv[:int8] for a K/V compressor's slots ...)"
             )
         parse_memory_mode(mode)
 
@@ -222,11 +222,17 @@ def _contexts(
         by_text = dict(zip(unique, slots))
     else:
         spec = parse_memory_mode(mode)
+        started = time.perf_counter()
         made = build_memory(
             compressor, spec, unique, batch_size=batch_size, show_progress=show_progress, reuse=reuse
         )
-        # What a store would pay to make it (computed once per selection, whatever was reused).
-        cost["seconds_per_passage"] = reuse.seconds.get(computation_key(spec), 0.0)
+        # What a store would pay to make it (the decoder's memory is computed once per
+        # selection, whatever was reused; a K/V compressor's slots each time).
+        cost["seconds_per_passage"] = (
+            (time.perf_counter() - started) / max(len(unique), 1)
+            if spec.memory_kind.needs_training
+            else reuse.seconds.get(computation_key(spec), 0.0)
+        )
         with compressor.decoder_mode() as decoder:
             codec = codec_for(decoder, spec)
         stored, sizes = as_stored(made, codec)  # type: ignore[arg-type]

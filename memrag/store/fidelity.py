@@ -6,9 +6,10 @@ the chunk from ``[slots, Task.RECONSTRUCT]`` (teacher-forced): ``exp(-mean token
 chunk under an untrained compressor) score low, and a store flags those below its threshold
 with ``use_text`` so query-time consumers splice their text.
 
-Pruned K/V memory is scored the same way, with the prompt ``[memory, "Repeat the previous
-context exactly."]`` (KVzip's reconstruction task) instead of the learned marker; exact K/V
-memory is the text's own cache and is not scored.
+K/V memory (pruned, or a trained compressor's K/V slots) is scored the same way, with the
+prompt ``[memory, "Repeat the previous context exactly."]`` (KVzip's reconstruction task)
+instead of the learned marker (:func:`~memrag.training.objectives.reconstruct_prompt`); exact
+K/V memory is the text's own cache and is not scored.
 
 Cost: one batched decoder forward pass per chunk. With a large vocabulary (Gemma: 262k) the
 output projection would cost more than the transformer itself, so by default the NLL is
@@ -112,7 +113,7 @@ class FidelityScorer:
 
     def _score_kv(self, text: str, memory: KVSlots) -> float:
         """Reconstruction likelihood of ``text`` from its K/V memory (one prompt)."""
-        from memrag.memory.pruning import REPEAT_PROMPT
+        from memrag.training.objectives import reconstruct_prompt
 
         compressor = self.compressor
         splicer = compressor.splicer
@@ -120,15 +121,16 @@ class FidelityScorer:
         if len(ids) > self.max_tokens:
             text = compressor.tokenizer.decode(ids[: self.max_tokens])
         # Tokenized part by part, as the splicer does.
-        tail_ids = splicer.tokenize(REPEAT_PROMPT) + splicer.tokenize(text)
-        lead = len(splicer.tokenize(REPEAT_PROMPT))
+        prompt = reconstruct_prompt(memory)  # [memory, the repeat instruction]
+        tail_ids = splicer.tokenize(prompt[1]) + splicer.tokenize(text)
+        lead = len(splicer.tokenize(prompt[1]))
         count = len(tail_ids) - lead
         if self.sample_tokens is None or self.sample_tokens >= count:
             picked = list(range(count))
         else:
             picked = sorted({int(i * count / self.sample_tokens) for i in range(self.sample_tokens)})
         with torch.inference_mode():
-            batch = compressor.build([[memory, REPEAT_PROMPT, text]], tail="run")
+            batch = compressor.build([[*prompt, text]], tail="run")
             cached = batch.cache.get_seq_length()
             # The logit at tail index t predicts tail token t + 1.
             keep = torch.tensor([lead + j - 1 for j in picked], device=batch.inputs_embeds.device)

@@ -120,13 +120,17 @@ def memory_info(compressor: Any, memory: Any) -> MemoryInfo:
     )
 
 
-def _load_compressor(spec: Any, device: str | None, dtype: Any) -> Any:
+def _load_compressor(spec: Any, device: str | None, dtype: Any, memory: Any = None) -> Any:
+    """A compressor from an instance, a directory or shipped name, or ``None``: the shipped
+    default for the store's ``memory`` (embedding memory needs embedding slots)."""
     from memrag.compressor import Compressor
+    from memrag.compressor.shipped import default_compressor
+    from memrag.memory.spec import resolve_memory_spec
 
-    if spec is None or isinstance(spec, (str, os.PathLike)):
-        return Compressor.from_pretrained(
-            None if spec is None else str(spec), device=device, dtype=dtype
-        )
+    if spec is None:
+        spec = default_compressor(resolve_memory_spec(memory).kind)
+    if isinstance(spec, (str, os.PathLike)):
+        return Compressor.from_pretrained(str(spec), device=device, dtype=dtype)
     return spec
 
 
@@ -206,12 +210,13 @@ class MemoryStore:
         Args:
             path: The store directory.
             compressor: A :class:`~memrag.compressor.Compressor`, a compressor directory or
-                shipped name, or ``None`` for the trained default shipped with memrag.
+                shipped name, or ``None`` for the trained default shipped with memrag for
+                ``memory`` (:func:`~memrag.compressor.shipped.default_compressor`).
             embedder: An embedder, an embedder id (``"hashing:256"``, a sentence-transformers
                 name or path), or ``None`` for all-MiniLM-L6-v2 from its pip package.
             memory: What the store keeps for each chunk: a
                 :class:`~memrag.memory.spec.MemorySpec`, a mode string (``"embedding"``,
-                ``"kv-exact"``, ``"kv-exact:int8"``, ``"kv-pruned:0.5"`` ...), or ``None`` for
+                ``"kv"``, ``"kv-exact"``, ``"kv-exact:int8"``, ``"kv-pruned:0.5"`` ...), or ``None`` for
                 :data:`~memrag.memory.spec.DEFAULT_MEMORY`. K/V memory is made by the
                 compressor's frozen decoder (any compressor over the same base model reads it).
             index: ``"flat"`` (exact, default), ``"hnsw"`` or ``"ivf"``, or an :class:`IndexSpec`.
@@ -237,7 +242,7 @@ class MemoryStore:
             raise StoreExistsError(
                 f"cannot create a store at {target}: it exists and is not an empty directory"
             )
-        compressor = _load_compressor(compressor, device, dtype)
+        compressor = _load_compressor(compressor, device, dtype, memory)
         embedder = load_embedder(embedder, device=device)
         spec = (
             index

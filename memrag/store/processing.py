@@ -108,7 +108,7 @@ class ChunkProcessor:
             ``None``: embedding slots.
         slot_dtype: Dtype embedding slots are stored in.
         compress_batch_size: Segments (or chunks, for K/V memory) per forward pass.
-        fidelity: ``"reconstruct"`` or ``"none"``. K/V memory is scored only when pruned
+        fidelity: ``"reconstruct"`` or ``"none"``. Every kind but ``kv-exact`` is scored
             (exact memory loses nothing).
         fidelity_max_tokens: Tokens reconstructed per chunk at most.
         fidelity_sample_tokens: Tokens scored per chunk (``None``: all).
@@ -142,9 +142,8 @@ class ChunkProcessor:
         self.slot_dtype = resolve_dtype(slot_dtype)
         self.compress_batch_size = compress_batch_size
         check_compressor_kind(self.memory.memory_kind, compressor.config.slot_kind)
-        # Exact K/V memory is the text's own: nothing to score. Trained K/V slots are not
-        # scored yet (the scorer reconstructs through the reconstruct marker).
-        scored = fidelity == "reconstruct" and self.memory.kind in ("embedding", "kv-pruned")
+        # Exact K/V memory is the text's own: nothing to score. Every other kind is lossy.
+        scored = fidelity == "reconstruct" and self.memory.kind != "kv-exact"
         self.scorer = (
             FidelityScorer(
                 compressor, max_tokens=fidelity_max_tokens, sample_tokens=fidelity_sample_tokens

@@ -58,8 +58,17 @@ class Objective(Protocol):
 
 
 # --------------------------------------------------------------------------- prompts
-def reconstruct_prompt(slots: Slots) -> list[PromptPart]:
-    """Autoencoding prompt: the slots, then the reconstruct marker."""
+def reconstruct_prompt(slots: Slots | KVSlots) -> list[PromptPart]:
+    """Autoencoding prompt: embedding slots, then the reconstruct marker; K/V memory, then
+    KVzip's repeat instruction (:data:`~memrag.memory.pruning.REPEAT_PROMPT`), which the frozen
+    decoder follows from its own keys and values before any training.
+
+    Used by pretraining, ``memrag eval ae`` and the stores' fidelity scores alike.
+    """
+    if isinstance(slots, KVSlots):
+        from memrag.memory.pruning import REPEAT_PROMPT
+
+        return [slots, REPEAT_PROMPT]
     return [slots, Task.RECONSTRUCT]
 
 

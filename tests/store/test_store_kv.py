@@ -225,3 +225,37 @@ def test_trained_memory_needs_a_compressor_of_its_slot_kind(tmp_path: Path, comp
         MemoryStore.create(tmp_path / "a", compressor=compressor, embedder="hashing:64", memory="kv")
     with pytest.raises(ValueError, match="slot_kind='embedding'"):
         MemoryStore.create(tmp_path / "b", compressor=tiny_compressor(slot_kind="kv"), embedder="hashing:64", memory="embedding")
+
+
+def test_trained_kv_slots_are_scored_by_reconstructing_the_chunk_from_them(tmp_path: Path) -> None:
+    from memrag.store.fidelity import FidelityScorer
+    from memrag.testing import tiny_compressor
+
+    kv_compressor = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset")
+    with _store(tmp_path / "s", kv_compressor, "kv", fidelity_threshold=1.0) as store:
+        records = store.get(["paris", "tower", "fox"])
+        assert all(r.fidelity is not None and 0 < r.fidelity <= 1 for r in records)
+        assert all(r.use_text for r in records)
+        # The stored score is the scorer's, from the slots as stored (float16).
+        scorer = FidelityScorer(kv_compressor)
+        (again,) = scorer.score([TEXTS[1]], [records[1].slots])
+        assert again == pytest.approx(records[1].fidelity, rel=1e-4)
+
+
+def test_a_store_without_a_named_compressor_gets_the_shipped_default_for_its_memory(
+    tmp_path: Path, compressor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memrag.compressor import Compressor
+    from memrag.compressor.shipped import DEFAULT_COMPRESSOR, DEFAULT_EMBEDDING_COMPRESSOR
+
+    asked: list[str] = []
+
+    def from_pretrained(name, **_):
+        asked.append(name)
+        return compressor
+
+    monkeypatch.setattr(Compressor, "from_pretrained", staticmethod(from_pretrained))
+    # (This directory's conftest makes "embedding" the default memory.)
+    for memory, expected in (("embedding", DEFAULT_EMBEDDING_COMPRESSOR), ("kv-exact", DEFAULT_COMPRESSOR), (None, DEFAULT_EMBEDDING_COMPRESSOR)):
+        MemoryStore.create(tmp_path / f"s-{memory}", embedder="hashing:64", memory=memory, fidelity="none").close()
+        assert asked[-1] == expected, memory
