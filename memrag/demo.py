@@ -398,8 +398,9 @@ def run_demo(
         )
         if mostly_text(report.use_text, report.passages):
             say(
-                "  most passages scored below the fidelity threshold, so the `slots` answers "
-                "below read their text instead (see the compressor's model card); with a kept "
+                "  most passages scored below the fidelity threshold, so the "
+                f"`{memory_mode(kind)}` answers below read their text instead (see the "
+                "compressor's model card); with a kept "
                 f"--store, {SET_THRESHOLD_HINT}"
             )
         retriever = vectorstore.as_retriever(k=settings.k)
