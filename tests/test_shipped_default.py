@@ -93,12 +93,12 @@ def test_each_shipped_compressor_answers_from_slots_better_than_untrained(name: 
     from memrag.compressor import Compressor
     from memrag.models.loading import load_base_model
 
-    trained = Compressor.from_pretrained(name, dtype="bfloat16")  # verifies the stored fingerprint
+    trained = Compressor.from_pretrained(name, dtype="float32")  # verifies the stored fingerprint
     assert trained.config.base_model == "gemma-3-270m" and trained.source == name
     examples = _demo_examples()
     trained_loss = _mean_answer_loss(trained, examples)
     # A base model of its own: the adapter is injected into the model it is given.
-    untrained = Compressor.from_base(load_base_model("gemma-3-270m", dtype="bfloat16"), trained.config, seed=0)
+    untrained = Compressor.from_base(load_base_model("gemma-3-270m", dtype="float32"), trained.config, seed=0)
     untrained_loss = _mean_answer_loss(untrained, examples)
     # Untrained subset slots already answer (they are the decoder's own K/V); embedding slots
     # of an untrained encoder carry nothing.
