@@ -19,8 +19,6 @@ import torch
 from memrag.data.readers import OnError
 from memrag.eval.metrics import corpus_bleu, reconstruction_exact_match
 from memrag.generation import GenerationOptions
-from memrag.memory.kv import KVSlots
-from memrag.slots import Slots
 from memrag.utils.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -117,8 +115,8 @@ def reconstruct(compressor: Any, segments: Sequence[Sequence[int]], *, batch_siz
             with torch.inference_mode():
                 tensors = compressor.encode_segments([segments[i] for i in chunk])
             prompts = [
-                reconstruct_prompt(t if isinstance(t, KVSlots) else Slots(tensor=t, kind=compressor.config.slot_kind))
-                for t in tensors
+                reconstruct_prompt(compressor.join_segments([piece], len(segments[i])))
+                for i, piece in zip(chunk, tensors)
             ]
             options = GenerationOptions(max_new_tokens=max(len(segments[i]) for i in chunk) + 8)
             for index, generation in zip(chunk, compressor.generate(prompts, options)):

@@ -42,12 +42,13 @@ DEFAULT_MODES = ("text", "slots", "kv-exact", "kv-pruned", "truncated", "none")
 
 def check_modes(modes: Sequence[str]) -> None:
     """Raises ``ValueError`` naming the first mode that is neither in :data:`MODES` nor a K/V mode."""
+    from memrag.memory.kinds import MemoryKind
     from memrag.memory.spec import parse_memory_mode
 
     for mode in modes:
         if mode in MODES:
             continue
-        if mode.split(":")[0] not in ("kv", "kv-exact", "kv-pruned"):
+        if mode.split(":")[0] not in {kind.value for kind in MemoryKind if kind.is_kv}:
             raise ValueError(
                 f"unknown mode {mode!r}; choose from {', '.join(MODES)} or a K/V memory mode "
                 "(kv-exact[:int8], kv-pruned[:0.5], kv[:int8] for a K/V compressor's slots ...)"

@@ -122,8 +122,9 @@ class FidelityScorer:
             text = compressor.tokenizer.decode(ids[: self.max_tokens])
         # Tokenized part by part, as the splicer does.
         prompt = reconstruct_prompt(memory)  # [memory, the repeat instruction]
-        tail_ids = splicer.tokenize(prompt[1]) + splicer.tokenize(text)
-        lead = len(splicer.tokenize(prompt[1]))
+        instruction = splicer.tokenize(prompt[1])
+        tail_ids = instruction + splicer.tokenize(text)
+        lead = len(instruction)
         count = len(tail_ids) - lead
         if self.sample_tokens is None or self.sample_tokens >= count:
             picked = list(range(count))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from memrag.memory.kinds import check_compressor_kind
+from memrag.memory.kinds import MemoryKind, check_compressor_kind
 from memrag.slots import Slots
 from memrag.store.embedder import Embedder
 from memrag.store.fidelity import FidelityScorer
@@ -143,7 +143,7 @@ class ChunkProcessor:
         self.compress_batch_size = compress_batch_size
         check_compressor_kind(self.memory.memory_kind, compressor.config.slot_kind)
         # Exact K/V memory is the text's own: nothing to score. Every other kind is lossy.
-        scored = fidelity == "reconstruct" and self.memory.kind != "kv-exact"
+        scored = fidelity == "reconstruct" and self.memory.memory_kind is not MemoryKind.KV_EXACT
         self.scorer = (
             FidelityScorer(
                 compressor, max_tokens=fidelity_max_tokens, sample_tokens=fidelity_sample_tokens
