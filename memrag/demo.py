@@ -71,7 +71,9 @@ class DemoSettings:
         memory: What the store keeps for each passage (``None``: the default memory kind;
             ``"embedding"``, ``"kv-exact"``, ``"kv-pruned"`` ...). A kept store keeps its kind.
         show_progress: Show progress bars.
-        device: Device of the retrieval embedder when it is loaded here.
+        device: Device of the compressor and of the retrieval embedder when they are loaded
+            here.
+        dtype: Weight dtype of the compressor when it is loaded here.
     """
 
     questions: int = 3
@@ -83,6 +85,7 @@ class DemoSettings:
     batch_size: int = 25
     show_progress: bool = True
     device: str = "cpu"
+    dtype: str = "float32"
     memory: str | None = None
 
     def __post_init__(self) -> None:
@@ -352,7 +355,13 @@ def run_demo(
     kind = resolve_memory_spec(settings.memory).kind
     if compressor is None or isinstance(compressor, (str, Path)):
         say("loading the compressor (the first run de-quantizes the embedded model once) ...")
-        compressor, trained = load_demo_compressor(compressor, memory_kind=kind, warn=warn)
+        compressor, trained = load_demo_compressor(
+            compressor,
+            memory_kind=kind,
+            device=settings.device,
+            dtype=settings.dtype,
+            warn=warn,
+        )
     elif trained is None:
         trained = getattr(compressor, "source", None) is not None
 

@@ -62,7 +62,6 @@ def demo(
         DemoSettings,
         format_answer,
         format_summary,
-        load_demo_compressor,
         run_demo,
     )
 
@@ -74,26 +73,23 @@ def demo(
         fidelity=fidelity,
         store_path=store,
         device=device,
+        dtype=dtype,
         memory=memory,
     )
 
     def warn(message: str) -> None:
         typer.secho(f"WARNING: {message}", fg=typer.colors.YELLOW, err=True)
 
-    typer.echo("loading the compressor (the first run de-quantizes the embedded model once) ...")
     from memrag.memory.spec import resolve_memory_spec
 
     try:
-        kind = resolve_memory_spec(memory).kind
+        resolve_memory_spec(memory)
     except ValueError as err:
         fail(f"--memory: {err}")
-    model, trained = load_demo_compressor(
-        compressor, memory_kind=kind, device=device, dtype=dtype, warn=warn
-    )
     report = run_demo(
         settings,
-        compressor=model,
-        trained=trained,
+        compressor=compressor,
+        warn=warn,
         embedding=embedder,
         say=typer.echo,
         on_answer=lambda answer, position, total: typer.echo(

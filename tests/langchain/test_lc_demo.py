@@ -143,10 +143,17 @@ def test_untrained_fallback_warns(monkeypatch, lc_compressor) -> None:
 def test_cli_runs_the_demo(monkeypatch, lc_compressor) -> None:
     from memrag.cli.app import app
 
-    monkeypatch.setattr(
-        demo_module, "load_demo_compressor", lambda *args, **kwargs: (lc_compressor, False)
-    )
+    loads: list[tuple[tuple, dict]] = []
+
+    def load(*args, **kwargs):
+        loads.append((args, kwargs))
+        return lc_compressor, False
+
+    monkeypatch.setattr(demo_module, "load_demo_compressor", load)
     args = ["demo", "-n", "1", "--passages", "3", "--embedder", EMBEDDER, "--max-new-tokens", "3"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, [*args, "--dtype", "bfloat16"])
     assert result.exit_code == 0, result.output
+    # the compressor is loaded once, by run_demo, with the CLI's device and dtype
+    assert len(loads) == 1
+    assert loads[0][1]["device"] == "cpu" and loads[0][1]["dtype"] == "bfloat16"
     assert "[1/1] Q: " in result.output and "mean time to first token" in result.output
