@@ -242,6 +242,17 @@ def test_qa_stream_gold_among_distractors_and_resume(tmp_path: Path) -> None:
     assert take(again, 30) == expected
 
 
+def test_qa_stream_start_line_skips_earlier_questions_in_every_epoch(tmp_path: Path) -> None:
+    corpus = qa_corpus(tmp_path / "qa.jsonl", paragraphs=10)  # line n holds paragraph (n - 1) // 3
+    stream = QAStream(corpus, max_distractors=2, shuffle_buffer=4, seed=0, start_line=16)
+    examples = take(stream, 40)  # 15 usable questions: more than two epochs
+    assert stream.records.epoch >= 2
+    paragraphs = {int(e.id[1 : e.id.index("_")]) for e in examples}
+    assert paragraphs == set(range(5, 10))
+    early = {json.loads(line)["context"] for line in corpus.read_text().splitlines()[:15]}
+    assert not early & {context for e in examples for context in e.contexts}
+
+
 # --------------------------------------------------------------------------- objectives
 def test_objectives_put_loss_on_target_tokens_only(tiny_compressor: Compressor) -> None:
     from memrag.training.data import PretrainExample, QAExample

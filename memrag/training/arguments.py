@@ -208,6 +208,12 @@ class FinetuneDataArguments(_JsonMixin):
     )
     max_distractors: int = _arg(4, "Each example adds 0..N distractor passages, in random order with the gold one.", min=0)
     shuffle_buffer: int = _arg(1024, "Questions held in the shuffle buffer (distractors are drawn from it too).", min=1)
+    start_line: int = _arg(
+        1,
+        "First line of --data to read (1-based; each epoch restarts there): a later training stage "
+        "can start on articles the earlier stages did not see.",
+        min=1,
+    )
     max_answer_tokens: int = _arg(48, "Truncate answer targets to this many tokens.", min=1)
     on_bad_row: str = _arg("skip", "What to do with bad data rows: skip (log file:line) or raise.")
     eval_examples: int = _arg(64, "Evaluation examples for the held-out loss.", min=0)

@@ -488,6 +488,7 @@ class QAStream:
         path: SQuAD-style JSONL(.gz) file.
         max_distractors: Each example gets ``randint(0, max_distractors)`` distractors.
         shuffle_buffer: Questions held for shuffling and as the distractor pool.
+        start_line: First line of the file to read (1-based); each epoch restarts there.
         seed: Seed of order, distractor count, choice and position.
         cycle: Start over at the end of the file (training) or stop (evaluation).
         on_error: ``"skip"`` or ``"raise"`` for bad rows.
@@ -501,6 +502,7 @@ class QAStream:
         *,
         max_distractors: int = 4,
         shuffle_buffer: int = 1024,
+        start_line: int = 1,
         seed: int = 0,
         cycle: bool = True,
         on_error: OnError = "skip",
@@ -513,6 +515,7 @@ class QAStream:
         self.rng = random.Random(seed)
         self.records: RecordCycler[QARecord] = RecordCycler(
             lambda report: iter_qa_records(self.path, on_error=on_error, report=report),
+            start_line=start_line,
             shard=shard,
             num_shards=num_shards,
             cycle=cycle,

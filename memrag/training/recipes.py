@@ -165,7 +165,7 @@ def finetuning_trainer(
     compressor, dist = _setup(model, train, compressor)
     stream = QAStream(
         data.data, max_distractors=data.max_distractors, shuffle_buffer=data.shuffle_buffer,
-        seed=train.seed, on_error=data.on_bad_row, shard=dist.rank, num_shards=dist.world_size,
+        start_line=data.start_line, seed=train.seed, on_error=data.on_bad_row, shard=dist.rank, num_shards=dist.world_size,
     )
     objective = QAObjective(max_answer_tokens=data.max_answer_tokens, distillation=_distillation(train))
     evaluators: list[Any] = []
