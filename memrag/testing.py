@@ -126,6 +126,7 @@ def tiny_compressor(
     base: BaseModel | None = None,
     slot_kind: Literal["embedding", "kv"] = "embedding",
     kv_positions: Literal["memory", "subset"] = "memory",
+    kv_selection: Literal["stride", "prefill", "kvzip"] = "stride",
 ) -> Any:
     """A tiny compressor with random (non-zero) LoRA weights over a fresh tiny base model."""
     from memrag.compressor.model import Compressor
@@ -137,6 +138,7 @@ def tiny_compressor(
         compression_rate=compression_rate,
         slot_kind=slot_kind,
         kv_positions=kv_positions,
+        kv_selection=kv_selection,
         lora_rank=4,
         lora_alpha=8,
     )

@@ -16,6 +16,7 @@ from memrag.splice import left_padded
 from memrag.generation import cache_argument
 from memrag.memory.capture import capture_kv
 from memrag.memory.kv import KVSlots
+from memrag.memory.pruning import REPEAT_PROMPT, PruningConfig, score_and_capture, select_positions
 from memrag.testing import randomize_lora, tiny_base_model, tiny_compressor
 from memrag.training.data import QAExample
 from memrag.training.objectives import Distillation, QAObjective, TargetLogits, top_k_kl
@@ -148,6 +149,43 @@ def test_subset_slots_of_an_untrained_adapter_are_the_decoders_own_keys_and_valu
     torch.testing.assert_close(slots.values, exact.values[kept], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("selection", ["prefill", "kvzip"])
+def test_scored_subset_slots_of_an_untrained_adapter_are_the_pruned_memorys_positions(selection: str) -> None:
+    base = tiny_base_model(seed=3)
+    config = CompressorConfig(
+        base_model=base.name, segment_length=64, slot_kind="kv", kv_positions="subset", kv_selection=selection
+    )
+    compressor = Compressor(base, config, seed=3)
+    ids = _ids(compressor, DOC_B)
+    (slots,) = compressor.compress([DOC_B])
+    tokenizer = compressor.tokenizer
+    repeat = _ids(compressor, REPEAT_PROMPT) if selection == "kvzip" else []
+    with compressor.decoder_mode() as decoder:
+        ((exact, scores),) = score_and_capture(
+            decoder, [ids], PruningConfig(selection=selection, keep_ratio=0.25),
+            context=[tokenizer.bos_token_id], repeat_ids=repeat, pad_token_id=tokenizer.pad_token_id,
+        )
+    kept = select_positions(scores, PruningConfig(selection=selection, keep_ratio=0.25))
+    assert kept.shape == (math.ceil(len(ids) / 4), exact.keys.shape[1])
+    if selection == "kvzip":  # (prefill scores favour the first positions in every layer here)
+        assert len({tuple(kept[:, layer].tolist()) for layer in range(kept.shape[1])}) > 1  # per layer
+    layers = torch.arange(kept.shape[1])
+    torch.testing.assert_close(slots.keys, exact.keys[kept, layers], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(slots.values, exact.values[kept, layers], rtol=1e-5, atol=1e-5)
+    assert torch.equal(slots.offsets[:, 0], torch.arange(kept.shape[0]))
+
+
+def test_kv_selection_is_validated_and_only_a_scored_one_changes_the_fingerprint() -> None:
+    stride = _kv("subset")
+    assert "kv_selection" not in stride.config.identity()  # fingerprints made before it stay valid
+    scored = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset", kv_selection="kvzip")
+    assert scored.fingerprint != stride.fingerprint
+    with pytest.raises(ValueError, match="kv_selection must be one of"):
+        CompressorConfig(slot_kind="kv", kv_positions="subset", kv_selection="random")
+    with pytest.raises(ValueError, match="needs slot_kind='kv' and kv_positions='subset'"):
+        CompressorConfig(slot_kind="kv", kv_positions="memory", kv_selection="prefill")
+
+
 def test_slots_of_another_compressor_are_refused() -> None:
     mine, other = _kv("memory", seed=0), _kv("memory", seed=1)
     (slots,) = other.compress([DOC_A])
@@ -240,9 +278,10 @@ def test_kv_training_with_distillation_resumes_exactly(kind: str, kv_positions: 
     assert loaded.fingerprint == straight.compressor.fingerprint
 
 
-@pytest.mark.parametrize("kv_positions", POSITIONS)
+@pytest.mark.parametrize("kv_positions", [*POSITIONS, "subset:kvzip"])
 def test_kv_training_lowers_the_loss_on_what_it_trains_on(kv_positions: str, tmp_path: Path) -> None:
-    compressor = _kv(kv_positions)
+    positions, _, selection = kv_positions.partition(":")
+    compressor = tiny_compressor(seed=0, slot_kind="kv", kv_positions=positions, kv_selection=selection or "stride")
     examples = [
         QAExample(id="a", question="What is first?", answers=["alpha beta"], contexts=["alpha beta gamma delta"], gold_index=0),
         QAExample(id="b", question="What is built?", answers=["tower"], contexts=["tower river bridge 1889"], gold_index=0),

@@ -360,6 +360,27 @@ def test_train_cli_pretrain_then_finetune_then_resume(tmp_path: Path, tiny_base_
     assert [(r["step"], r["max_steps"]) for r in starts] == [(0, 1), (1, 3), (2, 3)]
 
 
+def test_init_from_with_kv_selection_changes_how_subset_slots_are_chosen(tmp_path: Path, tiny_base_dir: Path) -> None:
+    from memrag.compressor import CompressorConfig
+    from memrag.models.loading import load_base_model
+    from memrag.training.recipes import build_compressor
+
+    base = load_base_model(str(tiny_base_dir))
+    config = CompressorConfig(base_model=str(tiny_base_dir), segment_length=16, slot_kind="kv", kv_positions="subset", lora_rank=4)
+    saved = Compressor(base, config, seed=0)
+    randomize_lora(saved, seed=0)
+    saved.save_pretrained(tmp_path / "stride")
+    kept = build_compressor(ModelArguments(init_from=str(tmp_path / "stride")), "cpu")
+    assert kept.config.kv_selection == "stride" and kept.fingerprint == saved.fingerprint
+    scored = build_compressor(ModelArguments(init_from=str(tmp_path / "stride"), kv_selection="kvzip"), "cpu")
+    assert scored.config.kv_selection == "kvzip" and scored.fingerprint != saved.fingerprint
+    assert not torch.equal(scored.compress(["alpha beta gamma delta " * 3])[0].keys, kept.compress(["alpha beta gamma delta " * 3])[0].keys)
+    embedding = Compressor(load_base_model(str(tiny_base_dir)), CompressorConfig(base_model=str(tiny_base_dir), segment_length=16, lora_rank=4), seed=0)
+    embedding.save_pretrained(tmp_path / "embedding")
+    with pytest.raises(ValueError, match="kv_selection"):
+        build_compressor(ModelArguments(init_from=str(tmp_path / "embedding"), kv_selection="prefill"), "cpu")
+
+
 def test_train_cli_reports_bad_rows_as_errors(tmp_path: Path, tiny_base_dir: Path) -> None:
     from memrag.cli import app
 

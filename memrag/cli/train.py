@@ -134,4 +134,7 @@ _register(
 
 
 def _slots(config: Any) -> str:
-    return f"kv/{config.kv_positions}" if config.slot_kind == "kv" else config.slot_kind
+    if config.slot_kind != "kv":
+        return config.slot_kind
+    chosen = f", {config.kv_selection}" if config.kv_positions == "subset" and config.kv_selection != "stride" else ""
+    return f"kv/{config.kv_positions}{chosen}"

@@ -25,6 +25,8 @@ SAVED_FILES = (CONFIG_NAME, ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, EMBEDDING
 SlotKind = Literal["embedding", "kv"]
 #: Where ``kv`` slots are read in the encoder (see :class:`CompressorConfig`).
 KV_POSITIONS = ("memory", "subset")
+#: How ``subset`` slot positions are chosen (see :class:`CompressorConfig`).
+KV_SELECTIONS = ("stride", "prefill", "kvzip")
 TASK_NAMES = ("reconstruct", "continue", "answer")
 
 
@@ -45,6 +47,13 @@ class CompressorConfig:
             ``compression_rate``-th of the segment's own tokens, as in KV-Distill; before any
             training these are the frozen decoder's own keys and values). Ignored for
             ``embedding`` slots.
+        kv_selection: Which of the segment's positions ``subset`` slots keep (``ceil(n / rate)``
+            of them): ``"stride"`` (the last token of every group of ``compression_rate``
+            tokens, the same for every layer) or, per layer, the positions the frozen decoder
+            scores highest when it reads the segment, as ``kv-pruned`` memory chooses them:
+            ``"prefill"`` (attention received, H2O-style) or ``"kvzip"`` (attention received
+            while re-reading it, KVzip). The scores come from the frozen decoder (no gradient);
+            the chosen positions' keys and values come from the encoder with its adapter.
         segment_length: Maximum number of text tokens compressed together as one segment.
         compression_rate: Text tokens per memory slot; a segment of ``n`` tokens yields
             ``ceil(n / compression_rate)`` slots.
@@ -61,6 +70,7 @@ class CompressorConfig:
     base_model_signature: dict[str, Any] = field(default_factory=dict)
     slot_kind: SlotKind = "embedding"
     kv_positions: str = "memory"
+    kv_selection: str = "stride"
     segment_length: int = 128
     compression_rate: int = 4
     lora_rank: int = 16
@@ -79,6 +89,12 @@ class CompressorConfig:
             raise ValueError(
                 f"kv_positions must be one of {', '.join(KV_POSITIONS)}, got {self.kv_positions!r}"
             )
+        if self.kv_selection not in KV_SELECTIONS:
+            raise ValueError(
+                f"kv_selection must be one of {', '.join(KV_SELECTIONS)}, got {self.kv_selection!r}"
+            )
+        if self.kv_selection != "stride" and not (self.slot_kind == "kv" and self.kv_positions == "subset"):
+            raise ValueError("kv_selection other than 'stride' needs slot_kind='kv' and kv_positions='subset'")
         if self.segment_length < 1:
             raise ValueError(f"segment_length must be >= 1, got {self.segment_length}")
         if self.compression_rate < 1:
@@ -95,8 +111,9 @@ class CompressorConfig:
         return self.slot_kind == "embedding" or self.kv_positions == "memory"
 
     def slot_positions(self, num_tokens: int) -> list[int]:
-        """For ``kv_positions="subset"``: the segment positions whose keys and values are kept
-        (the last token of each group of ``compression_rate`` tokens)."""
+        """For ``kv_positions="subset"`` with ``kv_selection="stride"``: the segment positions
+        whose keys and values are kept (the last token of each group of ``compression_rate``
+        tokens)."""
         rate = self.compression_rate
         return [min(num_tokens - 1, (group + 1) * rate - 1) for group in range(self.slots_for(num_tokens))]
 
@@ -105,6 +122,8 @@ class CompressorConfig:
         data = {k: v for k, v in self.to_dict().items() if k not in ("memrag_version", "format_version")}
         if self.slot_kind == "embedding":
             data.pop("kv_positions")  # meaningless there; older fingerprints stay valid
+        if self.kv_selection == "stride":
+            data.pop("kv_selection")  # the only choice before it existed; fingerprints stay valid
         return data
 
     def slots_for(self, num_tokens: int) -> int:

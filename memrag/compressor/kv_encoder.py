@@ -6,9 +6,13 @@ pre-rotary keys and the values, at every layer, of some of the encoder's positio
 
 * ``"memory"`` (500xCompressor): ``ceil(n / rate)`` learned memory tokens appended after the
   segment's ``n`` tokens; their keys and values are the slots.
-* ``"subset"`` (KV-Distill): the last token of each group of ``rate`` tokens of the segment
-  itself. Before any training (LoRA starts as the identity) these are exactly the frozen
-  decoder's own keys and values of those positions, i.e. stride-pruned K/V memory.
+* ``"subset"`` (KV-Distill): ``ceil(n / rate)`` of the segment's own positions. Before any
+  training (LoRA starts as the identity) these are exactly the frozen decoder's own keys and
+  values of those positions, i.e. pruned K/V memory. Which positions
+  (:attr:`~memrag.compressor.config.CompressorConfig.kv_selection`): the last token of each
+  group of ``rate`` tokens (``"stride"``), or per layer the best-scored by the frozen decoder
+  reading the segment (``"prefill"``, ``"kvzip"``: the scoring of
+  :mod:`memrag.memory.pruning`).
 
 The slots are :class:`~memrag.memory.kv.KVSlots` of kind ``"kv"`` at consecutive positions,
 spliced through the same K/V prefill as exact and pruned memory
@@ -48,6 +52,33 @@ def encoder_rows(compressor: Any, ids: Sequence[int]) -> tuple[torch.Tensor, lis
     return text, [first + position for position in config.slot_positions(len(ids))]
 
 
+def scored_positions(compressor: Any, segments: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """For a scored ``kv_selection``: each segment's kept positions per layer, ``(slots, layers)``.
+
+    The frozen decoder (adapter disabled, no gradient) reads each segment after BOS, as
+    ``kv-pruned`` memory is scored; every layer keeps its ``ceil(n / rate)`` best positions,
+    in ascending order.
+    """
+    from memrag.memory.pruning import REPEAT_PROMPT, PruningConfig, score_and_capture
+
+    config = compressor.config
+    tokenizer = compressor.tokenizer
+    context = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    kvzip = config.kv_selection == "kvzip"
+    repeat = list(tokenizer(REPEAT_PROMPT, add_special_tokens=False)["input_ids"]) if kvzip else []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    with compressor.decoder_mode() as decoder:
+        scored = score_and_capture(
+            decoder, segments, PruningConfig(selection=config.kv_selection), context=context,
+            repeat_ids=repeat, batch_size=max(1, len(segments)), pad_token_id=pad,
+        )
+    chosen = []
+    for ids, (_, scores) in zip(segments, scored):
+        top = torch.topk(scores.float(), config.slots_for(len(ids)), dim=0).indices
+        chosen.append(torch.tensor(torch.sort(top, dim=0).values.tolist(), dtype=torch.long))
+    return chosen
+
+
 def encode_kv_segments(compressor: Any, segments: Sequence[Sequence[int]]) -> list[KVSlots]:
     """K/V slots of each token segment (one left-padded encoder pass, gradients as enabled)."""
     rows, picks = [], []
@@ -55,7 +86,11 @@ def encode_kv_segments(compressor: Any, segments: Sequence[Sequence[int]]) -> li
         compressor.check_segment(ids)
         row, pick = encoder_rows(compressor, ids)
         rows.append(row)
-        picks.append(pick)
+        picks.append(torch.tensor(pick, dtype=torch.long).unsqueeze(1))
+    config = compressor.config
+    if not config.uses_memory_tokens and config.kv_selection != "stride":
+        first = 1 if compressor.tokenizer.bos_token_id is not None else 0
+        picks = [positions + first for positions in scored_positions(compressor, segments)]
     inputs, mask = left_padded(rows)
     length = inputs.shape[1]
     with compressor.encoder_mode():
@@ -68,11 +103,13 @@ def encode_kv_segments(compressor: Any, segments: Sequence[Sequence[int]]) -> li
         )
     results = []
     for i, (row, pick) in enumerate(zip(rows, picks)):
-        index = torch.tensor(pick, dtype=torch.long, device=inputs.device) + (length - row.shape[0])
+        # (slots, 1) rows shared by every layer, or (slots, layers) chosen per layer.
+        index = pick.to(inputs.device) + (length - row.shape[0])
+        column = [index[:, min(layer, index.shape[1] - 1)] for layer in range(len(keys))]
         results.append(
             KVSlots.consecutive(
-                torch.stack([layer[i, index] for layer in keys], dim=1),
-                torch.stack([layer[i, index] for layer in values], dim=1),
+                torch.stack([layer[i, column[n]] for n, layer in enumerate(keys)], dim=1),
+                torch.stack([layer[i, column[n]] for n, layer in enumerate(values)], dim=1),
                 kind=MemoryKind.KV.value,
                 num_tokens=len(segments[i]),
             )

@@ -152,6 +152,12 @@ class ModelArguments(_JsonMixin):
         "Where kv slots are read (fresh compressor): memory (appended memory tokens, "
         "500xCompressor) or subset (every rate-th token of the text itself, KV-Distill).",
     )
+    kv_selection: str | None = _arg(
+        None,
+        "Which positions subset slots keep: stride (every rate-th token), prefill or kvzip (per "
+        "layer, the best-scored by the frozen decoder, as kv-pruned memory chooses them). Also "
+        "changes a compressor loaded with --init-from (default: stride, or the loaded one's).",
+    )
 
 
 @dataclass

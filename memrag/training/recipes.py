@@ -6,6 +6,7 @@ run; they wire a compressor, a data stream, an objective, evaluators and the :cl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +53,12 @@ def build_compressor(args: ModelArguments, device: Any, *, seed: int = 0) -> Any
     if args.init_from:
         source = resolve_init_from(args.init_from)
         logger.info("starting from compressor %s", source)
-        return Compressor.from_pretrained(source, device=device, dtype=args.dtype)
+        compressor = Compressor.from_pretrained(source, device=device, dtype=args.dtype)
+        if args.kv_selection and args.kv_selection != compressor.config.kv_selection:
+            logger.info("subset positions chosen by %s (was %s)", args.kv_selection, compressor.config.kv_selection)
+            compressor.config = dataclasses.replace(compressor.config, kv_selection=args.kv_selection)
+            compressor.invalidate_fingerprint()
+        return compressor
     base = load_base_model(args.base_model, device=device, dtype=args.dtype)
     config = CompressorConfig(
         base_model=base.name,
@@ -64,6 +70,7 @@ def build_compressor(args: ModelArguments, device: Any, *, seed: int = 0) -> Any
         lora_dropout=args.lora_dropout,
         slot_kind=args.slot_kind,
         kv_positions=args.kv_positions,
+        kv_selection=args.kv_selection or "stride",
     )
     return Compressor(base, config, seed=seed)
 
