@@ -1,7 +1,7 @@
-"""``memrag eval qa`` and ``memrag eval ae``: how well a compressor works, in numbers.
+"""``memrag eval qa``, ``memrag eval ae`` and ``memrag eval lm``: how well a compressor works, in numbers.
 
-The logic lives in :mod:`memrag.eval.qa` and :mod:`memrag.eval.ae`; these commands load the
-compressor, read the data, print a table and write the JSON report.
+The logic lives in :mod:`memrag.eval.qa`, :mod:`memrag.eval.ae` and :mod:`memrag.eval.lm`;
+these commands load the compressor, read the data, print a table and write the JSON report.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from memrag.cli.options import Spec, dataclass_options
 from memrag.version import __version__
 
 eval_app = typer.Typer(
-    help="Measure a compressor: QA answered from slots against text (`qa`), and reconstruction (`ae`).",
+    help="Measure a compressor: QA answered from slots against text (`qa`), reconstruction (`ae`), "
+    "and continuation language modelling on any text (`lm`).",
     no_args_is_help=True,
 )
 app.add_typer(eval_app, name="eval")
@@ -254,4 +255,86 @@ def ae(
         min_length=min_length, max_length=longest, seconds=round(time.perf_counter() - start, 1),
         **_describe(compressor),
     )
+    _write(options, payload, result.samples)
+
+
+@eval_app.command("lm")
+@dataclass_options(options=Spec(EvalOptions, defaults={"limit": 200}, flags=_FLAGS))
+def lm(
+    data: list[Path] = typer.Option(
+        [Path("../shared/data/wikipedia_en_partial/articles.jsonl.gz")], "--data", help="JSONL(.gz) text file(s)."
+    ),
+    text_field: str = typer.Option("text", "--text-field", help="Name of the text field."),
+    holdout_fraction: float = typer.Option(
+        0.0, "--holdout-fraction", min=0.0, max=0.99,
+        help="Read only the last fraction of each file's lines (use the value pretraining held out, e.g. 0.01).",
+    ),
+    modes: str = typer.Option(
+        "text,slots,truncated,none",
+        "--modes",
+        help="Comma-separated: text (the context as text), slots (its slots and the continue marker), "
+        "truncated (its first tokens, as many as it has slots), none (no context).",
+    ),
+    context_tokens: int = typer.Option(
+        0, "--context-tokens", min=0, help="Context length in tokens (0: twice the compressor's segment length)."
+    ),
+    target_tokens: int = typer.Option(32, "--target-tokens", min=1, help="Tokens scored after each context."),
+    markdown_out: Path = typer.Option(
+        None, "--markdown-out", help="Write the scores as a markdown table to this file."
+    ),
+    *,
+    options: EvalOptions,
+) -> None:
+    """Predict the text that follows a context read as text, slots, truncated text or nothing.
+
+    Mean NLL per target token, perplexity and top-1 next-token accuracy (%) of the frozen
+    decoder, teacher-forced through the training objectives' splice path. Documents shorter
+    than context + target are skipped (and counted).
+    """
+    setup_logging(options.verbose)
+    from memrag.data.readers import BadRowError
+    from memrag.eval.lm import DEFAULT_CONTEXT_SEGMENTS, check_modes, evaluate_lm, sample_continuations
+
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    try:
+        check_modes(chosen)
+    except ValueError as err:
+        fail(str(err))
+    compressor = _load(options, needs_trained="slots" in chosen)
+    context = context_tokens or DEFAULT_CONTEXT_SEGMENTS * compressor.config.segment_length
+    try:
+        sample = sample_continuations(
+            data, compressor.tokenizer, limit=options.limit or 200, context_tokens=context,
+            target_tokens=target_tokens, seed=options.seed, holdout_fraction=holdout_fraction,
+            text_field=text_field, on_error=options.on_bad_row,  # type: ignore[arg-type]
+        )
+    except (BadRowError, OSError, ValueError) as err:
+        fail(str(err))
+        return
+    if not sample.examples:
+        fail(
+            f"no document in {', '.join(map(str, data))} has {context} + {target_tokens} tokens "
+            f"({sample.short_documents} too short, {sample.skipped_rows} bad rows skipped)"
+        )
+    if sample.short_documents:
+        typer.echo(f"skipped {sample.short_documents} documents shorter than {context} + {target_tokens} tokens")
+    start = time.perf_counter()
+    try:
+        result = evaluate_lm(compressor, sample.examples, modes=chosen, batch_size=options.batch_size, show_progress=True)
+    except ValueError as err:
+        fail(str(err))
+        return
+    typer.echo(result.table())
+    segment = compressor.config.segment_length
+    payload = result.to_json(
+        data=[str(p) for p in data], text_field=text_field, limit=options.limit, seed=options.seed,
+        holdout_fraction=holdout_fraction, modes=chosen, context_tokens=context, target_tokens=target_tokens,
+        segments_per_context=-(-context // segment), short_documents=sample.short_documents,
+        skipped_rows=sample.skipped_rows, seconds=round(time.perf_counter() - start, 1), **_describe(compressor),
+    )
+    if markdown_out is not None:
+        from memrag.utils.atomic import atomic_write_text
+
+        atomic_write_text(markdown_out, result.markdown())
+        typer.echo(f"wrote {markdown_out}")
     _write(options, payload, result.samples)

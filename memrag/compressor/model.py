@@ -362,7 +362,10 @@ class Compressor(nn.Module):
     # ------------------------------------------------------------------ encoding
     def segment(self, text: str) -> list[list[int]]:
         """Token ids of ``text`` cut into segments of at most ``segment_length`` tokens."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.segment_ids(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def segment_ids(self, ids: Sequence[int]) -> list[list[int]]:
+        """Token ids cut into consecutive segments of at most ``segment_length`` tokens."""
         size = self.config.segment_length
         return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 

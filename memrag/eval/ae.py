@@ -70,22 +70,63 @@ def sample_segments(
     With ``holdout_fraction > 0`` only the held-out tail of each file is read (the lines a
     training run with the same fraction never saw).
     """
-    from memrag.training.data import PretrainStream, take
+    from memrag.training.data import take
 
-    stream = PretrainStream(
-        list(paths),
-        lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"]),
+    stream = evaluation_stream(
+        paths,
+        tokenizer,
+        limit=limit,
         max_length=max_length,
         min_length=min(min_length, max_length),
         ae_probability=1.0,
+        seed=seed,
+        holdout_fraction=holdout_fraction,
+        text_field=text_field,
+        on_error=on_error,
+    )
+    return [example.segment for example in take(stream, limit)]
+
+
+def evaluation_stream(
+    paths: Sequence[str | Path],
+    tokenizer: Any,
+    *,
+    limit: int,
+    seed: int = 0,
+    holdout_fraction: float = 0.0,
+    text_field: str = "text",
+    on_error: OnError = "skip",
+    **stream_options: Any,
+) -> Any:
+    """A seeded, finite :class:`~memrag.training.data.PretrainStream` for evaluation.
+
+    With ``holdout_fraction > 0`` it reads only the held-out tail of each file (the lines a
+    training run with the same fraction never saw), else whole files; either way once.
+
+    Args:
+        paths: JSONL(.gz) text files.
+        tokenizer: Text -> token ids (no special tokens added).
+        limit: Examples wanted (sets how many documents are read in parallel).
+        seed: Seed of the stream (lengths, kinds, document choice).
+        holdout_fraction: Size of each file's held-out tail (0: whole files).
+        text_field: Name of the text field.
+        on_error: ``"skip"`` or ``"raise"`` for bad rows.
+        **stream_options: Other :class:`PretrainStream` arguments (lengths, ``ae_probability``,
+            ``continuation``).
+    """
+    from memrag.training.data import PretrainStream
+
+    return PretrainStream(
+        list(paths),
+        lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"]),
         split="heldout" if holdout_fraction > 0 else "all",
         holdout_fraction=holdout_fraction,
         seed=seed,
         open_records=max(1, min(limit, 64)),
         text_field=text_field,
         on_error=on_error,
+        **stream_options,
     )
-    return [example.segment for example in take(stream, limit)]
 
 
 def _bucket(length: int, edges: Sequence[int]) -> str:

@@ -181,11 +181,20 @@ def sample_qa_records(
     return [item[2] for item in sorted(keyed, key=lambda item: item[1])]
 
 
+def truncated_ids(compressor: Any, segments: Sequence[Sequence[int]]) -> list[int]:
+    """The first tokens of a text given as its segments: as many as the text has slots.
+
+    Args:
+        compressor: Decides how many slots each segment gets.
+        segments: The text's token segments, as :meth:`Compressor.segment` cuts them.
+    """
+    count = sum(compressor.config.slots_for(len(s)) for s in segments)
+    return [token for segment in segments for token in segment][:count]
+
+
 def truncated_context(compressor: Any, context: str) -> str:
     """The first ``num_slots(context)`` tokens of ``context``, as text."""
-    segments = compressor.segment(context)
-    count = sum(compressor.config.slots_for(len(s)) for s in segments)
-    ids = [token for segment in segments for token in segment][:count]
+    ids = truncated_ids(compressor, compressor.segment(context))
     return compressor.tokenizer.decode(ids, skip_special_tokens=True)
 
 

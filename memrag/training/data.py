@@ -300,6 +300,9 @@ class TextSource:
         )
         self.open: list[_OpenDocument] = []
         self.exhausted = False
+        #: Documents closed before giving any example: too short for the length drawn (not
+        #: part of the state: it counts what this object has read).
+        self.short_documents = 0
 
     def _load_window(self, doc: _OpenDocument) -> None:
         doc.char_end = _window_end(doc.text, doc.char_start, self.window_chars)
@@ -341,6 +344,8 @@ class TextSource:
             if kind == "ae" and min_length <= available < length:
                 length = available  # a document's tail makes a short segment
             if available < length + (continuation if kind == "lm" else 0):
+                if doc.pos == 0 and doc.char_start == 0 and doc.char_end >= len(doc.text):
+                    self.short_documents += 1
                 self._advance(index)
                 continue
             segment = doc.tokens[doc.pos : doc.pos + length]
@@ -463,6 +468,11 @@ class PretrainStream:
     def reports(self) -> list[ReadReport]:
         """Bad-row reports of the sources."""
         return [source.records.report for source in self.sources]
+
+    @property
+    def short_documents(self) -> int:
+        """Documents read so far that were too short to give any example (skipped)."""
+        return sum(source.short_documents for source in self.sources)
 
     def state_dict(self) -> dict[str, Any]:
         """The stream's position (JSON-serialisable)."""

@@ -72,8 +72,11 @@ def reconstruct_prompt(slots: Slots | KVSlots) -> list[PromptPart]:
     return [slots, Task.RECONSTRUCT]
 
 
-def continue_prompt(slots: Slots) -> list[PromptPart]:
-    """Language-modelling prompt: the slots, then the continue marker."""
+def continue_prompt(slots: Slots | KVSlots) -> list[PromptPart]:
+    """Language-modelling prompt: the slots (embedding or K/V), then the continue marker.
+
+    Used by pretraining's continuation examples and ``memrag eval lm`` alike.
+    """
     return [slots, Task.CONTINUE]
 
 
