@@ -209,17 +209,23 @@ def _earlier_run(options: EvalOptions, info: dict[str, Any]) -> tuple[Any, float
     return QAEvaluation.from_json(report, predictions), float(report.get("seconds", 0.0))
 
 
+# Options of the evaluations that read plain text (ae, lm).
+_TEXT_DATA = typer.Option(
+    [Path("../shared/data/wikipedia_en_partial/articles.jsonl.gz")], "--data", help="JSONL(.gz) text file(s)."
+)
+_TEXT_FIELD = typer.Option("text", "--text-field", help="Name of the text field.")
+_HOLDOUT_FRACTION = typer.Option(
+    0.0, "--holdout-fraction", min=0.0, max=0.99,
+    help="Read only the last fraction of each file's lines (use the value pretraining held out, e.g. 0.01).",
+)
+
+
 @eval_app.command("ae")
 @dataclass_options(options=Spec(EvalOptions, defaults={"limit": 200}, flags=_FLAGS))
 def ae(
-    data: list[Path] = typer.Option(
-        [Path("../shared/data/wikipedia_en_partial/articles.jsonl.gz")], "--data", help="JSONL(.gz) text file(s)."
-    ),
-    text_field: str = typer.Option("text", "--text-field", help="Name of the text field."),
-    holdout_fraction: float = typer.Option(
-        0.0, "--holdout-fraction", min=0.0, max=0.99,
-        help="Read only the last fraction of each file's lines (use the value pretraining held out, e.g. 0.01).",
-    ),
+    data: list[Path] = _TEXT_DATA,
+    text_field: str = _TEXT_FIELD,
+    holdout_fraction: float = _HOLDOUT_FRACTION,
     min_length: int = typer.Option(16, "--min-length", min=1, help="Shortest segment (tokens)."),
     max_length: int = typer.Option(0, "--max-length", min=0, help="Longest segment (0: the compressor's segment length)."),
     *,
@@ -261,14 +267,9 @@ def ae(
 @eval_app.command("lm")
 @dataclass_options(options=Spec(EvalOptions, defaults={"limit": 200}, flags=_FLAGS))
 def lm(
-    data: list[Path] = typer.Option(
-        [Path("../shared/data/wikipedia_en_partial/articles.jsonl.gz")], "--data", help="JSONL(.gz) text file(s)."
-    ),
-    text_field: str = typer.Option("text", "--text-field", help="Name of the text field."),
-    holdout_fraction: float = typer.Option(
-        0.0, "--holdout-fraction", min=0.0, max=0.99,
-        help="Read only the last fraction of each file's lines (use the value pretraining held out, e.g. 0.01).",
-    ),
+    data: list[Path] = _TEXT_DATA,
+    text_field: str = _TEXT_FIELD,
+    holdout_fraction: float = _HOLDOUT_FRACTION,
     modes: str = typer.Option(
         "text,slots,truncated,none",
         "--modes",
