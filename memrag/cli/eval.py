@@ -109,6 +109,19 @@ def _write(
             typer.echo(f"wrote {options.samples_out}")
 
 
+def _write_markdown(path: Path | None, table: str) -> None:
+    """Writes ``table`` to ``path`` atomically (``--markdown-out``), if one was given."""
+    if path is None:
+        return
+    from memrag.utils.atomic import atomic_write_text
+
+    atomic_write_text(path, table)
+    typer.echo(f"wrote {path}")
+
+
+_MARKDOWN_OUT = typer.Option(None, "--markdown-out", help="Write the scores as a markdown table to this file.")
+
+
 @eval_app.command("qa")
 @dataclass_options(options=Spec(EvalOptions, flags=_FLAGS))
 def qa(
@@ -125,9 +138,7 @@ def qa(
         "kv[:int8] is a K/V compressor's slots as a store keeps them.",
     ),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Answer length limit."),
-    markdown_out: Path = typer.Option(
-        None, "--markdown-out", help="Write the scores as a markdown table to this file."
-    ),
+    markdown_out: Path = _MARKDOWN_OUT,
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -181,11 +192,7 @@ def qa(
         show_progress=True, done=done[0] if done else None, on_mode=save if options.json_out else None,
     )
     typer.echo(result.table())
-    if markdown_out is not None:
-        from memrag.utils.atomic import atomic_write_text
-
-        atomic_write_text(markdown_out, result.markdown())
-        typer.echo(f"wrote {markdown_out}")
+    _write_markdown(markdown_out, result.markdown())
     if not options.json_out:
         _write(options, result.to_json(**info, seconds=round(time.perf_counter() - start, 1), complete=True), result.predictions)
 
@@ -280,9 +287,7 @@ def lm(
         0, "--context-tokens", min=0, help="Context length in tokens (0: twice the compressor's segment length)."
     ),
     target_tokens: int = typer.Option(32, "--target-tokens", min=1, help="Tokens scored after each context."),
-    markdown_out: Path = typer.Option(
-        None, "--markdown-out", help="Write the scores as a markdown table to this file."
-    ),
+    markdown_out: Path = _MARKDOWN_OUT,
     *,
     options: EvalOptions,
 ) -> None:
@@ -333,9 +338,5 @@ def lm(
         segments_per_context=-(-context // segment), short_documents=sample.short_documents,
         skipped_rows=sample.skipped_rows, seconds=round(time.perf_counter() - start, 1), **_describe(compressor),
     )
-    if markdown_out is not None:
-        from memrag.utils.atomic import atomic_write_text
-
-        atomic_write_text(markdown_out, result.markdown())
-        typer.echo(f"wrote {markdown_out}")
+    _write_markdown(markdown_out, result.markdown())
     _write(options, payload, result.samples)

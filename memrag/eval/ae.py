@@ -115,10 +115,11 @@ def evaluation_stream(
             ``continuation``).
     """
     from memrag.training.data import PretrainStream
+    from memrag.training.objectives import _tokenize
 
     return PretrainStream(
         list(paths),
-        lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"]),
+        lambda text: _tokenize(tokenizer, text),
         split="heldout" if holdout_fraction > 0 else "all",
         holdout_fraction=holdout_fraction,
         seed=seed,

@@ -219,10 +219,6 @@ def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids))
 
 
-def _tokens(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def continuation_prompts(
     compressor: Any, contexts: Sequence[Sequence[int]], mode: str
 ) -> tuple[list[list[PromptPart]], list[int]]:
@@ -237,7 +233,7 @@ def continuation_prompts(
         mode: One of :data:`MODES`.
     """
     from memrag.eval.qa import truncated_ids
-    from memrag.training.objectives import continue_prompt, encode_contexts
+    from memrag.training.objectives import _tokenize, continue_prompt, encode_contexts
 
     check_modes([mode])
     tokenizer = compressor.tokenizer
@@ -251,7 +247,7 @@ def continuation_prompts(
     else:  # truncated
         cut = [truncated_ids(compressor, compressor.segment_ids(list(c))) for c in contexts]
         texts = [_decode(tokenizer, ids) for ids in cut]
-    return [[text] for text in texts], [len(_tokens(tokenizer, text)) for text in texts]
+    return [[text] for text in texts], [len(_tokenize(tokenizer, text)) for text in texts]
 
 
 def evaluate_lm(
@@ -275,7 +271,7 @@ def evaluate_lm(
         ValueError: an unknown mode; no examples; an empty target; ``none`` with a tokenizer
             without a BOS token (nothing would precede the first target).
     """
-    from memrag.training.objectives import target_logits, token_losses
+    from memrag.training.objectives import _tokenize, target_logits, token_losses
 
     check_modes(modes)
     if not examples:
@@ -291,7 +287,7 @@ def evaluate_lm(
     evaluation = LMEvaluation()
     if "text" in modes:
         evaluation.retokenized = sum(
-            _tokens(tokenizer, _decode(tokenizer, e.context)) != list(e.context) for e in examples
+            _tokenize(tokenizer, _decode(tokenizer, e.context)) != list(e.context) for e in examples
         )
         if evaluation.retokenized:
             logger.info(
