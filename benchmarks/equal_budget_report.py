@@ -8,6 +8,12 @@ and any ``--reference`` evaluation reports of the same questions, and writes
 
     python benchmarks/equal_budget_report.py --runs runs/equal-budget --out experiments/equal-budget \
         --reference benchmarks/results/kv-study/modes/{text,kv-exact,truncated,none}.json
+
+The 500-question comparison keeps four modes of an eight-mode reference run:
+
+    python benchmarks/equal_budget_report.py --runs runs/equal-budget --out experiments/equal-budget-500 \
+        --reference benchmarks/results/eval-kv-cpu-float32/eval.json \
+        --reference-modes text,kv-exact,truncated,none
 """
 
 from __future__ import annotations
@@ -51,7 +57,9 @@ def _rate_then_name(log: Path) -> tuple[int, str]:
     return (int(rate.group(1)) if rate else 0, log.stem)
 
 
-def _collect(runs: Path | None, out: Path, extra: list[Path]) -> tuple[dict, dict, dict]:
+def _collect(
+    runs: Path | None, out: Path, extra: list[Path], modes: set[str]
+) -> tuple[dict, dict, dict]:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     if runs is not None and runs.is_dir():
@@ -70,7 +78,10 @@ def _collect(runs: Path | None, out: Path, extra: list[Path]) -> tuple[dict, dic
         elif path.name.startswith("reference"):
             references[path.stem] = report
     for path in extra:
-        references[str(path)] = json.loads(path.read_text(encoding="utf-8"))
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if modes:
+            report["results"] = {mode: result for mode, result in report["results"].items() if mode in modes}
+        references[str(path)] = report
     return training, evals, references
 
 
@@ -151,8 +162,13 @@ def main() -> None:
         "--reference", type=Path, nargs="*", default=[],
         help="eval qa reports of the same questions (text, truncated, ...) to show beside the arms",
     )
+    parser.add_argument(
+        "--reference-modes", default="",
+        help="comma-separated modes to keep from the --reference reports (default: all of them)",
+    )
     args = parser.parse_args()
-    training, evals, references = _collect(args.runs, args.out, args.reference)
+    modes = {mode for mode in args.reference_modes.split(",") if mode}
+    training, evals, references = _collect(args.runs, args.out, args.reference, modes)
     (args.out / "report.md").write_text(_table(training, evals, references), encoding="utf-8")
     _plot(training, evals, references, args.out / "curves.png")
     print((args.out / "report.md").read_text(encoding="utf-8"))
