@@ -147,6 +147,7 @@ def _plot(training: dict, evals: dict, references: dict, path: Path) -> None:
             scores.annotate(_reference_label(name, mode), (0, result["f1"]), fontsize=7, color="grey")
     losses.set(xlabel="training minutes", ylabel="QA cross-entropy (5-step mean)", title="training loss")
     scores.set(xlabel="training minutes", ylabel="SQuAD dev F1", title="answers from slots")
+    scores.set_xlim(left=-2)  # the reference lines are labelled at 0 minutes
     for axis in (losses, scores):
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
