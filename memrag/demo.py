@@ -108,6 +108,7 @@ class ModeResult:
         positions: Decoder context positions computed at query time (slots or tokens of the
             passages, plus the prompt; K/V memory is read, not computed).
         f1: SQuAD F1 against the reference answers, in ``[0, 1]``.
+        contains: 1.0 when the answer holds a reference answer (normalised, whole words).
     """
 
     mode: str
@@ -116,6 +117,7 @@ class ModeResult:
     seconds: float
     positions: int
     f1: float
+    contains: float = 0.0
 
 
 @dataclass
@@ -290,7 +292,7 @@ def timed_answer(
     chain: Any, question: DemoQuestion, mode: str
 ) -> tuple[ModeResult, list[Document]]:
     """Streams ``chain`` (built with ``return_sources=True``) and times its first token."""
-    from memrag.eval.metrics import squad_scores
+    from memrag.eval.metrics import answer_scores
 
     recorder = _UsageRecorder()
     pieces: list[str] = []
@@ -306,14 +308,15 @@ def timed_answer(
             pieces.append(piece)
     end = time.perf_counter()
     answer = "".join(pieces).strip()
-    _, f1 = squad_scores(answer, question.answers)
+    scores = answer_scores(answer, question.answers)
     result = ModeResult(
         mode=mode,
         answer=answer,
         ttft=(first if first is not None else end) - start,
         seconds=end - start,
         positions=recorder.positions,
-        f1=f1,
+        f1=scores["f1"],
+        contains=scores["contains"],
     )
     return result, documents
 
@@ -458,7 +461,8 @@ def format_answer(answer: DemoAnswer, index: int | None = None, total: int | Non
     for mode, result in answer.results.items():
         lines.append(
             f"    {mode:{width}s}  TTFT {result.ttft:5.2f}s  {result.positions:4d} positions  "
-            f"F1 {100 * result.f1:5.1f}  {result.answer!r}"
+            f"F1 {100 * result.f1:5.1f}  {'contains' if result.contains else '        '}  "
+            f"{result.answer!r}"
         )
     return "\n".join(lines)
 
@@ -480,7 +484,9 @@ def format_summary(report: DemoReport) -> str:
     )
     f1 = (
         f"mean F1: {mode} {100 * report.mean(mode, 'f1'):.1f}, "
-        f"text {100 * report.mean('text', 'f1'):.1f}"
+        f"text {100 * report.mean('text', 'f1'):.1f}; "
+        f"answers containing the reference: {mode} {100 * report.mean(mode, 'contains'):.0f}%, "
+        f"text {100 * report.mean('text', 'contains'):.0f}%"
     )
     lines = [ttft, positions, f1]
     if not report.trained and report.memory == "embedding":

@@ -40,7 +40,7 @@ def test_evaluate_qa_all_modes_shape_and_positions(tiny_compressor: Compressor, 
     result = evaluate_qa(tiny_compressor, records, batch_size=4, max_new_tokens=4)
     assert list(result.results) == list(MODES)
     for scores in result.results.values():
-        assert set(scores) == {"exact_match", "f1", "n"} and scores["n"] == len(records)
+        assert set(scores) == {"exact_match", "f1", "contains", "n"} and scores["n"] == len(records)
         assert 0.0 <= scores["f1"] <= 100.0 and 0.0 <= scores["exact_match"] <= 100.0
     positions = result.passage_positions
     assert positions["none"] == 0 and positions["slots"] < positions["text"]
@@ -124,7 +124,7 @@ def test_eval_qa_cli_writes_json(saved: dict[str, Path], tmp_path: Path) -> None
     report = json.loads(out.read_text())
     assert list(report["results"]) == list(DEFAULT_MODES) and report["complete"] is True
     for scores in report["results"].values():
-        assert set(scores) == {"exact_match", "f1", "n"} and scores["n"] == 5
+        assert set(scores) == {"exact_match", "f1", "contains", "n"} and scores["n"] == 5
     assert report["fingerprint"] and report["seed"] == 1
     assert report["threads"] == 1 and report["dtype"] == "float32" and report["hardware"]
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 5 * len(DEFAULT_MODES)
@@ -157,7 +157,7 @@ def test_eval_qa_kv_modes_and_resume(saved: dict[str, Path], tmp_path: Path) -> 
         )
         assert resumed.exit_code == 0, resumed.output
         table = (tmp_path / "qa.md").read_text().splitlines()
-        assert table[0].startswith("| mode | EM | F1 | F1 / text") and len(table) == 2 + 3
+        assert table[0].startswith("| mode | EM | F1 | contains | F1 / text") and len(table) == 2 + 3
         assert table[3].startswith("| `kv-exact:int8` |")
         assert "resuming: keeping text, kv-exact:int8" in resumed.output
         after = json.loads(out.read_text())

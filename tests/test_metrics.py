@@ -8,6 +8,8 @@ import pytest
 
 from memrag.eval import (
     aggregate_squad,
+    answer_scores,
+    contains_answer,
     corpus_bleu,
     exact_match,
     f1_score,
@@ -91,7 +93,32 @@ def test_aggregate_squad_percentages() -> None:
     assert result["n"] == 4
     assert result["exact_match"] == pytest.approx(50.0)
     assert result["f1"] == pytest.approx(100 * (1 + 2 / 3 + 0 + 1) / 4)
-    assert aggregate_squad([]) == {"exact_match": 0.0, "f1": 0.0, "n": 0}
+    # "Carolina" does not contain "Carolina Panthers"; the other two right answers do.
+    assert result["contains"] == pytest.approx(50.0)
+    assert aggregate_squad([]) == {"exact_match": 0.0, "f1": 0.0, "contains": 0.0, "n": 0}
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "expected"),
+    [
+        ("It was completed in 1889.", "1889", 1.0),  # a long answer holding the span
+        ("The Eiffel Tower", "eiffel tower", 1.0),  # normalised: case and article
+        ("in 18 months", "1889", 0.0),
+        ("1889", "18", 0.0),  # whole words only
+        ("Denver Broncos won", "the Denver Broncos", 1.0),
+        ("Denver", "Denver Broncos", 0.0),  # part of the answer is not the answer
+        ("anything", "the", 0.0),  # a reference that normalises to nothing
+        ("", "Paris", 0.0),
+    ],
+)
+def test_contains_answer(prediction: str, reference: str, expected: float) -> None:
+    assert contains_answer(prediction, reference) == expected
+
+
+def test_answer_scores_take_the_best_reference_for_each_metric() -> None:
+    scores = answer_scores("The Broncos beat Carolina", ["Denver Broncos", "Broncos"])
+    assert scores["contains"] == 1.0 and scores["exact_match"] == 0.0
+    assert 0.0 < scores["f1"] < 1.0
 
 
 # --- BLEU ----------------------------------------------------------------

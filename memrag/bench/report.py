@@ -109,10 +109,10 @@ def _bytes(value: float) -> str:
 def markdown_table(result: BenchResult) -> str:
     """The results as a markdown table; ``(r×)`` is the ratio to the ``text`` mode's figure."""
     header = (
-        "| mode | EM | F1 | TTFT p50 (s) | TTFT p90 (s) | latency p50 (s) | positions prefilled "
-        "| bytes / chunk | offline s / chunk | n |"
+        "| mode | EM | F1 | contains | TTFT p50 (s) | TTFT p90 (s) | latency p50 (s) "
+        "| positions prefilled | bytes / chunk | offline s / chunk | n |"
     )
-    lines = [header, "|" + "---|" * 10]
+    lines = [header, "|" + "---|" * 11]
     for mode in [*result.results, *(m for m in result.unavailable if m not in result.results)]:
         if mode in result.results:
             f = result.results[mode]
@@ -120,6 +120,7 @@ def markdown_table(result: BenchResult) -> str:
                 mode,
                 _cell(f, "exact_match", f"{f['exact_match']:.1f}"),
                 _cell(f, "f1", f"{f['f1']:.1f}"),
+                _cell(f, "contains", f"{f['contains']:.1f}") if "contains" in f else "",
                 _cell(f, "ttft_p50_s", f"{f['ttft_p50_s']:.3f}"),
                 _cell(f, "ttft_p90_s", f"{f['ttft_p90_s']:.3f}"),
                 _cell(f, "latency_p50_s", f"{f['latency_p50_s']:.3f}"),
@@ -130,10 +131,10 @@ def markdown_table(result: BenchResult) -> str:
             ]
             lines.append("| " + " | ".join(cells) + " |")
         elif mode in result.unavailable:
-            lines.append(f"| {mode} | {result.unavailable[mode]} |" + " |" * 8)
+            lines.append(f"| {mode} | {result.unavailable[mode]} |" + " |" * 9)
     limit = result.limit
     lines.append(
-        f"| *limit* (question only) | | | {limit['ttft_p50_s']:.3f} | {limit['ttft_p90_s']:.3f} | "
+        f"| *limit* (question only) | | | | {limit['ttft_p50_s']:.3f} | {limit['ttft_p90_s']:.3f} | "
         f"| {limit.get('context_positions', 0):.0f} | | | |"
     )
     return "\n".join(lines)

@@ -26,7 +26,7 @@ import torch
 from memrag.bench.corpus import BenchCorpus, BuiltStore, build_store, select_corpus
 from memrag.bench.modes import DEFAULT_MODES, ContextMode, OfflineCost, parse_mode
 from memrag.bench.timing import AnswerTimer, Clock, percentile, timed
-from memrag.eval.metrics import aggregate_squad, squad_scores
+from memrag.eval.metrics import aggregate_squad, answer_scores
 from memrag.generation import GenerationOptions, generate
 from memrag.prompts import ANSWER_STOP, has_chat_template
 from memrag.utils.progress import progress
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 RESULT_FIELDS: tuple[str, ...] = (
     "exact_match",
     "f1",
+    "contains",
     "ttft_p50_s",
     "ttft_p90_s",
     "latency_p50_s",
@@ -125,6 +126,7 @@ class ModeSamples:
         return {
             "exact_match": scores["exact_match"],
             "f1": scores["f1"],
+            "contains": scores["contains"],
             "ttft_p50_s": percentile(self.ttft, 50),
             "ttft_p90_s": percentile(self.ttft, 90),
             "latency_p50_s": percentile(self.latency, 50),
@@ -469,15 +471,13 @@ def _run(
                     if name == LIMIT:
                         continue
                     collected.predictions.append((text, record.answers))
-                    em, f1 = squad_scores(text, record.answers)
                     predictions.append(
                         {
                             "id": record.id,
                             "mode": name,
                             "prediction": text,
                             "answers": record.answers,
-                            "exact_match": em,
-                            "f1": f1,
+                            **answer_scores(text, record.answers),
                             "ttft_s": timing.ttft_s,
                             "latency_s": timing.latency_s,
                             "prefilled": prepared.prefilled,

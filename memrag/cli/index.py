@@ -109,7 +109,8 @@ def build(
         help="New stores: what to keep for each chunk: embedding or kv (a trained compressor's "
         "slots; default compressor: the shipped one of that slot kind), kv-exact (its key/value cache) or kv-pruned (a subset of its positions' keys and "
         "values). Settings after colons: kv-exact:int8, kv-pruned:0.5, kv-pruned:0.25:int8. "
-        "Default: the one in the README's 'Which memory?'.",
+        "Default: kv:int8 (the trained K/V slots) with a compressor that makes K/V slots, such "
+        "as the shipped default; kv-exact:int8 with any other.",
     ),
     keep_ratio: float = typer.Option(
         None, "--keep-ratio", help="New kv-pruned stores: fraction of positions kept, in (0, 1]."
@@ -127,10 +128,14 @@ def build(
         "float16", "--slot-dtype", help="New stores: float16, bfloat16 or float32."
     ),
     fidelity: bool = typer.Option(
-        True, "--fidelity/--no-fidelity", help="New stores: score chunk fidelity."
+        True, "--fidelity/--no-fidelity", help="New stores: score each chunk's memory and serve the low scorers as text "
+        "(K/V memory: agreement of answers from memory and from text; embedding slots: "
+        "reconstruction).",
     ),
     fidelity_threshold: float = typer.Option(
-        0.5, "--fidelity-threshold", help="New stores: below it, serve text."
+        None,
+        "--fidelity-threshold",
+        help="New stores: below it, serve text (default: the scoring method's, 0.5).",
     ),
     fidelity_sample_tokens: int = typer.Option(
         32, "--fidelity-sample-tokens", min=0, help="New stores: tokens scored per chunk (0: all)."
@@ -190,7 +195,7 @@ def build(
         "index": index,
         "index_options": _index_options(index_option),
         "slot_dtype": slot_dtype,
-        "fidelity": "reconstruct" if fidelity else "none",
+        "fidelity": "auto" if fidelity else "none",
         "fidelity_threshold": fidelity_threshold,
         "fidelity_sample_tokens": fidelity_sample_tokens or None,
         "chunk_tokens": chunk_tokens,
@@ -231,6 +236,8 @@ def _memory_spec(memory: str | None, keep_ratio: float | None, kv_dtype: str | N
     """The ``--memory`` mode with ``--keep-ratio`` / ``--kv-dtype`` folded in (bad values fail)."""
     from memrag.memory.spec import resolve_memory_spec
 
+    if memory is None and keep_ratio is None and kv_dtype is None:
+        return None  # the store picks the default for its compressor
     try:
         spec = resolve_memory_spec(memory)
         if keep_ratio is not None:

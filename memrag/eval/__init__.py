@@ -1,7 +1,9 @@
-"""Evaluation metrics for memrag: SQuAD EM/F1, BLEU-4, reconstruction match."""
+"""Evaluation metrics for memrag: SQuAD EM/F1, ``contains``, BLEU-4, reconstruction match."""
 
 from memrag.eval.metrics import (
     aggregate_squad,
+    answer_scores,
+    contains_answer,
     corpus_bleu,
     exact_match,
     f1_score,
@@ -13,6 +15,8 @@ from memrag.eval.metrics import (
 
 __all__ = [
     "aggregate_squad",
+    "answer_scores",
+    "contains_answer",
     "corpus_bleu",
     "exact_match",
     "f1_score",

@@ -1,10 +1,13 @@
-"""Evaluation metrics: SQuAD v1.1 EM/F1, BLEU-4 and reconstruction match.
+"""Evaluation metrics: SQuAD v1.1 EM/F1, ``contains``, BLEU-4 and reconstruction match.
 
 The SQuAD functions reproduce the official v1.1 evaluation script
 (``evaluate-v1.1.py``): answers are normalised (lower-cased, punctuation
 removed, articles ``a``/``an``/``the`` removed, whitespace collapsed), then
 compared exactly (EM) or as bags of tokens (F1), taking the maximum over the
-reference answers.
+reference answers. ``contains`` (the "match" / "accuracy" of RAG papers such as PISCO and
+xRAG) asks whether a normalised reference appears in the normalised prediction as a run of
+whole words, so a long answer that holds the right span counts and a short wrong one does not:
+with F1 beside it, a reader sees content and style apart.
 
 BLEU follows Papineni et al. (2002): modified (clipped) n-gram precisions for
 n = 1..4 with uniform weights and the brevity penalty, computed on token lists
@@ -76,6 +79,36 @@ def f1_score(prediction: str, ground_truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def contains_answer(prediction: str, ground_truth: str) -> float:
+    """Returns 1.0 if the normalised reference appears in the normalised prediction, else 0.0.
+
+    The match is on whole words (``"1889"`` is in ``"completed in 1889"``, ``"18"`` is not);
+    a reference that normalises to nothing never matches.
+
+    Args:
+        prediction: The predicted answer.
+        ground_truth: One reference answer.
+    """
+    truth = normalize_answer(ground_truth)
+    if not truth:
+        return 0.0
+    return float(f" {truth} " in f" {normalize_answer(prediction)} ")
+
+
+def answer_scores(prediction: str, references: Sequence[str]) -> dict[str, float]:
+    """EM, F1 and ``contains`` of a prediction, each the maximum over the references.
+
+    Returns:
+        ``{"exact_match", "f1", "contains"}``, each in [0, 1].
+
+    Raises:
+        ValueError: If ``references`` is empty.
+    """
+    em, f1 = squad_scores(prediction, references)
+    contains = max(contains_answer(prediction, ref) for ref in references)
+    return {"exact_match": em, "f1": f1, "contains": contains}
+
+
 def squad_scores(prediction: str, references: Sequence[str]) -> tuple[float, float]:
     """Returns (EM, F1) of a prediction, each the maximum over the references.
 
@@ -101,25 +134,24 @@ def squad_scores(prediction: str, references: Sequence[str]) -> tuple[float, flo
 def aggregate_squad(
     examples: Iterable[tuple[str, Sequence[str]]],
 ) -> dict[str, float]:
-    """Averages SQuAD EM and F1 over examples, as percentages.
+    """Averages SQuAD EM, F1 and ``contains`` over examples, as percentages.
 
     Args:
         examples: ``(prediction, references)`` pairs.
 
     Returns:
-        ``{"exact_match": ..., "f1": ..., "n": ...}`` with the scores in
+        ``{"exact_match": ..., "f1": ..., "contains": ..., "n": ...}`` with the scores in
         0..100 (0.0 for no examples) and ``n`` the number of examples.
     """
-    total_em = total_f1 = 0.0
+    totals = {"exact_match": 0.0, "f1": 0.0, "contains": 0.0}
     n = 0
     for prediction, references in examples:
-        em, f1 = squad_scores(prediction, references)
-        total_em += em
-        total_f1 += f1
+        for name, value in answer_scores(prediction, references).items():
+            totals[name] += value
         n += 1
-    if n == 0:
-        return {"exact_match": 0.0, "f1": 0.0, "n": 0}
-    return {"exact_match": 100.0 * total_em / n, "f1": 100.0 * total_f1 / n, "n": n}
+    result: dict[str, float] = {name: 100.0 * total / n if n else 0.0 for name, total in totals.items()}
+    result["n"] = n
+    return result
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Counter[tuple[str, ...]]:

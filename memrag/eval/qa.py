@@ -11,7 +11,9 @@
 
 Every mode uses the same decoder, the same prompt (:func:`memrag.training.objectives.qa_prompt`,
 the one fine-tuning teaches) and greedy decoding up to :data:`memrag.prompts.ANSWER_STOP`.
-Scores are SQuAD v1.1 exact match and token F1 in percent.
+Scores are SQuAD v1.1 exact match and token F1 in percent, and ``contains`` (the gold answer
+inside the prediction, :func:`memrag.eval.metrics.contains_answer`): F1 rewards short answers,
+``contains`` what the answer holds.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from memrag.data.readers import OnError, QARecord, ReadReport, iter_qa_records
-from memrag.eval.metrics import aggregate_squad, squad_scores
+from memrag.eval.metrics import aggregate_squad, answer_scores
 from memrag.generation import GenerationOptions
 from memrag.memory.kv import KVSlots
 from memrag.prompts import ANSWER_STOP
@@ -61,7 +63,8 @@ class QAEvaluation:
     """Scores of a QA evaluation.
 
     Attributes:
-        results: ``{mode: {"exact_match": %, "f1": %, "n": int}}``.
+        results: ``{mode: {"exact_match": %, "f1": %, "contains": %, "n": int}}`` (reports
+            written before ``contains`` existed lack it).
         passage_positions: Mean decoder context positions the passage took, per mode (text
             tokens, slots, or the K/V entries kept).
         prompt_positions: Mean decoder context positions of the whole prompt, per mode.
@@ -69,7 +72,8 @@ class QAEvaluation:
             time (K/V memory is not recomputed).
         memory: Per compressed mode, what making and storing the passage's memory cost:
             ``{"seconds_per_passage", "bytes_per_passage"}``.
-        predictions: One dict per question and mode (id, mode, prediction, answers, em, f1).
+        predictions: One dict per question and mode (id, mode, prediction, answers,
+            exact_match, f1, contains).
     """
 
     results: dict[str, dict[str, float]]
@@ -121,9 +125,9 @@ class QAEvaluation:
         text_f1 = self.results.get("text", {}).get("f1")
         cut_f1 = self.results.get("truncated", {}).get("f1")
         lines = [
-            "| mode | EM | F1 | F1 / text | F1 - truncated | passage positions | prefilled "
-            "| bytes / passage | offline s / passage |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| mode | EM | F1 | contains | F1 / text | F1 - truncated | passage positions "
+            "| prefilled | bytes / passage | offline s / passage |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for mode, scores in self.results.items():
             cost = self.memory.get(mode, {})
@@ -132,6 +136,7 @@ class QAEvaluation:
                 f"`{labels.get(mode, mode)}`",
                 f"{scores['exact_match']:.1f}",
                 f"{scores['f1']:.1f}",
+                _percent(scores.get("contains")),
                 f"{scores['f1'] / text_f1:.2f}" if text_f1 else "",
                 f"{scores['f1'] - cut_f1:+.1f}" if cut_f1 is not None else "",
                 f"{self.passage_positions.get(mode, 0.0):.1f}",
@@ -146,18 +151,25 @@ class QAEvaluation:
         """A plain-text table of the scores."""
         width = max([10, *(len(mode) for mode in self.results)])
         lines = [
-            f"{'mode':<{width}} {'EM':>6} {'F1':>6} {'n':>6} {'passage pos':>12} {'prefilled':>10} "
+            f"{'mode':<{width}} {'EM':>6} {'F1':>6} {'contains':>8} {'n':>6} {'passage pos':>12} "
+            f"{'prefilled':>10} "
             f"{'bytes/passage':>14}"
         ]
         for mode, scores in self.results.items():
             stored = self.memory.get(mode, {}).get("bytes_per_passage")
             lines.append(
-                f"{mode:<{width}} {scores['exact_match']:6.1f} {scores['f1']:6.1f} {scores['n']:6d} "
+                f"{mode:<{width}} {scores['exact_match']:6.1f} {scores['f1']:6.1f} "
+                f"{_percent(scores.get('contains')):>8} {scores['n']:6d} "
                 f"{self.passage_positions.get(mode, 0.0):12.1f} "
                 f"{self.prefilled_positions.get(mode, 0.0):10.1f} "
                 f"{'' if stored is None else f'{stored:,.0f}':>14}"
             )
         return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    """A score cell: one decimal, or empty for a report written before the metric existed."""
+    return "" if value is None else f"{value:.1f}"
 
 
 def sample_qa_records(
@@ -314,10 +326,9 @@ def evaluate_qa(
         pairs = []
         for i, record in enumerate(records):
             text = answers[i].text.strip()
-            em, f1 = squad_scores(text, record.answers)
             pairs.append((text, record.answers))
             evaluation.predictions.append(
-                {"id": record.id, "mode": mode, "prediction": text, "answers": record.answers, "exact_match": em, "f1": f1}
+                {"id": record.id, "mode": mode, "prediction": text, "answers": record.answers, **answer_scores(text, record.answers)}
             )
         evaluation.results[mode] = aggregate_squad(pairs)
         count = max(len(records), 1)

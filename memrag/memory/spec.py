@@ -161,14 +161,40 @@ def _typed(value: str, annotation: str) -> Any:
 
 
 #: The memory ``memrag index build``, the demo, the server and :meth:`MemoryStore.create`
-#: make when none is named (see the README's "Which memory?" for the measurements behind it).
-DEFAULT_MEMORY = "kv-exact:int8"
+#: make when none is named, with a compressor whose slots are keys and values (the shipped
+#: default): its trained K/V slots, stored as int8. With a quarter of the chunk's positions they
+#: answered as well as the frozen decoder's full K/V memory at a quarter of its bytes
+#: (``docs/RESULTS.md``, "Which memory?").
+DEFAULT_MEMORY = "kv:int8"
+#: The default for a compressor whose slots are not keys and values (an ``embedding``
+#: compressor, an untrained one): the frozen decoder's own keys and values, which any
+#: compressor over the base model makes alike.
+FALLBACK_MEMORY = "kv-exact:int8"
 
 
-def resolve_memory_spec(memory: Any) -> MemorySpec:
-    """A :class:`MemorySpec` from a spec, its JSON form, a mode string or ``None`` (the default)."""
+def default_memory(slot_kind: str | None = None) -> str:
+    """The memory made when none is named, for a compressor of ``slot_kind``.
+
+    :data:`DEFAULT_MEMORY` unless that memory is trained slots of another kind than the
+    compressor makes (then :data:`FALLBACK_MEMORY`); ``None`` means the shipped default
+    compressor.
+    """
+    kind = MemoryKind.parse(DEFAULT_MEMORY.split(":")[0])
+    if slot_kind is None or not kind.needs_training or kind.value == slot_kind:
+        return DEFAULT_MEMORY
+    return FALLBACK_MEMORY
+
+
+def resolve_memory_spec(memory: Any, slot_kind: str | None = None) -> MemorySpec:
+    """A :class:`MemorySpec` from a spec, its JSON form, a mode string or ``None``.
+
+    Args:
+        memory: What to make; ``None`` is :func:`default_memory` for ``slot_kind``.
+        slot_kind: The slot kind of the compressor that will make it (``None``: the shipped
+            default's).
+    """
     if memory is None:
-        memory = DEFAULT_MEMORY
+        memory = default_memory(slot_kind)
     if isinstance(memory, MemorySpec):
         return memory
     if isinstance(memory, dict):

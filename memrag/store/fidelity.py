@@ -186,3 +186,94 @@ class FidelityScorer:
             counts = (gold != IGNORE_INDEX).sum(dim=1).clamp(min=1)
             mean = (nll.sum(dim=1) / counts).tolist()
         return [math.exp(-value) for value in mean]
+
+
+#: How many words of the chunk each agreement probe quotes, and how many it asks for.
+PROBE_PREFIX_WORDS = 5
+PROBE_TARGET_WORDS = 6
+
+
+def cloze_probes(text: str, count: int) -> list[tuple[str, str]]:
+    """``count`` questions made from ``text`` itself, with the words that answer them.
+
+    Each probe quotes a few words of the chunk and asks what follows; the cut points are spread
+    evenly over the chunk (not only its start, where compressed memory is best). A chunk too
+    short to cut yields fewer probes (none under two words).
+
+    Returns:
+        ``(question, answer)`` pairs.
+    """
+    words = text.split()
+    if len(words) < 2:
+        return []
+    cuts = sorted({min(max(1, int(len(words) * (i + 1) / (count + 1))), len(words) - 1) for i in range(count)})
+    probes = []
+    for cut in cuts:
+        prefix = " ".join(words[max(0, cut - PROBE_PREFIX_WORDS) : cut])
+        answer = " ".join(words[cut : cut + PROBE_TARGET_WORDS])
+        probes.append((f'In the passage, which words come right after "{prefix}"?', answer))
+    return probes
+
+
+class AgreementScorer:
+    """Scores chunks by how closely the frozen decoder answers from their memory as from their text.
+
+    For each chunk, :func:`cloze_probes` asks a few questions about the chunk in the QA prompt
+    the compressor was trained with (:func:`memrag.training.objectives.qa_prompt`); the frozen
+    decoder reads the chunk once as text (the teacher) and once as its memory (the student),
+    and the answer tokens are teacher-forced in both. The score is ``exp(-KL)``, the mean
+    per-token KL divergence from the teacher's next-token distribution to the student's
+    turned into ``(0, 1]``: 1 when the memory makes the decoder predict exactly what the text
+    does. Unlike reconstruction likelihood it asks nothing that QA training never taught (a
+    verbatim repeat), so it judges trained K/V slots by what they are used for.
+
+    The KL is over the whole vocabulary (a few dozen answer positions per chunk: cheap next to
+    the two prefills).
+
+    Args:
+        compressor: The compressor whose decoder reads the memory.
+        probes: Questions per chunk.
+    """
+
+    def __init__(self, compressor: Any, *, probes: int = 4) -> None:
+        if probes < 1:
+            raise ValueError(f"probes must be >= 1, got {probes}")
+        self.compressor = compressor
+        self.probes = probes
+
+    def measure(self, texts: Sequence[str], memories: Sequence[Slots | KVSlots]) -> list[dict[str, float]]:
+        """Per chunk: ``{"kl": mean KL per answer token, "top1": share of answer tokens whose
+        most likely prediction is the same from memory as from text}``."""
+        from memrag.training.objectives import qa_prompt, qa_target_ids, target_logits
+
+        if len(texts) != len(memories):
+            raise ValueError(f"{len(texts)} texts but {len(memories)} memories")
+        tokenizer = self.compressor.tokenizer
+        results = []
+        for text, memory in zip(texts, memories):
+            probes = cloze_probes(text, self.probes)
+            if not probes:
+                results.append({"kl": 0.0, "top1": 1.0})  # nothing to lose
+                continue
+            targets = [qa_target_ids(tokenizer, answer) for _, answer in probes]
+            with torch.inference_mode():
+                teacher = target_logits(
+                    self.compressor, [qa_prompt(tokenizer, [text], q) for q, _ in probes], targets
+                )
+                student = target_logits(
+                    self.compressor, [qa_prompt(tokenizer, [memory], q) for q, _ in probes], targets
+                )
+                mask = student.labels != IGNORE_INDEX
+                tokens = max(int(mask.sum()), 1)
+                teacher_log = F.log_softmax(teacher.logits, dim=-1)
+                student_log = F.log_softmax(student.logits, dim=-1)
+                per_position = (teacher_log.exp() * (teacher_log - student_log)).sum(dim=-1)
+                kl = float((per_position * mask).sum()) / tokens
+                same = teacher.logits.argmax(-1) == student.logits.argmax(-1)
+                top1 = float((same & mask).sum()) / tokens
+            results.append({"kl": kl, "top1": top1})
+        return results
+
+    def score(self, texts: Sequence[str], memories: Sequence[Slots | KVSlots]) -> list[float]:
+        """Agreement of each ``(text, memory)`` pair, ``exp(-KL)`` in ``(0, 1]``, in input order."""
+        return [math.exp(-m["kl"]) for m in self.measure(texts, memories)]

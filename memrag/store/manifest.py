@@ -32,7 +32,24 @@ SHARDS_DIR = "shards"
 LOCK_NAME = ".write.lock"
 
 SLOT_DTYPES = ("float16", "bfloat16", "float32")
-FIDELITY_METHODS = ("reconstruct", "none")
+FIDELITY_METHODS = ("reconstruct", "agreement", "none")
+#: Default threshold of each scoring method (chunks below it are served as text), chosen by
+#: measurement (``benchmarks/quality_gate.py``; docs/RESULTS.md, "Quality gate").
+DEFAULT_FIDELITY_THRESHOLDS = {"reconstruct": 0.5, "agreement": 0.5}
+
+
+def resolve_fidelity(method: str, memory_kind: str) -> str:
+    """The scoring method a store records: ``"auto"`` is ``"agreement"`` for K/V memory (what
+    its answers lose against the text's) and ``"reconstruct"`` for embedding slots.
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    if method == "auto":
+        return "reconstruct" if memory_kind == "embedding" else "agreement"
+    if method not in FIDELITY_METHODS:
+        raise ValueError(f"fidelity must be auto or one of {', '.join(FIDELITY_METHODS)}, got {method!r}")
+    return method
 
 
 @dataclass
@@ -120,7 +137,9 @@ class Options:
     Attributes:
         slot_dtype: Dtype the slots are stored in (``float16`` by default).
         fidelity: ``"reconstruct"`` (score each chunk by how well the frozen decoder
-            reconstructs it from its slots) or ``"none"``.
+            reconstructs it from its slots), ``"agreement"`` (by how closely the decoder
+            answers questions about the chunk from its memory as from its text; see
+            :mod:`memrag.store.fidelity`) or ``"none"``.
         fidelity_threshold: Chunks scoring below it are flagged ``use_text``.
         fidelity_max_tokens: Reconstruct at most this many tokens of a chunk.
         fidelity_sample_tokens: Average the NLL over this many of them, evenly spaced

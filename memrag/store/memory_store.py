@@ -61,6 +61,7 @@ from memrag.store.index import (
 from memrag.store.maintenance import CompactReport, compact, remove_debris
 from memrag.store.manifest import (
     DATABASE_NAME,
+    DEFAULT_FIDELITY_THRESHOLDS,
     INDEX_DIR,
     LOCK_NAME,
     SHARDS_DIR,
@@ -69,6 +70,7 @@ from memrag.store.manifest import (
     Manifest,
     MemoryInfo,
     Options,
+    resolve_fidelity,
 )
 from memrag.store.metadata import RESERVED_KEYS, dumps
 from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch
@@ -89,13 +91,13 @@ _INDEX_LOAD_ATTEMPTS = 5  # re-reads when writers keep superseding the checkpoin
 
 def memory_info(compressor: Any, memory: Any) -> MemoryInfo:
     """The manifest's description of ``memory`` (a spec, its JSON form, a mode string such as
-    ``"kv-pruned:0.5"``, or ``None`` for :data:`~memrag.memory.spec.DEFAULT_MEMORY`) made with
+    ``"kv-pruned:0.5"``, or ``None`` for :func:`~memrag.memory.spec.default_memory`) made with
     ``compressor``."""
     from memrag.memory.builders import codec_for
     from memrag.memory.spec import resolve_memory_spec
 
-    spec = resolve_memory_spec(memory)
     config = compressor.config
+    spec = resolve_memory_spec(memory, config.slot_kind)
     check_compressor_kind(spec.memory_kind, config.slot_kind)
     if not spec.is_kv:
         return MemoryInfo(
@@ -195,8 +197,8 @@ class MemoryStore:
         index: str | IndexSpec = "flat",
         index_options: Mapping[str, Any] | None = None,
         slot_dtype: str = "float16",
-        fidelity: str = "reconstruct",
-        fidelity_threshold: float = 0.5,
+        fidelity: str = "auto",
+        fidelity_threshold: float | None = None,
         fidelity_max_tokens: int = 512,
         fidelity_sample_tokens: int | None = 32,
         chunk_tokens: int | None = None,
@@ -217,13 +219,19 @@ class MemoryStore:
             memory: What the store keeps for each chunk: a
                 :class:`~memrag.memory.spec.MemorySpec`, a mode string (``"embedding"``,
                 ``"kv"``, ``"kv-exact"``, ``"kv-exact:int8"``, ``"kv-pruned:0.5"`` ...), or ``None`` for
-                :data:`~memrag.memory.spec.DEFAULT_MEMORY`. K/V memory is made by the
-                compressor's frozen decoder (any compressor over the same base model reads it).
+                :func:`~memrag.memory.spec.default_memory` (``"kv:int8"``, the compressor's
+                trained K/V slots, when it makes them; else ``"kv-exact:int8"``). ``kv-exact``
+                and ``kv-pruned`` memory is made by the compressor's frozen decoder (any
+                compressor over the same base model reads it).
             index: ``"flat"`` (exact, default), ``"hnsw"`` or ``"ivf"``, or an :class:`IndexSpec`.
             index_options: Extra :class:`IndexSpec` fields (``hnsw_m``, ``ivf_nprobe``, ...).
             slot_dtype: ``"float16"`` (default), ``"bfloat16"`` or ``"float32"``.
-            fidelity: ``"reconstruct"`` (score chunks at index time) or ``"none"``.
-            fidelity_threshold: Chunks scoring below it get ``use_text=True``.
+            fidelity: How chunks are scored at index time: ``"agreement"`` (answers from the
+                memory against answers from the text), ``"reconstruct"`` (likelihood of
+                repeating the chunk from its memory), ``"none"``, or ``"auto"`` (the default:
+                agreement for K/V memory, reconstruct for embedding slots).
+            fidelity_threshold: Chunks scoring below it get ``use_text=True`` (``None``: the
+                method's default, :data:`~memrag.store.manifest.DEFAULT_FIDELITY_THRESHOLDS`).
             fidelity_max_tokens: Tokens reconstructed per chunk at most.
             fidelity_sample_tokens: Tokens whose likelihood is averaged, evenly spaced
                 (``None``: all of them; fewer make scoring cheaper with a 262k vocabulary).
@@ -249,6 +257,10 @@ class MemoryStore:
             if isinstance(index, IndexSpec)
             else IndexSpec(type=index, **dict(index_options or {}))
         )
+        memory_description = memory_info(compressor, memory)
+        fidelity = resolve_fidelity(fidelity, memory_description.kind)
+        if fidelity_threshold is None:
+            fidelity_threshold = DEFAULT_FIDELITY_THRESHOLDS.get(fidelity, 0.5)
         options = Options(
             slot_dtype=slot_dtype,
             fidelity=fidelity,
@@ -260,7 +272,7 @@ class MemoryStore:
         )
         config = compressor.config
         manifest = Manifest(
-            memory=memory_info(compressor, memory),
+            memory=memory_description,
             compressor=CompressorInfo(
                 fingerprint=compressor.fingerprint,
                 base_model=config.base_model,

@@ -23,7 +23,7 @@ import torch
 from memrag.memory.kinds import MemoryKind, check_compressor_kind
 from memrag.slots import Slots
 from memrag.store.embedder import Embedder
-from memrag.store.fidelity import FidelityScorer
+from memrag.store.fidelity import AgreementScorer, FidelityScorer
 from memrag.store.metadata import dumps
 from memrag.utils.torch_utils import resolve_dtype
 
@@ -108,8 +108,9 @@ class ChunkProcessor:
             ``None``: embedding slots.
         slot_dtype: Dtype embedding slots are stored in.
         compress_batch_size: Segments (or chunks, for K/V memory) per forward pass.
-        fidelity: ``"reconstruct"`` or ``"none"``. Every kind but ``kv-exact`` is scored
-            (exact memory loses nothing).
+        fidelity: ``"reconstruct"``, ``"agreement"`` or ``"none"`` (see
+            :mod:`memrag.store.fidelity`). Every kind but ``kv-exact`` is scored (exact memory
+            loses nothing).
         fidelity_max_tokens: Tokens reconstructed per chunk at most.
         fidelity_sample_tokens: Tokens scored per chunk (``None``: all).
         reuse: A :class:`~memrag.memory.builders.MemoryReuse` shared with other processors of
@@ -143,14 +144,14 @@ class ChunkProcessor:
         self.compress_batch_size = compress_batch_size
         check_compressor_kind(self.memory.memory_kind, compressor.config.slot_kind)
         # Exact K/V memory is the text's own: nothing to score. Every other kind is lossy.
-        scored = fidelity == "reconstruct" and self.memory.memory_kind is not MemoryKind.KV_EXACT
-        self.scorer = (
-            FidelityScorer(
-                compressor, max_tokens=fidelity_max_tokens, sample_tokens=fidelity_sample_tokens
-            )
-            if scored
-            else None
-        )
+        self.scorer: FidelityScorer | AgreementScorer | None = None
+        if self.memory.memory_kind is not MemoryKind.KV_EXACT:
+            if fidelity == "reconstruct":
+                self.scorer = FidelityScorer(
+                    compressor, max_tokens=fidelity_max_tokens, sample_tokens=fidelity_sample_tokens
+                )
+            elif fidelity == "agreement":
+                self.scorer = AgreementScorer(compressor)
         self._codec = None
         if self.memory.is_kv:
             from memrag.memory.builders import codec_for

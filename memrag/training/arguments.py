@@ -138,7 +138,13 @@ class ModelArguments(_JsonMixin):
     )
     dtype: str = _arg("float32", "Weight dtype of the base model (float32 recommended for training).")
     segment_length: int = _arg(128, "Tokens per compressed segment (fresh compressor).", min=1)
-    compression_rate: int = _arg(4, "Text tokens per memory slot (fresh compressor).", min=1)
+    compression_rate: int | None = _arg(
+        None,
+        "Text tokens per memory slot (default 4 for a fresh compressor). With --init-from it "
+        "changes the rate of a compressor whose slots are a subset of the text's own K/V "
+        "positions (its weights do not depend on the rate); other slot kinds refuse it.",
+        min=1,
+    )
     lora_rank: int = _arg(16, "LoRA rank of the encoder (fresh compressor).", min=1)
     lora_alpha: int = _arg(32, "LoRA alpha (fresh compressor).", min=1)
     lora_dropout: float = _arg(0.0, "LoRA dropout (fresh compressor).", min=0.0)

@@ -58,13 +58,25 @@ def build_compressor(args: ModelArguments, device: Any, *, seed: int = 0) -> Any
             logger.info("subset positions chosen by %s (was %s)", args.kv_selection, compressor.config.kv_selection)
             compressor.config = dataclasses.replace(compressor.config, kv_selection=args.kv_selection)
             compressor.invalidate_fingerprint()
+        rate = args.compression_rate
+        if rate is not None and rate != compressor.config.compression_rate:
+            if not (compressor.config.slot_kind == "kv" and compressor.config.kv_positions == "subset"):
+                raise ValueError(
+                    f"--compression-rate {rate} cannot change the rate of {source} "
+                    f"(slot kind {compressor.config.slot_kind!r}, kv positions "
+                    f"{compressor.config.kv_positions!r}): only subset K/V slots are independent "
+                    "of the number of slots"
+                )
+            logger.info("compression rate %d (was %d)", rate, compressor.config.compression_rate)
+            compressor.config = dataclasses.replace(compressor.config, compression_rate=rate)
+            compressor.invalidate_fingerprint()
         return compressor
     base = load_base_model(args.base_model, device=device, dtype=args.dtype)
     config = CompressorConfig(
         base_model=base.name,
         base_model_revision=base.revision,
         segment_length=args.segment_length,
-        compression_rate=args.compression_rate,
+        compression_rate=args.compression_rate or 4,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,

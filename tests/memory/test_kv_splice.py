@@ -276,14 +276,21 @@ def test_memory_longer_than_the_context_is_refused() -> None:
 
 
 def test_a_store_made_without_naming_its_memory_keeps_the_default_kind(tmp_path) -> None:
-    from memrag.memory.spec import DEFAULT_MEMORY, resolve_memory_spec
+    from memrag.memory.spec import DEFAULT_MEMORY, FALLBACK_MEMORY, resolve_memory_spec
     from memrag.store import MemoryStore
+    from memrag.testing import tiny_compressor
 
-    compressor = _compressor()
-    with MemoryStore.create(tmp_path / "s", compressor, "hashing:16", fidelity="none") as store:
-        assert store.memory.settings == resolve_memory_spec(DEFAULT_MEMORY).to_dict()
-        store.add([CHUNK_A], ids=["a"])
-        assert isinstance(store.get(["a"])[0].context(), KVSlots) == store.memory.is_kv
+    # A compressor that makes K/V slots gets them (int8); any other the decoder's own K/V.
+    kv_compressor = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset")
+    for name, compressor, expected in (
+        ("kv", kv_compressor, "kv:int8"),
+        ("embedding", _compressor(), "kv-exact:int8"),
+    ):
+        with MemoryStore.create(tmp_path / name, compressor, "hashing:16", fidelity="none") as store:
+            assert store.memory.settings == resolve_memory_spec(expected).to_dict()
+            store.add([CHUNK_A], ids=["a"])
+            assert isinstance(store.get(["a"])[0].context(), KVSlots)
+    assert (DEFAULT_MEMORY, FALLBACK_MEMORY) == ("kv:int8", "kv-exact:int8")
 
 
 def test_memory_reuse_reports_the_average_cost_of_every_text_computed() -> None:

@@ -232,7 +232,8 @@ def test_trained_kv_slots_are_scored_by_reconstructing_the_chunk_from_them(tmp_p
     from memrag.testing import tiny_compressor
 
     kv_compressor = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset")
-    with _store(tmp_path / "s", kv_compressor, "kv", fidelity_threshold=1.0) as store:
+    with _store(tmp_path / "s", kv_compressor, "kv", fidelity="reconstruct", fidelity_threshold=1.0) as store:
+        assert store.manifest.options.fidelity == "reconstruct"
         records = store.get(["paris", "tower", "fox"])
         assert all(r.fidelity is not None and 0 < r.fidelity <= 1 for r in records)
         assert all(r.use_text for r in records)
@@ -259,3 +260,39 @@ def test_a_store_without_a_named_compressor_gets_the_shipped_default_for_its_mem
     for memory, expected in (("embedding", DEFAULT_EMBEDDING_COMPRESSOR), ("kv-exact", DEFAULT_COMPRESSOR), (None, DEFAULT_EMBEDDING_COMPRESSOR)):
         MemoryStore.create(tmp_path / f"s-{memory}", embedder="hashing:64", memory=memory, fidelity="none").close()
         assert asked[-1] == expected, memory
+
+
+def test_agreement_scores_exact_memory_as_the_text_and_other_memory_lower(compressor) -> None:
+    from memrag.store.fidelity import AgreementScorer, cloze_probes
+
+    scorer = AgreementScorer(compressor, probes=3)
+    own, other = build_memory(compressor, resolve_memory_spec("kv-exact"), [TEXTS[1], TEXTS[2]])
+    measured = scorer.measure([TEXTS[1], TEXTS[1]], [own, other])
+    # The chunk's own cache (computed without the prompt around it) is close to the text; the
+    # memory of another chunk is not.
+    assert measured[0]["kl"] < 1e-3 and measured[1]["kl"] > 2 * measured[0]["kl"]
+    assert measured[0]["top1"] > measured[1]["top1"]
+    scores = scorer.score([TEXTS[1], TEXTS[1]], [own, other])
+    assert 0 < scores[1] < scores[0] <= 1.0
+    # Probes quote the chunk and ask for the words that follow, spread over it.
+    probes = cloze_probes(TEXTS[1], 3)
+    assert len(probes) == 3 and all(answer in TEXTS[1] for _, answer in probes)
+    assert cloze_probes("word", 3) == []
+
+
+def test_k_v_stores_are_gated_by_agreement_by_default(tmp_path: Path) -> None:
+    from memrag.store.manifest import DEFAULT_FIDELITY_THRESHOLDS
+    from memrag.testing import tiny_compressor
+
+    kv_compressor = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset")
+    with _store(tmp_path / "kv", kv_compressor, "kv") as store:
+        options = store.manifest.options
+        assert options.fidelity == "agreement"
+        assert options.fidelity_threshold == DEFAULT_FIDELITY_THRESHOLDS["agreement"]
+        records = store.get(["paris", "tower", "fox"])
+        assert all(r.fidelity is not None and 0 < r.fidelity <= 1 for r in records)
+        assert [r.use_text for r in records] == [r.fidelity < options.fidelity_threshold for r in records]
+    with _store(tmp_path / "emb", kv_compressor, "kv-exact") as store:
+        assert all(r.fidelity is None for r in store.get(["paris"]))  # exact memory loses nothing
+    with pytest.raises(ValueError, match="fidelity must be auto or one of"):
+        _store(tmp_path / "bad", kv_compressor, "kv", fidelity="guess")
