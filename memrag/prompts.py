@@ -2,14 +2,18 @@
 
 Prompts are lists of parts (text, :class:`~memrag.slots.Slots`, :class:`~memrag.splice.Task`)
 for :class:`~memrag.splice.Splicer`. Models with a chat template get their messages rendered
-by it, with each document's slots spliced where a placeholder stood.
+by it, with each document's slots spliced where a placeholder stood. A model without one
+(the embedded Gemma 3 270M) gets the prompt its compressor was trained with: the latest user
+message as it is (the QA prompt), earlier turns and system messages as :class:`PlainChat`
+says (measured in docs/RESULTS.md, "Chat turns"), and :data:`ANSWER_STOP` ends its answers.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
@@ -17,6 +21,12 @@ from memrag.splice import PromptPart
 
 #: Stop strings for short extractive answers.
 ANSWER_STOP = ("\n",)
+
+class DocumentText(str):
+    """A document's text in a chat message: kept as a prompt part of its own when the chat is
+    rendered, so it is tokenized alone, as :func:`qa_parts` lays a text passage out (``"Passage:
+    "`` and the passage's first word tokenize differently together)."""
+
 
 #: A document as a prompt holds it: its text, its embedding slots or its K/V memory.
 Memory = Slots | KVSlots
@@ -30,7 +40,8 @@ def qa_parts(contexts: Sequence[Context], question: str) -> list[PromptPart]:
     """
     parts: list[PromptPart] = []
     for context in contexts:
-        parts.extend(["Passage: ", context, "\n"])
+        document = DocumentText(context) if isinstance(context, str) else context
+        parts.extend(["Passage: ", document, "\n"])
     parts.append(f"Question: {question.strip()}\nAnswer:")
     return parts
 
@@ -40,29 +51,93 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def answer_stop(tokenizer: Any) -> tuple[str, ...]:
+    """Where an answer ends when the caller names no stop strings.
+
+    A model without a chat template continues the QA prompt's ``Answer:`` past the answer
+    (with another ``Question:``), so its answers stop at :data:`ANSWER_STOP`, as fine-tuning
+    and ``memrag eval qa`` do; a chat template's end-of-turn token ends the others.
+    """
+    return () if has_chat_template(tokenizer) else ANSWER_STOP
+
+
+@dataclass(frozen=True)
+class PlainChat:
+    """How a chat is rendered for a model without a chat template.
+
+    The latest user message is written as it is: it holds the QA prompt (passages, question,
+    ``Answer:``), exactly as fine-tuning and evaluation write it, so a single question gets the
+    answer ``memrag eval qa`` gives. What comes before it:
+
+    Attributes:
+        system: ``"drop"`` (system messages are left out) or ``"prefix"`` (their text, then a
+            newline, starts the prompt).
+        history: Earlier user and assistant turns: ``"drop"``, ``"qa"`` (each as
+            ``Question: ...\nAnswer: ...\n``, the QA prompt's own wording) or ``"transcript"``
+            (``User: ...\nAssistant: ...\n``), before the latest message.
+    """
+
+    system: Literal["drop", "prefix"] = "drop"
+    history: Literal["drop", "qa", "transcript"] = "qa"
+
+    def __post_init__(self) -> None:
+        if self.system not in ("drop", "prefix"):
+            raise ValueError(f"system must be 'drop' or 'prefix', got {self.system!r}")
+        if self.history not in ("drop", "qa", "transcript"):
+            raise ValueError(f"history must be 'drop', 'qa' or 'transcript', got {self.history!r}")
+
+    def render(self, messages: Sequence[dict[str, str]]) -> str:
+        """The prompt text of ``messages`` (the last one a user message)."""
+        *earlier, last = messages
+        lines: list[str] = []
+        if self.system == "prefix":
+            lines += [m["content"].strip() + "\n" for m in earlier if m["role"] in SYSTEM_ROLES]
+        turns = [m for m in earlier if m["role"] not in SYSTEM_ROLES]
+        if self.history == "qa":
+            for message in turns:
+                if message["role"] == "assistant":
+                    lines.append(f"Answer: {message['content'].strip()}\n")
+                else:
+                    lines.append(f"Question: {message['content'].strip()}\n")
+        elif self.history == "transcript":
+            lines += [f"{m['role'].capitalize()}: {m['content'].strip()}\n" for m in turns]
+        return "".join(lines) + last["content"]
+
+
+#: Roles whose messages instruct rather than converse.
+SYSTEM_ROLES = ("system", "developer")
+#: How chats are rendered for models without a chat template (see :class:`PlainChat`).
+DEFAULT_PLAIN_CHAT = PlainChat()
+
+
 def render_chat(
     tokenizer: Any,
     messages: Sequence[dict[str, Any]],
     *,
     add_generation_prompt: bool = True,
+    plain: PlainChat | None = None,
 ) -> list[PromptPart]:
     """Renders chat ``messages`` into prompt parts.
 
     Each message is ``{"role": ..., "content": str | list[str | Slots | KVSlots]}``. With a chat
-    template each document's memory is replaced by a unique placeholder, the template is
-    applied, and the text is split back at the placeholders. Without one, a plain ``Role: content`` transcript is used.
+    template each document's memory (and each :class:`DocumentText`) is replaced by a unique
+    placeholder, the template is
+    applied, and the text is split back at the placeholders. Without one, a chat that ends with
+    a user message is rendered by ``plain`` (default :data:`DEFAULT_PLAIN_CHAT`: the latest
+    message as it is, so a QA prompt reads as in training); any other is a plain
+    ``Role: content`` transcript.
 
     Returns:
         The parts. When a template writes the BOS token itself, the splicer adds no other.
     """
-    slots_by_key: dict[str, Memory] = {}
+    slots_by_key: dict[str, Memory | DocumentText] = {}
     flat: list[dict[str, str]] = []
     for message in messages:
         content = message["content"]
         pieces = [content] if isinstance(content, (str, Slots, KVSlots)) else list(content)
         text = ""
         for piece in pieces:
-            if isinstance(piece, (Slots, KVSlots)):
+            if isinstance(piece, (Slots, KVSlots, DocumentText)):
                 key = f"<<memrag-slots-{uuid.uuid4().hex}>>"
                 slots_by_key[key] = piece
                 text += key
@@ -73,6 +148,8 @@ def render_chat(
         rendered = tokenizer.apply_chat_template(
             flat, tokenize=False, add_generation_prompt=add_generation_prompt
         )
+    elif add_generation_prompt and flat and flat[-1]["role"] == "user":
+        rendered = (plain or DEFAULT_PLAIN_CHAT).render(flat)
     else:
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in flat]
         if add_generation_prompt:
@@ -81,7 +158,7 @@ def render_chat(
     return split_placeholders(rendered, slots_by_key)
 
 
-def split_placeholders(text: str, slots_by_key: dict[str, Memory]) -> list[PromptPart]:
+def split_placeholders(text: str, slots_by_key: dict[str, Any]) -> list[PromptPart]:
     """Splits ``text`` at the placeholder keys, putting each key's memory in its place."""
     parts: list[PromptPart] = []
     rest = text

@@ -152,3 +152,27 @@ def test_loss_on_target_positions_equals_full_logits_loss(tiny_compressor: Compr
         logits[:, :-1].reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
     )
     torch.testing.assert_close(fast, shifted, rtol=1e-5, atol=1e-6)
+
+
+def test_plain_chat_renders_the_latest_user_message_as_it_is() -> None:
+    from types import SimpleNamespace
+
+    from memrag.prompts import PlainChat, render_chat
+
+    tokenizer = SimpleNamespace(chat_template=None)
+    qa = "Passage: x\nQuestion: When?\nAnswer:"
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who?"},
+        {"role": "assistant", "content": "Bob"},
+        {"role": "user", "content": qa},
+    ]
+    # The default: system left out, earlier turns in the QA prompt's own wording.
+    assert render_chat(tokenizer, chat) == [f"Question: Who?\nAnswer: Bob\n{qa}"]
+    assert render_chat(tokenizer, [chat[0], chat[-1]]) == [qa]
+    assert PlainChat(system="prefix", history="drop").render(chat) == f"Be brief.\n{qa}"
+    assert PlainChat(history="transcript").render(chat) == f"User: Who?\nAssistant: Bob\n{qa}"
+    # A chat that does not end with a user message stays a transcript.
+    assert render_chat(tokenizer, chat[:3]) == ["System: Be brief.\nUser: Who?\nAssistant: Bob\nAssistant:"]
+    with pytest.raises(ValueError, match="history must be"):
+        PlainChat(history="all")

@@ -71,12 +71,15 @@ def parse_mode(name: str) -> ModeName:
     from memrag.memory.recovery import RecoveryConfig
     from memrag.memory.spec import parse_memory_mode
 
+    from memrag.memory.kinds import MemoryKind
+
     base, _, recovery = name.partition("+")
-    if not base.startswith("kv-"):
+    if base.split(":")[0] not in {kind.value for kind in MemoryKind if kind.is_kv}:
         if recovery or base not in MODES:
             raise ValueError(
                 f"unknown mode {name!r}; choose from {', '.join(MODES)} (K/V modes take "
-                "settings: kv-exact:int8, kv-pruned:0.5, kv-exact+cacheblend)"
+                "settings: kv-exact:int8, kv-pruned:0.5, kv-exact+cacheblend, kv:int8 for a K/V "
+                "compressor's slots as a store keeps them)"
             )
         return ModeName(name)
     parse_memory_mode(base)

@@ -82,7 +82,18 @@ def serve(
     timeout: float = typer.Option(
         120.0, "--timeout", min=0.1, help="Seconds per request (queue + generation)."
     ),
-    stop: list[str] = typer.Option(None, "--stop", help="Default stop string (repeatable)."),
+    stop: list[str] = typer.Option(
+        None,
+        "--stop",
+        help="Default stop string (repeatable; default: where the answer ends for the model's "
+        "prompt format, a newline without a chat template).",
+    ),
+    context: str = typer.Option(
+        "memory",
+        "--context",
+        help="memory (the chunks' stored memory) or text (their text: classic RAG through the "
+        "same model and prompt, to compare against).",
+    ),
     kv_recovery: str = typer.Option(
         None,
         "--kv-recovery",
@@ -128,6 +139,7 @@ def serve(
             max_queue=max_queue,
             request_timeout=timeout,
             stop=tuple(stop or ()),
+            context=context,
             allow_writes=not read_only,
             cors_origins=tuple(cors_origin or ()),
         )

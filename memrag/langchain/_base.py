@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from memrag.generation import Generation, GenerationOptions
 from memrag.langchain.markers import DocumentReference, MarkerCodec, Piece, get_codec
 from memrag.langchain.sources import DocumentSource, fetch_records
-from memrag.prompts import render_chat
+from memrag.prompts import DocumentText, answer_stop, render_chat
 from memrag.splice import PromptPart
 from memrag.store.records import ChunkRecord
 
@@ -65,10 +65,12 @@ class PromptSpec:
     def materialize(self, records: dict[str, ChunkRecord], tokenizer: Any) -> list[PromptPart]:
         """Prompt parts with each reference replaced by its document's slots (or text)."""
 
+        def document(reference: DocumentReference) -> Any:
+            context = records[reference.id].context()
+            return DocumentText(context) if isinstance(context, str) else context
+
         def resolve(pieces: Sequence[Piece]) -> list[str | Any]:
-            return [
-                records[p.id].context() if isinstance(p, DocumentReference) else p for p in pieces
-            ]
+            return [document(p) if isinstance(p, DocumentReference) else p for p in pieces]
 
         if len(self.turns) == 1 and self.turns[0][0] is None:
             return resolve(self.turns[0][1])
@@ -124,7 +126,9 @@ class MemragModelMixin(BaseModel):
         temperature: 0 decodes greedily; above 0 samples.
         top_p / top_k: Sampling cutoffs (sampling only).
         seed: Seed for reproducible sampling.
-        stop: Default stop strings (a call's ``stop`` replaces them).
+        stop: Default stop strings (a call's ``stop`` replaces them); ``None``: where the
+            answer ends for the model's prompt format (a newline without a chat template, as
+            the compressor was trained; ``[]`` for none).
         streaming: Answer ``invoke`` through the streaming path (token callbacks fire).
         batch_size: Prompts per decoder ``generate`` call in ``batch`` / ``abatch``.
         reference_key: Key that verifies document markers (default: the process key; see
@@ -215,8 +219,17 @@ class MemragModelMixin(BaseModel):
             top_p=values["top_p"],
             top_k=values["top_k"],
             seed=values["seed"],
-            stop=tuple(stop if stop is not None else (self.stop or ())),
+            stop=tuple(stop if stop is not None else self.default_stop),
         )
+
+    @property
+    def default_stop(self) -> list[str]:
+        """The stop strings of a call that names none: the ``stop`` field, or where the answer
+        ends for this model's prompt format (:func:`memrag.prompts.answer_stop`: a newline for
+        a model without a chat template, as fine-tuning and ``memrag eval qa`` stop)."""
+        if self.stop is not None:
+            return list(self.stop)
+        return list(answer_stop(self.compressor.tokenizer))
 
     @property
     def _identifying_params(self) -> dict[str, Any]:

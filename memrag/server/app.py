@@ -306,6 +306,12 @@ class _Server:
             "model": self.service.model_name,
             **self.limiter.stats(),
             "batching": batching,
+            "defaults": {
+                "top_k": settings.top_k,
+                "max_tokens": settings.default_max_tokens,
+                "stop": list(self.service.default_stop),
+                "context": settings.context,
+            },
         }
 
     def model_card(self) -> dict[str, Any]:
@@ -628,7 +634,11 @@ def create_app(
         if store is None:
             raise ValueError("create_app needs a store (or a service)")
         service = RagService(
-            store, compressor=compressor, model_name=settings.model_name, stop=settings.stop
+            store,
+            compressor=compressor,
+            model_name=settings.model_name,
+            stop=settings.stop,
+            use_text=settings.context == "text",
         )
     server = _Server(service, settings)
 

@@ -14,6 +14,7 @@ method here blocks; the app calls them from worker threads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +29,7 @@ from memrag.langchain._base import PromptSpec, StreamEnd
 from memrag.langchain.chat_models import ChatMemrag
 from memrag.langchain.formatting import DEFAULT_QA_TEMPLATE, format_docs, prepare_question
 from memrag.langchain.markers import escape_markers
+from memrag.prompts import answer_stop
 from memrag.splice import PromptPart
 from memrag.store.records import ChunkRecord
 
@@ -112,7 +114,10 @@ class RagService:
         store: The store to retrieve from (and add to / delete from).
         compressor: The compressor whose decoder answers (default: the store's).
         model_name: Name reported to clients (default: the chat model's).
-        stop: Default stop strings.
+        stop: Default stop strings (empty: where the answer ends for the model's prompt
+            format, :func:`memrag.prompts.answer_stop`).
+        use_text: Serve every retrieved chunk as its text instead of its memory (classic
+            RAG through the same prompt and decoder, to compare against).
 
     Raises:
         ValueError: ``compressor`` did not make the store's slots.
@@ -125,9 +130,12 @@ class RagService:
         compressor: Any = None,
         model_name: str | None = None,
         stop: Sequence[str] = (),
+        use_text: bool = False,
     ) -> None:
         self.store = store
-        self.default_stop = tuple(stop)
+        self.use_text = use_text
+        tokenizer = (compressor if compressor is not None else store.compressor).tokenizer
+        self.default_stop = tuple(stop) or answer_stop(tokenizer)
         if compressor is not None and hasattr(store, "check_compressor"):
             try:
                 store.check_compressor(compressor)
@@ -193,9 +201,12 @@ class RagService:
         """
         if k <= 0:
             return []
-        return self.store.search(
-            query, k=k, filter=dict(filter) if filter else None, with_slots=True
+        found = self.store.search(
+            query, k=k, filter=dict(filter) if filter else None, with_slots=not self.use_text
         )
+        if self.use_text:
+            found = [dataclasses.replace(record, use_text=True) for record in found]
+        return found
 
     def messages(
         self, turns: Sequence[Turn], documents: Sequence[ChunkRecord]

@@ -47,7 +47,11 @@ class ServerSettings:
         request_timeout: Seconds a chat or document request may take in all (queue wait,
             retrieval, generation); past it the generation is stopped and a 504 (or an error
             event in a stream) is sent.
-        stop: Stop strings used when a request gives none.
+        stop: Stop strings used when a request gives none (empty: where the answer ends for
+            the model's prompt format, a newline for a model without a chat template).
+        context: ``"memory"`` (the retrieved chunks' stored memory, or their text where the
+            store flags them) or ``"text"`` (always their text: classic RAG through the same
+            model, prompt and server, to compare against).
         allow_writes: Serve the document endpoints that add and delete (they need a store
             opened for writing).
         retry_after_min / retry_after_max: Bounds of the ``Retry-After`` seconds sent with a
@@ -72,6 +76,7 @@ class ServerSettings:
     max_queue: int = 8
     request_timeout: float = 120.0
     stop: tuple[str, ...] = ()
+    context: str = "memory"
     allow_writes: bool = True
     retry_after_min: int = 1
     retry_after_max: int = 60
@@ -109,6 +114,8 @@ class ServerSettings:
             raise ValueError("retry_after_max must be >= retry_after_min")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be empty (use None for no authentication)")
+        if self.context not in ("memory", "text"):
+            raise ValueError(f"context must be 'memory' or 'text', got {self.context!r}")
         if isinstance(self.stop, str) or any(not s for s in self.stop):
             raise ValueError("stop must be a sequence of non-empty strings")
         object.__setattr__(self, "stop", tuple(self.stop))

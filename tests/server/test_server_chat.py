@@ -263,3 +263,75 @@ def test_a_kv_store_serves_plain_and_streamed_completions(start_server, tmp_path
         assert completion.usage.prompt_tokens > 0
     finally:
         store.close()
+
+
+def eval_answer(store, question: str, *, k: int, max_tokens: int) -> str:
+    """What ``memrag eval qa``'s path answers from the same retrieved chunks: its prompt
+    (``qa_prompt``), greedy decoding to its answer stop."""
+    from memrag.generation import GenerationOptions
+    from memrag.prompts import ANSWER_STOP
+    from memrag.training.objectives import qa_prompt
+
+    compressor = store.compressor
+    contexts = [r.context() for r in store.search(question, k=k, with_slots=True)]
+    options = GenerationOptions(max_new_tokens=max_tokens, stop=ANSWER_STOP)
+    prompt = qa_prompt(compressor.tokenizer, contexts, question)
+    return compressor.generate([prompt], options)[0].text
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_a_single_question_gets_the_answer_the_eval_gives(server, server_store, top_k):
+    from memrag.prompts import has_chat_template
+
+    assert not has_chat_template(server_store.compressor.tokenizer)  # the embedded model's case
+    client = openai_client(server)
+    expected = eval_answer(server_store, QUESTION, k=top_k, max_tokens=12)
+    for messages in (
+        [{"role": "user", "content": QUESTION}],
+        # A system message is left out of a template-less model's prompt (measured not to help).
+        [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": QUESTION}],
+    ):
+        completion = client.chat.completions.create(
+            model="memrag",
+            messages=messages,
+            max_tokens=12,
+            temperature=0,
+            extra_body={"memrag": {"top_k": top_k}},
+        )
+        assert completion.choices[0].message.content == expected
+    # The request's own stop wins over the answer stop.
+    unstopped = client.chat.completions.create(
+        model="memrag",
+        messages=[{"role": "user", "content": QUESTION}],
+        max_tokens=12,
+        stop=["@@"],
+        extra_body={"memrag": {"top_k": top_k}},
+    )
+    assert unstopped.choices[0].message.content.startswith(expected)
+
+
+def test_the_default_stop_is_the_answer_stop_and_healthz_reports_it(server):
+    body = http_client(server).get("/healthz").json()
+    assert body["defaults"]["stop"] == ["\n"] and body["defaults"]["context"] == "memory"
+
+
+def test_text_context_serves_every_chunk_as_its_text(start_server, server_store):
+    server = start_server(context="text")
+    completion = openai_client(server).chat.completions.create(
+        model="memrag", messages=[{"role": "user", "content": QUESTION}], max_tokens=6
+    )
+    used = completion.model_extra["memrag_documents"]
+    assert used and {d["spliced"] for d in used} == {"text"}
+    # The classic-RAG answer: the same prompt with each chunk's text.
+    from memrag.generation import GenerationOptions
+    from memrag.prompts import ANSWER_STOP
+    from memrag.training.objectives import qa_prompt
+
+    texts = [r.text for r in server_store.search(QUESTION, k=3, with_slots=False)]
+    prompt = qa_prompt(server_store.compressor.tokenizer, texts, QUESTION)
+    expected = server_store.compressor.generate([prompt], GenerationOptions(max_new_tokens=6, stop=ANSWER_STOP))
+    assert completion.choices[0].message.content == expected[0].text
+    with pytest.raises(ValueError, match="context must be"):
+        from memrag.server import ServerSettings
+
+        ServerSettings(context="slots")
