@@ -102,7 +102,7 @@ def main() -> None:
                         for chat in chats[kind]
                     ]
                     answers = []
-                    for start in progress(range(0, len(prepared), args.batch_size), desc=f"{kind} {name}"):
+                    for start in progress(iterable=range(0, len(prepared), args.batch_size), desc=f"{kind} {name}"):
                         batch = [p.prompt for p in prepared[start : start + args.batch_size]]
                         answers += [g.text.strip() for g in store.compressor.generate(batch, options)]
                 finally:

@@ -152,7 +152,7 @@ def main() -> None:
     reconstruct = FidelityScorer(compressor)
     scores: dict[str, dict[str, float]] = {}
     seconds = {"agreement": 0.0, "reconstruct": 0.0}
-    for passage, memory in progress(list(zip(passages, stored)), desc="gate", unit="chunk"):
+    for passage, memory in progress(iterable=list(zip(passages, stored)), desc="gate", unit="chunk"):
         started = time.perf_counter()
         (measured,) = agreement.measure([passage], [memory])
         seconds["agreement"] += time.perf_counter() - started

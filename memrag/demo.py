@@ -2,7 +2,7 @@
 
 :func:`run_demo` builds a :class:`~memrag.langchain.MemragVectorStore` over the bundled demo
 corpus (100 SQuAD dev paragraphs, turned into memory as they are added: the default memory
-kind, :data:`~memrag.memory.spec.DEFAULT_MEMORY`, or the one asked for), then answers a few of
+kind, :func:`~memrag.memory.spec.default_memory`, or the one asked for), then answers a few of
 the corpus' questions through the LangChain RAG chain
 (:func:`~memrag.langchain.create_rag_chain`) twice, with the same retriever and the same memrag
 model (:func:`~memrag.langchain.default_model`: the completion model for the embedded Gemma,
@@ -367,6 +367,8 @@ def run_demo(
         )
     elif trained is None:
         trained = getattr(compressor, "source", None) is not None
+    # The store's kind: the default depends on what the compressor makes.
+    kind = resolve_memory_spec(settings.memory, compressor.config.slot_kind).kind
 
     corpus = load_demo_corpus()
     questions = pick_questions(corpus, settings.questions)

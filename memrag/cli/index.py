@@ -450,6 +450,12 @@ def info(
         )
     disk = data["disk_bytes"]
     typer.echo("  disk " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in disk.items()))
+    damaged = data["integrity"]["damaged_shards"]
+    if damaged:
+        typer.echo(
+            f"  integrity: {len(damaged)} damaged shard(s), their chunks are served as text "
+            f"(run `memrag index verify --repair {store}`): " + "; ".join(damaged.values())
+        )
 
 
 @index_app.command("verify")

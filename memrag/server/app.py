@@ -306,6 +306,9 @@ class _Server:
             "model": self.service.model_name,
             **self.limiter.stats(),
             "batching": batching,
+            "integrity": self.service.store.integrity_report()
+            if hasattr(self.service.store, "integrity_report")
+            else {},
             "defaults": {
                 "top_k": settings.top_k,
                 "max_tokens": settings.default_max_tokens,

@@ -59,7 +59,8 @@ CREATE TABLE chunks (
     slot_start INTEGER,
     slot_count INTEGER,
     segment_slot_counts TEXT NOT NULL DEFAULT '[]',
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    slot_crc32 INTEGER
 );
 CREATE INDEX chunks_source ON chunks(source_id);
 CREATE INDEX chunks_shard ON chunks(shard_id);
@@ -80,8 +81,11 @@ CREATE TABLE journal (
 
 _ROW_COLUMNS = (
     "c.vid, c.id, c.source_id, c.text, c.metadata, c.content_hash, c.num_tokens, c.fidelity, "
-    "c.use_text, c.shard_id, c.slot_start, c.slot_count, c.segment_slot_counts, s.file"
+    "c.use_text, c.shard_id, c.slot_start, c.slot_count, c.segment_slot_counts, s.file, "
+    "c.slot_crc32"
 )
+#: The same, for a store written before chunks had checksums, opened read-only.
+_ROW_COLUMNS_WITHOUT_CRC = _ROW_COLUMNS.replace("c.slot_crc32", "NULL")
 _ROW_FROM = "chunks AS c LEFT JOIN shards AS s ON s.shard_id = c.shard_id"
 
 
@@ -103,6 +107,7 @@ class ChunkRow:
     slot_count: int | None
     segment_slot_counts: list[int]
     shard_file: str | None
+    slot_crc32: int | None = None
 
     @classmethod
     def from_sql(cls, row: Sequence[Any]) -> "ChunkRow":
@@ -121,6 +126,7 @@ class ChunkRow:
             slot_count=row[11],
             segment_slot_counts=json.loads(row[12]),
             shard_file=row[13],
+            slot_crc32=None if row[14] is None else int(row[14]),
         )
 
 
@@ -141,6 +147,7 @@ class NewChunk:
     slot_start: int | None = None
     slot_count: int | None = None
     segment_slot_counts: list[int] = field(default_factory=list)
+    slot_crc32: int | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +245,13 @@ class Database:
                 f"{self.path}: database schema {version} is newer than this memrag supports "
                 f"({SCHEMA_VERSION})"
             )
+        columns = {row[1] for row in self._execute("PRAGMA table_info(chunks)")}
+        if "slot_crc32" not in columns and not self.read_only:
+            # Stores written before chunks had checksums: their chunks have none (NULL).
+            with self.transaction() as conn:
+                conn.execute("ALTER TABLE chunks ADD COLUMN slot_crc32 INTEGER")
+            columns.add("slot_crc32")
+        self._columns = _ROW_COLUMNS if "slot_crc32" in columns else _ROW_COLUMNS_WITHOUT_CRC
 
     def close(self) -> None:
         """Closes the connection."""
@@ -311,8 +325,8 @@ class Database:
             cursor = conn.execute(
                 "INSERT INTO chunks (id, source_id, text, metadata, content_hash, num_tokens, "
                 "fidelity, "
-                "use_text, shard_id, slot_start, slot_count, segment_slot_counts, vector) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "use_text, shard_id, slot_start, slot_count, segment_slot_counts, vector, "
+                "slot_crc32) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     chunk.id,
                     chunk.source_id,
@@ -327,6 +341,7 @@ class Database:
                     chunk.slot_count,
                     json.dumps(chunk.segment_slot_counts),
                     np.ascontiguousarray(chunk.vector, dtype=np.float32).tobytes(),
+                    chunk.slot_crc32,
                 ),
             )
             vid = int(cursor.lastrowid)
@@ -344,7 +359,7 @@ class Database:
         found: dict[str, ChunkRow] = {}
         unique = list(dict.fromkeys(ids))
         for batch in _batches(unique):
-            sql = f"SELECT {_ROW_COLUMNS} FROM {_ROW_FROM} WHERE c.id IN ({_marks(len(batch))})"
+            sql = f"SELECT {self._columns} FROM {_ROW_FROM} WHERE c.id IN ({_marks(len(batch))})"
             for row in self._execute(sql, batch):
                 found[row[1]] = ChunkRow.from_sql(row)
         return found
@@ -354,14 +369,14 @@ class Database:
         found: dict[int, ChunkRow] = {}
         unique = [int(v) for v in dict.fromkeys(vids)]
         for batch in _batches(unique):
-            sql = f"SELECT {_ROW_COLUMNS} FROM {_ROW_FROM} WHERE c.vid IN ({_marks(len(batch))})"
+            sql = f"SELECT {self._columns} FROM {_ROW_FROM} WHERE c.vid IN ({_marks(len(batch))})"
             for row in self._execute(sql, batch):
                 found[int(row[0])] = ChunkRow.from_sql(row)
         return found
 
     def rows_by_shard(self, shard_id: int) -> list[ChunkRow]:
         """Live rows whose slots are in ``shard_id``, in slot order."""
-        sql = f"SELECT {_ROW_COLUMNS} FROM {_ROW_FROM} WHERE c.shard_id = ? ORDER BY c.slot_start"
+        sql = f"SELECT {self._columns} FROM {_ROW_FROM} WHERE c.shard_id = ? ORDER BY c.slot_start"
         return [ChunkRow.from_sql(r) for r in self._execute(sql, (shard_id,))]
 
     def content_hashes(self, ids: Sequence[str]) -> dict[str, str]:
@@ -447,7 +462,7 @@ class Database:
         last = -1
         while True:
             rows = self._execute(
-                f"SELECT {_ROW_COLUMNS} FROM {_ROW_FROM} WHERE c.vid > ? ORDER BY c.vid LIMIT ?",
+                f"SELECT {self._columns} FROM {_ROW_FROM} WHERE c.vid > ? ORDER BY c.vid LIMIT ?",
                 (last, batch_size),
             )
             if not rows:

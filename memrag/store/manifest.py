@@ -121,6 +121,43 @@ class MemoryInfo:
 
         return KVCodec(self.layers, self.kv_heads, self.head_dim, self.spec().kv_dtype)
 
+    def inconsistency(self) -> str | None:
+        """What in this description contradicts itself (e.g. an edited manifest), or ``None``."""
+        settings_kind = self.settings.get("kind", "embedding")
+        if settings_kind != self.kind:
+            return f"memory.kind is {self.kind!r} but memory.settings.kind is {settings_kind!r}"
+        if self.is_kv:
+            try:
+                expected = self.codec().row_bytes
+            except (ValueError, TypeError) as err:
+                return f"memory settings are invalid: {err}"
+            if expected != self.row_bytes:
+                return (
+                    f"memory.row_bytes is {self.row_bytes}, but {self.layers} layers x "
+                    f"{self.kv_heads} heads x {self.head_dim} head_dim as "
+                    f"{self.spec().kv_dtype} take {expected}"
+                )
+        return None
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """What every slot shard of a store must hold, by its manifest.
+
+    Attributes:
+        kind: The memory kind written in each shard's header (``slot_kind``).
+        width: Row width: bytes per K/V row, or the slot width of embedding slots.
+        dtype: The safetensors dtype of the rows (``U8`` for K/V rows).
+    """
+
+    kind: str
+    width: int
+    dtype: str
+
+
+#: safetensors dtype names of the embedding slot dtypes.
+SAFETENSORS_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+
 
 @dataclass
 class EmbedderInfo:
@@ -226,6 +263,14 @@ class Manifest:
         """:attr:`memory` (always set after construction)."""
         assert self.memory is not None
         return self.memory
+
+    def shard_layout(self) -> ShardLayout:
+        """What the store's shards must hold (kind in the header, row width, dtype)."""
+        memory = self.memory_info
+        if memory.is_kv:
+            return ShardLayout(memory.kind, memory.row_bytes, "U8")
+        dtype = SAFETENSORS_DTYPES.get(self.options.slot_dtype, self.options.slot_dtype)
+        return ShardLayout(memory.kind, self.compressor.hidden_size, dtype)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

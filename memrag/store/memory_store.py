@@ -59,8 +59,16 @@ from memrag.store.index import (
     write_checkpoint,
 )
 from memrag.store.maintenance import CompactReport, compact, remove_debris
+from memrag.store.integrity import (
+    REPAIR_HINT,
+    IntegrityFailure,
+    IntegrityLog,
+    finite,
+    rows_checksum,
+)
 from memrag.store.manifest import (
     DATABASE_NAME,
+    MANIFEST_NAME,
     DEFAULT_FIDELITY_THRESHOLDS,
     INDEX_DIR,
     LOCK_NAME,
@@ -75,7 +83,7 @@ from memrag.store.manifest import (
 from memrag.store.metadata import RESERVED_KEYS, dumps
 from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch
 from memrag.store.records import ChunkRecord
-from memrag.store.shards import ShardReader, check_shard, write_shard
+from memrag.store.shards import ShardLayoutError, ShardReader, check_shard, write_shard
 from memrag.utils.atomic import atomic_directory
 from memrag.utils.rwlock import ReadWriteLock
 from memrag.utils.torch_utils import dtype_name, resolve_dtype
@@ -172,6 +180,9 @@ class MemoryStore:
         self._processor: ChunkProcessor | None = None
         self._chunker: Chunker | None = None
         self._shards = ShardReader(self.path / SHARDS_DIR)
+        #: Chunks whose memory failed its integrity check on a read (served as text).
+        self.integrity = IntegrityLog(str(self.path))
+        self._damaged_shards: dict[str, str] = {}
         self._file_lock = filelock.FileLock(str(self.path / LOCK_NAME)) if not read_only else None
         self._write_lock = threading.RLock()
         self._write_depth = 0
@@ -332,7 +343,9 @@ class MemoryStore:
             embedder: The store's embedder (instance or id); a different one is refused.
             read_only: Open for reading only (no lock, no writes).
             check: ``True``: check every slot shard's size and header (cheap); ``"full"``:
-                also their SHA-256 (reads every shard); ``False``: no check.
+                also their SHA-256 (reads every shard); ``False``: no check. A shard that
+                fails does not stop the store: its chunks are served as text (counted in
+                :attr:`integrity`) and a warning names it and ``memrag index verify --repair``.
             rebuild_index: When the index cannot be loaded, rebuild it from the database
                 instead of raising (not for ``read_only``).
             lock_timeout: Seconds a write waits for the writer lock.
@@ -369,7 +382,7 @@ class MemoryStore:
         )
         try:
             if check:
-                store._check_shards(full=check == "full")
+                store._damaged_shards = store._check_shards(full=check == "full")
             try:
                 store._index, store._applied_seq = store._load_index()
             except StoreCorruptError as err:
@@ -588,7 +601,8 @@ class MemoryStore:
                 text=row.text,
                 metadata=row.metadata,
                 slots=slots.get(row.vid),
-                use_text=row.use_text,
+                # A chunk whose memory failed its check is served as text.
+                use_text=row.use_text or (with_slots and bool(row.slot_count) and row.vid not in slots),
                 fidelity=row.fidelity,
             )
             for row in rows
@@ -597,49 +611,79 @@ class MemoryStore:
     def _read_slots(
         self, rows: list[ChunkRow], *, retry: bool = True
     ) -> dict[int, Slots | KVSlots]:
-        info = self.manifest.compressor
-        memory = self.memory
-        codec = memory.codec() if memory.is_kv else None
+        """The memory of each row that has some and passes its integrity check.
+
+        A row whose shard is missing or unreadable, whose bytes do not match their checksum,
+        or whose decoded memory is not finite is left out (its chunk is served as text) and
+        recorded in :attr:`integrity`.
+        """
+        codec = self.memory.codec() if self.memory.is_kv else None
         result: dict[int, Slots | KVSlots] = {}
         for row in rows:
             if row.shard_file is None or not row.slot_count:
+                continue
+            if row.shard_file in self._damaged_shards:
+                self._fail(row, f"damaged shard: {self._damaged_shards[row.shard_file]}")
                 continue
             try:
                 tensor = self._shards.read(
                     row.shard_file, int(row.slot_start or 0), int(row.slot_count)
                 )
             except FileNotFoundError:
-                if not retry:
-                    raise StoreCorruptError(
-                        f"slot shard {row.shard_file} of chunk {row.id!r} is missing"
-                    ) from None
-                # A concurrent compaction moved the slots: read the rows' new locations.
-                self._shards.forget()
-                fresh = self.db.rows_by_vids([r.vid for r in rows])
-                return self._read_slots([fresh[r.vid] for r in rows if r.vid in fresh], retry=False)
-            if codec is not None:
-                from memrag.memory.codec import KVDecodeError
-
-                try:
-                    result[row.vid] = codec.decode(
-                        tensor,
-                        span=int(row.num_tokens),
-                        kind=memory.kind,
-                        fingerprint=memory.fingerprint,
-                        text=row.text,
-                        where=f"{self.path}: chunk {row.id!r} (shard {row.shard_file})",
+                if retry:
+                    # A concurrent compaction moved the slots: read the rows' new locations.
+                    self._shards.forget()
+                    fresh = self.db.rows_by_vids([r.vid for r in rows])
+                    return self._read_slots(
+                        [fresh[r.vid] for r in rows if r.vid in fresh], retry=False
                     )
-                except KVDecodeError as err:
-                    raise StoreCorruptError(str(err)) from None
+                self._fail(row, "missing shard")
                 continue
-            result[row.vid] = Slots(
+            except StoreCorruptError as err:
+                self._fail(row, f"unreadable shard: {err}")
+                continue
+            memory = self._decode(row, tensor, codec)
+            if memory is not None:
+                result[row.vid] = memory
+        return result
+
+    def _decode(self, row: ChunkRow, tensor: torch.Tensor, codec: Any) -> Slots | KVSlots | None:
+        """One row's memory from its stored rows, or ``None`` (recorded) when it fails a check."""
+        if row.slot_crc32 is not None and rows_checksum(tensor) != row.slot_crc32:
+            self._fail(row, "checksum mismatch")
+            return None
+        memory = self.memory
+        if codec is not None:
+            from memrag.memory.codec import KVDecodeError
+
+            try:
+                decoded: Slots | KVSlots = codec.decode(
+                    tensor,
+                    span=int(row.num_tokens),
+                    kind=memory.kind,
+                    fingerprint=memory.fingerprint,
+                    text=row.text,
+                    where=f"{self.path}: chunk {row.id!r} (shard {row.shard_file})",
+                )
+            except KVDecodeError as err:
+                self._fail(row, f"undecodable: {err}")
+                return None
+        else:
+            info = self.manifest.compressor
+            decoded = Slots(
                 tensor=tensor,
                 kind=info.slot_kind,
                 fingerprint=info.fingerprint,
                 num_tokens=row.num_tokens,
                 segment_slot_counts=list(row.segment_slot_counts),
             )
-        return result
+        if not finite(decoded):
+            self._fail(row, "non-finite values")
+            return None
+        return decoded
+
+    def _fail(self, row: ChunkRow, reason: str) -> None:
+        self.integrity.record(IntegrityFailure(row.id, row.shard_file, reason))
 
     # ------------------------------------------------------------------ writing
     @contextlib.contextmanager
@@ -812,6 +856,9 @@ class MemoryStore:
                         slot_start=int(offsets[i]) if shard else None,
                         slot_count=int(batch.slot_counts[i]) if shard else None,
                         segment_slot_counts=list(batch.segment_slot_counts[i]),
+                        slot_crc32=rows_checksum(batch.slots[offsets[i] : offsets[i + 1]])
+                        if shard
+                        else None,
                     )
                     for i, c in enumerate(batch.chunks)
                 ]
@@ -1032,16 +1079,39 @@ class MemoryStore:
         """
         return compact(self, target_shard_slots=target_shard_slots)
 
-    def _check_shards(self, *, full: bool = False) -> None:
+    def _check_shards(self, *, full: bool = False) -> dict[str, str]:
+        """``{shard file: problem}`` of the shards that fail their check (each one warned)."""
         from memrag.utils.atomic import sha256_file
 
+        problem = self.manifest.memory_info.inconsistency()
+        if problem:
+            raise StoreCorruptError(f"{self.path / MANIFEST_NAME}: {problem}")
+        layout = self.manifest.shard_layout()
+        damaged: dict[str, str] = {}
         for shard in self.db.shards():
             path = self.path / SHARDS_DIR / shard.file
-            check_shard(
-                path, num_slots=shard.num_slots, size=shard.bytes, fingerprint=self.fingerprint
-            )
-            if full and sha256_file(path) != shard.sha256:
-                raise StoreCorruptError(f"slot shard {path} does not match its checksum (corrupt)")
+            try:
+                check_shard(
+                    path,
+                    num_slots=shard.num_slots,
+                    size=shard.bytes,
+                    fingerprint=self.fingerprint,
+                    layout=layout,
+                )
+                if full and sha256_file(path) != shard.sha256:
+                    raise StoreCorruptError(f"slot shard {path} does not match its checksum (corrupt)")
+            except ShardLayoutError as err:
+                raise StoreCorruptError(
+                    f"{err}: the manifest {self.path / MANIFEST_NAME} does not describe this "
+                    "store's memory (edited?); restore it or rebuild the store"
+                ) from None
+            except StoreCorruptError as err:
+                damaged[shard.file] = str(err)
+                chunks = len(self.db.rows_by_shard(shard.shard_id))
+                logger.warning(
+                    "%s; its %d chunk(s) are served as text; %s", err, chunks, REPAIR_HINT
+                )
+        return damaged
 
     def _save_counts(self) -> None:
         self.manifest.counts = self.db.counts()
@@ -1123,7 +1193,12 @@ class MemoryStore:
             "index": index,
             "fidelity": quantiles,
             "disk_bytes": disk,
+            "integrity": self.integrity_report(),
         }
+
+    def integrity_report(self) -> dict[str, Any]:
+        """Damaged shards found on open and chunks that failed their check on a read since."""
+        return {"damaged_shards": dict(self._damaged_shards), **self.integrity.stats()}
 
     def _row_bytes(self) -> int:
         """Bytes of one stored row (a slot, or a packed K/V position)."""

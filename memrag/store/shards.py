@@ -17,6 +17,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -65,10 +66,22 @@ def write_shard(
     )
 
 
-def check_shard(path: Path, *, num_slots: int, size: int, fingerprint: str) -> None:
+class ShardLayoutError(StoreCorruptError):
+    """A shard's header or shape contradicts the store's manifest (the manifest was edited, or
+    the shard comes from another store): naming both."""
+
+
+def check_shard(
+    path: Path, *, num_slots: int, size: int, fingerprint: str, layout: Any = None
+) -> None:
     """Cheap structural check of one shard: size, header, format, fingerprint, shape.
 
+    Args:
+        layout: The manifest's :class:`~memrag.store.manifest.ShardLayout` (kind, row width,
+            dtype), checked against the header when given.
+
     Raises:
+        ShardLayoutError: the header contradicts ``layout``.
         StoreCorruptError: describing the first problem found.
     """
     if not path.is_file():
@@ -81,7 +94,9 @@ def check_shard(path: Path, *, num_slots: int, size: int, fingerprint: str) -> N
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            shape = handle.get_slice(_TENSOR).get_shape() if _TENSOR in handle.keys() else None
+            view = handle.get_slice(_TENSOR) if _TENSOR in handle.keys() else None
+            shape = view.get_shape() if view is not None else None
+            dtype = view.get_dtype() if view is not None else None
     except (SafetensorError, OSError) as err:
         raise StoreCorruptError(f"slot shard {path} is unreadable: {err}") from None
     if metadata.get("format") != SHARD_FORMAT or shape is None:
@@ -91,6 +106,14 @@ def check_shard(path: Path, *, num_slots: int, size: int, fingerprint: str) -> N
             f"slot shard {path} was made by compressor {metadata.get('fingerprint')}, the "
             f"store's is {fingerprint}"
         )
+    if layout is not None:
+        found = (metadata.get("slot_kind"), int(shape[1]) if len(shape) > 1 else None, dtype)
+        wanted = (layout.kind, layout.width, layout.dtype)
+        if found != wanted:
+            raise ShardLayoutError(
+                f"slot shard {path} holds {found[0]!r} rows of width {found[1]} ({found[2]}), "
+                f"the manifest says {wanted[0]!r} rows of width {wanted[1]} ({wanted[2]})"
+            )
     if int(shape[0]) != num_slots:
         raise StoreCorruptError(
             f"slot shard {path} holds {shape[0]} slots, the database says {num_slots}"

@@ -22,8 +22,8 @@ from typing import Any
 from memrag.store.database import Database
 from memrag.store.errors import StoreCorruptError, StoreError, StoreVersionError
 from memrag.store.index import list_checkpoints, read_checkpoint
-from memrag.store.manifest import DATABASE_NAME, INDEX_DIR, SHARDS_DIR, Manifest
-from memrag.store.shards import SHARD_SUFFIX, check_shard
+from memrag.store.manifest import DATABASE_NAME, INDEX_DIR, MANIFEST_NAME, SHARDS_DIR, Manifest
+from memrag.store.shards import SHARD_SUFFIX, ShardLayoutError, check_shard
 from memrag.utils.atomic import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -151,11 +151,40 @@ def bad_shards(report: VerifyReport) -> set[str]:
     }
 
 
+def _bad_chunks_message(root: Path, db: Database, shard_id: int) -> str:
+    """Which chunks of a shard fail their own checksum (stores written with checksums)."""
+    from memrag.store.integrity import rows_checksum
+    from memrag.store.shards import ShardReader
+
+    reader = ShardReader(root / SHARDS_DIR)
+    bad, unchecked = [], 0
+    for row in db.rows_by_shard(shard_id):
+        if row.slot_crc32 is None or row.shard_file is None:
+            unchecked += 1
+            continue
+        try:
+            rows = reader.read(row.shard_file, int(row.slot_start or 0), int(row.slot_count or 0))
+            if rows_checksum(rows) != row.slot_crc32:
+                bad.append(row.id)
+        except (StoreCorruptError, FileNotFoundError):
+            bad.append(row.id)
+    reader.forget()
+    if unchecked:
+        return f"{unchecked} chunk(s) have no checksum of their own (written by an older memrag)"
+    if not bad:
+        return "every chunk's rows match their checksum (the damage is in the header or padding)"
+    return f"chunk(s) whose rows fail their checksum: {', '.join(bad[:20])}"
+
+
 def _verify_shards(
     root: Path, manifest: Manifest, db: Database, report: VerifyReport, full: bool
 ) -> None:
     directory = root / SHARDS_DIR
     known = set()
+    problem = manifest.memory_info.inconsistency()
+    if problem:
+        report.problems.append(Finding("manifest", str(root / MANIFEST_NAME), problem))
+    layout = manifest.shard_layout()
     for shard in db.shards():
         known.add(shard.file)
         path = directory / shard.file
@@ -165,9 +194,16 @@ def _verify_shards(
                 num_slots=shard.num_slots,
                 size=shard.bytes,
                 fingerprint=manifest.memory_info.fingerprint,
+                layout=layout,
             )
             if full and sha256_file(path) != shard.sha256:
-                raise StoreCorruptError(f"slot shard {path} does not match its checksum (corrupt)")
+                raise StoreCorruptError(
+                    f"slot shard {path} does not match its checksum (corrupt); "
+                    + _bad_chunks_message(root, db, shard.shard_id)
+                )
+        except ShardLayoutError as err:
+            ids, count = _affected(db, shard.shard_id)
+            report.problems.append(Finding("manifest", str(root / MANIFEST_NAME), str(err), ids, count))
         except StoreCorruptError as err:
             ids, count = _affected(db, shard.shard_id)
             report.problems.append(Finding("shard", str(path), str(err), ids, count))

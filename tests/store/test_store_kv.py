@@ -92,9 +92,37 @@ def test_a_shard_that_does_not_fit_its_manifest_is_refused_naming_store_chunk_an
     manifest["memory"]["head_dim"] = manifest["memory"]["head_dim"] // 2
     manifest["memory"]["row_bytes"] -= 1
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
-    with MemoryStore.open(tmp_path / "s", read_only=True) as store:
-        with pytest.raises(StoreCorruptError, match=r"s: chunk 'fox' .*stored K/V rows are .*uint8"):
-            store.get(["fox"])
+    # The manifest contradicts itself: refused on open, named by verify.
+    with pytest.raises(StoreCorruptError, match=r"manifest.json: memory.row_bytes is .* take"):
+        MemoryStore.open(tmp_path / "s", read_only=True)
+    from memrag.store import verify_store
+
+    report = verify_store(tmp_path / "s")
+    assert not report.ok and "manifest" in report.parts()
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ({"kind": "kv"}, "memory.kind is 'kv' but memory.settings.kind is 'kv-exact'"),
+        ({"kind": "kv-pruned", "settings": {"kind": "kv-pruned", "kv_dtype": "int8"}}, "holds 'kv-exact' rows"),
+        ({"settings": {"kind": "kv-exact", "kv_dtype": "float16"}}, "as float16 take"),
+    ],
+)
+def test_an_edited_manifest_is_refused_naming_it_and_the_shards(tmp_path: Path, compressor, edit, expected) -> None:
+    from memrag.store import verify_store
+
+    _store(tmp_path / "s", compressor, "kv-exact:int8", fidelity="none").close()
+    path = tmp_path / "s" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["memory"].update(edit)
+    if "settings" in edit and edit["settings"]["kind"] == "kv-pruned":
+        manifest["memory"]["settings"]["pruning"] = {}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreCorruptError, match=expected):
+        MemoryStore.open(tmp_path / "s", read_only=True)
+    report = verify_store(tmp_path / "s")
+    assert not report.ok and "manifest" in report.parts() and expected.split("'")[0] in str(report.problems[0])
 
 
 def test_mixing_memory_kinds_in_one_store_is_refused(tmp_path: Path, compressor) -> None:
