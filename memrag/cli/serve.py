@@ -43,6 +43,13 @@ def serve(
     default_max_tokens: int = typer.Option(
         256, "--default-max-tokens", min=1, help="New tokens when a request says none."
     ),
+    max_prompt_positions: int = typer.Option(
+        8192,
+        "--max-prompt-positions",
+        min=1,
+        help="Most decoder positions a prompt may take (messages + retrieved chunks); more is a "
+        "400 context_length_exceeded, answered before any prefill.",
+    ),
     max_tokens: int = typer.Option(
         2048, "--max-tokens", min=1, help="Largest max_tokens a request may ask for."
     ),
@@ -130,6 +137,7 @@ def serve(
             max_top_k=max_top_k,
             default_max_tokens=default_max_tokens,
             max_tokens=max_tokens,
+            max_prompt_positions=max_prompt_positions,
             max_messages=max_messages,
             max_body_bytes=max_body_bytes,
             max_batch_size=max_batch_size,

@@ -8,7 +8,9 @@
 * **Any other file** is one plain-text document whose id is its path relative to the corpus
   directory (its file name for a single file), with ``{"path": ...}`` as metadata.
 * **A directory** is walked recursively in sorted order; hidden files and directories
-  (names starting with ``.``) are ignored.
+  (names starting with ``.``) are ignored, and so is any memrag store inside it (a directory
+  holding a store ``manifest.json``, e.g. the store being built into ``DIR/store``), so a
+  store never indexes itself.
 
 Bad input never stops the job. These are *skipped* and listed in the report with their
 file (and line): lines that are not JSON or not valid UTF-8, rows without a usable
@@ -107,9 +109,26 @@ def corpus_files(corpus: str | os.PathLike[str]) -> tuple[Path, list[Path]]:
         raise FileNotFoundError(f"corpus {path} does not exist")
     files: list[Path] = []
     for directory, subdirs, names in os.walk(path):
+        if is_store(Path(directory)):
+            logger.info("skipping %s: it is a memrag store, not corpus", directory)
+            subdirs[:] = []
+            continue
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         files += [Path(directory) / n for n in sorted(names) if not n.startswith(".")]
     return path, files
+
+
+def is_store(directory: Path) -> bool:
+    """Whether ``directory`` is a memrag store (its ``manifest.json`` says so)."""
+    from memrag.store.manifest import MANIFEST_NAME, STORE_FORMAT
+
+    manifest = directory / MANIFEST_NAME
+    if not manifest.is_file():
+        return False
+    try:
+        return f'"{STORE_FORMAT}"' in manifest.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
 
 
 def count_documents(corpus: str | os.PathLike[str]) -> int:

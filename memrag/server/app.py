@@ -53,7 +53,13 @@ from memrag.server.schemas import (
     new_completion_id,
     usage,
 )
-from memrag.server.service import PreparedChat, RagService, Turn, document_info
+from memrag.server.service import (
+    ContextLengthError,
+    PreparedChat,
+    RagService,
+    Turn,
+    document_info,
+)
 from memrag.server.settings import ServerSettings
 from memrag.version import __version__
 
@@ -405,6 +411,8 @@ class _Server:
                         self.service.prepare, turns, options, top_k=top_k, filter=filter_
                     )
                 )
+            except ContextLengthError as err:
+                raise bad_request(str(err), param="messages", code="context_length_exceeded") from None
             except ValueError as err:
                 raise bad_request(str(err), param="messages") from None
             fields["docs"] = [r.id for r in prepared.documents]
@@ -642,6 +650,7 @@ def create_app(
             model_name=settings.model_name,
             stop=settings.stop,
             use_text=settings.context == "text",
+            max_prompt_positions=settings.max_prompt_positions,
         )
     server = _Server(service, settings)
 

@@ -76,6 +76,26 @@ class PreparedChat:
         return self.model.stream_spec(self.spec, self.options)
 
 
+class ContextLengthError(ValueError):
+    """A request whose prompt would take more decoder positions than the server allows."""
+
+
+#: Most characters a request's messages may hold per allowed prompt position, checked before
+#: anything is tokenized (no token of the embedded tokenizers averages more).
+CHARS_PER_POSITION = 16
+
+
+def prompt_positions(prompt: Sequence[PromptPart], tokenizer: Any) -> int:
+    """Decoder positions ``prompt`` takes: its text's tokens, its memory's slots, the BOS."""
+    total = 1
+    for part in prompt:
+        if isinstance(part, str):
+            total += len(tokenizer(part, add_special_tokens=False)["input_ids"])
+        else:
+            total += int(getattr(part, "num_slots", 1))
+    return total
+
+
 class RetrievedChunks:
     """A document source holding just the chunks one request retrieved.
 
@@ -118,6 +138,9 @@ class RagService:
             format, :func:`memrag.prompts.answer_stop`).
         use_text: Serve every retrieved chunk as its text instead of its memory (classic
             RAG through the same prompt and decoder, to compare against).
+        max_prompt_positions: Most decoder positions a request's prompt may take (messages,
+            retrieved chunks, template); more is a :class:`ContextLengthError`, raised before
+            any prefill.
 
     Raises:
         ValueError: ``compressor`` did not make the store's slots.
@@ -131,9 +154,11 @@ class RagService:
         model_name: str | None = None,
         stop: Sequence[str] = (),
         use_text: bool = False,
+        max_prompt_positions: int = 8192,
     ) -> None:
         self.store = store
         self.use_text = use_text
+        self.max_prompt_positions = max_prompt_positions
         tokenizer = (compressor if compressor is not None else store.compressor).tokenizer
         self.default_stop = tuple(stop) or answer_stop(tokenizer)
         if compressor is not None and hasattr(store, "check_compressor"):
@@ -253,6 +278,13 @@ class RagService:
         query = next((t.text for t in reversed(turns) if t.role == "user"), None)
         if query is None:
             raise ValueError("the conversation needs a user message")
+        characters = sum(len(t.text) for t in turns)
+        if characters > self.max_prompt_positions * CHARS_PER_POSITION:
+            raise ContextLengthError(
+                f"the messages hold {characters:,} characters; prompts may take at most "
+                f"{self.max_prompt_positions:,} positions (about "
+                f"{self.max_prompt_positions * CHARS_PER_POSITION:,} characters at most)"
+            )
         documents = self.retrieve(query, top_k, filter)
         model = self.chat.model_copy(update={"source": RetrievedChunks(documents)})
         spec = model.to_spec(self.messages(turns, documents))
@@ -261,6 +293,13 @@ class RagService:
             prompt = spec.materialize({r.id: r for r in documents}, model.compressor.tokenizer)
         except Exception as err:
             raise ValueError(f"the chat template cannot render this conversation: {err}") from err
+        positions = prompt_positions(prompt, model.compressor.tokenizer)
+        if positions > self.max_prompt_positions:
+            raise ContextLengthError(
+                f"the prompt takes {positions:,} positions (the messages plus {len(documents)} "
+                f"retrieved chunk(s)); at most {self.max_prompt_positions:,} are allowed; shorten "
+                "the messages or ask for fewer chunks (memrag.top_k)"
+            )
         return PreparedChat(model, spec, options, documents, list(prompt))
 
     # ------------------------------------------------------------------ documents

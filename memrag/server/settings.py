@@ -26,6 +26,11 @@ class ServerSettings:
         max_top_k: Largest ``top_k`` a request may ask for.
         default_max_tokens: New tokens generated when a request does not say.
         max_tokens: Largest ``max_tokens`` a request may ask for (more is a 400).
+        max_prompt_positions: Most decoder positions a request's prompt may take (its
+            messages, the retrieved chunks, the template); more is a 400
+            ``context_length_exceeded``, answered before any prefill. The default keeps the
+            worst request's prefill within memory next to a full batch (the embedded model's
+            context is 32,768).
         max_messages: Most messages in one chat request.
         max_body_bytes: Largest request body (more is a 413).
         max_batch_size: Most requests decoded together in one batch (continuous batching:
@@ -67,6 +72,7 @@ class ServerSettings:
     max_top_k: int = 16
     default_max_tokens: int = 256
     max_tokens: int = 2048
+    max_prompt_positions: int = 8192
     max_messages: int = 64
     max_body_bytes: int = 1 << 20
     max_batch_size: int = 8
@@ -114,6 +120,8 @@ class ServerSettings:
             raise ValueError("retry_after_max must be >= retry_after_min")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be empty (use None for no authentication)")
+        if self.max_prompt_positions < 1:
+            raise ValueError(f"max_prompt_positions must be >= 1, got {self.max_prompt_positions}")
         if self.context not in ("memory", "text"):
             raise ValueError(f"context must be 'memory' or 'text', got {self.context!r}")
         if isinstance(self.stop, str) or any(not s for s in self.stop):

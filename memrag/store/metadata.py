@@ -10,7 +10,7 @@ top-level values, see :func:`index_rows`)::
 
     {"lang": "en"}                            # equality
     {"year": {"$gte": 2000, "$lt": 2010}}      # $eq $ne $gt $gte $lt $lte
-    {"source_id": {"$in": ["a", "b"]}}         # $in $nin
+    {"source_id": {"$in": ["a", "b"]}}         # $in $nin (lists of any length)
     {"title": {"$exists": True}}
     {"$or": [{"lang": "en"}, {"lang": "fr"}]}  # $and / $or of sub-filters
 
@@ -30,6 +30,10 @@ from typing import Any
 RESERVED_KEYS = ("source_id", "chunk_index", "char_start", "char_end")
 
 _COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+#: Every operator a filter may use (names are case-sensitive).
+OPERATORS = (*_COMPARISONS, "$in", "$nin", "$exists")
+#: Operators that combine sub-filters at the top level of a filter.
+LOGICAL = ("$and", "$or")
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -174,15 +178,38 @@ def _condition(key: str, condition: Any, params: list[Any]) -> str:
                 raise ValueError(
                     f"filter {key!r} {op}: expected a list, got {type(value).__name__}"
                 )
-            parts = [_equals(key, item, params) for item in value] or ["0"]
-            either = "(" + " OR ".join(parts) + ")"
-            clauses.append(either if op == "$in" else f"NOT {either}")
+            either = _one_of(key, op, list(value), params)
+            clauses.append(either if op == "$in" else f"NOT ({either})")
         elif op == "$exists":
             present = _match(key, "1", params, [])
             clauses.append(present if value else f"NOT ({present})")
         else:
-            raise ValueError(f"unknown filter operator {op!r} for {key!r}")
+            raise ValueError(
+                f"unknown filter operator {op!r} for {key!r}; operators are "
+                f"{', '.join(OPERATORS)} (case-sensitive)"
+            )
     return "(" + " AND ".join(clauses) + ")"
+
+
+def _one_of(key: str, op: str, values: list[Any], params: list[Any]) -> str:
+    """Chunks whose ``key`` equals one of ``values``, in one lookup whatever their number
+    (the values travel as one JSON array per type, not one SQL parameter each)."""
+    by_type: dict[str, list[Any]] = {}
+    for item in values:
+        item = _scalar(item, key, op)
+        by_type.setdefault(value_type(item), []).append(item)
+    conditions, extra = [], []
+    for kind in ("text", "number"):
+        if kind in by_type:
+            conditions.append("(type = ? AND value IN (SELECT value FROM json_each(?)))")
+            extra += [kind, json.dumps(by_type[kind])]
+    flags = sorted(set(by_type) - {"text", "number"})
+    if flags:
+        conditions.append(f"type IN ({', '.join('?' * len(flags))})")
+        extra += flags
+    if not conditions:
+        return "0"
+    return _match(key, "(" + " OR ".join(conditions) + ")", params, extra)
 
 
 def compile_filter(filter: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -203,7 +230,12 @@ def compile_filter(filter: Mapping[str, Any]) -> tuple[str, list[Any]]:
     params: list[Any] = []
     clauses: list[str] = []
     for key, condition in filter.items():
-        if key in ("$and", "$or"):
+        if isinstance(key, str) and key.startswith("$") and key not in LOGICAL:
+            raise ValueError(
+                f"unknown filter operator {key!r} at the top level; a filter's keys are metadata "
+                f"keys or {' / '.join(LOGICAL)} (operators are case-sensitive)"
+            )
+        if key in LOGICAL:
             if not isinstance(condition, (list, tuple)) or not condition:
                 raise ValueError(f"filter {key} needs a non-empty list of filters")
             parts = []
