@@ -415,7 +415,8 @@ def info(
         f"{manifest['memrag_version']})"
     )
     typer.echo(
-        f"  chunks {counts['chunks']:,}  tokens {counts['tokens']:,}  slots {counts['slots']:,}  "
+        f"  chunks {counts['chunks']:,}  text tokens {counts['tokens']:,}  memory positions "
+        f"{counts.get('positions', counts['tokens']):,}  rows {counts['slots']:,}  "
         f"shards {counts['shards']}  served as text {counts['use_text']:,}"
     )
     settings = ", ".join(
@@ -427,7 +428,7 @@ def info(
     typer.echo(
         f"  memory {memory['kind']}{' (' + settings + ')' if settings else ''}: "
         f"{memory['bytes_per_chunk']:,.0f} bytes per chunk, {memory['bytes_per_token']:,.0f} "
-        f"per token; fingerprint {memory['fingerprint']}"
+        f"per text token; fingerprint {memory['fingerprint']}"
     )
     typer.echo(
         f"  compressor {comp['fingerprint']} "

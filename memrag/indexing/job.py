@@ -78,7 +78,7 @@ class BuildReport:
         chunks_written: Chunks compressed and written by this run.
         chunks_unchanged: Chunks already in the store with the same content (not redone).
         chunks_removed: Stale chunks removed (a document got shorter).
-        tokens_written: Compressor tokens of the chunks written.
+        tokens_written: Text tokens (compressor tokenizer) of the chunks written.
         flagged_use_text: Written chunks whose fidelity fell below the threshold.
         clamped: Written chunks whose slots overflowed the slot dtype.
         seconds: Wall time.
@@ -120,7 +120,7 @@ class BuildReport:
         lines = [
             f"store {self.store} ({self.backend} backend): {self.documents} documents -> "
             f"{self.chunks_total} chunks",
-            f"  written {self.chunks_written} chunks ({self.tokens_written:,} tokens) in "
+            f"  written {self.chunks_written} chunks ({self.tokens_written:,} text tokens) in "
             f"{self.seconds:.1f}s "
             f"= {self.tokens_per_second:,.0f} tokens/s",
             f"  unchanged (already stored, skipped) {self.chunks_unchanged}; stale chunks "

@@ -60,7 +60,8 @@ CREATE TABLE chunks (
     slot_count INTEGER,
     segment_slot_counts TEXT NOT NULL DEFAULT '[]',
     vector BLOB NOT NULL,
-    slot_crc32 INTEGER
+    slot_crc32 INTEGER,
+    text_tokens INTEGER
 );
 CREATE INDEX chunks_source ON chunks(source_id);
 CREATE INDEX chunks_shard ON chunks(shard_id);
@@ -84,6 +85,8 @@ _ROW_COLUMNS = (
     "c.use_text, c.shard_id, c.slot_start, c.slot_count, c.segment_slot_counts, s.file, "
     "c.slot_crc32"
 )
+#: Columns added after schema 1 (nullable; an old store gains them when opened for writing).
+ADDED_COLUMNS = ("slot_crc32", "text_tokens")
 #: The same, for a store written before chunks had checksums, opened read-only.
 _ROW_COLUMNS_WITHOUT_CRC = _ROW_COLUMNS.replace("c.slot_crc32", "NULL")
 _ROW_FROM = "chunks AS c LEFT JOIN shards AS s ON s.shard_id = c.shard_id"
@@ -148,6 +151,7 @@ class NewChunk:
     slot_count: int | None = None
     segment_slot_counts: list[int] = field(default_factory=list)
     slot_crc32: int | None = None
+    text_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -246,12 +250,15 @@ class Database:
                 f"({SCHEMA_VERSION})"
             )
         columns = {row[1] for row in self._execute("PRAGMA table_info(chunks)")}
-        if "slot_crc32" not in columns and not self.read_only:
-            # Stores written before chunks had checksums: their chunks have none (NULL).
+        missing = [c for c in ADDED_COLUMNS if c not in columns]
+        if missing and not self.read_only:
+            # Stores written before these columns existed: their chunks have none (NULL).
             with self.transaction() as conn:
-                conn.execute("ALTER TABLE chunks ADD COLUMN slot_crc32 INTEGER")
-            columns.add("slot_crc32")
+                for column in missing:
+                    conn.execute(f"ALTER TABLE chunks ADD COLUMN {column} INTEGER")
+            columns.update(missing)
         self._columns = _ROW_COLUMNS if "slot_crc32" in columns else _ROW_COLUMNS_WITHOUT_CRC
+        self._text_tokens = "text_tokens" in columns
 
     def close(self) -> None:
         """Closes the connection."""
@@ -326,7 +333,7 @@ class Database:
                 "INSERT INTO chunks (id, source_id, text, metadata, content_hash, num_tokens, "
                 "fidelity, "
                 "use_text, shard_id, slot_start, slot_count, segment_slot_counts, vector, "
-                "slot_crc32) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "slot_crc32, text_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     chunk.id,
                     chunk.source_id,
@@ -342,6 +349,7 @@ class Database:
                     json.dumps(chunk.segment_slot_counts),
                     np.ascontiguousarray(chunk.vector, dtype=np.float32).tobytes(),
                     chunk.slot_crc32,
+                    chunk.text_tokens,
                 ),
             )
             vid = int(cursor.lastrowid)
@@ -519,10 +527,16 @@ class Database:
         return head, entries
 
     def counts(self) -> dict[str, int]:
-        """Chunk, slot, shard and flagged-chunk counts."""
-        chunks, slots, flagged, tokens = self._execute(
+        """Chunk, slot, shard and flagged-chunk counts, text tokens and memory positions.
+
+        ``tokens`` counts the chunks' text tokens; ``positions`` the decoder positions their
+        memory takes (fewer than the tokens for pruned or trained K/V memory). Chunks written
+        before text tokens were recorded count their positions as tokens.
+        """
+        text = "COALESCE(text_tokens, num_tokens)" if self._text_tokens else "num_tokens"
+        chunks, slots, flagged, tokens, positions = self._execute(
             "SELECT COUNT(*), COALESCE(SUM(slot_count), 0), COALESCE(SUM(use_text), 0), "
-            "COALESCE(SUM(num_tokens), 0) FROM chunks"
+            f"COALESCE(SUM({text}), 0), COALESCE(SUM(num_tokens), 0) FROM chunks"
         )[0]
         shards = self._execute("SELECT COUNT(*) FROM shards")[0][0]
         return {
@@ -530,6 +544,7 @@ class Database:
             "slots": slots,
             "use_text": flagged,
             "tokens": tokens,
+            "positions": positions,
             "shards": shards,
         }
 

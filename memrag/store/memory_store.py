@@ -850,6 +850,7 @@ class MemoryStore:
                         metadata_json=dumps(c.metadata),
                         content_hash=c.content_hash,
                         num_tokens=batch.num_tokens[i],
+                        text_tokens=batch.text_tokens[i],
                         fidelity=batch.fidelity[i],
                         use_text=batch.fidelity[i] is not None and batch.fidelity[i] < threshold,
                         vector=batch.vectors[i],
@@ -925,7 +926,8 @@ class MemoryStore:
                 f"{self.manifest.compressor.hidden_size}"
             )
         if sum(batch.slot_counts) != batch.slots.shape[0] or not (
-            len(batch.slot_counts) == len(batch.fidelity) == len(batch.num_tokens) == n
+            len(batch.slot_counts) == len(batch.fidelity) == len(batch.num_tokens)
+            == len(batch.text_tokens) == n
         ):
             raise ValueError(
                 "inconsistent batch: slot counts, fidelity or token counts do not match the chunks"
@@ -1171,7 +1173,9 @@ class MemoryStore:
             "fingerprint": memory.fingerprint,
             # Live rows only (deleted chunks' rows stay in shards until a compaction).
             "bytes_per_chunk": counts["slots"] * self._row_bytes() / max(counts["chunks"], 1),
+            # Per token of the chunks' text (not per position the memory keeps).
             "bytes_per_token": counts["slots"] * self._row_bytes() / max(counts["tokens"], 1),
+            "positions_per_chunk": counts["positions"] / max(counts["chunks"], 1),
         }
         disk = {
             "shards": shard_bytes,

@@ -69,7 +69,9 @@ class ProcessedBatch:
             dtype, or packed K/V rows (uint8).
         slot_counts: Stored rows of each chunk.
         segment_slot_counts: Slots per segment of each chunk (embedding slots only).
-        num_tokens: Compressor tokens of each chunk.
+        num_tokens: Decoder positions each chunk's memory spans (its text tokens, or the
+            positions kept by compact K/V memory).
+        text_tokens: Compressor tokens of each chunk's text.
         fidelity: Fidelity score of each chunk (``None`` when not measured).
         fingerprint: The memory's fingerprint (the compressor's, for embedding slots).
         slot_kind: The memory kind (``"embedding"``, ``"kv-exact"``, ``"kv-pruned"``).
@@ -84,6 +86,7 @@ class ProcessedBatch:
     slot_counts: list[int]
     segment_slot_counts: list[list[int]]
     num_tokens: list[int]
+    text_tokens: list[int]
     fidelity: list[float | None]
     fingerprint: str
     slot_kind: str
@@ -93,8 +96,8 @@ class ProcessedBatch:
 
     @property
     def tokens(self) -> int:
-        """Tokens in the batch."""
-        return int(sum(self.num_tokens))
+        """Text tokens in the batch."""
+        return int(sum(self.text_tokens))
 
 
 class ChunkProcessor:
@@ -159,6 +162,9 @@ class ChunkProcessor:
             with compressor.decoder_mode() as decoder:
                 self._codec = codec_for(decoder, self.memory)
 
+    def _text_tokens(self, text: str) -> int:
+        return len(self.compressor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     @property
     def fingerprint(self) -> str:
         """What the memory this processor makes is recorded as (see the store's manifest)."""
@@ -220,6 +226,7 @@ class ChunkProcessor:
             slot_counts=[s.num_slots for s in stored],
             segment_slot_counts=[s.segment_slot_counts for s in stored],
             num_tokens=[s.num_tokens for s in stored],
+            text_tokens=[s.num_tokens for s in stored],
             fidelity=fidelity,
             fingerprint=self.compressor.fingerprint,
             slot_kind=self.memory.kind,
@@ -265,6 +272,7 @@ class ChunkProcessor:
             slot_counts=[int(r.shape[0]) for r in rows],
             segment_slot_counts=[[] for _ in rows],
             num_tokens=[int(m.span) for m in made],  # type: ignore[union-attr]
+            text_tokens=[self._text_tokens(text) for text in texts],
             fidelity=fidelity,
             fingerprint=fingerprint,
             slot_kind=self.memory.kind,

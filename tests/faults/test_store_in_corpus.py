@@ -27,3 +27,17 @@ def test_a_store_inside_its_corpus_is_skipped_on_every_run(tmp_path: Path) -> No
     with MemoryStore.open(store, compressor, read_only=True) as opened:
         assert len(opened) == 3
         assert sorted(r.metadata["source_id"] for r in opened.get(opened.db.ids_of_sources(["a.txt", "b.txt", "c.txt"]))) == ["a.txt", "b.txt", "c.txt"]
+
+
+def test_counts_tell_text_tokens_from_memory_positions(tmp_path: Path) -> None:
+    from memrag.testing import tiny_compressor
+
+    compressor = tiny_compressor(seed=0)
+    texts = ["Paris is the capital and most populous city of France, on the Seine."] * 2
+    with MemoryStore.create(tmp_path / "s", compressor, "hashing:32", memory="kv-pruned:0.25", fidelity="none") as store:
+        store.add(texts, ids=["a", "b"])
+        info = store.info()
+    text_tokens = 2 * len(compressor.tokenizer(texts[0], add_special_tokens=False)["input_ids"])
+    assert info["counts"]["tokens"] == text_tokens
+    assert info["counts"]["positions"] < text_tokens  # a quarter of the positions are kept
+    assert info["memory"]["bytes_per_token"] == info["memory"]["bytes_per_chunk"] * 2 / text_tokens
