@@ -183,3 +183,31 @@ def serve(
             err=True,
         )
         run_server(application, host, port, log_level="info" if verbose else "warning")
+    exit_now_if_work_lingers()
+
+
+def exit_now_if_work_lingers() -> None:
+    """Ends the process at once when a decoder thread outlives the graceful shutdown.
+
+    uvicorn stops answering on SIGTERM and gives open requests a few seconds; a prefill or a
+    decode still running in a worker thread after that would keep the interpreter alive until
+    it finished (the thread pool is joined at exit), so the server could not be stopped.
+    """
+    import os
+    import sys
+    import threading
+
+    lingering = [
+        t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon
+    ]
+    if lingering:
+        logger.warning(
+            "stopping with %d worker thread(s) still running (%s); their requests are abandoned",
+            len(lingering),
+            ", ".join(t.name for t in lingering[:4]),
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 #: Seconds uvicorn waits for open requests when asked to stop.
-GRACEFUL_SHUTDOWN_SECONDS = 10
+GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 def _config(app: Any, log_level: str, **options: Any) -> Any:
