@@ -107,6 +107,24 @@ def sweep(rows: list[dict[str, Any]], score: str) -> list[dict[str, float]]:
     return out
 
 
+def at_threshold(rows: list[dict[str, Any]], score: str, threshold: float) -> dict[str, float]:
+    """The gate's figures at one fixed threshold (e.g. the default, on held-out questions)."""
+    passed = [r for r in rows if r[score] >= threshold]
+    failed = [r for r in rows if r[score] < threshold]
+    mean = lambda values: 100 * sum(values) / max(len(values), 1)  # noqa: E731
+    return {
+        "threshold": threshold,
+        "fallback": len(failed) / max(len(rows), 1),
+        "passed_f1_memory": mean([r["f1_memory"] for r in passed]),
+        "passed_f1_text": mean([r["f1_text"] for r in passed]),
+        "failed_f1_memory": mean([r["f1_memory"] for r in failed]),
+        "failed_f1_text": mean([r["f1_text"] for r in failed]),
+        "policy_f1": mean([r["f1_memory"] for r in passed] + [r["f1_text"] for r in failed]),
+        "memory_f1": mean([r["f1_memory"] for r in rows]),
+        "text_f1": mean([r["f1_text"] for r in rows]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--data", default="../shared/data/squad_v1.1/dev.jsonl.gz")
@@ -118,6 +136,12 @@ def main() -> None:
     parser.add_argument("--compressor", default=None, help="compressor (default: the shipped one)")
     parser.add_argument("--probes", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--exclude", default=None, help="a report of this script: leave its questions out (held-out check)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="also report the agreement gate at this threshold"
+    )
     parser.add_argument("--out", required=True, help="output path without extension")
     args = parser.parse_args()
 
@@ -134,6 +158,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     records = sample_qa_records(args.data, limit=args.limit, seed=args.seed)
+    if args.exclude:
+        seen = {row["id"] for row in json.loads(Path(args.exclude).read_text())["rows"]}
+        records = [r for r in records if r.id not in seen]
     text_rows = _samples(args.text_samples, "text")
     memory_rows = _samples(args.memory_samples, args.memory)
     missing = [r.id for r in records if r.id not in text_rows or r.id not in memory_rows]
@@ -190,6 +217,7 @@ def main() -> None:
             for g in gates
         },
         "sweep": {g: sweep(rows, g) for g in gates},
+        "at_threshold": at_threshold(rows, "agreement", args.threshold) if args.threshold is not None else None,
         "rows": rows,
     }
     out = Path(args.out)
@@ -213,6 +241,16 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for gate, c in report["correlation"].items():
         lines.append(f"| {gate} | {c['pearson']:+.3f} | {c['spearman']:+.3f} |")
+    fixed = report.get("at_threshold")
+    if fixed:
+        lines += [
+            "",
+            f"At the agreement threshold {fixed['threshold']:g}: {100 * fixed['fallback']:.0f} % served as text; "
+            f"passing chunks F1 {fixed['passed_f1_memory']:.1f} from memory vs {fixed['passed_f1_text']:.1f} "
+            f"from text; failing chunks {fixed['failed_f1_memory']:.1f} vs {fixed['failed_f1_text']:.1f}; "
+            f"the policy {fixed['policy_f1']:.1f} (memory everywhere {fixed['memory_f1']:.1f}, text "
+            f"{fixed['text_f1']:.1f}).",
+        ]
     for gate, rows in report["sweep"].items():
         lines += [
             "",

@@ -17,7 +17,7 @@ through the same model, prompt and retrieval. Answers are scored with SQuAD EM, 
 Writes ``<out>/serve_quality.json`` (figures and every answer) and ``<out>/serve_quality.md``;
 with ``--bench-json`` (a ``memrag bench`` report of the same questions) the table puts the
 bench's figures for the same kind and k beside the server's. Stores are kept in
-``<out>/stores`` (ignored by git) and reused when they exist.
+``--stores`` (default ``<out>/stores``, ignored by git) and reused when they exist.
 """
 
 from __future__ import annotations
@@ -208,15 +208,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of build and server")
     parser.add_argument("--bench-json", default=None, help="memrag bench report of the same questions")
     parser.add_argument("--out", default="benchmarks/results/serve-quality")
+    parser.add_argument("--stores", default=None, help="where the stores are built (default: <out>/stores)")
     args = parser.parse_args()
 
     from memrag.bench.corpus import select_corpus
 
     out = Path(args.out)
-    (out / "stores").mkdir(parents=True, exist_ok=True)
+    stores_dir = Path(args.stores) if args.stores else out / "stores"
+    stores_dir.mkdir(parents=True, exist_ok=True)
     log = out / "log.txt"
     corpus = select_corpus(args.data, limit=args.limit, corpus_size=args.corpus_size, seed=args.seed)
-    corpus_file = out / "stores" / "corpus.jsonl"
+    corpus_file = stores_dir / "corpus.jsonl"
     with open(corpus_file, "w", encoding="utf-8") as handle:
         for passage_id, text in corpus.passages.items():
             handle.write(json.dumps({"id": passage_id, "text": text}) + "\n")
@@ -227,7 +229,7 @@ def main() -> None:
     build_s = {}
     stores = {}
     for kind in kinds:
-        stores[kind] = out / "stores" / kind.replace(":", "-")
+        stores[kind] = stores_dir / kind.replace(":", "-")
         build_s[kind] = build_store(corpus_file, stores[kind], kind, args.threads, log)
     top_ks: list[int | None] = [int(k) for k in args.top_k.split(",") if k.strip()] or [None]
     results, answers = [], {}

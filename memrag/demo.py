@@ -61,7 +61,8 @@ class DemoSettings:
             are always among them.
         k: Passages retrieved per question.
         max_new_tokens: Answer length limit.
-        fidelity: The store's fidelity scoring (``"none"``, or ``"reconstruct"`` to flag
+        fidelity: The store's fidelity scoring (``"none"``, or ``"auto"``, ``"agreement"``,
+            ``"reconstruct"`` to flag
             passages that compress badly so they are read as text; it costs a decoder pass
             over every passage's full vocabulary logits, several minutes on a CPU).
         store_path: Keep the store in this directory (reused by later runs: only missing
@@ -78,7 +79,7 @@ class DemoSettings:
 
     questions: int = 3
     passages: int | None = None
-    k: int = 2
+    k: int = 1
     max_new_tokens: int = 24
     fidelity: str = "none"
     store_path: Path | None = None
@@ -142,7 +143,7 @@ class DemoReport:
         slots: Stored rows (memory slots, or K/V positions) in the store.
         tokens: Compressor tokens of the stored passages.
         use_text: Passages flagged to be read as text (low fidelity; only with
-            ``fidelity="reconstruct"``).
+            fidelity scoring).
         build_seconds: Time to build (or complete) the store.
         memory_bytes: Bytes of stored memory per passage.
         answers: One entry per question.

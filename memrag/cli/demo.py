@@ -27,7 +27,9 @@ def demo(
     passages: int = typer.Option(
         None, "--passages", min=1, help="Index only this many passages (default: all 100)."
     ),
-    k: int = typer.Option(2, "--k", "-k", min=1, help="Passages retrieved per question."),
+    k: int = typer.Option(
+        1, "--k", "-k", min=1, help="Passages retrieved per question (1 answers best from memory)."
+    ),
     compressor: str = CompressorOption,
     embedder: str = typer.Option(
         None, "--embedder", help="Retrieval embedder id (default: the embedded all-MiniLM-L6-v2)."
@@ -38,12 +40,14 @@ def demo(
         "--memory",
         help="What the store keeps per passage: embedding or kv (a trained compressor's slots), "
         "kv-exact or kv-pruned "
-        "(settings after colons, e.g. kv-pruned:0.5). Default: the README's 'Which memory?'.",
+        "(settings after colons, e.g. kv-pruned:0.5). Default: kv-exact:int8 "
+        "(docs/RESULTS.md, 'Which memory?').",
     ),
     fidelity: str = typer.Option(
         "none",
         "--fidelity",
-        help="'reconstruct' scores every passage and reads badly compressed ones as text (minutes on CPU).",
+        help="none, or score every passage and read the low scorers as text (minutes on CPU): "
+        "auto (agreement for K/V memory, reconstruct for embedding slots), agreement or reconstruct.",
     ),
     device: str = DeviceOption,
     dtype: str = DtypeOption,

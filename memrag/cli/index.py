@@ -109,8 +109,7 @@ def build(
         help="New stores: what to keep for each chunk: embedding or kv (a trained compressor's "
         "slots; default compressor: the shipped one of that slot kind), kv-exact (its key/value cache) or kv-pruned (a subset of its positions' keys and "
         "values). Settings after colons: kv-exact:int8, kv-pruned:0.5, kv-pruned:0.25:int8. "
-        "Default: kv:int8 (the trained K/V slots) with a compressor that makes K/V slots, such "
-        "as the shipped default; kv-exact:int8 with any other.",
+        "Default: kv-exact:int8 (docs/RESULTS.md, 'Which memory?').",
     ),
     keep_ratio: float = typer.Option(
         None, "--keep-ratio", help="New kv-pruned stores: fraction of positions kept, in (0, 1]."

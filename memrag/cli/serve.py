@@ -36,7 +36,12 @@ def serve(
     model_name: str = typer.Option(
         None, "--model-name", help="Model id shown to clients (default: derived)."
     ),
-    top_k: int = typer.Option(3, "--top-k", min=0, help="Chunks retrieved per chat request."),
+    top_k: int = typer.Option(
+        1,
+        "--top-k",
+        min=0,
+        help="Chunks retrieved per chat request (1 answered best from memory: docs/RESULTS.md).",
+    ),
     max_top_k: int = typer.Option(
         16, "--max-top-k", min=1, help="Largest top_k a request may ask for."
     ),

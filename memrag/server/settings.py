@@ -22,7 +22,9 @@ class ServerSettings:
         model_name: Model id reported by ``/v1/models`` and in responses (default: the chat
             model's name, ``"<base model>+memrag-<fingerprint[:8]>"``).
         model_aliases: Other ``model`` values requests may name (default: ``"memrag"``).
-        top_k: Chunks retrieved for each chat request by default.
+        top_k: Chunks retrieved for each chat request by default (1: with more, chunks whose
+            memory was made apart answered worse; docs/RESULTS.md, "Answers through memrag
+            serve").
         max_top_k: Largest ``top_k`` a request may ask for.
         default_max_tokens: New tokens generated when a request does not say.
         max_tokens: Largest ``max_tokens`` a request may ask for (more is a 400).
@@ -68,7 +70,7 @@ class ServerSettings:
     api_key: str | None = field(default=None, repr=False)
     model_name: str | None = None
     model_aliases: tuple[str, ...] = ("memrag",)
-    top_k: int = 3
+    top_k: int = 1
     max_top_k: int = 16
     default_max_tokens: int = 256
     max_tokens: int = 2048

@@ -230,8 +230,7 @@ class MemoryStore:
             memory: What the store keeps for each chunk: a
                 :class:`~memrag.memory.spec.MemorySpec`, a mode string (``"embedding"``,
                 ``"kv"``, ``"kv-exact"``, ``"kv-exact:int8"``, ``"kv-pruned:0.5"`` ...), or ``None`` for
-                :func:`~memrag.memory.spec.default_memory` (``"kv:int8"``, the compressor's
-                trained K/V slots, when it makes them; else ``"kv-exact:int8"``). ``kv-exact``
+                :func:`~memrag.memory.spec.default_memory` (``"kv-exact:int8"``). ``kv-exact``
                 and ``kv-pruned`` memory is made by the compressor's frozen decoder (any
                 compressor over the same base model reads it).
             index: ``"flat"`` (exact, default), ``"hnsw"`` or ``"ivf"``, or an :class:`IndexSpec`.

@@ -280,17 +280,27 @@ def test_a_store_made_without_naming_its_memory_keeps_the_default_kind(tmp_path)
     from memrag.store import MemoryStore
     from memrag.testing import tiny_compressor
 
-    # A compressor that makes K/V slots gets them (int8); any other the decoder's own K/V.
+    # Whatever the compressor's slots, the default is the decoder's own K/V as int8.
     kv_compressor = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset")
     for name, compressor, expected in (
-        ("kv", kv_compressor, "kv:int8"),
-        ("embedding", _compressor(), "kv-exact:int8"),
+        ("kv", kv_compressor, DEFAULT_MEMORY),
+        ("embedding", _compressor(), DEFAULT_MEMORY),
     ):
         with MemoryStore.create(tmp_path / name, compressor, "hashing:16", fidelity="none") as store:
             assert store.memory.settings == resolve_memory_spec(expected).to_dict()
             store.add([CHUNK_A], ids=["a"])
             assert isinstance(store.get(["a"])[0].context(), KVSlots)
-    assert (DEFAULT_MEMORY, FALLBACK_MEMORY) == ("kv:int8", "kv-exact:int8")
+    assert (DEFAULT_MEMORY, FALLBACK_MEMORY) == ("kv-exact:int8", "kv-exact:int8")
+    # Were the default trained memory, a compressor of another slot kind would get the fallback.
+    import memrag.memory.spec as spec_module
+
+    original = spec_module.DEFAULT_MEMORY
+    spec_module.DEFAULT_MEMORY = "kv:int8"
+    try:
+        assert spec_module.default_memory("kv") == "kv:int8"
+        assert spec_module.default_memory("embedding") == FALLBACK_MEMORY
+    finally:
+        spec_module.DEFAULT_MEMORY = original
 
 
 def test_memory_reuse_reports_the_average_cost_of_every_text_computed() -> None:

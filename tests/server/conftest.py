@@ -32,6 +32,7 @@ def _starter(default_store: Any) -> tuple[Callable[..., Any], list[Any]]:
 
     def start(store: Any = None, **settings: Any) -> Any:
         settings.setdefault("default_max_tokens", 6)
+        settings.setdefault("top_k", 3)  # these tests read several chunks (the default is 1)
         app = create_app(store if store is not None else default_store, ServerSettings(**settings))
         server = ServerThread(app).start()
         started.append(server)

@@ -315,6 +315,13 @@ def test_the_default_stop_is_the_answer_stop_and_healthz_reports_it(server):
     assert body["defaults"]["stop"] == ["\n"] and body["defaults"]["context"] == "memory"
 
 
+def test_the_measured_defaults() -> None:
+    from memrag.server import ServerSettings
+
+    settings = ServerSettings()
+    assert settings.top_k == 1 and settings.context == "memory" and settings.stop == ()
+
+
 def test_text_context_serves_every_chunk_as_its_text(start_server, server_store):
     server = start_server(context="text")
     completion = openai_client(server).chat.completions.create(
