@@ -48,7 +48,9 @@ class BuildOptions:
         compress_batch_size: Segments per encoder forward pass.
         window_batches: Batches read ahead and sorted by length together.
         on_error: ``"skip"`` bad input and report it, or ``"raise"`` at the first.
-        show_progress: Show a progress bar (documents, with throughput and ETA).
+        show_progress: Show a progress bar counting chunks (the total estimated from the
+            documents read so far, exact once all are read), with an ETA, the documents read,
+            tokens per second and the projected size of the store's memory.
     """
 
     batch_chunks: int = 64
@@ -192,8 +194,6 @@ class _Planner:
         self.reader = reader
         self.options = options
         self.report = report
-        self.pending: dict[str, int] = {}  # document id -> chunks not yet written
-        self.finished_documents = 0
 
     def batches(self) -> Iterator[list[ChunkInput]]:
         window: list[ChunkInput] = []
@@ -216,10 +216,6 @@ class _Planner:
         todo = [c for c in chunks if stored.get(c.id) != c.content_hash]
         self.report.chunks_total += len(chunks)
         self.report.chunks_unchanged += len(chunks) - len(todo)
-        if todo:
-            self.pending[doc_id] = len(todo)
-        else:
-            self.finished_documents += 1
         return todo
 
     def _cut(self, window: list[ChunkInput]) -> Iterator[list[ChunkInput]]:
@@ -227,24 +223,6 @@ class _Planner:
         size = self.options.batch_chunks
         for start in range(0, len(window), size):
             yield window[start : start + size]
-
-    def take_finished(self) -> int:
-        """Documents found complete while planning since the last call (nothing to write)."""
-        done, self.finished_documents = self.finished_documents, 0
-        return done
-
-    def written(self, batch: ProcessedBatch) -> int:
-        """Records a committed batch; returns how many documents it finished."""
-        done = 0
-        for chunk in batch.chunks:
-            left = self.pending.get(chunk.source_id or "", 0) - 1
-            if left <= 0:
-                self.pending.pop(chunk.source_id or "", None)
-                done += 1
-            else:
-                self.pending[chunk.source_id or ""] = left
-        return done
-
 
 def _resolve_compressor(compressor: Any, device: str, dtype: Any) -> Any:
     """An instance from an instance, a factory, a directory / shipped name, or ``None``."""
@@ -369,9 +347,8 @@ def _run(
     planner = _Planner(store, reader, options, report)
     started = time.perf_counter()
     threshold = store.manifest.options.fidelity_threshold
-    with progress(
-        total=total, desc="indexing", unit="doc", disable=not options.show_progress
-    ) as bar:
+    memory_bytes = 0
+    with progress(total=None, desc="indexing", unit="chunk", disable=not options.show_progress) as bar:
         for batch in executor.map(planner.batches()):
             store.write(batch)
             report.chunks_written += len(batch.chunks)
@@ -381,11 +358,29 @@ def _run(
             report.flagged_use_text += sum(
                 1 for f in batch.fidelity if f is not None and f < threshold
             )
-            bar.update(planner.written(batch) + planner.take_finished())
+            memory_bytes += int(batch.slots.numel() * batch.slots.element_size())
+            expected = estimated_chunks(report, total)
+            bar.total = max(expected, report.chunks_written + report.chunks_unchanged)
+            bar.update(report.chunks_written + report.chunks_unchanged - bar.n)
             rate = report.tokens_written / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(chunks=report.chunks_written, tok_s=f"{rate:,.0f}", refresh=False)
+            projected = memory_bytes / max(report.chunks_written, 1) * expected
+            bar.set_postfix(
+                docs=f"{report.documents}/{total}",
+                tok_s=f"{rate:,.0f}",
+                memory=f"~{projected / 1e6:,.0f} MB",
+                refresh=False,
+            )
         # Unchanged documents and skipped rows count as done: close the bar at 100 %.
-        bar.update(max(0, (bar.total or 0) - bar.n))
+        bar.total = bar.n
+        bar.refresh()
+
+
+def estimated_chunks(report: BuildReport, documents: int) -> int:
+    """The chunks the whole build will hold: those planned so far, plus the documents not read
+    yet at the chunks-per-document seen so far (exact once every document is read)."""
+    seen = max(report.documents, 1)
+    remaining = max(documents - report.documents, 0)
+    return int(report.chunks_total + remaining * report.chunks_total / seen)
 
 
 __all__ = ["BuildOptions", "BuildReport", "Executor", "LocalExecutor", "build_index"]

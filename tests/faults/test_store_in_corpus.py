@@ -41,3 +41,13 @@ def test_counts_tell_text_tokens_from_memory_positions(tmp_path: Path) -> None:
     assert info["counts"]["tokens"] == text_tokens
     assert info["counts"]["positions"] < text_tokens  # a quarter of the positions are kept
     assert info["memory"]["bytes_per_token"] == info["memory"]["bytes_per_chunk"] * 2 / text_tokens
+
+
+def test_the_build_progress_counts_chunks_and_projects_the_total() -> None:
+    from memrag.indexing.job import BuildReport, estimated_chunks
+
+    report = BuildReport(store="s", backend="local")
+    report.documents, report.chunks_total = 1, 784  # one 1 MB document read of 3
+    assert estimated_chunks(report, 3) == 784 * 3
+    report.documents, report.chunks_total = 3, 790  # all read: exact
+    assert estimated_chunks(report, 3) == 790
