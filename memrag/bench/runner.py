@@ -306,6 +306,34 @@ def _make_modes(
     )
 
 
+def _memory_label(store: Any) -> str:
+    """``kv-exact:int8``-style name of a K/V store's memory, as bench modes name it."""
+    memory = store.memory
+    dtype = memory.settings.get("kv_dtype", "float16")
+    return memory.kind if dtype == "float16" else f"{memory.kind}:{dtype}"
+
+
+def integrity_cost(store: Any, ids: Sequence[str], clock: Clock, rounds: int = 5) -> float:
+    """Seconds per chunk the read-path integrity check (checksum, finite values) adds.
+
+    Reads ``ids`` (with their memory) with the check on and off, interleaved, ``rounds`` times
+    each, and takes the difference of the medians: measured side by side in one run.
+    """
+    chosen = list(ids)[:200]
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for _ in range(rounds):
+            for verify in (True, False):
+                store.verify_reads = verify
+                started = clock()
+                store.get(chosen, with_slots=True)
+                timings[verify].append(clock() - started)
+    finally:
+        store.verify_reads = True
+    on, off = (percentile(timings[v], 50) for v in (True, False))
+    return max(on - off, 0.0) / max(len(chosen), 1)
+
+
 def _memory_store(
     compressor: Any,
     memory: str,
@@ -424,6 +452,11 @@ def _run(
     )
     used = list(dict.fromkeys(i for ids in retrieved for i in ids))
     setup = _make_modes(compressor, settings, built, used, corpus, work, clock)
+    # The main store holds the compressor's slots (the "slots" mode); the others a K/V kind.
+    setup.offline["integrity_check_s_per_chunk"] = {
+        "slots": integrity_cost(built.store, used, clock),
+        **{_memory_label(store): integrity_cost(store, used, clock) for store in setup.stores},
+    }
     setup.offline["setup_s"] = clock() - started
 
     names = list(setup.modes)
@@ -490,6 +523,12 @@ def _run(
 
     results = {name: samples[name].summary(setup.modes[name].cost) for name in names}
     ratios_vs_text(results)
+    checks = setup.offline["integrity_check_s_per_chunk"]
+    for name, figures in results.items():
+        label = "slots" if name == "slots" else name.partition("+")[0]
+        if label in checks and figures["ttft_p50_s"]:
+            # The check runs once per retrieved chunk of a request.
+            figures["integrity_share_of_ttft"] = settings.k * checks[label] / figures["ttft_p50_s"]
     limit_source = "none" if "none" in samples else LIMIT
     return BenchResult(
         results=results,

@@ -178,6 +178,11 @@ def test_bench_end_to_end_json_has_every_field(bench_result) -> None:
     assert 0 <= report["retrieval"]["gold_passage_recall_at_k"] <= 1
     assert report["timing"]["s_per_question_all_modes"] > 0
     assert len(bench_result.predictions) == 3 * len(BENCH_MODES)
+    # The read-path integrity check is measured per chunk for every store, and as a share of
+    # the time to first token for the modes that read one.
+    checks = report["offline"]["integrity_check_s_per_chunk"]
+    assert {"slots", "kv-exact", "kv-pruned"} <= set(checks) and all(v >= 0 for v in checks.values())
+    assert "integrity_share_of_ttft" in results["kv-exact"] and "integrity_share_of_ttft" in results["slots"]
 
 
 def test_bench_same_prompt_for_text_and_kv_exact(bench_result) -> None:
