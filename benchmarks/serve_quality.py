@@ -194,6 +194,20 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render(out: Path, bench_json: str | None) -> None:
+    """Rewrites ``serve_quality.md`` (and the bench figures in the JSON) from the JSON."""
+    path = out / "serve_quality.json"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    if bench_json:
+        bench, bench_k = bench_figures(bench_json)
+        arms = {r["arm"] for r in report["results"]}
+        report["bench"] = {k: v for k, v in bench.items() if k in arms}
+        report["bench_k"] = bench_k
+        path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (out / "serve_quality.md").write_text(markdown(report), encoding="utf-8")
+    print(markdown(report))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--data", default="../shared/data/squad_v1.1/dev.jsonl.gz")
@@ -209,11 +223,19 @@ def main() -> None:
     parser.add_argument("--bench-json", default=None, help="memrag bench report of the same questions")
     parser.add_argument("--out", default="benchmarks/results/serve-quality")
     parser.add_argument("--stores", default=None, help="where the stores are built (default: <out>/stores)")
+    parser.add_argument(
+        "--render-only", action="store_true",
+        help="rewrite <out>/serve_quality.md from its JSON (e.g. with a --bench-json run later)",
+    )
     args = parser.parse_args()
+    if args.render_only:
+        render(Path(args.out), args.bench_json)
+        return
 
     from memrag.bench.corpus import select_corpus
 
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     stores_dir = Path(args.stores) if args.stores else out / "stores"
     stores_dir.mkdir(parents=True, exist_ok=True)
     log = out / "log.txt"

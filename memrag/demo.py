@@ -80,7 +80,7 @@ class DemoSettings:
     questions: int = 3
     passages: int | None = None
     k: int = 1
-    max_new_tokens: int = 24
+    max_new_tokens: int = 32
     fidelity: str = "none"
     store_path: Path | None = None
     batch_size: int = 25

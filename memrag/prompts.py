@@ -21,6 +21,11 @@ from memrag.splice import PromptPart
 
 #: Stop strings for short extractive answers.
 ANSWER_STOP = ("\n",)
+#: New tokens an answer may take by default: a QA answer (the prompt format compressors are
+#: trained on; 32 answered better than 64 through ``memrag serve``, docs/RESULTS.md), or a chat
+#: reply for a model with a chat template.
+ANSWER_MAX_TOKENS = 32
+CHAT_MAX_TOKENS = 256
 
 class DocumentText(str):
     """A document's text in a chat message: kept as a prompt part of its own when the chat is
@@ -59,6 +64,12 @@ def answer_stop(tokenizer: Any) -> tuple[str, ...]:
     and ``memrag eval qa`` do; a chat template's end-of-turn token ends the others.
     """
     return () if has_chat_template(tokenizer) else ANSWER_STOP
+
+
+def answer_max_tokens(tokenizer: Any) -> int:
+    """New tokens an answer may take when the caller names no limit (see
+    :data:`ANSWER_MAX_TOKENS`)."""
+    return CHAT_MAX_TOKENS if has_chat_template(tokenizer) else ANSWER_MAX_TOKENS
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def demo(
     ),
     device: str = DeviceOption,
     dtype: str = DtypeOption,
-    max_new_tokens: int = typer.Option(24, "--max-new-tokens", min=1, help="Answer length limit."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Answer length limit."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is happening."),
 ) -> None:
     """Build a memory store over the demo corpus and answer questions from memory and from text.

@@ -46,7 +46,11 @@ def serve(
         16, "--max-top-k", min=1, help="Largest top_k a request may ask for."
     ),
     default_max_tokens: int = typer.Option(
-        256, "--default-max-tokens", min=1, help="New tokens when a request says none."
+        None,
+        "--default-max-tokens",
+        min=1,
+        help="New tokens when a request says none (default: 32 for a model without a chat "
+        "template, the answer length measured best; 256 with one).",
     ),
     max_prompt_positions: int = typer.Option(
         8192,

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from memrag.generation import Generation, GenerationOptions
 from memrag.langchain.markers import DocumentReference, MarkerCodec, Piece, get_codec
 from memrag.langchain.sources import DocumentSource, fetch_records
-from memrag.prompts import DocumentText, answer_stop, render_chat
+from memrag.prompts import DocumentText, answer_max_tokens, answer_stop, render_chat
 from memrag.splice import PromptPart
 from memrag.store.records import ChunkRecord
 
@@ -122,7 +122,9 @@ class MemragModelMixin(BaseModel):
             :class:`~memrag.langchain.sources.InMemoryDocumentSource`, ...).
         model_name: Name reported in response metadata and traces (alias ``model``); defaults
             to ``"<base model>+memrag-<compressor fingerprint[:8]>"``.
-        max_tokens: Maximum number of new tokens.
+        max_tokens: Maximum number of new tokens (``None``: the answer length of the model's
+            prompt format, :func:`memrag.prompts.answer_max_tokens`: 32 for a QA answer
+            without a chat template, 256 with one).
         temperature: 0 decodes greedily; above 0 samples.
         top_p / top_k: Sampling cutoffs (sampling only).
         seed: Seed for reproducible sampling.
@@ -142,7 +144,7 @@ class MemragModelMixin(BaseModel):
     compressor: Any = Field(default=None, exclude=True, repr=False)
     source: Any = Field(default=None, exclude=True, repr=False)
     model_name: str | None = Field(default=None, alias="model")
-    max_tokens: int = Field(default=256, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)
@@ -214,13 +216,18 @@ class MemragModelMixin(BaseModel):
             )
         values = {name: kwargs.get(name, getattr(self, name)) for name in CALL_OPTIONS}
         return GenerationOptions(
-            max_new_tokens=values["max_tokens"],
+            max_new_tokens=values["max_tokens"] or self.default_max_tokens,
             temperature=values["temperature"],
             top_p=values["top_p"],
             top_k=values["top_k"],
             seed=values["seed"],
             stop=tuple(stop if stop is not None else self.default_stop),
         )
+
+    @property
+    def default_max_tokens(self) -> int:
+        """The ``max_tokens`` field, or the answer length of the model's prompt format."""
+        return self.max_tokens or answer_max_tokens(self.compressor.tokenizer)
 
     @property
     def default_stop(self) -> list[str]:
@@ -253,7 +260,7 @@ class MemragModelMixin(BaseModel):
             ls_model_name=model if isinstance(model, str) else (self.model_name or ""),
             ls_model_type=self._ls_model_type,
             ls_temperature=kwargs.get("temperature", self.temperature),
-            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+            ls_max_tokens=kwargs.get("max_tokens") or self.default_max_tokens,
         )
         stop = stop if stop is not None else self.stop
         if stop:

@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from memrag.batching import BatchedGenerator, BatcherClosedError, RowHandle
 from memrag.generation import Generation
 from memrag.langchain._base import StreamEnd, iterate_in_thread
+from memrag.prompts import answer_max_tokens
 from memrag.server.errors import APIError, bad_request, install_error_handlers, validation_message
 from memrag.server.limits import (
     ClientDisconnectedError,
@@ -208,6 +209,9 @@ class _Server:
             retry_after_max=settings.retry_after_max,
         )
         self.created = int(time.time())
+        self.default_max_tokens = settings.default_max_tokens or answer_max_tokens(
+            service.chat.compressor.tokenizer
+        )
         self.model_names = {service.model_name, *settings.model_aliases}
         self.batcher = (
             BatchedGenerator(
@@ -317,7 +321,7 @@ class _Server:
             else {},
             "defaults": {
                 "top_k": settings.top_k,
-                "max_tokens": settings.default_max_tokens,
+                "max_tokens": self.default_max_tokens,
                 "stop": list(self.service.default_stop),
                 "context": settings.context,
             },
@@ -359,7 +363,7 @@ class _Server:
                 param="messages",
                 code="too_many_messages",
             )
-        max_tokens = payload.requested_max_tokens() or settings.default_max_tokens
+        max_tokens = payload.requested_max_tokens() or self.default_max_tokens
         if max_tokens > settings.max_tokens:
             raise bad_request(
                 f"max_tokens is {max_tokens}; at most {settings.max_tokens} are allowed",

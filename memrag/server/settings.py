@@ -26,7 +26,9 @@ class ServerSettings:
             memory was made apart answered worse; docs/RESULTS.md, "Answers through memrag
             serve").
         max_top_k: Largest ``top_k`` a request may ask for.
-        default_max_tokens: New tokens generated when a request does not say.
+        default_max_tokens: New tokens generated when a request does not say (``None``: the
+            answer length of the model's prompt format, 32 for a QA answer without a chat
+            template, as measured best; 256 with one).
         max_tokens: Largest ``max_tokens`` a request may ask for (more is a 400).
         max_prompt_positions: Most decoder positions a request's prompt may take (its
             messages, the retrieved chunks, the template); more is a 400
@@ -72,7 +74,7 @@ class ServerSettings:
     model_aliases: tuple[str, ...] = ("memrag",)
     top_k: int = 1
     max_top_k: int = 16
-    default_max_tokens: int = 256
+    default_max_tokens: int | None = None
     max_tokens: int = 2048
     max_prompt_positions: int = 8192
     max_messages: int = 64
@@ -93,7 +95,6 @@ class ServerSettings:
     def __post_init__(self) -> None:
         positive = (
             "max_top_k",
-            "default_max_tokens",
             "max_tokens",
             "max_messages",
             "max_body_bytes",
@@ -112,7 +113,9 @@ class ServerSettings:
             raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
         if not 0 <= self.top_k <= self.max_top_k:
             raise ValueError(f"top_k must be in [0, max_top_k={self.max_top_k}], got {self.top_k}")
-        if self.default_max_tokens > self.max_tokens:
+        if self.default_max_tokens is not None and self.default_max_tokens < 1:
+            raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens}")
+        if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens ({self.max_tokens})"
             )

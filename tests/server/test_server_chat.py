@@ -320,6 +320,19 @@ def test_the_measured_defaults() -> None:
 
     settings = ServerSettings()
     assert settings.top_k == 1 and settings.context == "memory" and settings.stop == ()
+    # None: the answer length of the prompt format (measured: 32 for a QA answer).
+    assert settings.default_max_tokens is None
+
+
+def test_default_answer_length_follows_the_prompt_format(start_server, server_store) -> None:
+    from memrag.langchain import ChatMemrag
+    from memrag.prompts import ANSWER_MAX_TOKENS
+
+    server = start_server(default_max_tokens=None)
+    assert http_client(server).get("/healthz").json()["defaults"]["max_tokens"] == ANSWER_MAX_TOKENS
+    chat = ChatMemrag(source=server_store)
+    assert chat.generation_options(None, {}).max_new_tokens == ANSWER_MAX_TOKENS
+    assert chat.generation_options(None, {"max_tokens": 5}).max_new_tokens == 5
 
 
 def test_text_context_serves_every_chunk_as_its_text(start_server, server_store):
