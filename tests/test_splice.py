@@ -167,9 +167,10 @@ def test_plain_chat_renders_the_latest_user_message_as_it_is() -> None:
         {"role": "assistant", "content": "Bob"},
         {"role": "user", "content": qa},
     ]
-    # The default: system left out, earlier turns in the QA prompt's own wording.
-    assert render_chat(tokenizer, chat) == [f"Question: Who?\nAnswer: Bob\n{qa}"]
+    # The default (measured, docs/RESULTS.md "Chat turns"): only the latest message, as trained.
+    assert render_chat(tokenizer, chat) == [qa]
     assert render_chat(tokenizer, [chat[0], chat[-1]]) == [qa]
+    assert PlainChat(history="qa").render(chat) == f"Question: Who?\nAnswer: Bob\n{qa}"
     assert PlainChat(system="prefix", history="drop").render(chat) == f"Be brief.\n{qa}"
     assert PlainChat(history="transcript").render(chat) == f"User: Who?\nAssistant: Bob\n{qa}"
     # A chat that does not end with a user message stays a transcript.

@@ -131,10 +131,16 @@ def build(
         "(K/V memory: agreement of answers from memory and from text; embedding slots: "
         "reconstruction).",
     ),
+    fidelity_method: str = typer.Option(
+        "auto",
+        "--fidelity-method",
+        help="New stores: auto (agreement for K/V memory, reconstruct for embedding slots), "
+        "agreement or reconstruct.",
+    ),
     fidelity_threshold: float = typer.Option(
         None,
         "--fidelity-threshold",
-        help="New stores: below it, serve text (default: the scoring method's, 0.5).",
+        help="New stores: below it, serve text (default: the scoring method's: agreement 0.24, reconstruct 0.5).",
     ),
     fidelity_sample_tokens: int = typer.Option(
         32, "--fidelity-sample-tokens", min=0, help="New stores: tokens scored per chunk (0: all)."
@@ -194,7 +200,7 @@ def build(
         "index": index,
         "index_options": _index_options(index_option),
         "slot_dtype": slot_dtype,
-        "fidelity": "auto" if fidelity else "none",
+        "fidelity": fidelity_method if fidelity else "none",
         "fidelity_threshold": fidelity_threshold,
         "fidelity_sample_tokens": fidelity_sample_tokens or None,
         "chunk_tokens": chunk_tokens,

@@ -6,7 +6,7 @@ from importlib.resources import files
 from pathlib import Path
 
 #: Name of the trained default compressor (for ``gemma-3-270m``): subset K/V slots, the slots
-#: that answer best (README, "Trained K/V slots").
+#: that answer best (docs/RESULTS.md, "Trained K/V slots").
 DEFAULT_COMPRESSOR = "gemma-3-270m-kv-subset"
 
 #: The shipped default for stores of ``embedding`` memory, which need embedding slots (ICAE).
