@@ -155,3 +155,21 @@ def test_a_truncated_or_deleted_shard_leaves_the_store_open(tmp_path: Path, comp
     with MemoryStore.open(path, read_only=True) as store:
         assert all(r.use_text for r in store.search(QUESTION, k=3))
     assert repair_store(path, compressor=compressor).after.ok
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_the_finite_check_finds_one_bad_value_anywhere(bad: float) -> None:
+    from memrag.memory.kv import KVSlots
+    from memrag.store.integrity import finite
+
+    keys, values = torch.randn(5, 2, 1, 4), torch.randn(5, 2, 1, 4)
+    offsets = torch.arange(5).unsqueeze(1).expand(5, 2).contiguous()
+    memory = KVSlots(keys=keys, values=values, offsets=offsets, span=5, kind="kv-exact", fingerprint="x")
+    assert finite(memory)
+    values[3, 1, 0, 2] = bad
+    assert not finite(memory)
+    half = torch.randn(3, 8).half()
+    half[2, 7] = bad
+    from types import SimpleNamespace
+
+    assert not finite(SimpleNamespace(tensor=half)) and finite(SimpleNamespace(tensor=half[:2]))
