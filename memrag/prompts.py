@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
-from memrag.splice import PromptPart
+from memrag.splice import PromptPart, Task
 
 #: Stop strings for short extractive answers.
 ANSWER_STOP = ("\n",)
@@ -191,3 +191,57 @@ def split_placeholders(text: str, slots_by_key: dict[str, Any]) -> list[PromptPa
     if rest:
         parts.append(rest)
     return parts
+
+
+# --------------------------------------------------------------------------- the prompts
+def token_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens (how prompt parts and targets are cut)."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def qa_prompt(tokenizer: Any, contexts: Sequence[Context], question: str) -> list[PromptPart]:
+    """The question-answering prompt used for fine-tuning, evaluation and every consumer.
+
+    It is :func:`qa_parts`; a model with a chat template gets it as the user message rendered
+    by the template.
+    """
+    parts = qa_parts(contexts, question)
+    if has_chat_template(tokenizer):
+        return render_chat(tokenizer, [{"role": "user", "content": parts}])
+    return parts
+
+
+def qa_target_ids(tokenizer: Any, answer: str, max_tokens: int | None = None) -> list[int]:
+    """Token ids the decoder must produce after :func:`qa_prompt`.
+
+    Without a chat template the answer continues ``"Answer:"`` as `` <answer>\\n`` (the newline
+    is :data:`ANSWER_STOP`, where the frozen decoder naturally stops); with a template it is the
+    answer followed by the EOS token.
+    """
+    if has_chat_template(tokenizer):
+        ids = token_ids(tokenizer, answer.strip()) + [tokenizer.eos_token_id]
+    else:
+        ids = token_ids(tokenizer, f" {answer.strip()}\n")
+    return ids[:max_tokens] if max_tokens else ids
+
+
+def reconstruct_prompt(slots: Memory) -> list[PromptPart]:
+    """Autoencoding prompt: embedding slots, then the reconstruct marker; K/V memory, then
+    KVzip's repeat instruction (:data:`~memrag.memory.pruning.REPEAT_PROMPT`), which the frozen
+    decoder follows from its own keys and values before any training.
+
+    Used by pretraining, ``memrag eval ae`` and the stores' reconstruction score alike.
+    """
+    if isinstance(slots, KVSlots):
+        from memrag.memory.pruning import REPEAT_PROMPT
+
+        return [slots, REPEAT_PROMPT]
+    return [slots, Task.RECONSTRUCT]
+
+
+def continue_prompt(slots: Memory) -> list[PromptPart]:
+    """Language-modelling prompt: the slots (embedding or K/V), then the continue marker.
+
+    Used by pretraining's continuation examples and ``memrag eval lm`` alike.
+    """
+    return [slots, Task.CONTINUE]

@@ -97,7 +97,7 @@ def test_evaluate_ae_buckets(tiny_compressor: Compressor, tmp_path: Path) -> Non
 def test_evaluate_ae_reconstructs_from_kv_slots_with_the_repeat_instruction(tmp_path: Path) -> None:
     from memrag.memory.kv import KVSlots
     from memrag.memory.pruning import REPEAT_PROMPT
-    from memrag.training.objectives import reconstruct_prompt
+    from memrag.prompts import reconstruct_prompt
 
     kv_compressor = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset")
     segments = sample_segments([text_corpus(tmp_path / "t.jsonl")], kv_compressor.tokenizer, limit=3, max_length=16, min_length=4)

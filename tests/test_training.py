@@ -24,14 +24,8 @@ from memrag.training import (
 )
 from memrag.training.checkpoint import CHECKPOINT_FILES, optimizer_from_files, optimizer_to_files
 from memrag.training.data import take
-from memrag.training.objectives import (
-    PretrainObjective,
-    QAObjective,
-    qa_prompt,
-    qa_target_ids,
-    reconstruct_prompt,
-    target_losses,
-)
+from memrag.prompts import qa_prompt, qa_target_ids, reconstruct_prompt
+from memrag.training.objectives import PretrainObjective, QAObjective, target_losses
 from memrag.training.trainer import OutputExistsError, lr_factor
 from training_fixtures import (
     finetune_data,

@@ -2,7 +2,7 @@
 
 Every mode turns (question, retrieved chunk ids) into a :class:`~memrag.splice.SpliceBatch`
 through :meth:`memrag.compressor.Compressor.build` (the one splice path), for the same frozen
-decoder, with the same prompt wording (:func:`memrag.training.objectives.qa_prompt`, as
+decoder, with the same prompt wording (:func:`memrag.prompts.qa_prompt`, as
 fine-tuning and ``memrag eval qa`` use it); the runner decodes it greedily. A mode's
 :meth:`ContextMode.prepare` is part of the measured time: it loads the mode's stored payload
 of the chunks (and marks that moment on the timer), then assembles the prompt (for K/V memory:
@@ -149,7 +149,7 @@ class ContextMode:
         self, decoder: Any, question: str, chunk_ids: Sequence[str], timer: AnswerTimer
     ) -> Prepared:
         """Loads the chunks' payload (then calls ``timer.fetched()``) and builds the prompt."""
-        from memrag.training.objectives import qa_prompt
+        from memrag.prompts import qa_prompt
 
         contexts = self.fetch(chunk_ids)
         timer.fetched()

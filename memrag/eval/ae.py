@@ -1,7 +1,7 @@
 """Reconstruction: how much of a segment the decoder can rebuild from its slots alone.
 
 Each segment is compressed, spliced as the autoencoding prompt of pretraining
-(:func:`~memrag.training.objectives.reconstruct_prompt`: embedding slots and the reconstruct
+(:func:`~memrag.prompts.reconstruct_prompt`: embedding slots and the reconstruct
 marker, or K/V slots and KVzip's repeat instruction), and decoded greedily. Scores: corpus BLEU-4 (0–1) over whitespace
 words and exact match (percent), overall and per segment-length bucket.
 """
@@ -115,11 +115,11 @@ def evaluation_stream(
             ``continuation``).
     """
     from memrag.training.data import PretrainStream
-    from memrag.training.objectives import _tokenize
+    from memrag.prompts import token_ids
 
     return PretrainStream(
         list(paths),
-        lambda text: _tokenize(tokenizer, text),
+        lambda text: token_ids(tokenizer, text),
         split="heldout" if holdout_fraction > 0 else "all",
         holdout_fraction=holdout_fraction,
         seed=seed,
@@ -147,7 +147,7 @@ def _scores(pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
 
 def reconstruct(compressor: Any, segments: Sequence[Sequence[int]], *, batch_size: int = 8, show_progress: bool = False) -> list[str]:
     """Decodes each token segment back from its slots (greedy, up to EOS)."""
-    from memrag.training.objectives import reconstruct_prompt
+    from memrag.prompts import reconstruct_prompt
 
     order = sorted(range(len(segments)), key=lambda i: len(segments[i]), reverse=True)
     texts: dict[int, str] = {}

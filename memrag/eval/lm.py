@@ -9,7 +9,7 @@ Held-out text is cut, as pretraining cuts its continuation examples
 * ``text``: the context as text, ``[BOS] context`` (the layout the continuation objective's
   distillation teacher reads);
 * ``slots``: the context's slots and the continue marker, ``[BOS] slots <continue>``
-  (:func:`~memrag.training.objectives.continue_prompt`, what continuation pretraining trains;
+  (:func:`~memrag.prompts.continue_prompt`, what continuation pretraining trains;
   embedding slots as ``inputs_embeds`` rows, K/V slots as a cache prefix);
 * ``truncated``: the context's first tokens, as many as it has slots
   (:func:`memrag.eval.qa.truncated_ids`, the baseline compressed memory must beat);
@@ -233,7 +233,8 @@ def continuation_prompts(
         mode: One of :data:`MODES`.
     """
     from memrag.eval.qa import truncated_ids
-    from memrag.training.objectives import _tokenize, continue_prompt, encode_contexts
+    from memrag.prompts import continue_prompt, token_ids
+    from memrag.training.objectives import encode_contexts
 
     check_modes([mode])
     tokenizer = compressor.tokenizer
@@ -247,7 +248,7 @@ def continuation_prompts(
     else:  # truncated
         cut = [truncated_ids(compressor, compressor.segment_ids(list(c))) for c in contexts]
         texts = [_decode(tokenizer, ids) for ids in cut]
-    return [[text] for text in texts], [len(_tokenize(tokenizer, text)) for text in texts]
+    return [[text] for text in texts], [len(token_ids(tokenizer, text)) for text in texts]
 
 
 def evaluate_lm(
@@ -271,7 +272,8 @@ def evaluate_lm(
         ValueError: an unknown mode; no examples; an empty target; ``none`` with a tokenizer
             without a BOS token (nothing would precede the first target).
     """
-    from memrag.training.objectives import _tokenize, target_logits, token_losses
+    from memrag.prompts import token_ids
+    from memrag.training.objectives import target_logits, token_losses
 
     check_modes(modes)
     if not examples:
@@ -287,7 +289,7 @@ def evaluate_lm(
     evaluation = LMEvaluation()
     if "text" in modes:
         evaluation.retokenized = sum(
-            _tokenize(tokenizer, _decode(tokenizer, e.context)) != list(e.context) for e in examples
+            token_ids(tokenizer, _decode(tokenizer, e.context)) != list(e.context) for e in examples
         )
         if evaluation.retokenized:
             logger.info(

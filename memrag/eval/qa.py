@@ -9,7 +9,7 @@
   decoder context positions), the baseline that compressed memory must beat;
 * ``none``: no passage.
 
-Every mode uses the same decoder, the same prompt (:func:`memrag.training.objectives.qa_prompt`,
+Every mode uses the same decoder, the same prompt (:func:`memrag.prompts.qa_prompt`,
 the one fine-tuning teaches) and greedy decoding up to :data:`memrag.prompts.ANSWER_STOP`.
 Scores are SQuAD v1.1 exact match and token F1 in percent, and ``contains`` (the gold answer
 inside the prediction, :func:`memrag.eval.metrics.contains_answer`): F1 rewards short answers,
@@ -296,7 +296,7 @@ def evaluate_qa(
         reuse: A :class:`~memrag.memory.builders.MemoryReuse`: K/V modes compute each
             passage's keys, values and selection scores once (default: one for this call).
     """
-    from memrag.training.objectives import qa_prompt
+    from memrag.prompts import qa_prompt
 
     check_modes(modes)
     options = GenerationOptions(max_new_tokens=max_new_tokens, stop=ANSWER_STOP)

@@ -8,7 +8,7 @@ with ``use_text`` so query-time consumers splice their text.
 
 K/V memory (pruned, or a trained compressor's K/V slots) is scored the same way, with the
 prompt ``[memory, "Repeat the previous context exactly."]`` (KVzip's reconstruction task)
-instead of the learned marker (:func:`~memrag.training.objectives.reconstruct_prompt`); exact
+instead of the learned marker (:func:`~memrag.prompts.reconstruct_prompt`); exact
 K/V memory is the text's own cache and is not scored.
 
 Cost: one batched decoder forward pass per chunk. With a large vocabulary (Gemma: 262k) the
@@ -113,7 +113,7 @@ class FidelityScorer:
 
     def _score_kv(self, text: str, memory: KVSlots) -> float:
         """Reconstruction likelihood of ``text`` from its K/V memory (one prompt)."""
-        from memrag.training.objectives import reconstruct_prompt
+        from memrag.prompts import reconstruct_prompt
 
         compressor = self.compressor
         splicer = compressor.splicer
@@ -219,7 +219,7 @@ class AgreementScorer:
     """Scores chunks by how closely the frozen decoder answers from their memory as from their text.
 
     For each chunk, :func:`cloze_probes` asks a few questions about the chunk in the QA prompt
-    the compressor was trained with (:func:`memrag.training.objectives.qa_prompt`); the frozen
+    the compressor was trained with (:func:`memrag.prompts.qa_prompt`); the frozen
     decoder reads the chunk once as text (the teacher) and once as its memory (the student),
     and the answer tokens are teacher-forced in both. The score is ``exp(-KL)``, the mean
     per-token KL divergence from the teacher's next-token distribution to the student's
@@ -244,7 +244,8 @@ class AgreementScorer:
     def measure(self, texts: Sequence[str], memories: Sequence[Slots | KVSlots]) -> list[dict[str, float]]:
         """Per chunk: ``{"kl": mean KL per answer token, "top1": share of answer tokens whose
         most likely prediction is the same from memory as from text}``."""
-        from memrag.training.objectives import qa_prompt, qa_target_ids, target_logits
+        from memrag.prompts import qa_prompt, qa_target_ids
+        from memrag.training.objectives import target_logits
 
         if len(texts) != len(memories):
             raise ValueError(f"{len(texts)} texts but {len(memories)} memories")

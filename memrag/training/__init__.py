@@ -35,9 +35,9 @@ _EXPORTS = {
     "latest_checkpoint": "memrag.training.checkpoint",
     "list_checkpoints": "memrag.training.checkpoint",
     "pretraining_trainer": "memrag.training.recipes",
-    "qa_prompt": "memrag.training.objectives",
-    "qa_target_ids": "memrag.training.objectives",
-    "reconstruct_prompt": "memrag.training.objectives",
+    "qa_prompt": "memrag.prompts",
+    "qa_target_ids": "memrag.prompts",
+    "reconstruct_prompt": "memrag.prompts",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -5,7 +5,7 @@
   must produce the text that follows (language modelling).
 * :class:`QAObjective` (fine-tuning): the slots of the gold passage among distractor
   passages' slots, then the question, must produce the answer. The prompt is
-  :func:`qa_prompt`, the same one evaluation and every other consumer use.
+  :func:`memrag.prompts.qa_prompt`, the same one evaluation and every other consumer use.
 
 Both go through the single splice path (:class:`memrag.splice.Splicer`) and the frozen decoder
 (the adapter disabled); gradients reach only the LoRA weights of the encoder and the
@@ -22,11 +22,16 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from memrag.prompts import Context, has_chat_template, qa_parts, render_chat
+from memrag.prompts import (
+    continue_prompt,
+    qa_prompt,
+    qa_target_ids,
+    reconstruct_prompt,
+)
 from memrag.generation import cache_argument
 from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
-from memrag.splice import IGNORE_INDEX, PromptPart, Task
+from memrag.splice import IGNORE_INDEX, PromptPart
 from memrag.training.data import PretrainExample, QAExample
 
 
@@ -55,59 +60,6 @@ class Objective(Protocol):
     kinds: tuple[str, ...]
 
     def __call__(self, compressor: Any, examples: Sequence[Any]) -> ObjectiveOutput: ...
-
-
-# --------------------------------------------------------------------------- prompts
-def reconstruct_prompt(slots: Slots | KVSlots) -> list[PromptPart]:
-    """Autoencoding prompt: embedding slots, then the reconstruct marker; K/V memory, then
-    KVzip's repeat instruction (:data:`~memrag.memory.pruning.REPEAT_PROMPT`), which the frozen
-    decoder follows from its own keys and values before any training.
-
-    Used by pretraining, ``memrag eval ae`` and the stores' fidelity scores alike.
-    """
-    if isinstance(slots, KVSlots):
-        from memrag.memory.pruning import REPEAT_PROMPT
-
-        return [slots, REPEAT_PROMPT]
-    return [slots, Task.RECONSTRUCT]
-
-
-def continue_prompt(slots: Slots | KVSlots) -> list[PromptPart]:
-    """Language-modelling prompt: the slots (embedding or K/V), then the continue marker.
-
-    Used by pretraining's continuation examples and ``memrag eval lm`` alike.
-    """
-    return [slots, Task.CONTINUE]
-
-
-def qa_prompt(tokenizer: Any, contexts: Sequence[Context], question: str) -> list[PromptPart]:
-    """The question-answering prompt used for fine-tuning and evaluation alike.
-
-    It is :func:`memrag.prompts.qa_parts`; a model with a chat template gets it as the user
-    message rendered by the template.
-    """
-    parts = qa_parts(contexts, question)
-    if has_chat_template(tokenizer):
-        return render_chat(tokenizer, [{"role": "user", "content": parts}])
-    return parts
-
-
-def qa_target_ids(tokenizer: Any, answer: str, max_tokens: int | None = None) -> list[int]:
-    """Token ids the decoder must produce after :func:`qa_prompt`.
-
-    Without a chat template the answer continues ``"Answer:"`` as `` <answer>\\n`` (the newline
-    is :data:`memrag.prompts.ANSWER_STOP`, where the frozen decoder naturally stops); with a
-    template it is the answer followed by the EOS token.
-    """
-    if has_chat_template(tokenizer):
-        ids = _tokenize(tokenizer, answer.strip()) + [tokenizer.eos_token_id]
-    else:
-        ids = _tokenize(tokenizer, f" {answer.strip()}\n")
-    return ids[:max_tokens] if max_tokens else ids
-
-
-def _tokenize(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 # --------------------------------------------------------------------------- shared core
