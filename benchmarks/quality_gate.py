@@ -79,47 +79,34 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def sweep(rows: list[dict[str, Any]], score: str) -> list[dict[str, float]]:
-    """Served-as-text share and F1 at thresholds on the score's quantiles (0-50 %)."""
+    """:func:`at_threshold` at thresholds on the score's quantiles (0-50 % served as text)."""
     values = sorted(r[score] for r in rows)
-    out = []
-    for share in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5):
-        threshold = values[min(int(share * len(values)), len(values) - 1)] if share else 0.0
-        passed = [r for r in rows if r[score] >= threshold]
-        failed = [r for r in rows if r[score] < threshold]
-        n = len(rows)
-        out.append(
-            {
-                "threshold": threshold,
-                "fallback": len(failed) / n,
-                "passed": len(passed),
-                "passed_f1_memory": 100 * sum(r["f1_memory"] for r in passed) / max(len(passed), 1),
-                "passed_f1_text": 100 * sum(r["f1_text"] for r in passed) / max(len(passed), 1),
-                "failed_f1_memory": 100 * sum(r["f1_memory"] for r in failed) / max(len(failed), 1),
-                "failed_f1_text": 100 * sum(r["f1_text"] for r in failed) / max(len(failed), 1),
-                "policy_f1": 100
-                * (sum(r["f1_memory"] for r in passed) + sum(r["f1_text"] for r in failed))
-                / n,
-                "policy_contains": 100
-                * (sum(r["contains_memory"] for r in passed) + sum(r["contains_text"] for r in failed))
-                / n,
-            }
-        )
-    return out
+    shares = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+    return [
+        at_threshold(rows, score, values[min(int(share * len(values)), len(values) - 1)] if share else 0.0)
+        for share in shares
+    ]
 
 
 def at_threshold(rows: list[dict[str, Any]], score: str, threshold: float) -> dict[str, float]:
-    """The gate's figures at one fixed threshold (e.g. the default, on held-out questions)."""
+    """The gate's figures at one threshold: the share served as text, the F1 of the chunks that
+    pass and fail (from memory and from text), and the store's F1 and contains (memory where
+    the chunk passes, text where it fails)."""
     passed = [r for r in rows if r[score] >= threshold]
     failed = [r for r in rows if r[score] < threshold]
     mean = lambda values: 100 * sum(values) / max(len(values), 1)  # noqa: E731
     return {
         "threshold": threshold,
         "fallback": len(failed) / max(len(rows), 1),
+        "passed": len(passed),
         "passed_f1_memory": mean([r["f1_memory"] for r in passed]),
         "passed_f1_text": mean([r["f1_text"] for r in passed]),
         "failed_f1_memory": mean([r["f1_memory"] for r in failed]),
         "failed_f1_text": mean([r["f1_text"] for r in failed]),
         "policy_f1": mean([r["f1_memory"] for r in passed] + [r["f1_text"] for r in failed]),
+        "policy_contains": mean(
+            [r["contains_memory"] for r in passed] + [r["contains_text"] for r in failed]
+        ),
         "memory_f1": mean([r["f1_memory"] for r in rows]),
         "text_f1": mean([r["f1_text"] for r in rows]),
     }

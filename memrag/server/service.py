@@ -29,7 +29,6 @@ from memrag.langchain._base import PromptSpec, StreamEnd
 from memrag.langchain.chat_models import ChatMemrag
 from memrag.langchain.formatting import DEFAULT_QA_TEMPLATE, format_docs, prepare_question
 from memrag.langchain.markers import escape_markers
-from memrag.prompts import answer_stop
 from memrag.splice import PromptPart
 from memrag.store.records import ChunkRecord
 
@@ -135,7 +134,7 @@ class RagService:
         compressor: The compressor whose decoder answers (default: the store's).
         model_name: Name reported to clients (default: the chat model's).
         stop: Default stop strings (empty: where the answer ends for the model's prompt
-            format, :func:`memrag.prompts.answer_stop`).
+            format: the chat model's :attr:`~memrag.langchain.ChatMemrag.default_stop`).
         use_text: Serve every retrieved chunk as its text instead of its memory (classic
             RAG through the same prompt and decoder, to compare against).
         max_prompt_positions: Most decoder positions a request's prompt may take (messages,
@@ -159,8 +158,6 @@ class RagService:
         self.store = store
         self.use_text = use_text
         self.max_prompt_positions = max_prompt_positions
-        tokenizer = (compressor if compressor is not None else store.compressor).tokenizer
-        self.default_stop = tuple(stop) or answer_stop(tokenizer)
         if compressor is not None and hasattr(store, "check_compressor"):
             try:
                 store.check_compressor(compressor)
@@ -172,7 +169,9 @@ class RagService:
             compressor=compressor if compressor is not None else store.compressor,
             model=model_name,
             reference_key=SecretStr(secrets.token_hex(32)),
+            stop=list(stop) or None,  # None: the answer stop of the model's prompt format
         )
+        self.default_stop = tuple(self.chat.default_stop)
 
     @property
     def model_name(self) -> str:
