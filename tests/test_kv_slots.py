@@ -299,3 +299,29 @@ def test_kv_training_lowers_the_loss_on_what_it_trains_on(kv_positions: str, tmp
         losses.append(float(output.loss_sum) / output.num_tokens)
     # The tiny random decoder reads its context weakly: a drop of ~0.2 nats is all there is.
     assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_a_subset_compressor_changes_its_rate_and_still_saves_and_loads(tmp_path) -> None:
+    from memrag.compressor import Compressor
+    from memrag.testing import tiny_base_model, tiny_compressor
+    from memrag.training.arguments import ModelArguments
+    from memrag.training.recipes import build_compressor
+
+    base_dir = tmp_path / "base"
+    base = tiny_base_model(seed=1, name=str(base_dir))
+    base.model.save_pretrained(base_dir)
+    base.tokenizer.save_pretrained(base_dir)
+    tiny_compressor(seed=1, base=base, slot_kind="kv", kv_positions="subset").save_pretrained(tmp_path / "r4")
+    changed = build_compressor(ModelArguments(init_from=str(tmp_path / "r4"), compression_rate=8), "cpu")
+    assert changed.config.compression_rate == 8
+    assert changed.memory_embeddings.shape[0] == changed.config.num_memory_tokens
+    changed.save_pretrained(tmp_path / "r8")
+    loaded = Compressor.from_pretrained(tmp_path / "r8")
+    assert loaded.config.compression_rate == 8 and loaded.fingerprint == changed.fingerprint
+    (slots,) = loaded.compress(["Paris is the capital and most populous city of France."])
+    assert slots.num_slots == loaded.config.slots_for(slots.num_tokens) == 2  # 15 tokens at rate 8
+    # Slots read at memory tokens depend on the rate: refused.
+    other = tiny_base_model(seed=1, name=str(base_dir))
+    tiny_compressor(seed=1, base=other).save_pretrained(tmp_path / "emb")
+    with pytest.raises(ValueError, match="--compression-rate 8 .*only subset K/V slots"):
+        build_compressor(ModelArguments(init_from=str(tmp_path / "emb"), compression_rate=8), "cpu")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -289,6 +290,27 @@ class Compressor(nn.Module):
         if self._fingerprint is None:
             self._fingerprint = _fingerprint(self.config, *self._saved_tensors())
         return self._fingerprint
+
+    def set_compression_rate(self, rate: int) -> None:
+        """Changes the rate of a compressor whose slots are a subset of the text's own K/V
+        positions (its weights do not depend on the number of kept positions); the unused
+        memory embeddings are resized to the new config's count, so it saves and loads.
+
+        Raises:
+            ValueError: the compressor's slots depend on its rate (memory tokens, embeddings).
+        """
+        config = self.config
+        if config.uses_memory_tokens:
+            raise ValueError(
+                f"cannot change the compression rate of a compressor with {config.slot_kind} "
+                f"slots read at memory tokens: only subset K/V slots do not depend on it"
+            )
+        self.config = dataclasses.replace(config, compression_rate=rate)
+        count = self.config.num_memory_tokens
+        rows = self.memory_embeddings.data
+        index = torch.arange(count, device=rows.device) % rows.shape[0]
+        self.memory_embeddings = nn.Parameter(rows[index].clone())
+        self.invalidate_fingerprint()
 
     def invalidate_fingerprint(self) -> None:
         """Forget the cached fingerprint (call after changing the weights, e.g. a train step)."""

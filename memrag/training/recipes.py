@@ -60,16 +60,11 @@ def build_compressor(args: ModelArguments, device: Any, *, seed: int = 0) -> Any
             compressor.invalidate_fingerprint()
         rate = args.compression_rate
         if rate is not None and rate != compressor.config.compression_rate:
-            if not (compressor.config.slot_kind == "kv" and compressor.config.kv_positions == "subset"):
-                raise ValueError(
-                    f"--compression-rate {rate} cannot change the rate of {source} "
-                    f"(slot kind {compressor.config.slot_kind!r}, kv positions "
-                    f"{compressor.config.kv_positions!r}): only subset K/V slots are independent "
-                    "of the number of slots"
-                )
             logger.info("compression rate %d (was %d)", rate, compressor.config.compression_rate)
-            compressor.config = dataclasses.replace(compressor.config, compression_rate=rate)
-            compressor.invalidate_fingerprint()
+            try:
+                compressor.set_compression_rate(rate)
+            except ValueError as err:
+                raise ValueError(f"--compression-rate {rate} for {source}: {err}") from None
         return compressor
     base = load_base_model(args.base_model, device=device, dtype=args.dtype)
     config = CompressorConfig(
