@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +167,71 @@ def cache_argument(model: Any) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+#: Prompt positions one decoder call computes when a long prompt is prefilled in pieces.
+#: Prompts with at most this many uncached positions are prefilled in one call, exactly as
+#: :func:`generate` does (the eval's path), so the committed figures hold for them.
+PREFILL_CHUNK_POSITIONS = 1024
+
+
+class PrefillStoppedError(RuntimeError):
+    """A prefill was stopped between two pieces of the prompt (its request was cancelled,
+    timed out or the server is shutting down)."""
+
+
+def prefill_ahead(
+    decoder: Any,
+    batch: SpliceBatch,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    chunk_positions: int | None = None,
+) -> SpliceBatch:
+    """Computes a long prompt's positions, all but the last, ``chunk_positions`` at a time.
+
+    Between two pieces ``should_stop`` is asked whether to go on, so a request that times out
+    or is cancelled during a long prefill stops within one piece and its cache is freed.
+    A prompt with at most ``chunk_positions`` positions to compute is returned unchanged (it
+    is prefilled in one call by whoever decodes it). Otherwise the returned batch carries a
+    cache holding every position but the last, which the caller's ``generate`` or
+    :meth:`~memrag.batching.state.DecodeState.prefill` computes as usual.
+
+    Args:
+        decoder: The decoder, in decoder mode.
+        batch: The spliced prompts; its cache (K/V memory), when present, is extended.
+        should_stop: Called before each piece; ``True`` raises :class:`PrefillStoppedError`.
+        chunk_positions: Positions per decoder call (> 0); :data:`PREFILL_CHUNK_POSITIONS`
+            by default.
+
+    Raises:
+        PrefillStoppedError: ``should_stop`` returned ``True``.
+    """
+    from transformers import DynamicCache
+
+    if chunk_positions is None:
+        chunk_positions = PREFILL_CHUNK_POSITIONS
+    if chunk_positions <= 0:
+        raise ValueError(f"chunk_positions must be > 0, got {chunk_positions}")
+    start = batch.cache.get_seq_length() if batch.cache is not None else 0
+    end = batch.inputs_embeds.shape[1] - 1
+    if end - start < chunk_positions:
+        return batch
+    cache = batch.cache if batch.cache is not None else DynamicCache()
+    for begin in range(start, end, chunk_positions):
+        if should_stop is not None and should_stop():
+            raise PrefillStoppedError(f"stopped after {begin - start} of {end + 1 - start} prompt positions")
+        piece_end = min(begin + chunk_positions, end)
+        decoder(
+            inputs_embeds=batch.inputs_embeds[:, begin:piece_end],
+            attention_mask=batch.attention_mask[:, :piece_end],
+            position_ids=batch.position_ids[:, begin:piece_end],
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_argument(decoder): cache},
+        )
+    if should_stop is not None and should_stop():
+        raise PrefillStoppedError(f"stopped after {end - start} of {end + 1 - start} prompt positions")
+    return dataclasses.replace(batch, cache=cache)
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -265,6 +331,7 @@ class TextStream(Iterator[str]):
         *,
         prompt_positions: int = 0,
         prefilled_positions: int = 0,
+        cancelled: threading.Event | None = None,
     ) -> None:
         self.prompt_positions = prompt_positions
         self.prefilled_positions = prefilled_positions
@@ -273,6 +340,7 @@ class TextStream(Iterator[str]):
         self._stops = stops
         self._options = options
         self._eos = eos_token_id
+        self._cancelled = cancelled or threading.Event()
 
     def __iter__(self) -> TextStream:
         return self
@@ -283,6 +351,12 @@ class TextStream(Iterator[str]):
     def close(self) -> None:
         """Stops the generation (if running) and waits for its worker thread."""
         self._chunks.close()
+
+    def cancel(self) -> None:
+        """Asks the generation to stop, from any thread, without waiting: a prefill stops
+        before its next piece, decoding before its next token, and a pending ``next`` then
+        ends the iteration. :meth:`close` still has to be called."""
+        self._cancelled.set()
 
     @property
     def num_tokens(self) -> int:
@@ -332,7 +406,10 @@ def stream(
 
     streamer = _CountingStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
     stops = StopStringFilter(options.stop)
-    chunks = _stream_chunks(model, tokenizer, batch, options, streamer, stops, lock, enter_decoder)
+    cancelled = threading.Event()
+    chunks = _stream_chunks(
+        model, tokenizer, batch, options, streamer, stops, lock, enter_decoder, cancelled
+    )
     return TextStream(
         chunks,
         tokens,
@@ -341,6 +418,7 @@ def stream(
         tokenizer.eos_token_id,
         prompt_positions=batch.prompt_lengths[0],
         prefilled_positions=(batch.prefilled_lengths or batch.prompt_lengths)[0],
+        cancelled=cancelled,
     )
 
 
@@ -353,9 +431,9 @@ def _stream_chunks(
     stops: StopStringFilter,
     lock: threading.RLock | None,
     enter_decoder: Any,
+    cancelled: threading.Event,
 ) -> Iterator[str]:
     error: list[BaseException] = []
-    cancelled = threading.Event()
 
     class _Cancelled(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
@@ -369,8 +447,9 @@ def _stream_chunks(
                 _seeded(options, batch.inputs_embeds.device)
                 context = enter_decoder() if enter_decoder is not None else _null_context()
                 with context, torch.inference_mode():
+                    ready = prefill_ahead(model, batch, should_stop=cancelled.is_set)
                     model.generate(
-                        **batch_inputs(model, batch),
+                        **batch_inputs(model, ready),
                         streamer=streamer,
                         **_with_criterion(options.generate_kwargs(tokenizer), _Cancelled()),
                     )
@@ -397,7 +476,7 @@ def _stream_chunks(
         # A consumer that stops early (a client that disconnects) ends the generation too.
         cancelled.set()
         thread.join()
-    if error:
+    if error and not isinstance(error[0], PrefillStoppedError):  # a stopped prefill was asked for
         raise error[0]
 
 

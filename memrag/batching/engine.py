@@ -44,7 +44,7 @@ from memrag.batching.kernels import PackedLinears, packed_linears_supported
 from memrag.batching.rows import RowText
 from memrag.batching.sampling import RowSampler
 from memrag.batching.state import DecodeState
-from memrag.generation import GenerationOptions
+from memrag.generation import GenerationOptions, PrefillStoppedError
 from memrag.splice import PromptPart
 
 logger = logging.getLogger(__name__)
@@ -300,7 +300,13 @@ class BatchedGenerator:
         try:
             batch = self.compressor.build([row.prompt for row in rows])
             with self._kernels(len(rows)):
-                state, logits = DecodeState.prefill(decoder, batch)
+                state, logits = DecodeState.prefill(
+                    decoder, batch, should_stop=lambda: self._abort or all(r.handle.cancelled for r in rows)
+                )
+        except PrefillStoppedError:
+            for row in rows:
+                self._cancelled(row, "the row was cancelled during its prefill")
+            return []
         except Exception as err:  # noqa: BLE001 - isolate the row(s) at fault
             if len(rows) == 1:
                 logger.warning("a prompt could not be spliced or prefilled: %s", err)

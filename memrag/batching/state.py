@@ -11,13 +11,14 @@ layers are masked by cache entries, as ``generate`` masks them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from memrag.generation import cache_argument
+from memrag.generation import cache_argument, prefill_ahead
 from memrag.splice import SpliceBatch
 
 
@@ -144,13 +145,21 @@ class DecodeState:
         return output.logits[:, -1, :].float()
 
     @classmethod
-    def prefill(cls, decoder: Any, batch: SpliceBatch) -> tuple[DecodeState, torch.Tensor]:
+    def prefill(
+        cls, decoder: Any, batch: SpliceBatch, should_stop: Callable[[], bool] | None = None
+    ) -> tuple[DecodeState, torch.Tensor]:
         """Runs the prompts of ``batch`` (from :meth:`memrag.compressor.Compressor.build`).
 
         A batch with a cache (K/V memory) computes only the positions the cache lacks, at
-        their explicit positions. Returns the state (its :attr:`next_tokens` still to be set)
-        and the logits of each row's last position ``(rows, vocab)``, float32.
+        their explicit positions; a long prompt is computed in pieces, asking ``should_stop``
+        in between (:func:`~memrag.generation.prefill_ahead`, as the one-at-a-time path
+        does). Returns the state (its :attr:`next_tokens` still to be set) and the logits of
+        each row's last position ``(rows, vocab)``, float32.
+
+        Raises:
+            memrag.generation.PrefillStoppedError: ``should_stop`` returned ``True``.
         """
+        batch = prefill_ahead(decoder, batch, should_stop=should_stop)
         cache = batch.cache if batch.cache is not None else DynamicCache()
         cached = cache.get_seq_length() if batch.cache is not None else 0
         output = decoder(

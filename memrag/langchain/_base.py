@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -343,13 +343,18 @@ class MemragModelMixin(BaseModel):
             store.put((spec, option_key), generation)
         return store
 
-    def stream_spec(
-        self, spec: PromptSpec, options: GenerationOptions
-    ) -> Iterator[str | StreamEnd]:
+    def stream_spec(self, spec: PromptSpec, options: GenerationOptions) -> CancellableStream:
         """Yields the answer's text chunks, then a :class:`StreamEnd`.
 
-        Closing the iterator early stops the decoder.
+        Closing the iterator early stops the decoder; its ``cancel()`` asks the decoder to
+        stop from any thread without waiting (a long prefill stops at its next piece).
         """
+        cancel = _CancelForwarder()
+        return CancellableStream(self._stream_spec(spec, options, cancel), cancel)
+
+    def _stream_spec(
+        self, spec: PromptSpec, options: GenerationOptions, cancel: _CancelForwarder
+    ) -> Iterator[str | StreamEnd]:
         precomputed = _PRECOMPUTED.get()
         generation = precomputed.take((spec, repr(options))) if precomputed is not None else None
         if generation is not None:
@@ -360,6 +365,7 @@ class MemragModelMixin(BaseModel):
         (prompt,) = self._materialize([spec])
         pieces: list[str] = []
         iterator = self.compressor.stream(prompt, options)
+        cancel.attach(iterator)
         positions = getattr(iterator, "prompt_positions", None)
         if positions is None:  # a compressor whose stream does not say
             positions = self.compressor.build([prompt]).prompt_lengths[0]
@@ -413,11 +419,61 @@ def using_precomputed(store: _Precomputed | None) -> Iterator[None]:
         _PRECOMPUTED.reset(token)
 
 
+class _CancelForwarder:
+    """Forwards a cancel request to the decoder's stream once it exists (at once if it does)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._target: Any = None
+        self._requested = False
+
+    def attach(self, target: Any) -> None:
+        """The stream to cancel (ignored when it cannot be cancelled)."""
+        with self._lock:
+            self._target = getattr(target, "cancel", None)
+            requested = self._requested
+        if requested and self._target is not None:
+            self._target()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._requested = True
+            target = self._target
+        if target is not None:
+            target()
+
+
+class CancellableStream(Iterator[T]):
+    """An answer's pieces with ``cancel()``: stop the decoder from any thread, without waiting
+    for the pending ``next`` (which then ends). Closing it still stops and joins the decoder."""
+
+    def __init__(self, items: Iterator[T], cancel: Callable[[], None]) -> None:
+        self._items = items
+        self._cancel = cancel
+
+    def __iter__(self) -> CancellableStream[T]:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._items)
+
+    def cancel(self) -> None:
+        """Asks the decoder to stop (thread-safe, returns at once)."""
+        self._cancel()
+
+    def close(self) -> None:
+        """Stops the decoder and waits for it."""
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
+
+
 async def iterate_in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
     """Iterates a blocking iterator from async code, one ``next`` at a time in a worker thread.
 
-    When the consumer stops early (or is cancelled) the iterator is closed once its pending
-    ``next`` returns, which stops the decoder.
+    When the consumer stops early (or is cancelled) the iterator's ``cancel()`` (when it has
+    one, as :class:`~memrag.generation.TextStream` does) is called at once, and the iterator
+    is closed once its pending ``next`` returns, which stops the decoder.
     """
     done = object()
     pending: asyncio.Future[Any] | None = None
@@ -431,6 +487,9 @@ async def iterate_in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
             yield item
     finally:
         if pending is not None and not pending.done():
+            cancel = getattr(iterator, "cancel", None)
+            if cancel is not None:
+                cancel()  # a decoder in a long prefill stops at its next piece
             try:
                 await asyncio.wait([pending])
             except BaseException:  # noqa: BLE001 - the consumer is going away anyway

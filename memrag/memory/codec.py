@@ -3,28 +3,44 @@
 A store keeps every chunk's memory as rows of one byte matrix (``(rows, row_bytes)`` uint8),
 so the shard machinery (atomic writes, memory-mapped reads of a chunk's row range,
 compaction, checksums) is the same for every kind. One row per kept position holds, for all
-layers, its key and value and its offset in the chunk:
+layers, its key and value and its offset in the chunk; quantized keys put their per-channel
+parameters in header rows before the chunk's positions (keys have outlier channels, so they
+are quantized per channel over the chunk's positions; values per token — KIVI, arXiv
+2402.02750):
 
 * ``float16`` / ``bfloat16``: ``K[layers, kv_heads, head_dim]``, ``V[...]`` (2 bytes each),
-  ``offsets[layers]`` (int32).
-* ``int8`` (KIVI, arXiv 2402.02750, symmetric): one header row per chunk with the keys'
-  per-channel scales ``[layers, kv_heads, head_dim]`` (float16: keys have outlier channels),
-  then per position ``K`` and ``V`` as int8, the value's per-token scales
-  ``[layers, kv_heads]`` (float16) and the offsets. Half the bytes of float16.
+  ``offsets[layers]`` (int32). No header.
+* ``int8`` (symmetric): a header row with the keys' per-channel scales (float16); per position
+  ``K`` and ``V`` as int8, the values' per-token, per-head scales (float16) and the offsets.
+  Half the bytes of float16.
+* ``int4`` (K4V4, asymmetric): header rows with the keys' per-channel minimum and step
+  (float16 each); per position ``K`` and ``V`` as 4-bit codes (two per byte), the values'
+  minimum and step per token and group of :data:`VALUE_GROUP` channels, and the offsets.
+  About a quarter of the bytes of float16.
+* ``k8v4``: keys as ``int8`` does, values as ``int4`` does (keys need more bits than values on
+  small models).
 
 Decoding checks shapes and offsets, and names the field that is wrong.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from memrag.memory.kv import KVSlots
+from memrag.memory.spec import KV_DTYPES
 from memrag.utils.torch_utils import resolve_dtype
 
 _INT8_MAX = 127.0
+_INT4_LEVELS = 15.0
+#: Channels sharing one minimum and step in a 4-bit value row (or a whole head, when its
+#: width is not a multiple).
+VALUE_GROUP = 64
+#: Bits of the keys and of the values of each storage dtype.
+_BITS = {"float16": (16, 16), "bfloat16": (16, 16), "int8": (8, 8), "int4": (4, 4), "k8v4": (8, 4)}
 
 
 class KVDecodeError(ValueError):
@@ -39,7 +55,8 @@ class KVCodec:
         layers: Decoder layers.
         kv_heads: Key/value heads per layer.
         head_dim: Width of a head.
-        dtype: ``"float16"``, ``"bfloat16"`` or ``"int8"``.
+        dtype: One of :data:`memrag.memory.spec.KV_DTYPES` (``float16``, ``bfloat16``,
+            ``int8``, ``int4``, ``k8v4``).
     """
 
     layers: int
@@ -48,23 +65,52 @@ class KVCodec:
     dtype: str = "float16"
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("float16", "bfloat16", "int8"):
-            raise ValueError(f"K/V storage dtype must be float16, bfloat16 or int8, got {self.dtype!r}")
+        if self.dtype not in KV_DTYPES:
+            raise ValueError(f"K/V storage dtype must be one of {', '.join(KV_DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def key_bits(self) -> int:
+        """Bits per stored key element."""
+        return _BITS[self.dtype][0]
+
+    @property
+    def value_bits(self) -> int:
+        """Bits per stored value element."""
+        return _BITS[self.dtype][1]
 
     @property
     def _channels(self) -> int:
         return self.layers * self.kv_heads * self.head_dim
 
     @property
+    def value_group(self) -> int:
+        """Channels per 4-bit value group (a divisor of ``head_dim``)."""
+        return VALUE_GROUP if self.head_dim % VALUE_GROUP == 0 else self.head_dim
+
+    def _key_bytes(self) -> int:
+        return self._channels * self.key_bits // 8
+
+    def _value_bytes(self) -> int:
+        return self._channels * self.value_bits // 8
+
+    def _value_param_bytes(self) -> int:
+        if self.value_bits == 8:
+            return 2 * self.layers * self.kv_heads  # one float16 scale per token and head
+        if self.value_bits == 4:
+            return 4 * (self._channels // self.value_group)  # float16 minimum and step per group
+        return 0
+
+    def _header_bytes(self) -> int:
+        return {16: 0, 8: 2, 4: 4}[self.key_bits] * self._channels
+
+    @property
     def row_bytes(self) -> int:
         """Width of a stored row in bytes."""
-        if self.dtype == "int8":
-            return 2 * self._channels + 2 * self.layers * self.kv_heads + 4 * self.layers
-        return 4 * self._channels + 4 * self.layers
+        return self._key_bytes() + self._value_bytes() + self._value_param_bytes() + 4 * self.layers
 
     def header_rows(self) -> int:
-        """Rows per chunk before its positions' rows."""
-        return 1 if self.dtype == "int8" else 0
+        """Rows per chunk before its positions' rows (the keys' quantization parameters)."""
+        return math.ceil(self._header_bytes() / self.row_bytes)
 
     def rows_for(self, entries: int) -> int:
         """Stored rows of a chunk with ``entries`` kept positions."""
@@ -85,31 +131,39 @@ class KVCodec:
         keys = memory.keys.detach().to("cpu", torch.float32).reshape(count, -1)
         values = memory.values.detach().to("cpu", torch.float32).reshape(count, -1)
         offsets = memory.offsets.to("cpu", torch.int32).reshape(count, self.layers).contiguous()
-        offset_bytes = offsets.view(torch.uint8)
-        if self.dtype != "int8":
+        if self.key_bits == 16:
             target = resolve_dtype(self.dtype)
             key_bytes = _finite(keys, target).to(target).view(torch.uint8)
             value_bytes = _finite(values, target).to(target).view(torch.uint8)
-            return torch.cat([key_bytes, value_bytes, offset_bytes], dim=1).contiguous()
-        key_scale = (keys.abs().amax(dim=0) / _INT8_MAX).clamp(min=1e-8)  # per channel
-        grouped = values.reshape(count, self.layers * self.kv_heads, self.head_dim)
-        value_scale = (grouped.abs().amax(dim=-1) / _INT8_MAX).clamp(min=1e-8)  # per token
-        key_q = torch.round(keys / key_scale).clamp(-_INT8_MAX, _INT8_MAX).to(torch.int8)
-        value_q = torch.round(grouped / value_scale.unsqueeze(-1)).clamp(-_INT8_MAX, _INT8_MAX)
-        value_q = value_q.to(torch.int8).reshape(count, -1)
-        header = torch.zeros((1, self.row_bytes), dtype=torch.uint8)
-        scale_bytes = _finite(key_scale, torch.float16).to(torch.float16).view(torch.uint8)
-        header[0, : scale_bytes.numel()] = scale_bytes
-        rows = torch.cat(
-            [
-                key_q.view(torch.uint8),
-                value_q.view(torch.uint8),
-                _finite(value_scale, torch.float16).to(torch.float16).view(torch.uint8),
-                offset_bytes,
-            ],
-            dim=1,
-        )
-        return torch.cat([header, rows]).contiguous()
+            return torch.cat([key_bytes, value_bytes, offsets.view(torch.uint8)], dim=1).contiguous()
+        key_header, key_bytes = self._encode_keys(keys)
+        rows = torch.cat([key_bytes, *self._encode_values(values), offsets.view(torch.uint8)], dim=1)
+        header = torch.zeros((self.header_rows() * self.row_bytes,), dtype=torch.uint8)
+        header[: key_header.numel()] = key_header
+        return torch.cat([header.reshape(-1, self.row_bytes), rows]).contiguous()
+
+    def _encode_keys(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(header bytes, per-position key bytes): per-channel quantization over the chunk."""
+        if self.key_bits == 8:
+            scale = (keys.abs().amax(dim=0) / _INT8_MAX).clamp(min=1e-8)
+            codes = torch.round(keys / scale).clamp(-_INT8_MAX, _INT8_MAX)
+            return _f16_bytes(scale), codes.to(torch.int8).view(torch.uint8)
+        low, step = _asymmetric(keys, dim=0)
+        codes = _codes4(keys, low, step)
+        return torch.cat([_f16_bytes(low), _f16_bytes(step)]), _pack4(codes)
+
+    def _encode_values(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Per-position value bytes and their per-token parameters."""
+        count = values.shape[0]
+        if self.value_bits == 8:
+            grouped = values.reshape(count, self.layers * self.kv_heads, self.head_dim)
+            scale = (grouped.abs().amax(dim=-1) / _INT8_MAX).clamp(min=1e-8)
+            codes = torch.round(grouped / scale.unsqueeze(-1)).clamp(-_INT8_MAX, _INT8_MAX)
+            return [codes.to(torch.int8).reshape(count, -1).view(torch.uint8), _f16_bytes(scale)]
+        grouped = values.reshape(count, -1, self.value_group)
+        low, step = _asymmetric(grouped, dim=-1)
+        codes = _codes4(grouped, low.unsqueeze(-1), step.unsqueeze(-1)).reshape(count, -1)
+        return [_pack4(codes), _f16_bytes(low), _f16_bytes(step)]
 
     def decode(
         self,
@@ -139,26 +193,19 @@ class KVCodec:
         body = rows[header:]
         count = body.shape[0]
         shape = (count, self.layers, self.kv_heads, self.head_dim)
-        channels = self._channels
-        if self.dtype != "int8":
+        if self.key_bits == 16:
             stored = resolve_dtype(self.dtype)
-            width = 2 * channels
+            width = 2 * self._channels
             keys = body[:, :width].contiguous().view(stored).reshape(shape)
             values = body[:, width : 2 * width].contiguous().view(stored).reshape(shape)
             offsets = body[:, 2 * width :].contiguous().view(torch.int32)
         else:
-            key_scale = rows[0, : 2 * channels].contiguous().view(torch.float16).float()
-            keys_q = body[:, :channels].contiguous().view(torch.int8).float()
-            values_q = body[:, channels : 2 * channels].contiguous().view(torch.int8).float()
-            groups = self.layers * self.kv_heads
-            cursor = 2 * channels
-            value_scale = body[:, cursor : cursor + 2 * groups].contiguous().view(torch.float16).float()
-            offsets = body[:, cursor + 2 * groups :].contiguous().view(torch.int32)
-            if not torch.isfinite(key_scale).all() or not torch.isfinite(value_scale).all():
-                raise KVDecodeError(f"{where}: stored K/V scales are not finite")
-            keys = (keys_q * key_scale).reshape(shape).to(torch.float16)
-            values = (values_q.reshape(count, groups, self.head_dim) * value_scale.unsqueeze(-1))
-            values = values.reshape(shape).to(torch.float16)
+            cursor = self._key_bytes()
+            keys = self._decode_keys(rows[:header].reshape(-1), body[:, :cursor], where)
+            end = cursor + self._value_bytes() + self._value_param_bytes()
+            values = self._decode_values(body[:, cursor:end], where)
+            keys, values = keys.reshape(shape).to(torch.float16), values.reshape(shape).to(torch.float16)
+            offsets = body[:, end:].contiguous().view(torch.int32)
         offsets = offsets.reshape(count, self.layers).long()
         if count and (int(offsets.min()) < 0 or int(offsets.max()) >= span):
             raise KVDecodeError(
@@ -177,6 +224,76 @@ class KVCodec:
             num_tokens=span,
             text=text,
         )
+
+    def _decode_keys(self, header: torch.Tensor, body: torch.Tensor, where: str) -> torch.Tensor:
+        channels = self._channels
+        if self.key_bits == 8:
+            scale = _from_f16(header[: 2 * channels])
+            _check_finite(where, scale)
+            return body.contiguous().view(torch.int8).float() * scale
+        low, step = _from_f16(header[: 2 * channels]), _from_f16(header[2 * channels : 4 * channels])
+        _check_finite(where, low, step)
+        return _unpack4(body).float() * step + low
+
+    def _decode_values(self, body: torch.Tensor, where: str) -> torch.Tensor:
+        count, channels = body.shape[0], self._channels
+        if self.value_bits == 8:
+            groups = self.layers * self.kv_heads
+            scale = _from_f16(body[:, channels:]).reshape(count, groups)
+            _check_finite(where, scale)
+            codes = body[:, :channels].contiguous().view(torch.int8).float()
+            return codes.reshape(count, groups, self.head_dim) * scale.unsqueeze(-1)
+        groups = channels // self.value_group
+        cursor = channels // 2
+        low = _from_f16(body[:, cursor : cursor + 2 * groups]).reshape(count, groups, 1)
+        step = _from_f16(body[:, cursor + 2 * groups :]).reshape(count, groups, 1)
+        _check_finite(where, low, step)
+        codes = _unpack4(body[:, :cursor]).float().reshape(count, groups, self.value_group)
+        return codes * step + low
+
+
+def _half(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` rounded to float16 and back: parameters quantize with what decoding reads."""
+    return _finite(tensor, torch.float16).to(torch.float16).float()
+
+
+def _f16_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """Float16 bytes of ``tensor``, flattened per leading row (or wholly for a vector)."""
+    half = _finite(tensor, torch.float16).to(torch.float16).contiguous()
+    if half.dim() <= 1:
+        return half.view(torch.uint8)
+    return half.reshape(half.shape[0], -1).view(torch.uint8)
+
+
+def _from_f16(data: torch.Tensor) -> torch.Tensor:
+    return data.contiguous().view(torch.float16).float()
+
+
+def _check_finite(where: str, *tensors: torch.Tensor) -> None:
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        raise KVDecodeError(f"{where}: stored K/V scales are not finite")
+
+
+def _asymmetric(tensor: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum and step of 4-bit codes along ``dim``, as float16 will store them."""
+    low = _half(tensor.amin(dim=dim))
+    high = tensor.amax(dim=dim)
+    step = _half(((high - low) / _INT4_LEVELS).clamp(min=1e-6))
+    return low, step
+
+
+def _codes4(tensor: torch.Tensor, low: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    return torch.round((tensor - low) / step).clamp(0, _INT4_LEVELS).to(torch.uint8)
+
+
+def _pack4(codes: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit codes per byte (the even channel in the low nibble)."""
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()
+
+
+def _unpack4(packed: torch.Tensor) -> torch.Tensor:
+    packed = packed.contiguous()
+    return torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
 
 
 def _finite(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -215,6 +215,38 @@ def test_timeout_while_queued(start_server, fake):
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one-at-a-time", "batched"])
+def test_timeout_stops_a_long_prefill_between_pieces(start_server, server_compressor, monkeypatch, batched):
+    """A prompt whose prefill outlasts the deadline is stopped between two pieces of the
+    prompt: 504 on time, the decoder stops soon after, and the next request is answered."""
+    monkeypatch.setattr("memrag.generation.PREFILL_CHUNK_POSITIONS", 8)
+    real_forward = server_compressor.causal_lm.forward
+    pieces: list[float] = []
+
+    def slow_forward(*args, **kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[1] > 1:  # a prefill piece, not a decoding step
+            pieces.append(time.monotonic())
+            time.sleep(0.1)
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(server_compressor.causal_lm, "forward", slow_forward)
+    settings = {"max_batch_size": 2} if batched else FakeDecoder.settings
+    server = start_server(request_timeout=1.0, **settings)
+    long_message = [{"role": "user", "content": "capital of France? " * 120}]  # ~80 pieces: 8 s
+    with http_client(server) as http:
+        started = time.monotonic()
+        response = http.post("/v1/chat/completions", json={"messages": long_message, "max_tokens": 3})
+        assert_openai_error(response, 504, "timeout")
+        assert time.monotonic() - started < 3
+        wait_for(lambda: health(http)["active"] == 0, timeout=3)
+        stopped_with = len(pieces)
+        time.sleep(0.5)
+        assert len(pieces) == stopped_with < 30, "the prefill went on after the timeout"
+        monkeypatch.setattr(server_compressor.causal_lm, "forward", real_forward)
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
 def test_limiter_admits_up_to_capacity():
     from memrag.server.limits import GenerationLimiter, QueueFullError
 

@@ -30,7 +30,9 @@ def _store(path: Path, compressor, memory: str, **options) -> MemoryStore:
     return store
 
 
-@pytest.mark.parametrize("memory", ["kv-exact", "kv-exact:int8", "kv-pruned", "kv-pruned:0.5:bfloat16"])
+@pytest.mark.parametrize(
+    "memory", ["kv-exact", "kv-exact:int8", "kv-pruned", "kv-pruned:0.5:bfloat16", "kv-exact:int4", "kv-pruned:0.5:k8v4"]
+)
 def test_kv_memory_round_trips_through_a_store(tmp_path: Path, compressor, memory: str) -> None:
     spec = resolve_memory_spec(memory)
     with _store(tmp_path / "s", compressor, memory, fidelity="none") as store:
@@ -40,8 +42,9 @@ def test_kv_memory_round_trips_through_a_store(tmp_path: Path, compressor, memor
         assert store.memory.kind == spec.kind and stored.fingerprint == store.fingerprint
         (made,) = build_memory(compressor, spec, [TEXTS[1]])
         assert torch.equal(stored.offsets, made.offsets) and stored.span == made.span
-        # float16/bfloat16 round to 3/2 significant digits; int8 to 1/127 of a channel's range.
-        tolerance = {"float16": 1e-3, "bfloat16": 8e-3, "int8": 8e-3}[spec.kv_dtype]
+        # float16/bfloat16 round to 3/2 significant digits; int8 to 1/127 of a channel's range,
+        # 4 bits to 1/15 of a channel's (keys) or a token's group's (values) range.
+        tolerance = {"float16": 1e-3, "bfloat16": 8e-3, "int8": 8e-3, "int4": 0.08, "k8v4": 0.08}[spec.kv_dtype]
         for name in ("keys", "values"):
             a, b = getattr(stored, name).float(), getattr(made, name).float()
             assert float((a - b).abs().max() / b.abs().max()) < tolerance, name
@@ -53,13 +56,14 @@ def test_kv_memory_round_trips_through_a_store(tmp_path: Path, compressor, memor
 
 def test_int8_halves_the_bytes_and_info_reports_them(tmp_path: Path, compressor) -> None:
     sizes = {}
-    for memory in ("kv-exact", "kv-exact:int8", "kv-pruned"):
+    for memory in ("kv-exact", "kv-exact:int8", "kv-exact:int4", "kv-pruned"):
         with _store(tmp_path / memory.replace(":", "-"), compressor, memory, fidelity="none") as store:
             info = store.info()["memory"]
             tokens = store.info()["counts"]["tokens"]
             sizes[memory] = info["bytes_per_chunk"]
             assert info["bytes_per_token"] == pytest.approx(info["bytes_per_chunk"] * 3 / tokens)
     assert 0.45 < sizes["kv-exact:int8"] / sizes["kv-exact"] < 0.62
+    assert 0.2 < sizes["kv-exact:int4"] / sizes["kv-exact"] < 0.45
     assert 0.2 < sizes["kv-pruned"] / sizes["kv-exact"] < 0.35
 
 

@@ -1,0 +1,104 @@
+"""The K/V storage codecs: round-trip error per dtype, bytes per position, the int8 layout
+unchanged (stores written earlier load), and refusals that name the field."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from memrag.memory.codec import KVCodec, KVDecodeError
+from memrag.memory.kv import KVSlots
+from memrag.memory.spec import KV_DTYPES, parse_memory_mode
+
+LAYERS, HEADS, HEAD_DIM, POSITIONS = 3, 2, 128, 21
+
+
+def _memory(seed: int = 0) -> KVSlots:
+    generator = torch.Generator().manual_seed(seed)
+    # Keys with per-channel offsets (outlier channels), values centred: as decoders make them.
+    offsets = 3 * torch.randn(1, LAYERS, HEADS, HEAD_DIM, generator=generator)
+    keys = 2 * torch.randn(POSITIONS, LAYERS, HEADS, HEAD_DIM, generator=generator) + offsets
+    values = torch.randn(POSITIONS, LAYERS, HEADS, HEAD_DIM, generator=generator)
+    return KVSlots.consecutive(keys.half(), values.half(), kind="kv-exact", num_tokens=POSITIONS)
+
+
+def _round_trip(dtype: str, memory: KVSlots) -> KVSlots:
+    codec = KVCodec(LAYERS, HEADS, HEAD_DIM, dtype)
+    rows = codec.encode(memory)
+    assert rows.shape == (codec.rows_for(POSITIONS), codec.row_bytes) and rows.dtype == torch.uint8
+    return codec.decode(rows, span=memory.span, kind=memory.kind)
+
+
+def _error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean absolute error relative to the mean magnitude."""
+    return float((a.float() - b.float()).abs().mean() / b.float().abs().mean())
+
+
+@pytest.mark.parametrize(
+    ("dtype", "key_error", "value_error"),
+    [("float16", 0.0, 0.0), ("bfloat16", 0.004, 0.004), ("int8", 0.008, 0.012),
+     ("int4", 0.06, 0.13), ("k8v4", 0.008, 0.13)],
+)
+def test_each_dtype_round_trips_within_its_precision(dtype: str, key_error: float, value_error: float) -> None:
+    memory = _memory()
+    stored = _round_trip(dtype, memory)
+    assert torch.equal(stored.offsets, memory.offsets) and stored.span == memory.span
+    assert _error(stored.keys, memory.keys) <= key_error
+    assert _error(stored.values, memory.values) <= value_error
+    # Four bits are not free: the error is really there (the test can fail).
+    if "4" in dtype:
+        assert _error(stored.values, memory.values) > 0.02
+
+
+def test_k8v4_keys_are_int8s_and_values_are_int4s() -> None:
+    memory = _memory(1)
+    mixed, int8, int4 = (_round_trip(d, memory) for d in ("k8v4", "int8", "int4"))
+    assert torch.equal(mixed.keys, int8.keys) and torch.equal(mixed.values, int4.values)
+
+
+def test_bytes_per_position_of_the_embedded_decoders_shape() -> None:
+    """Gemma 3 270M: 18 layers x 1 K/V head x 256; row = K + V + value parameters + offsets."""
+    widths = {dtype: KVCodec(18, 1, 256, dtype).row_bytes for dtype in KV_DTYPES}
+    assert widths == {"float16": 18504, "bfloat16": 18504, "int8": 9324, "int4": 4968, "k8v4": 7272}
+    headers = {dtype: KVCodec(18, 1, 256, dtype).header_rows() for dtype in KV_DTYPES}
+    assert headers == {"float16": 0, "bfloat16": 0, "int8": 1, "int4": 4, "k8v4": 2}
+
+
+def test_the_int8_and_float16_layouts_are_unchanged() -> None:
+    """Stores written before the 4-bit codecs decode as they did: the same bytes."""
+    memory = _memory(2)
+    digests = {
+        dtype: hashlib.sha256(KVCodec(LAYERS, HEADS, HEAD_DIM, dtype).encode(memory).numpy().tobytes()).hexdigest()[:16]
+        for dtype in ("float16", "int8")
+    }
+    assert digests == {"float16": FLOAT16_DIGEST, "int8": INT8_DIGEST}
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "k8v4"])
+def test_damaged_parameters_are_refused_naming_the_chunk(dtype: str) -> None:
+    codec = KVCodec(LAYERS, HEADS, HEAD_DIM, dtype)
+    rows = codec.encode(_memory())
+    rows[0, :2] = torch.tensor([0x00, 0x7C], dtype=torch.uint8)  # float16 +inf in the key header
+    with pytest.raises(KVDecodeError, match="chunk 'c7'.*not finite"):
+        codec.decode(rows, span=POSITIONS, kind="kv-exact", where="chunk 'c7'")
+
+
+def test_a_single_position_chunk_decodes_exactly_enough() -> None:
+    """One position: every channel's range is empty; 4-bit codes still decode to the value."""
+    memory = _memory()
+    single = KVSlots.consecutive(memory.keys[:1], memory.values[:1], kind="kv-exact", num_tokens=1)
+    codec = KVCodec(LAYERS, HEADS, HEAD_DIM, "int4")
+    stored = codec.decode(codec.encode(single), span=1, kind="kv-exact")
+    assert _error(stored.keys, single.keys) < 2e-3 and torch.isfinite(stored.values).all()
+
+
+@pytest.mark.parametrize("mode", ["kv-exact:int4", "kv:k8v4", "kv-pruned:0.5:int4"])
+def test_modes_name_the_4bit_dtypes(mode: str) -> None:
+    assert parse_memory_mode(mode).kv_dtype == mode.split(":")[-1]
+
+
+#: Digests of the layouts written before the 4-bit codecs (computed with that code).
+FLOAT16_DIGEST = "fa68e3f113ae0223"
+INT8_DIGEST = "6c7c8b9036b56ca2"
