@@ -191,17 +191,20 @@ def load_demo_compressor(
     Raises:
         FileNotFoundError: ``name`` is not a compressor directory or shipped name.
     """
-    from memrag.compressor import Compressor
-    from memrag.compressor.shipped import default_compressor
+    from memrag.compressor.resolve import resolve_compressor
 
-    try:
-        source = default_compressor(memory_kind) if name is None else name
-        return Compressor.from_pretrained(source, device=device, dtype=dtype), True
-    except FileNotFoundError:
-        if name is not None:
-            raise
-    (warn or logger.warning)(UNTRAINED_WARNING)
-    return Compressor.from_base(FALLBACK_BASE, device=device, dtype=dtype), False
+    fell_back: list[str] = []
+    compressor = resolve_compressor(
+        name,
+        memory_kind=memory_kind,
+        fallback_base=FALLBACK_BASE if name is None else None,
+        on_fallback=fell_back.append,
+        device=device,
+        dtype=dtype,
+    )
+    if fell_back:
+        (warn or logger.warning)(UNTRAINED_WARNING)
+    return compressor, not fell_back
 
 
 def pick_questions(passages: Sequence[DemoPassage], count: int) -> list[DemoQuestion]:

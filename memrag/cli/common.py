@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import typer
 
@@ -24,22 +23,6 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def load_compressor(name: str | None, device: str, dtype: str, *, fresh_base: str | None = None) -> Any:
-    """Loads a compressor by directory or shipped name, or builds an untrained one over a base.
-
-    Args:
-        name: Directory or shipped name (``None``: the shipped default).
-        device: Device for the base model.
-        dtype: Dtype for the base model.
-        fresh_base: When given, ignore ``name`` and build an untrained compressor over this base.
-    """
-    from memrag.compressor import Compressor
-
-    if fresh_base is not None:
-        return Compressor.from_base(fresh_base, device=device, dtype=dtype)
-    return Compressor.from_pretrained(name, device=device, dtype=dtype)
 
 
 def fail(message: str) -> None:

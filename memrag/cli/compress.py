@@ -7,7 +7,7 @@ import sys
 import typer
 
 from memrag.cli.app import app
-from memrag.cli.common import CompressorOption, DeviceOption, DtypeOption, fail, load_compressor, setup_logging
+from memrag.cli.common import CompressorOption, DeviceOption, DtypeOption, fail, setup_logging
 
 
 @app.command()
@@ -24,12 +24,15 @@ def compress(
 ) -> None:
     """Compress TEXTS into memory slots and print slot counts and shapes."""
     setup_logging(verbose)
+    from memrag.compressor.resolve import resolve_compressor
     from memrag.memory.kv import KVSlots
 
     if not texts or texts == ["-"]:
         texts = [sys.stdin.read()]
     try:
-        model = load_compressor(compressor, device, dtype, fresh_base=base_model if untrained else None)
+        model = resolve_compressor(
+            compressor, untrained_base=base_model if untrained else None, device=device, dtype=dtype
+        )
         slots = model.compress(texts)
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))

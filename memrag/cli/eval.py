@@ -58,19 +58,23 @@ _FLAGS = {"verbose": ("--verbose", "-v")}
 def _load(options: EvalOptions, *, needs_trained: bool) -> Any:
     import torch
 
-    from memrag.compressor import Compressor
+    from memrag.compressor.resolve import resolve_compressor
 
     if options.threads:
         torch.set_num_threads(options.threads)
-    if options.untrained:
-        return Compressor.from_base(options.base_model, device=options.device, dtype=options.dtype)
+    may_fall_back = options.compressor is None and not needs_trained
     try:
-        return Compressor.from_pretrained(options.compressor, device=options.device, dtype=options.dtype)
+        return resolve_compressor(
+            options.compressor,
+            untrained_base=options.base_model if options.untrained else None,
+            fallback_base=options.base_model if may_fall_back else None,
+            on_fallback=lambda why: typer.secho(f"{why} (fine for these modes)", fg=typer.colors.YELLOW),
+            device=options.device,
+            dtype=options.dtype,
+        )
     except FileNotFoundError as err:
-        if options.compressor is not None or needs_trained:
-            fail(f"{err}\n(pass --compressor DIR, or --untrained for a baseline)")
-        typer.secho("no trained compressor found; using an untrained one (fine for these modes)", fg=typer.colors.YELLOW)
-        return Compressor.from_base(options.base_model, device=options.device, dtype=options.dtype)
+        fail(f"{err}\n(pass --compressor DIR, or --untrained for a baseline)")
+        raise  # not reached: fail() exits
 
 
 def _describe(compressor: Any) -> dict[str, Any]:

@@ -76,10 +76,10 @@ def _compressor_spec(
     compressor: str | None, untrained: bool, base_model: str, device: str, dtype: str
 ) -> Any:
     if untrained:
-        from memrag.compressor import Compressor
+        from memrag.compressor.resolve import resolve_compressor
 
         # A factory, so that Ray workers can build the same (seeded) untrained compressor.
-        return functools.partial(Compressor.from_base, base_model, device=device, dtype=dtype)
+        return functools.partial(resolve_compressor, untrained_base=base_model, device=device, dtype=dtype)
     return compressor
 
 

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import torch
 
+from memrag.compressor.resolve import resolve_compressor
 from memrag.indexing.corpus import CorpusReader, CorpusReport, count_documents
 from memrag.store.fidelity import SET_THRESHOLD_HINT, mostly_text
 from memrag.store.memory_store import MemoryStore, document_chunks
@@ -225,18 +225,11 @@ class _Planner:
             yield window[start : start + size]
 
 def _resolve_compressor(compressor: Any, device: str, dtype: Any) -> Any:
-    """An instance from an instance, a factory, a directory / shipped name, or ``None``."""
-    if compressor is None or isinstance(compressor, torch.nn.Module):
-        return compressor
-    if isinstance(compressor, (str, os.PathLike)):
-        from memrag.compressor import Compressor
-
-        return Compressor.from_pretrained(str(compressor), device=device, dtype=dtype)
-    if callable(compressor):
-        return compressor()
-    raise TypeError(
-        f"compressor must be a Compressor, a path, a shipped name or a factory, got {compressor!r}"
-    )
+    """An instance from an instance, a factory, a directory / shipped name; ``None`` stays
+    ``None`` (the store chooses the default for its memory)."""
+    if compressor is None:
+        return None
+    return resolve_compressor(compressor, device=device, dtype=dtype)
 
 
 def build_index(

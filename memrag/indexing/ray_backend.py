@@ -65,15 +65,15 @@ class RayOptions:
 
 
 def _pretrained(source: str, device: str, dtype: Any) -> Any:
-    from memrag.compressor import Compressor
+    from memrag.compressor.resolve import resolve_compressor
 
-    return Compressor.from_pretrained(source, device=device, dtype=dtype)
+    return resolve_compressor(source, device=device, dtype=dtype)
 
 
 def _untrained(base_model: str, device: str, dtype: Any) -> Any:
-    from memrag.compressor import Compressor
+    from memrag.compressor.resolve import resolve_compressor
 
-    return Compressor.from_base(base_model, device=device, dtype=dtype)
+    return resolve_compressor(untrained_base=base_model, device=device, dtype=dtype)
 
 
 def worker_compressor_factory(spec: Any, store: Any, device: str, dtype: Any) -> Callable[[], Any]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,8 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from memrag.compressor.resolve import resolve_compressor
 from memrag.memory.kinds import MemoryKind, check_compressor_kind
 from memrag.memory.kv import KVSlots
+from memrag.memory.spec import resolve_memory_spec
 from memrag.slots import Slots
 from memrag.store.chunking import Chunker
 from memrag.store.database import ChunkRow, Database, NewChunk
@@ -102,7 +103,6 @@ def memory_info(compressor: Any, memory: Any) -> MemoryInfo:
     ``"kv-pruned:0.5"``, or ``None`` for :func:`~memrag.memory.spec.default_memory`) made with
     ``compressor``."""
     from memrag.memory.builders import codec_for
-    from memrag.memory.spec import resolve_memory_spec
 
     config = compressor.config
     spec = resolve_memory_spec(memory, config.slot_kind)
@@ -128,20 +128,6 @@ def memory_info(compressor: Any, memory: Any) -> MemoryInfo:
         head_dim=codec.head_dim,
         row_bytes=codec.row_bytes,
     )
-
-
-def _load_compressor(spec: Any, device: str | None, dtype: Any, memory: Any = None) -> Any:
-    """A compressor from an instance, a directory or shipped name, or ``None``: the shipped
-    default for the store's ``memory`` (embedding memory needs embedding slots)."""
-    from memrag.compressor import Compressor
-    from memrag.compressor.shipped import default_compressor
-    from memrag.memory.spec import resolve_memory_spec
-
-    if spec is None:
-        spec = default_compressor(resolve_memory_spec(memory).kind)
-    if isinstance(spec, (str, os.PathLike)):
-        return Compressor.from_pretrained(str(spec), device=device, dtype=dtype)
-    return spec
 
 
 class MemoryStore:
@@ -262,7 +248,9 @@ class MemoryStore:
             raise StoreExistsError(
                 f"cannot create a store at {target}: it exists and is not an empty directory"
             )
-        compressor = _load_compressor(compressor, device, dtype, memory)
+        compressor = resolve_compressor(
+            compressor, memory_kind=resolve_memory_spec(memory).kind, device=device, dtype=dtype
+        )
         embedder = load_embedder(embedder, device=device)
         spec = (
             index
@@ -364,7 +352,7 @@ class MemoryStore:
         root = Path(path)
         manifest = Manifest.load(root)
         if compressor is not None:
-            compressor = _load_compressor(compressor, device, dtype)
+            compressor = resolve_compressor(compressor, device=device, dtype=dtype)
             _check_compressor(root, manifest, compressor)
         if embedder is not None:
             embedder = load_embedder(embedder, device=device)
@@ -1122,28 +1110,22 @@ class MemoryStore:
         self.manifest.save(self.path)
 
     def _load_manifest_compressor(self) -> Any:
-        from memrag.compressor import Compressor
-
         info = self.manifest.compressor
         try:
-            if info.source:
-                compressor = Compressor.from_pretrained(
-                    info.source, device=self._device, dtype=self._dtype
-                )
-            else:
-                compressor = Compressor.from_base(
-                    info.base_model, device=self._device, dtype=self._dtype
-                )
-        except FileNotFoundError as err:
-            if not self.memory.is_kv:
-                raise compressor_mismatch(
-                    f"cannot load the compressor of {self.path} ({info.source}): {err}; pass "
-                    "compressor="
-                ) from err
-            # K/V memory needs only the base model: any compressor over it reads the store.
-            compressor = Compressor.from_base(
-                self.memory.base_model, device=self._device, dtype=self._dtype
+            compressor = resolve_compressor(
+                info.source or None,
+                untrained_base=None if info.source else info.base_model,
+                # K/V memory needs only the base model: any compressor over it reads the store.
+                fallback_base=self.memory.base_model if self.memory.is_kv else None,
+                on_fallback=logger.info,
+                device=self._device,
+                dtype=self._dtype,
             )
+        except FileNotFoundError as err:
+            raise compressor_mismatch(
+                f"cannot load the compressor of {self.path} ({info.source}): {err}; pass "
+                "compressor="
+            ) from err
         except (OSError, ValueError) as err:
             raise compressor_mismatch(
                 f"cannot load the compressor of {self.path} (fingerprint {info.fingerprint}, "

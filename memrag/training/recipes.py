@@ -48,12 +48,13 @@ def resolve_init_from(path: str | Path) -> Path | str:
 def build_compressor(args: ModelArguments, device: Any, *, seed: int = 0) -> Any:
     """The compressor to train: loaded from ``init_from``, or fresh over ``base_model``."""
     from memrag.compressor import Compressor, CompressorConfig
+    from memrag.compressor.resolve import resolve_compressor
     from memrag.models.loading import load_base_model
 
     if args.init_from:
         source = resolve_init_from(args.init_from)
         logger.info("starting from compressor %s", source)
-        compressor = Compressor.from_pretrained(source, device=device, dtype=args.dtype)
+        compressor = resolve_compressor(source, device=device, dtype=args.dtype)
         if args.kv_selection and args.kv_selection != compressor.config.kv_selection:
             logger.info("subset positions chosen by %s (was %s)", args.kv_selection, compressor.config.kv_selection)
             compressor.config = dataclasses.replace(compressor.config, kv_selection=args.kv_selection)
