@@ -13,7 +13,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import BasePromptTemplate, ChatPromptTemplate, PromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 
-from memrag.langchain.formatting import (
+from memrag.rag.formatting import (
     DEFAULT_DOCUMENT_TEMPLATE,
     DEFAULT_QA_TEMPLATE,
     format_docs,

@@ -26,20 +26,13 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 
 from memrag.generation import Generation
-from memrag.langchain._base import (
-    MODEL_CONFIG,
-    MemragModelMixin,
-    PromptSpec,
-    StreamEnd,
-    _Precomputed,
-    iterate_in_thread,
-    using_precomputed,
-)
-from memrag.langchain.markers import DOCUMENT_BLOCK_TYPE, DocumentReference, Piece
+from memrag.langchain._base import MODEL_CONFIG, MemragModelMixin
+from memrag.rag.answerer import PrecomputedAnswers, StreamEnd, using_precomputed
+from memrag.rag.markers import DOCUMENT_BLOCK_TYPE, DocumentReference, Piece
+from memrag.rag.prompt import PromptSpec, chat_spec
+from memrag.rag.threads import iterate_in_thread
 
 logger = logging.getLogger(__name__)
-
-_TURN_SEPARATOR = "\n\n"
 
 
 def message_role(message: BaseMessage) -> str:
@@ -94,22 +87,17 @@ def messages_to_spec(messages: Sequence[BaseMessage], parse_text: Any) -> Prompt
         raise ValueError("ChatMemrag needs at least one message")
     turns: list[tuple[str, list[Piece]]] = []
     for message in messages:
-        role = message_role(message)
         content = message.content
         blocks = [content] if isinstance(content, str) else list(content)
-        pieces = [piece for block in blocks for piece in _block_pieces(block, parse_text)]
-        if turns and turns[-1][0] == role:
-            turns[-1][1].extend([_TURN_SEPARATOR, *pieces])
-        else:
-            turns.append((role, pieces))
-    return PromptSpec(tuple((role, tuple(pieces)) for role, pieces in turns))
+        turns.append((message_role(message), [p for block in blocks for p in _block_pieces(block, parse_text)]))
+    return chat_spec(turns)
 
 
 class ChatMemrag(MemragModelMixin, BaseChatModel):
     """Chat model over a frozen decoder that reads documents as memory slots.
 
     Every document a message references — by a signed text marker
-    (:func:`~memrag.langchain.markers.document_marker`, :func:`~memrag.langchain.format_docs`)
+    (:func:`~memrag.rag.markers.document_marker`, :func:`~memrag.langchain.format_docs`)
     or by a ``{"type": "memrag_document", "id": ...}`` content block — is fetched from
     ``source`` and its slots are spliced where the reference stood (its text, for documents
     flagged ``use_text``). The messages are rendered with the tokenizer's chat template.
@@ -161,7 +149,7 @@ class ChatMemrag(MemragModelMixin, BaseChatModel):
     ) -> ChatResult:
         options = self.generation_options(stop, kwargs)
         spec = self.to_spec(messages)
-        (generation,) = self.run_specs([spec], options)
+        (generation,) = self.answerer.run_specs([spec], options)
         message = AIMessage(
             content=generation.text,
             usage_metadata=self.usage(generation),  # type: ignore[arg-type]
@@ -187,7 +175,7 @@ class ChatMemrag(MemragModelMixin, BaseChatModel):
         # so this method does not (that would report each token twice).
         options = self.generation_options(stop, kwargs)
         spec = self.to_spec(messages)
-        with contextlib.closing(self.stream_spec(spec, options)) as items:
+        with contextlib.closing(self.answerer.stream_spec(spec, options)) as items:
             for item in items:
                 if isinstance(item, StreamEnd):
                     generation = item.generation
@@ -216,7 +204,7 @@ class ChatMemrag(MemragModelMixin, BaseChatModel):
     # ------------------------------------------------------------------ batching
     def _batch_store(
         self, inputs: Sequence[LanguageModelInput], kwargs: dict[str, Any]
-    ) -> _Precomputed | None:
+    ) -> PrecomputedAnswers | None:
         """Answers to ``inputs`` decoded together, or ``None`` when batching does not apply."""
         if len(inputs) < 2:
             return None
@@ -235,7 +223,7 @@ class ChatMemrag(MemragModelMixin, BaseChatModel):
                 specs.append(self.to_spec(self._convert_input(item).to_messages()))
             except Exception:  # noqa: BLE001 - that input's own call raises it in its run
                 specs.append(None)
-        return self.precompute(specs, options)
+        return self.answerer.precompute(specs, options)
 
     def batch(
         self,

@@ -14,13 +14,10 @@ from langchain_core.outputs import GenerationChunk, LLMResult
 from langchain_core.runnables.config import run_in_executor
 
 from memrag.generation import Generation
-from memrag.langchain._base import (
-    MODEL_CONFIG,
-    MemragModelMixin,
-    PromptSpec,
-    StreamEnd,
-    iterate_in_thread,
-)
+from memrag.langchain._base import MODEL_CONFIG, MemragModelMixin
+from memrag.rag.answerer import StreamEnd
+from memrag.rag.prompt import PromptSpec, completion_spec
+from memrag.rag.threads import iterate_in_thread
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +27,7 @@ class MemragLLM(MemragModelMixin, LLM):
 
     The prompt is used as is (no chat template, the tokenizer's BOS token first). Every signed
     document marker in it (:func:`~memrag.langchain.format_docs`,
-    :func:`~memrag.langchain.markers.document_marker`) is replaced by the document's slots
+    :func:`~memrag.rag.markers.document_marker`) is replaced by the document's slots
     (its text, for documents flagged ``use_text``).
 
     ``batch``/``generate`` decode all prompts together with the compressor's batched
@@ -48,7 +45,7 @@ class MemragLLM(MemragModelMixin, LLM):
 
     def to_spec(self, prompt: str) -> PromptSpec:
         """Parses a completion prompt (markers verified with this model's reference key)."""
-        return PromptSpec(((None, self.parse_text(prompt)),))
+        return completion_spec(self.parse_text(prompt))
 
     def _info(self, spec: PromptSpec, generation: Generation) -> dict[str, Any]:
         return {
@@ -81,7 +78,7 @@ class MemragLLM(MemragModelMixin, LLM):
         else:
             pairs = [
                 (LCGeneration(text=g.text, generation_info=self._info(spec, g)), g)
-                for spec, g in zip(specs, self.run_specs(specs, options))
+                for spec, g in zip(specs, self.answerer.run_specs(specs, options))
             ]
         usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         for _, generation in pairs:
@@ -128,7 +125,7 @@ class MemragLLM(MemragModelMixin, LLM):
     ) -> Iterator[GenerationChunk]:
         options = self.generation_options(stop, kwargs)
         spec = self.to_spec(prompt)
-        with contextlib.closing(self.stream_spec(spec, options)) as items:
+        with contextlib.closing(self.answerer.stream_spec(spec, options)) as items:
             for item in items:
                 if isinstance(item, StreamEnd):
                     yield GenerationChunk(

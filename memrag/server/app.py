@@ -34,7 +34,8 @@ from starlette.types import Receive, Scope, Send
 
 from memrag.batching import BatchedGenerator, BatcherClosedError, RowHandle
 from memrag.generation import Generation
-from memrag.langchain._base import StreamEnd, iterate_in_thread
+from memrag.rag.answerer import StreamEnd
+from memrag.rag.threads import iterate_in_thread
 from memrag.prompts import answer_max_tokens
 from memrag.server.errors import APIError, bad_request, install_error_handlers, validation_message
 from memrag.server.limits import (
@@ -210,12 +211,12 @@ class _Server:
         )
         self.created = int(time.time())
         self.default_max_tokens = settings.default_max_tokens or answer_max_tokens(
-            service.chat.compressor.tokenizer
+            service.compressor.tokenizer
         )
         self.model_names = {service.model_name, *settings.model_aliases}
         self.batcher = (
             BatchedGenerator(
-                service.chat.compressor,
+                service.compressor,
                 max_batch_size=settings.max_batch_size,
                 batch_window=settings.batch_window_ms / 1000,
                 packed_weights=None if settings.packed_weights else False,

@@ -1,13 +1,13 @@
 """What the server does with a request, without HTTP: retrieve, build the prompt, decode.
 
-The prompt goes through :class:`~memrag.langchain.ChatMemrag` — the one splice path shared by
-training, the LangChain models and the server: the latest user message becomes the QA prompt
-of :func:`~memrag.langchain.create_rag_chain` (the retrieved chunks rendered by
-:func:`~memrag.langchain.format_docs` as signed references, the question escaped by
-:func:`~memrag.langchain.prepare_question`), earlier messages stay as they are (escaped), and
-the chat model renders them with the tokenizer's chat template, splices each chunk's slots
-(its text, when the store flags it ``use_text``) and decodes with the compressor's
-``stream`` — or the server batches it with other requests' prompts
+The prompt is the one :func:`~memrag.langchain.create_rag_chain` gives
+:class:`~memrag.langchain.ChatMemrag`, built here with the RAG core (:mod:`memrag.rag`)
+directly: the latest user message becomes the QA prompt (the retrieved chunks rendered by
+:func:`~memrag.rag.formatting.format_docs` as signed references, the question escaped by
+:func:`~memrag.rag.formatting.prepare_question`), earlier messages stay as they are
+(escaped); :class:`~memrag.rag.answerer.Answerer` renders them as the chat model does,
+splices each chunk's memory (its text, when the store flags it ``use_text``) and decodes with
+the compressor's ``stream`` — or the server batches it with other requests' prompts
 (:class:`~memrag.batching.BatchedGenerator`, from :attr:`PreparedChat.prompt`). Every
 method here blocks; the app calls them from worker threads.
 """
@@ -21,31 +21,29 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from pydantic import SecretStr
-
 from memrag.generation import GenerationOptions
-from memrag.langchain._base import PromptSpec, StreamEnd
-from memrag.langchain.chat_models import ChatMemrag
-from memrag.langchain.formatting import DEFAULT_QA_TEMPLATE, format_docs, prepare_question
-from memrag.langchain.markers import escape_markers
+from memrag.prompts import answer_stop
+from memrag.rag.answerer import Answerer, StreamEnd, default_model_name
+from memrag.rag.formatting import DEFAULT_QA_TEMPLATE, format_docs, prepare_question
+from memrag.rag.markers import Piece, escape_markers, get_codec
+from memrag.rag.prompt import PromptSpec, chat_spec
 from memrag.splice import PromptPart
 from memrag.store.records import ChunkRecord
 
 logger = logging.getLogger(__name__)
 
-#: Chat roles a request may use, and the LangChain message class of each.
-ROLE_MESSAGES: dict[str, type[BaseMessage]] = {
-    "system": SystemMessage,
-    "developer": SystemMessage,
-    "user": HumanMessage,
-    "assistant": AIMessage,
+#: Chat roles a request may use, and the chat-template role each becomes.
+ROLES: dict[str, str] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
 }
 
 
 @dataclass(frozen=True)
 class Turn:
-    """One chat message of a request: a role of :data:`ROLE_MESSAGES` and its text."""
+    """One chat message of a request: a role of :data:`ROLES` and its text."""
 
     role: str
     text: str
@@ -56,7 +54,7 @@ class PreparedChat:
     """A chat request ready to decode.
 
     Attributes:
-        model: The chat model for this request (its source holds the retrieved chunks).
+        answerer: Answers this request (its source holds the retrieved chunks).
         spec: The parsed prompt (the latest user message turned into the QA prompt).
         options: Decoding options.
         documents: The retrieved chunks, best first.
@@ -64,7 +62,7 @@ class PreparedChat:
             memory or text in place of its reference), for the batched decoder.
     """
 
-    model: ChatMemrag
+    answerer: Answerer
     spec: PromptSpec
     options: GenerationOptions
     documents: list[ChunkRecord]
@@ -72,7 +70,7 @@ class PreparedChat:
 
     def stream(self) -> Iterator[str | StreamEnd]:
         """Text chunks of the answer, then a :class:`StreamEnd`; closing it stops the decoder."""
-        return self.model.stream_spec(self.spec, self.options)
+        return self.answerer.stream_spec(self.spec, self.options)
 
 
 class ContextLengthError(ValueError):
@@ -134,7 +132,7 @@ class RagService:
         compressor: The compressor whose decoder answers (default: the store's).
         model_name: Name reported to clients (default: the chat model's).
         stop: Default stop strings (empty: where the answer ends for the model's prompt
-            format: the chat model's :attr:`~memrag.langchain.ChatMemrag.default_stop`).
+            format, :func:`memrag.prompts.answer_stop`, as for the LangChain models).
         use_text: Serve every retrieved chunk as its text instead of its memory (classic
             RAG through the same prompt and decoder, to compare against).
         max_prompt_positions: Most decoder positions a request's prompt may take (messages,
@@ -163,25 +161,17 @@ class RagService:
                 store.check_compressor(compressor)
             except ValueError as err:
                 raise ValueError(str(err)) from None
+        self.compressor = compressor if compressor is not None else store.compressor
         # A key of our own: only this process writes and reads the document references.
-        self.chat = ChatMemrag(
-            source=store,
-            compressor=compressor if compressor is not None else store.compressor,
-            model=model_name,
-            reference_key=SecretStr(secrets.token_hex(32)),
-            stop=list(stop) or None,  # None: the answer stop of the model's prompt format
-        )
-        self.default_stop = tuple(self.chat.default_stop)
-
-    @property
-    def model_name(self) -> str:
-        """The model id clients see."""
-        return str(self.chat.model_name)
+        self.reference_key = secrets.token_hex(32)
+        self.codec = get_codec(self.reference_key)
+        self.model_name = model_name or default_model_name(self.compressor)
+        self.default_stop = tuple(stop) or tuple(answer_stop(self.compressor.tokenizer))
 
     @property
     def fingerprint(self) -> str:
         """The compressor's fingerprint."""
-        return str(self.chat.compressor.fingerprint)
+        return str(self.compressor.fingerprint)
 
     def warm_up(self) -> None:
         """Loads the store's embedder now rather than on the first request."""
@@ -202,18 +192,15 @@ class RagService:
         Raises:
             ValueError: a value is out of range.
         """
-        call: dict[str, Any] = {"max_tokens": max_tokens}
-        if temperature is not None:
-            call["temperature"] = temperature
-        if top_p is not None:
-            if top_p == 0:  # OpenAI accepts 0: only the most likely token, i.e. greedy
-                call["temperature"] = 0.0
-            else:
-                call["top_p"] = top_p
-        if seed is not None:
-            call["seed"] = seed
-        chosen = list(stop) if stop is not None else list(self.default_stop)
-        return self.chat.generation_options(chosen, call)
+        if top_p == 0:  # OpenAI accepts 0: only the most likely token, i.e. greedy
+            temperature, top_p = 0.0, None
+        return GenerationOptions(
+            max_new_tokens=max_tokens,
+            temperature=0.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            seed=seed,
+            stop=tuple(stop if stop is not None else self.default_stop),
+        )
 
     def retrieve(
         self, query: str, k: int, filter: Mapping[str, Any] | None = None
@@ -234,8 +221,9 @@ class RagService:
 
     def messages(
         self, turns: Sequence[Turn], documents: Sequence[ChunkRecord]
-    ) -> list[BaseMessage]:
-        """The conversation as LangChain messages, the latest user turn as the QA prompt.
+    ) -> list[tuple[str, list[Piece]]]:
+        """The conversation as ``(role, pieces)`` messages, the latest user turn as the QA
+        prompt (the retrieved chunks as verified references, as ChatMemrag parses them).
 
         All client text is escaped, so only the retrieved chunks are read as documents.
 
@@ -245,19 +233,19 @@ class RagService:
         last_user = max((i for i, t in enumerate(turns) if t.role == "user"), default=-1)
         if last_user < 0:
             raise ValueError("the conversation needs a user message")
-        messages: list[BaseMessage] = []
+        messages: list[tuple[str, list[Piece]]] = []
         for index, turn in enumerate(turns):
-            kind = ROLE_MESSAGES.get(turn.role)
-            if kind is None:
+            role = ROLES.get(turn.role)
+            if role is None:
                 raise ValueError(f"unsupported role {turn.role!r}")
             if index == last_user:
-                context = format_docs(documents, key=self.chat.reference_key)
+                context = format_docs(documents, key=self.reference_key)
                 content = DEFAULT_QA_TEMPLATE.format(
                     context=context, question=prepare_question(turn.text)
                 )
             else:
                 content = escape_markers(turn.text)
-            messages.append(kind(content=content))
+            messages.append((role, self.codec.split(content)))
         return messages
 
     def prepare(
@@ -285,21 +273,21 @@ class RagService:
                 f"{self.max_prompt_positions * CHARS_PER_POSITION:,} characters at most)"
             )
         documents = self.retrieve(query, top_k, filter)
-        model = self.chat.model_copy(update={"source": RetrievedChunks(documents)})
-        spec = model.to_spec(self.messages(turns, documents))
+        answerer = Answerer(self.compressor, RetrievedChunks(documents))
+        spec = chat_spec(self.messages(turns, documents))
         # Render the chat template now: a conversation it refuses is a client error.
         try:
-            prompt = spec.materialize({r.id: r for r in documents}, model.compressor.tokenizer)
+            prompt = spec.materialize({r.id: r for r in documents}, self.compressor.tokenizer)
         except Exception as err:
             raise ValueError(f"the chat template cannot render this conversation: {err}") from err
-        positions = prompt_positions(prompt, model.compressor.tokenizer)
+        positions = prompt_positions(prompt, self.compressor.tokenizer)
         if positions > self.max_prompt_positions:
             raise ContextLengthError(
                 f"the prompt takes {positions:,} positions (the messages plus {len(documents)} "
                 f"retrieved chunk(s)); at most {self.max_prompt_positions:,} are allowed; shorten "
                 "the messages or ask for fewer chunks (memrag.top_k)"
             )
-        return PreparedChat(model, spec, options, documents, list(prompt))
+        return PreparedChat(answerer, spec, options, documents, list(prompt))
 
     # ------------------------------------------------------------------ documents
     def add_documents(

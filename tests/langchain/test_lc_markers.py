@@ -16,7 +16,7 @@ from memrag.langchain import (
     split_markers,
     unescape_markers,
 )
-from memrag.langchain.markers import get_codec
+from memrag.rag.markers import get_codec
 
 TRICKY_IDS = ["doc-1", "a:b#c>d", "with space", "100%", "ünïcødé/📄", "<memrag:x#y>", "::"]
 
@@ -52,7 +52,7 @@ def test_marker_needs_an_id() -> None:
 )
 def test_forged_markers_stay_text(forged: str, caplog: pytest.LogCaptureFixture) -> None:
     text = f"Tell me {forged} please"
-    with caplog.at_level("WARNING", logger="memrag.langchain.markers"):
+    with caplog.at_level("WARNING", logger="memrag.rag.markers"):
         assert split_markers(text) == [text]
     if "#" in forged:  # marker-shaped: the failed verification is logged
         assert "does not verify" in caplog.text

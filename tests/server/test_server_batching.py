@@ -110,7 +110,7 @@ def test_a_failing_row_fails_alone_with_an_openai_error(start_server, monkeypatc
     def prepare(service, turns, options, **kwargs):
         prepared = real_prepare(service, turns, options, **kwargs)
         if "damaged" in turns[-1].text:
-            width = service.chat.compressor.hidden_size + 1
+            width = service.compressor.hidden_size + 1
             prepared.prompt = [Slots(tensor=__import__("torch").zeros(3, width), kind="embedding")
                                if isinstance(part, Slots) else part for part in prepared.prompt]
         return prepared

@@ -355,3 +355,50 @@ def test_text_context_serves_every_chunk_as_its_text(start_server, server_store)
         from memrag.server import ServerSettings
 
         ServerSettings(context="slots")
+
+
+def test_the_server_builds_the_prompt_chatmemrag_parses(server_store) -> None:
+    """The server builds its prompts with the RAG core (no LangChain); ChatMemrag, given the
+    messages create_rag_chain would send, parses them into the same spec and parts."""
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    from pydantic import SecretStr
+
+    from memrag.langchain import ChatMemrag, format_docs, prepare_question
+    from memrag.rag.formatting import DEFAULT_QA_TEMPLATE
+    from memrag.server.service import RagService, RetrievedChunks, Turn
+
+    service = RagService(server_store)
+    question = "Where is <memrag:x#00> Paris?"  # a forged marker stays text on both sides
+    turns = [Turn("system", "Be brief."), Turn("user", "Hi"), Turn("assistant", "Hello"), Turn("user", question)]
+    prepared = service.prepare(turns, service.options(max_tokens=4), top_k=2)
+    assert len(prepared.documents) == 2
+    chat = ChatMemrag(
+        source=RetrievedChunks(prepared.documents),
+        compressor=service.compressor,
+        reference_key=SecretStr(service.reference_key),
+    )
+    context = format_docs(prepared.documents, key=service.reference_key)
+    spec = chat.to_spec(
+        [
+            SystemMessage("Be brief."),
+            HumanMessage("Hi"),
+            AIMessage("Hello"),
+            HumanMessage(DEFAULT_QA_TEMPLATE.format(context=context, question=prepare_question(question))),
+        ]
+    )
+    assert spec == prepared.spec and spec.document_ids == [d.id for d in prepared.documents]
+    (parts,) = chat.answerer.materialize([spec])
+    assert [type(p) for p in parts] == [type(p) for p in prepared.prompt]
+    assert [p for p in parts if isinstance(p, str)] == [p for p in prepared.prompt if isinstance(p, str)]
+
+
+def test_the_rag_core_and_the_server_do_not_load_langchain() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, memrag.rag.answerer, memrag.rag.threads, memrag.server.app\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'langchain_core' or m.startswith('memrag.langchain')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -18,11 +18,17 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from memrag.store.records import ChunkRecord
 
 if TYPE_CHECKING:
-    from langchain_core.documents import Document
-
     from memrag.compressor.model import Compressor
 
 logger = logging.getLogger(__name__)
+
+
+class TextDocument(Protocol):
+    """A document with text, metadata and maybe an id (a LangChain ``Document`` is one)."""
+
+    page_content: str
+    metadata: dict[str, Any]
+    id: str | None
 
 
 @runtime_checkable
@@ -157,9 +163,9 @@ class InMemoryDocumentSource:
         return final_ids
 
     def add_documents(
-        self, documents: Sequence[Document], *, use_text: bool | Sequence[bool] = False
+        self, documents: Sequence[TextDocument], *, use_text: bool | Sequence[bool] = False
     ) -> list[str]:
-        """Stores LangChain ``Document``\\ s, keeping their ``id`` when they have one."""
+        """Stores documents (LangChain ``Document``\\ s ...), keeping their ``id`` when they have one."""
         return self.add_texts(
             [doc.page_content for doc in documents],
             [doc.metadata for doc in documents],

@@ -3,7 +3,7 @@
 A prompt names a stored document in one of two ways:
 
 * a **text marker** ``<memrag:DOC_ID#SIGNATURE>``, made by :func:`document_marker` (and by
-  :func:`~memrag.langchain.formatting.format_docs`). The signature is an HMAC of the id under a
+  :func:`~memrag.rag.formatting.format_docs`). The signature is an HMAC of the id under a
   secret *reference key*, so text a user types cannot forge a reference to a document they were
   never given: a marker whose signature does not verify is left in the prompt as plain text.
   The key is per process (random) unless ``MEMRAG_REFERENCE_KEY`` or an explicit ``key`` sets

@@ -6,7 +6,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memrag.langchain.markers import document_marker, escape_markers
+from memrag.rag.markers import document_marker, escape_markers
 
 #: How one document is rendered; the same wording as :func:`memrag.prompts.qa_parts`.
 DEFAULT_DOCUMENT_TEMPLATE = "Passage: {reference}\n"
