@@ -355,7 +355,7 @@ def _memory_store(
     from memrag.memory.builders import computation_key
     from memrag.memory.spec import parse_memory_mode
     from memrag.store import MemoryStore
-    from memrag.store.processing import ChunkInput
+    from memrag.store.processing import ChunkInput, processor_for
 
     key = computation_key(parse_memory_mode(memory))
     computed_before = key in reuse.seconds
@@ -368,7 +368,7 @@ def _memory_store(
         fidelity="none",
         device=str(compressor.device),
     )
-    processor = kv_store.make_processor(compressor, kv_store.embedder, reuse=reuse)
+    processor = processor_for(kv_store.manifest, compressor, kv_store.embedder, reuse=reuse)
     kv_store.add_chunks(
         [ChunkInput(i, text) for i, text in zip(used, texts)],
         show_progress=settings.show_progress,

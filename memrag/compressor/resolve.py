@@ -83,6 +83,8 @@ def resolve_compressor(
 
 def _is_compressor_like(source: Any) -> bool:
     """A compressor or a wrapper of one (it has the compressor's ``config`` and ``fingerprint``)."""
-    return source is not None and not isinstance(source, (str, os.PathLike)) and all(
-        hasattr(source, name) for name in ("config", "fingerprint")
+    return (
+        source is not None
+        and not isinstance(source, (str, os.PathLike))
+        and all(hasattr(source, name) for name in ("config", "fingerprint"))
     )

@@ -31,7 +31,7 @@ from memrag.compressor.resolve import resolve_compressor
 from memrag.indexing.corpus import CorpusReader, CorpusReport, count_documents
 from memrag.store.fidelity import SET_THRESHOLD_HINT, mostly_text
 from memrag.store.memory_store import MemoryStore, document_chunks
-from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch
+from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch, processor_for
 from memrag.utils.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -317,8 +317,11 @@ def _executor(
 ) -> Executor:
     if backend == "local":
         return LocalExecutor(
-            store.make_processor(
-                store.compressor, store.embedder, compress_batch_size=options.compress_batch_size
+            processor_for(
+                store.manifest,
+                store.compressor,
+                store.embedder,
+                compress_batch_size=options.compress_batch_size,
             )
         )
     from memrag.indexing.ray_backend import RayExecutor, RayOptions, worker_compressor_factory

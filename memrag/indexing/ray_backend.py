@@ -29,7 +29,7 @@ import torch
 
 from memrag.store.embedder import HashingEmbedder, SentenceTransformerEmbedder, load_embedder
 from memrag.store.errors import compressor_mismatch
-from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch
+from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch, processor_settings
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class RayExecutor:
         self.workers: list[Any] = []
         self._processor_kwargs = {
             "compress_batch_size": options.compress_batch_size,
-            **store.processor_kwargs(),
+            **processor_settings(store.manifest),
         }
 
     def _start(self) -> None:

@@ -66,7 +66,9 @@ class KVCodec:
 
     def __post_init__(self) -> None:
         if self.dtype not in KV_DTYPES:
-            raise ValueError(f"K/V storage dtype must be one of {', '.join(KV_DTYPES)}, got {self.dtype!r}")
+            raise ValueError(
+                f"K/V storage dtype must be one of {', '.join(KV_DTYPES)}, got {self.dtype!r}"
+            )
 
     @property
     def key_bits(self) -> int:
@@ -135,9 +137,13 @@ class KVCodec:
             target = resolve_dtype(self.dtype)
             key_bytes = _finite(keys, target).to(target).view(torch.uint8)
             value_bytes = _finite(values, target).to(target).view(torch.uint8)
-            return torch.cat([key_bytes, value_bytes, offsets.view(torch.uint8)], dim=1).contiguous()
+            return torch.cat(
+                [key_bytes, value_bytes, offsets.view(torch.uint8)], dim=1
+            ).contiguous()
         key_header, key_bytes = self._encode_keys(keys)
-        rows = torch.cat([key_bytes, *self._encode_values(values), offsets.view(torch.uint8)], dim=1)
+        rows = torch.cat(
+            [key_bytes, *self._encode_values(values), offsets.view(torch.uint8)], dim=1
+        )
         header = torch.zeros((self.header_rows() * self.row_bytes,), dtype=torch.uint8)
         header[: key_header.numel()] = key_header
         return torch.cat([header.reshape(-1, self.row_bytes), rows]).contiguous()
@@ -204,7 +210,10 @@ class KVCodec:
             keys = self._decode_keys(rows[:header].reshape(-1), body[:, :cursor], where)
             end = cursor + self._value_bytes() + self._value_param_bytes()
             values = self._decode_values(body[:, cursor:end], where)
-            keys, values = keys.reshape(shape).to(torch.float16), values.reshape(shape).to(torch.float16)
+            keys, values = (
+                keys.reshape(shape).to(torch.float16),
+                values.reshape(shape).to(torch.float16),
+            )
             offsets = body[:, end:].contiguous().view(torch.int32)
         offsets = offsets.reshape(count, self.layers).long()
         if count and (int(offsets.min()) < 0 or int(offsets.max()) >= span):
@@ -231,7 +240,10 @@ class KVCodec:
             scale = _from_f16(header[: 2 * channels])
             _check_finite(where, scale)
             return body.contiguous().view(torch.int8).float() * scale
-        low, step = _from_f16(header[: 2 * channels]), _from_f16(header[2 * channels : 4 * channels])
+        low, step = (
+            _from_f16(header[: 2 * channels]),
+            _from_f16(header[2 * channels : 4 * channels]),
+        )
         _check_finite(where, low, step)
         return _unpack4(body).float() * step + low
 
@@ -299,4 +311,6 @@ def _unpack4(packed: torch.Tensor) -> torch.Tensor:
 def _finite(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``tensor`` clamped into ``dtype``'s range (float16 overflows beyond 65,504)."""
     info = torch.finfo(dtype)
-    return torch.nan_to_num(tensor, nan=0.0, posinf=info.max, neginf=info.min).clamp(info.min, info.max)
+    return torch.nan_to_num(tensor, nan=0.0, posinf=info.max, neginf=info.min).clamp(
+        info.min, info.max
+    )

@@ -138,7 +138,9 @@ class Answerer:
         batch_size: Prompts per decoder ``generate`` call.
     """
 
-    def __init__(self, compressor: Any, source: DocumentSource | None, *, batch_size: int = 8) -> None:
+    def __init__(
+        self, compressor: Any, source: DocumentSource | None, *, batch_size: int = 8
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.compressor = compressor
@@ -154,14 +156,20 @@ class Answerer:
         records = fetch_records(self.source, [i for spec in specs for i in spec.document_ids])
         return [spec.materialize(records, self.compressor.tokenizer) for spec in specs]
 
-    def decode(self, prompts: Sequence[list[PromptPart]], options: GenerationOptions) -> list[Generation]:
+    def decode(
+        self, prompts: Sequence[list[PromptPart]], options: GenerationOptions
+    ) -> list[Generation]:
         """Decodes prompts in batches of :attr:`batch_size`."""
         generations: list[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
-            generations += self.compressor.generate(prompts[start : start + self.batch_size], options)
+            generations += self.compressor.generate(
+                prompts[start : start + self.batch_size], options
+            )
         return generations
 
-    def run_specs(self, specs: Sequence[PromptSpec], options: GenerationOptions) -> list[Generation]:
+    def run_specs(
+        self, specs: Sequence[PromptSpec], options: GenerationOptions
+    ) -> list[Generation]:
         """Answers each prompt, taking answers precomputed (:func:`using_precomputed`) where
         there are some; the rest are fetched in one source call and decoded in batches."""
         precomputed = _PRECOMPUTED.get()
@@ -177,7 +185,9 @@ class Answerer:
                 results[index] = generation
         return [result for result in results if result is not None]
 
-    def precompute(self, specs: Sequence[PromptSpec | None], options: GenerationOptions) -> PrecomputedAnswers:
+    def precompute(
+        self, specs: Sequence[PromptSpec | None], options: GenerationOptions
+    ) -> PrecomputedAnswers:
         """Decodes the prompts of a batch together, for the per-input calls to claim.
 
         ``None`` entries (inputs that could not be parsed) and prompts that cannot be
@@ -210,7 +220,9 @@ class Answerer:
             store.put((spec, option_key), generation)
         return store
 
-    def stream_spec(self, spec: PromptSpec, options: GenerationOptions) -> CancellableStream[str | StreamEnd]:
+    def stream_spec(
+        self, spec: PromptSpec, options: GenerationOptions
+    ) -> CancellableStream[str | StreamEnd]:
         """Yields the answer's text chunks, then a :class:`StreamEnd`.
 
         Closing the iterator early stops the decoder; its ``cancel()`` asks the decoder to

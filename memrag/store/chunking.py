@@ -52,6 +52,12 @@ class Chunker:
         self.chunk_tokens = chunk_tokens
         self.overlap = overlap
 
+    @classmethod
+    def with_overlap(cls, tokenizer: Any, chunk_tokens: int, overlap: int | None = None) -> Chunker:
+        """A chunker whose overlap defaults to an eighth of a chunk (and is kept below it)."""
+        chosen = chunk_tokens // 8 if overlap is None else min(overlap, chunk_tokens - 1)
+        return cls(tokenizer, chunk_tokens, chosen)
+
     def _offsets(self, text: str) -> list[tuple[int, int]]:
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return [(int(a), int(b)) for a, b in encoded["offset_mapping"]]

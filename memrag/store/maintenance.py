@@ -55,8 +55,8 @@ def compact(store: Any, *, target_shard_slots: int = 65_536) -> CompactReport:
         ]
         dropped = sum(s.num_slots - live.get(s.shard_id, 0) for s in rewrite)
         _rewrite_shards(store, rewrite, target_shard_slots)
-        tombstones = len(store._index.tombstones)
-        store._rebuild_index()
+        tombstones = len(store.live_index.index.tombstones)
+        store.live_index.rebuild()
         store.db.vacuum()
         after = store.db.shards()
         return CompactReport(
@@ -66,7 +66,7 @@ def compact(store: Any, *, target_shard_slots: int = 65_536) -> CompactReport:
             shard_bytes_after=sum(s.bytes for s in after),
             slots_dropped=dropped,
             tombstones_dropped=tombstones,
-            index_structure=store._index.structure,
+            index_structure=store.live_index.index.structure,
         )
 
 
@@ -89,7 +89,7 @@ def _rewrite_shards(store: Any, shards: list, target_slots: int) -> None:
             )
         # Readers of this store wait while the slots move (readers elsewhere re-read a
         # chunk's location when its old shard has gone).
-        with store._index_lock.write():
+        with store.live_index.lock.write():
             with store.db.transaction() as conn:
                 if pending_rows:
                     shard_id = Database.insert_shard(
@@ -105,7 +105,7 @@ def _rewrite_shards(store: Any, shards: list, target_slots: int) -> None:
                 conn.executemany(
                     "DELETE FROM shards WHERE shard_id = ?", [(s.shard_id,) for s in pending_old]
                 )
-            store._shards.forget(set(files))
+            store.reader.shards.forget(set(files))
             for name in files:
                 (store.path / SHARDS_DIR / name).unlink(missing_ok=True)
         pending_rows.clear()
@@ -117,7 +117,7 @@ def _rewrite_shards(store: Any, shards: list, target_slots: int) -> None:
         rows = store.db.rows_by_shard(shard.shard_id)
         for row in rows:
             pending_tensors.append(
-                store._shards.read(shard.file, int(row.slot_start or 0), int(row.slot_count or 0))
+                store.reader.shards.read(shard.file, int(row.slot_start or 0), int(row.slot_count or 0))
             )
             pending_rows.append(row)
             size += int(row.slot_count or 0)

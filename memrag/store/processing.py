@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from memrag.store.embedder import Embedder
 from memrag.store.fidelity import AgreementScorer, FidelityScorer
 from memrag.store.metadata import dumps
 from memrag.utils.torch_utils import resolve_dtype
+
+if TYPE_CHECKING:
+    from memrag.store.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -279,3 +282,31 @@ class ChunkProcessor:
             embedder_id=self.embedder.model_id,
             seconds=time.perf_counter() - started,
         )
+
+
+def processor_settings(manifest: Manifest) -> dict[str, Any]:
+    """The :class:`ChunkProcessor` settings a store's manifest fixes (memory, dtype, fidelity)."""
+    return {"memory": dict(manifest.memory_info.settings), **manifest.options.processor_kwargs()}
+
+
+def processor_for(
+    manifest: Manifest,
+    compressor: Any,
+    embedder: Embedder,
+    *,
+    compress_batch_size: int = 16,
+    reuse: Any = None,
+) -> ChunkProcessor:
+    """A :class:`ChunkProcessor` making the memory a store's ``manifest`` records.
+
+    ``reuse`` (a :class:`~memrag.memory.builders.MemoryReuse`) shares computed K/V memory
+    and selection scores with other processors of the same texts (several stores of one
+    corpus in different K/V settings).
+    """
+    return ChunkProcessor(
+        compressor,
+        embedder,
+        compress_batch_size=compress_batch_size,
+        reuse=reuse,
+        **processor_settings(manifest),
+    )

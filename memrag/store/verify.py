@@ -364,7 +364,7 @@ def repair_store(
                 result.recompressed = len(rows) if done else 0
                 result.text_only = 0 if done else len(rows)
                 result.shards_removed = len(damaged)
-        store._shards.forget()
+        store.reader.shards.forget()
     finally:
         store.close()
     result.after = verify_store(root)

@@ -28,7 +28,9 @@ def test_pieces_compute_what_one_call_computes(compressor, contexts, kind: str) 
     prompt = _prompt(contexts, kind)
     with compressor.decoder_mode() as decoder, torch.inference_mode():
         whole = compressor.build([prompt])
-        uncached = whole.inputs_embeds.shape[1] - (whole.cache.get_seq_length() if whole.cache else 0)
+        uncached = whole.inputs_embeds.shape[1] - (
+            whole.cache.get_seq_length() if whole.cache else 0
+        )
         assert uncached > 3 * 64  # several windows, so the pieces cross window boundaries
         _, expected = DecodeState.prefill(decoder, whole)
         pieces = prefill_ahead(decoder, compressor.build([prompt]), chunk_positions=37)
@@ -91,7 +93,9 @@ class _SlowPieces:
         monkeypatch.setattr(compressor.causal_lm, "forward", forward)
 
 
-def test_a_row_cancelled_during_its_prefill_stops_within_one_piece(compressor, contexts, monkeypatch):
+def test_a_row_cancelled_during_its_prefill_stops_within_one_piece(
+    compressor, contexts, monkeypatch
+):
     monkeypatch.setattr("memrag.generation.PREFILL_CHUNK_POSITIONS", 8)
     slow = _SlowPieces(compressor, monkeypatch, seconds=0.05)
     with BatchedGenerator(compressor, max_batch_size=2, batch_window=0) as batcher:
@@ -107,7 +111,9 @@ def test_a_row_cancelled_during_its_prefill_stops_within_one_piece(compressor, c
         assert "".join(batcher.submit(["The"], GenerationOptions(max_new_tokens=2))) is not None
 
 
-def test_a_stream_cancelled_during_its_prefill_stops_within_one_piece(compressor, contexts, monkeypatch):
+def test_a_stream_cancelled_during_its_prefill_stops_within_one_piece(
+    compressor, contexts, monkeypatch
+):
     monkeypatch.setattr("memrag.generation.PREFILL_CHUNK_POSITIONS", 8)
     slow = _SlowPieces(compressor, monkeypatch, seconds=0.05)
     stream = compressor.stream(_prompt(contexts, "text"), GenerationOptions(max_new_tokens=3))

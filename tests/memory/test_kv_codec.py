@@ -38,10 +38,17 @@ def _error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(
     ("dtype", "key_error", "value_error"),
-    [("float16", 0.0, 0.0), ("bfloat16", 0.004, 0.004), ("int8", 0.008, 0.012),
-     ("int4", 0.06, 0.13), ("k8v4", 0.008, 0.13)],
+    [
+        ("float16", 0.0, 0.0),
+        ("bfloat16", 0.004, 0.004),
+        ("int8", 0.008, 0.012),
+        ("int4", 0.06, 0.13),
+        ("k8v4", 0.008, 0.13),
+    ],
 )
-def test_each_dtype_round_trips_within_its_precision(dtype: str, key_error: float, value_error: float) -> None:
+def test_each_dtype_round_trips_within_its_precision(
+    dtype: str, key_error: float, value_error: float
+) -> None:
     memory = _memory()
     stored = _round_trip(dtype, memory)
     assert torch.equal(stored.offsets, memory.offsets) and stored.span == memory.span
@@ -70,7 +77,9 @@ def test_the_int8_and_float16_layouts_are_unchanged() -> None:
     """Stores written before the 4-bit codecs decode as they did: the same bytes."""
     memory = _memory(2)
     digests = {
-        dtype: hashlib.sha256(KVCodec(LAYERS, HEADS, HEAD_DIM, dtype).encode(memory).numpy().tobytes()).hexdigest()[:16]
+        dtype: hashlib.sha256(
+            KVCodec(LAYERS, HEADS, HEAD_DIM, dtype).encode(memory).numpy().tobytes()
+        ).hexdigest()[:16]
         for dtype in ("float16", "int8")
     }
     assert digests == {"float16": FLOAT16_DIGEST, "int8": INT8_DIGEST}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from store_helpers import sentence
 
-import memrag.store.memory_store as memory_store
+import memrag.store.live_index as live_index
 from memrag.store import IndexSpec, MemoryStore, StoreLockedError
 from memrag.store.index import VectorIndex, list_checkpoints
 
@@ -80,9 +80,7 @@ def test_ivf_store_searches_flat_until_trained(tmp_path: Path, compressor) -> No
 
 
 def test_readers_catch_up_through_the_journal(tmp_path: Path, compressor, monkeypatch) -> None:
-    monkeypatch.setattr(
-        memory_store, "_SMALL_INDEX_BYTES", 0
-    )  # no checkpoint: the journal must do it
+    monkeypatch.setattr(live_index, "SMALL_INDEX_BYTES", 0)  # no checkpoint: the journal must do it
     texts, ids = _docs(12)
     writer = MemoryStore.create(tmp_path / "s", compressor, "hashing:64")
     reader = MemoryStore.open(tmp_path / "s", read_only=True)
@@ -95,7 +93,7 @@ def test_readers_catch_up_through_the_journal(tmp_path: Path, compressor, monkey
     fresh = MemoryStore.open(tmp_path / "s", read_only=True)  # replays the whole journal
     assert {r.id for r in fresh.search("Document", k=20)} == {"d0", "d1", "d2", "d4", "d5"}
     writer.flush()
-    assert [c.seq for c in list_checkpoints(tmp_path / "s" / "index")] == [writer._applied_seq]
+    assert [c.seq for c in list_checkpoints(tmp_path / "s" / "index")] == [writer.live_index.applied_seq]
     writer.add(texts[6:], ids=ids[6:])
     # The reader's journal position was folded into the new checkpoint: it reloads it.
     assert reader.search(texts[9], k=1)[0].id == "d9"
@@ -161,7 +159,7 @@ def test_a_reader_whose_checkpoint_is_superseded_mid_read_reads_the_newer_one(
     texts, ids = _docs(8)
     writer = MemoryStore.create(tmp_path / "s", compressor, "hashing:64")
     writer.add(texts[:4], ids=ids[:4])
-    real_read = memory_store.read_checkpoint
+    real_read = live_index.read_checkpoint
     superseded: list[int] = []
 
     def read_while_a_writer_checkpoints(checkpoint, spec, dimension):
@@ -171,7 +169,7 @@ def test_a_reader_whose_checkpoint_is_superseded_mid_read_reads_the_newer_one(
             assert not checkpoint.sidecar.exists() and not checkpoint.file.exists()
         return real_read(checkpoint, spec, dimension)
 
-    monkeypatch.setattr(memory_store, "read_checkpoint", read_while_a_writer_checkpoints)
+    monkeypatch.setattr(live_index, "read_checkpoint", read_while_a_writer_checkpoints)
     reader = MemoryStore.open(tmp_path / "s", read_only=True)
     assert superseded
     assert reader.search(texts[6], k=1)[0].id == "d6"

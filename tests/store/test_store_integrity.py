@@ -194,14 +194,14 @@ def test_checkpoint_newer_than_the_database_records_is_used(
     built: Path, compressor, monkeypatch
 ) -> None:
     """A writer killed after writing a checkpoint but before recording it in SQLite."""
-    import memrag.store.memory_store as memory_store
+    import memrag.store.live_index as live_index
     from memrag.store.index import list_checkpoints, write_checkpoint
 
-    monkeypatch.setattr(memory_store, "_SMALL_INDEX_BYTES", 0)  # keep journal entries pending
+    monkeypatch.setattr(live_index, "SMALL_INDEX_BYTES", 0)  # keep journal entries pending
     with MemoryStore.open(built, compressor) as store:
         store.add(["An extra document about the river bridge."], ids=["extra"])
-        pending_seq = store._applied_seq
-        write_checkpoint(built / "index", pending_seq, store._index)  # ... and "crash" here
+        pending_seq = store.live_index.applied_seq
+        write_checkpoint(built / "index", pending_seq, store.live_index.index)  # ... and "crash" here
         store._closed = True
         store.db.close()
     assert [c.seq for c in list_checkpoints(built / "index")][-1] == pending_seq
