@@ -481,7 +481,8 @@ def verify(
 ) -> None:
     """Check every file of a store; exit status 1 when something is wrong."""
     setup_logging(verbose)
-    from memrag.store.verify import repair_store, verify_store
+    from memrag.store.repair import repair_store
+    from memrag.store.verify import verify_store
 
     if repair:
         with _clean_errors():

@@ -190,8 +190,9 @@ class RayExecutor:
             ray.init(address=ray_options.address, **kwargs)
             self._owns_ray = True
         on_gpu = ray_options.num_gpus_per_worker > 0
-        embedder = store._embedder
-        if embedder is None or isinstance(embedder, (HashingEmbedder, SentenceTransformerEmbedder)):
+        # Workers load a built-in embedder by its id; another one is shipped to them.
+        embedder = store.embedder
+        if isinstance(embedder, (HashingEmbedder, SentenceTransformerEmbedder)):
             embedder = store.manifest.embedder.id
         actor = ray.remote(
             num_cpus=ray_options.num_cpus_per_worker, num_gpus=ray_options.num_gpus_per_worker

@@ -53,7 +53,8 @@ from memrag.store.maintenance import CompactReport
 from memrag.store.memory_store import MemoryStore
 from memrag.store.processing import ChunkInput, ChunkProcessor, ProcessedBatch
 from memrag.store.records import ChunkRecord
-from memrag.store.verify import VerifyReport, repair_store, verify_store
+from memrag.store.repair import repair_store
+from memrag.store.verify import VerifyReport, verify_store
 
 __all__ = [
     "DEFAULT_EMBEDDER",

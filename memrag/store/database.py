@@ -401,6 +401,14 @@ class Database:
             self._execute("SELECT id, content_hash FROM chunks WHERE source_id = ?", (source_id,))
         )
 
+    def ids_outside_their_shard(self) -> list[str]:
+        """Ids of chunks whose slot range does not lie inside their shard (a damaged database)."""
+        sql = (
+            "SELECT c.id FROM chunks AS c JOIN shards AS s ON s.shard_id = c.shard_id "
+            "WHERE c.slot_start < 0 OR c.slot_start + c.slot_count > s.num_slots"
+        )
+        return [r[0] for r in self._execute(sql)]
+
     def ids_of_sources(self, source_ids: Sequence[str]) -> list[str]:
         """Chunk ids cut from the given source documents."""
         found: list[str] = []

@@ -207,7 +207,8 @@ def test_a_prompt_longer_than_the_context_is_refused(tmp_path: Path, compressor)
 
 
 def test_a_damaged_kv_shard_is_found_and_its_memory_recomputed(tmp_path: Path, compressor) -> None:
-    from memrag.store.verify import repair_store, verify_store
+    from memrag.store.repair import repair_store
+    from memrag.store.verify import verify_store
 
     with _store(tmp_path / "s", compressor, "kv-pruned:0.5:int8", fidelity="none") as store:
         before = {r.id: r.slots for r in store.get(["paris", "tower", "fox"])}
