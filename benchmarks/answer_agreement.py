@@ -1,0 +1,112 @@
+"""Answer-for-answer agreement between the modes of one ``memrag eval qa`` run.
+
+Reads the predictions ``memrag eval qa --samples-out`` wrote and, for each pair (mode,
+reference) given, counts the questions both modes answered identically (after whitespace
+normalisation), and the mean F1 and ``contains`` of each over the questions both answered.
+Used to compare storage codecs of the same memory (``kv:int4`` against ``kv:int8`` ...).
+
+Usage::
+
+    python benchmarks/answer_agreement.py benchmarks/results/codec4/qa200-samples.jsonl \\
+        kv:int4=kv:int8 kv:k8v4=kv:int8 kv-exact:int4=kv-exact:int8 \\
+        --markdown-out benchmarks/results/codec4/agreement.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def load_samples(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{mode: {question id: sample}}`` from a samples JSONL file (the last line of a pair wins)."""
+    by_mode: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                sample = json.loads(line)
+                by_mode[sample["mode"]][sample["id"]] = sample
+            except (json.JSONDecodeError, KeyError) as err:
+                raise SystemExit(f"{path}:{number}: not a sample line ({err})") from None
+    return by_mode
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+def agreement(
+    samples: dict[str, dict[str, dict[str, Any]]], mode: str, reference: str
+) -> dict[str, Any]:
+    """Agreement of ``mode`` with ``reference`` over the questions both answered."""
+    for name in (mode, reference):
+        if name not in samples:
+            raise SystemExit(
+                f"no predictions of mode {name!r}; modes: {', '.join(sorted(samples))}"
+            )
+    shared = sorted(set(samples[mode]) & set(samples[reference]))
+    if not shared:
+        raise SystemExit(f"{mode!r} and {reference!r} answered no question in common")
+    ours = [samples[mode][q] for q in shared]
+    theirs = [samples[reference][q] for q in shared]
+    same = sum(
+        _normalized(a["prediction"]) == _normalized(b["prediction"]) for a, b in zip(ours, theirs)
+    )
+
+    def mean(rows: list[dict[str, Any]], key: str) -> float:
+        return 100.0 * sum(float(r[key]) for r in rows) / len(rows)
+
+    return {
+        "mode": mode,
+        "reference": reference,
+        "questions": len(shared),
+        "same_answer": 100.0 * same / len(shared),
+        "f1": mean(ours, "f1"),
+        "reference_f1": mean(theirs, "f1"),
+        "contains": mean(ours, "contains"),
+        "reference_contains": mean(theirs, "contains"),
+    }
+
+
+def markdown(rows: list[dict[str, Any]], source: Path) -> str:
+    lines = [
+        f"Answer-for-answer agreement, from `{source}`:",
+        "",
+        "| mode | reference | questions | same answer | F1 | reference F1 | contains | reference contains |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| `{row['mode']}` | `{row['reference']}` | {row['questions']} | {row['same_answer']:.1f} % | "
+            f"{row['f1']:.1f} | {row['reference_f1']:.1f} | {row['contains']:.1f} | {row['reference_contains']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("samples", type=Path, help="JSONL written by memrag eval qa --samples-out.")
+    parser.add_argument("pairs", nargs="+", help="MODE=REFERENCE pairs.")
+    parser.add_argument("--markdown-out", type=Path, default=None)
+    args = parser.parse_args()
+    samples = load_samples(args.samples)
+    rows = []
+    for pair in args.pairs:
+        mode, sep, reference = pair.partition("=")
+        if not sep or not mode or not reference:
+            parser.error(f"pairs are MODE=REFERENCE, got {pair!r}")
+        rows.append(agreement(samples, mode, reference))
+    text = markdown(rows, args.samples)
+    print(text)
+    if args.markdown_out is not None:
+        args.markdown_out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

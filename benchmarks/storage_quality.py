@@ -1,0 +1,130 @@
+"""Storage against quality: bytes per passage and per text token, F1 and ``contains`` of each
+memory kind and codec, from ``memrag eval qa --json-out`` reports, as a table and a plot.
+
+Each report's modes become rows (the same questions within one report); modes without stored
+bytes (``text``, ``truncated``, ``none``) are kept as reference rows. Several reports can be
+given (``LABEL=PATH`` names the compressor of each, e.g. rate 4 and rate 8); the plot shows F1
+against bytes per passage (log scale), one point per (report, mode), the text's F1 as a line.
+
+Usage::
+
+    python benchmarks/storage_quality.py benchmarks/results/codec4/qa200.json \\
+        --markdown-out benchmarks/results/codec4/storage_quality.md \\
+        --plot-out benchmarks/results/codec4/storage_quality.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load_rows(label: str, path: Path) -> list[dict[str, Any]]:
+    """One row per mode of an eval report: bytes per passage / per text token, EM, F1, contains."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{path}: not an eval qa report ({err})") from None
+    text_tokens = report.get("passage_positions", {}).get("text")
+    rows = []
+    for mode, scores in report.get("results", {}).items():
+        stored = report.get("memory", {}).get(mode, {}).get("bytes_per_passage")
+        rows.append(
+            {
+                "label": label,
+                "mode": mode,
+                "questions": report.get("limit"),
+                "bytes_per_passage": stored,
+                "bytes_per_token": stored / text_tokens if stored and text_tokens else None,
+                "positions": report.get("passage_positions", {}).get(mode),
+                "exact_match": scores["exact_match"],
+                "f1": scores["f1"],
+                "contains": scores.get("contains"),
+            }
+        )
+    if not rows:
+        raise SystemExit(f"{path}: no results")
+    return rows
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.{digits}f}" if digits else f"{value:,.0f}"
+
+
+def markdown(rows: list[dict[str, Any]], sources: list[str]) -> str:
+    lines = [
+        "From " + ", ".join(f"`{s}`" for s in sources) + ":",
+        "",
+        "| compressor | mode | bytes / passage | bytes / text token | positions | EM | F1 | contains |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['label']} | `{row['mode']}` | {_number(row['bytes_per_passage'], 0)} | "
+            f"{_number(row['bytes_per_token'], 0)} | {_number(row['positions'])} | "
+            f"{_number(row['exact_match'])} | {_number(row['f1'])} | {_number(row['contains'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    """F1 against bytes per passage (log scale); the text's F1 as a horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    for row in rows:
+        if row["bytes_per_passage"]:
+            axes.scatter(row["bytes_per_passage"], row["f1"])
+            axes.annotate(
+                f"{row['label']} {row['mode']}".strip(),
+                (row["bytes_per_passage"], row["f1"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
+    for row in rows:
+        if row["mode"] == "text":
+            axes.axhline(row["f1"], linestyle="--", linewidth=1, color="gray")
+            label = f"{row['label']} text".strip()
+            transform = axes.get_yaxis_transform()  # x in axes fraction, y in data
+            axes.text(
+                0.01, row["f1"], label, transform=transform, fontsize=7, color="gray", va="bottom"
+            )
+    axes.set_xscale("log")
+    axes.set_xlabel("bytes per passage (stored memory)")
+    axes.set_ylabel("F1 (SQuAD dev)")
+    axes.set_title("Storage against quality")
+    axes.grid(True, which="both", linewidth=0.3)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("reports", nargs="+", help="eval qa JSON reports, as PATH or LABEL=PATH.")
+    parser.add_argument("--markdown-out", type=Path, default=None)
+    parser.add_argument("--plot-out", type=Path, default=None)
+    args = parser.parse_args()
+    rows: list[dict[str, Any]] = []
+    for item in args.reports:
+        label, sep, path = item.partition("=")
+        rows += load_rows(label if sep else "", Path(path if sep else item))
+    text = markdown(rows, [r.partition("=")[2] or r for r in args.reports])
+    print(text)
+    if args.markdown_out is not None:
+        args.markdown_out.write_text(text, encoding="utf-8")
+    if args.plot_out is not None:
+        plot(rows, args.plot_out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
