@@ -38,7 +38,11 @@ QUESTION = "When was the university founded?"
 
 
 def _send(url: str, content: str, max_tokens: int) -> dict[str, Any]:
-    body = {"model": "memrag", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
+    body = {
+        "model": "memrag",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+    }
     started = time.perf_counter()
     response = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
     elapsed = time.perf_counter() - started
@@ -61,13 +65,18 @@ def run_mode(url: str, long_words: int, max_tokens: int) -> list[dict[str, Any]]
         ("ordinary question", QUESTION),
         ("100 kB message", "word " * 20_000),
         ("1 MB message", "word " * 200_000),
-        (f"{long_words:,}-word prompt under the cap (prefill > timeout)", "word " * long_words + QUESTION),
+        (
+            f"{long_words:,}-word prompt under the cap (prefill > timeout)",
+            "word " * long_words + QUESTION,
+        ),
         ("ordinary question right after the 504", QUESTION),
     ]
     rows = []
     for name, content in plan:
         print(f"  {name} ...", flush=True)
-        rows.append({"request": name, "characters": len(content), **_send(url, content, max_tokens)})
+        rows.append(
+            {"request": name, "characters": len(content), **_send(url, content, max_tokens)}
+        )
         print(f"    {rows[-1]}", flush=True)
     return rows
 
@@ -107,8 +116,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passages", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=5.0, help="The servers' --timeout.")
-    parser.add_argument("--long-words", type=int, default=6_000,
-                        help="Words of the long prompt (under the position cap).")
+    parser.add_argument(
+        "--long-words",
+        type=int,
+        default=6_000,
+        help="Words of the long prompt (under the position cap).",
+    )
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--modes", default="one-at-a-time,batched")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "hostile-requests")
