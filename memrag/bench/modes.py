@@ -16,7 +16,7 @@ rotating the cached keys into place and prefilling the text around them).
   (``kv-exact+cacheblend``, ``kv-exact+cacheblend:0.1``; see
   :class:`memrag.memory.recovery.RecoveryConfig`);
 * ``truncated``: each chunk's text cut to as many tokens as it has slots
-  (:func:`memrag.eval.qa.truncated_context`), computed offline;
+  (:func:`memrag.contexts.truncated_context`), computed offline;
 * ``none``: no context.
 """
 
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memrag.bench.timing import AnswerTimer
+from memrag.contexts import ModeName, parse_context_mode
 from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
 from memrag.splice import SpliceBatch
@@ -48,44 +49,14 @@ DEFAULT_MODES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class ModeName:
-    """A parsed mode name: ``kv-exact:int8+cacheblend:0.1`` -> memory ``kv-exact:int8``, recovery."""
-
-    name: str
-    memory: str | None = None
-    recovery: str | None = None
-
-    @property
-    def is_kv(self) -> bool:
-        """Whether the mode reads K/V memory."""
-        return self.memory is not None
-
-
 def parse_mode(name: str) -> ModeName:
-    """Checks and splits a bench mode name.
+    """Checks and splits a bench mode name (:func:`memrag.contexts.parse_context_mode`, K/V
+    memory and cross-chunk recovery allowed).
 
     Raises:
         ValueError: naming the mode and what is wrong with it.
     """
-    from memrag.memory.recovery import RecoveryConfig
-    from memrag.memory.spec import parse_memory_mode
-
-    from memrag.memory.kinds import MemoryKind
-
-    base, _, recovery = name.partition("+")
-    if base.split(":")[0] not in {kind.value for kind in MemoryKind if kind.is_kv}:
-        if recovery or base not in MODES:
-            raise ValueError(
-                f"unknown mode {name!r}; choose from {', '.join(MODES)} (K/V modes take "
-                "settings: kv-exact:int8, kv-pruned:0.5, kv-exact+cacheblend, kv:int8 for a K/V "
-                "compressor's slots as a store keeps them)"
-            )
-        return ModeName(name)
-    parse_memory_mode(base)
-    if recovery:
-        RecoveryConfig.parse(recovery)
-    return ModeName(name, memory=base, recovery=recovery or None)
+    return parse_context_mode(name, memory=True, recovery=True)
 
 
 @dataclass

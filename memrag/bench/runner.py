@@ -220,7 +220,7 @@ def _make_modes(
     work_dir: Path,
     clock: Clock,
 ) -> _Setup:
-    from memrag.eval.qa import truncated_context
+    from memrag.contexts import truncated_context
 
     store = built.store
     modes: dict[str, ContextMode] = {}
@@ -260,7 +260,7 @@ def _make_modes(
                 cost,
                 lambda ids: [r.context() for r in store.get(ids, with_slots=True)],
             )
-        elif mode.is_kv:
+        elif mode.reads_memory:
             if has_chat_template(compressor.tokenizer):
                 unavailable[name] = (
                     "not available: K/V memory is benchmarked with the plain QA prompt "

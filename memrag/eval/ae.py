@@ -114,8 +114,8 @@ def evaluation_stream(
         **stream_options: Other :class:`PretrainStream` arguments (lengths, ``ae_probability``,
             ``continuation``).
     """
-    from memrag.training.data import PretrainStream
     from memrag.prompts import token_ids
+    from memrag.training.data import PretrainStream
 
     return PretrainStream(
         list(paths),

@@ -12,7 +12,7 @@ Held-out text is cut, as pretraining cuts its continuation examples
   (:func:`~memrag.prompts.continue_prompt`, what continuation pretraining trains;
   embedding slots as ``inputs_embeds`` rows, K/V slots as a cache prefix);
 * ``truncated``: the context's first tokens, as many as it has slots
-  (:func:`memrag.eval.qa.truncated_ids`, the baseline compressed memory must beat);
+  (:func:`memrag.contexts.truncated_ids`, the baseline compressed memory must beat);
 * ``none``: ``[BOS]`` alone.
 
 Every mode is scored by :func:`~memrag.training.objectives.target_logits` and
@@ -33,14 +33,15 @@ from typing import Any
 
 import torch
 
+from memrag.contexts import PLAIN_MODES, check_context_modes, truncated_ids
 from memrag.data.readers import OnError
 from memrag.splice import IGNORE_INDEX, PromptPart
 from memrag.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
-#: Ways the context is given to the decoder (all run by default).
-MODES = ("text", "slots", "truncated", "none")
+#: Ways the context is given to the decoder (the plain context modes, all run by default).
+MODES = tuple(PLAIN_MODES)
 #: Target tokens scored after each context by default.
 DEFAULT_TARGET_TOKENS = 32
 #: Default context length, in compressor segments.
@@ -48,12 +49,9 @@ DEFAULT_CONTEXT_SEGMENTS = 2
 
 
 def check_modes(modes: Sequence[str]) -> None:
-    """Raises ``ValueError`` naming the first mode that is not in :data:`MODES` (or none given)."""
-    if not modes:
-        raise ValueError(f"no modes given; choose from {', '.join(MODES)}")
-    for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    """Raises ``ValueError`` naming the first mode that is not a plain context mode (K/V
+    memory is not scored on continuations), or when none is given."""
+    check_context_modes(modes, memory=False)
 
 
 @dataclass
@@ -232,7 +230,6 @@ def continuation_prompts(
         contexts: The contexts' token ids.
         mode: One of :data:`MODES`.
     """
-    from memrag.eval.qa import truncated_ids
     from memrag.prompts import continue_prompt, token_ids
     from memrag.training.objectives import encode_contexts
 

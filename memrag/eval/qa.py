@@ -1,13 +1,8 @@
 """Question answering with the frozen decoder, reading each question's own passage in many ways.
 
-* ``text``: the passage as text;
-* ``slots``: the passage's memory slots;
-* ``kv-exact`` / ``kv-pruned`` (with settings, e.g. ``kv-exact:int8``, ``kv-pruned:0.5``; see
-  :func:`memrag.memory.spec.parse_memory_mode`): the passage's K/V memory made by the frozen
-  decoder, as a store keeps it (after the float16 or int8 round trip);
-* ``truncated``: the passage text cut to as many tokens as it has slots (the same number of
-  decoder context positions), the baseline that compressed memory must beat;
-* ``none``: no passage.
+The modes (``text``, ``slots``, ``truncated``, ``none``, K/V memory modes such as
+``kv-exact:int8``) are those of :mod:`memrag.contexts`; K/V memory is read as a store keeps it
+(after its storage codec's round trip).
 
 Every mode uses the same decoder, the same prompt (:func:`memrag.prompts.qa_prompt`,
 the one fine-tuning teaches) and greedy decoding up to :data:`memrag.prompts.ANSWER_STOP`.
@@ -26,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memrag.contexts import PLAIN_MODES, check_context_modes, truncated_context
 from memrag.data.readers import OnError, QARecord, ReadReport, iter_qa_records
 from memrag.eval.metrics import aggregate_squad, answer_scores
 from memrag.generation import GenerationOptions
@@ -36,26 +32,15 @@ from memrag.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
-#: Modes without settings; any K/V memory mode (``kv-exact[:...]``, ``kv-pruned[:...]``) too.
-MODES = ("text", "slots", "truncated", "none")
 #: What ``memrag eval qa`` runs by default.
 DEFAULT_MODES = ("text", "slots", "kv-exact", "kv-pruned", "truncated", "none")
+#: The modes without settings (:data:`memrag.contexts.PLAIN_MODES`); any K/V memory mode too.
+MODES = tuple(PLAIN_MODES)
 
 
 def check_modes(modes: Sequence[str]) -> None:
-    """Raises ``ValueError`` naming the first mode that is neither in :data:`MODES` nor a K/V mode."""
-    from memrag.memory.kinds import MemoryKind
-    from memrag.memory.spec import parse_memory_mode
-
-    for mode in modes:
-        if mode in MODES:
-            continue
-        if mode.split(":")[0] not in {kind.value for kind in MemoryKind if kind.is_kv}:
-            raise ValueError(
-                f"unknown mode {mode!r}; choose from {', '.join(MODES)} or a K/V memory mode "
-                "(kv-exact[:int8], kv-pruned[:0.5], kv[:int8] for a K/V compressor's slots ...)"
-            )
-        parse_memory_mode(mode)
+    """Raises ``ValueError`` naming the first mode that is neither plain nor a K/V memory mode."""
+    check_context_modes(modes, memory=True)
 
 
 @dataclass
@@ -193,23 +178,6 @@ def sample_qa_records(
     return [item[2] for item in sorted(keyed, key=lambda item: item[1])]
 
 
-def truncated_ids(compressor: Any, segments: Sequence[Sequence[int]]) -> list[int]:
-    """The first tokens of a text given as its segments: as many as the text has slots.
-
-    Args:
-        compressor: Decides how many slots each segment gets.
-        segments: The text's token segments, as :meth:`Compressor.segment` cuts them.
-    """
-    count = sum(compressor.config.slots_for(len(s)) for s in segments)
-    return [token for segment in segments for token in segment][:count]
-
-
-def truncated_context(compressor: Any, context: str) -> str:
-    """The first ``num_slots(context)`` tokens of ``context``, as text."""
-    ids = truncated_ids(compressor, compressor.segment(context))
-    return compressor.tokenizer.decode(ids, skip_special_tokens=True)
-
-
 Context = str | Slots | KVSlots
 
 
@@ -224,7 +192,13 @@ def _contexts(
     """Each record's contexts in ``mode``, and the memory's cost (compressed modes)."""
     import time
 
-    from memrag.memory.builders import as_stored, build_memory, codec_for, computation_key, float16_bytes
+    from memrag.memory.builders import (
+        as_stored,
+        build_memory,
+        codec_for,
+        computation_key,
+        float16_bytes,
+    )
     from memrag.memory.spec import parse_memory_mode
 
     if mode == "none":

@@ -114,7 +114,7 @@ def test_percentile_matches_numpy(q: float) -> None:
 def test_mode_names_parse_and_bad_ones_are_refused() -> None:
     assert parse_mode("kv-exact:int8+cacheblend:0.1").memory == "kv-exact:int8"
     assert parse_mode("kv-exact+cacheblend").recovery == "cacheblend"
-    assert not parse_mode("text").is_kv
+    assert not parse_mode("text").reads_memory
     for bad, message in (
         ("pictures", "unknown mode"),
         ("text+cacheblend", "unknown mode"),
@@ -353,3 +353,12 @@ def test_output_projection_gets_densely_strided_input() -> None:
         full = base.model(input_ids=torch.tensor([[2, 5, 6, 7, 8]])).logits
     assert seen[0] == (32, 32, 1) and seen[1] == (160, 32, 1)
     torch.testing.assert_close(sliced[0, -1], full[0, -1])
+
+
+def test_the_bench_modes_are_the_registrys() -> None:
+    from memrag.bench.modes import MODES, parse_mode
+    from memrag.contexts import PLAIN_MODES
+
+    assert [m for m in MODES if not parse_mode(m).reads_memory] == list(PLAIN_MODES)
+    assert [parse_mode(m).memory for m in MODES if parse_mode(m).reads_memory] == ["kv-exact", "kv-pruned"]
+    assert parse_mode("kv:int4+cacheblend:0.1").recovery == "cacheblend:0.1"
