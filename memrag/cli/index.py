@@ -250,7 +250,7 @@ def _memory_spec(memory: str | None, keep_ratio: float | None, kv_dtype: str | N
                 fail(f"--keep-ratio needs --memory kv-pruned (memory is {spec.kind})")
             spec.pruning = type(spec.pruning)(**{**spec.pruning.__dict__, "keep_ratio": keep_ratio})
         if kv_dtype is not None:
-            if not spec.is_kv:
+            if not spec.packed_kv:
                 fail(f"--kv-dtype needs a K/V memory kind (memory is {spec.kind})")
             spec = type(spec)(kind=spec.kind, kv_dtype=kv_dtype, pruning=spec.pruning)
     except (TypeError, ValueError) as err:

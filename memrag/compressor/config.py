@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from memrag.memory.kinds import MemoryKind
 from memrag.version import __version__
 
 #: Format version of a saved compressor directory. Bump on incompatible changes.
@@ -23,6 +24,8 @@ EMBEDDINGS_NAME = "memory_embeddings.safetensors"
 SAVED_FILES = (CONFIG_NAME, ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, EMBEDDINGS_NAME)
 
 SlotKind = Literal["embedding", "kv"]
+#: The slot kinds a compressor can make: the trained memory kinds (:mod:`memrag.memory.kinds`).
+SLOT_KINDS: tuple[str, ...] = tuple(k.value for k in MemoryKind if k.needs_training)
 #: Where ``kv`` slots are read in the encoder (see :class:`CompressorConfig`).
 KV_POSITIONS = ("memory", "subset")
 #: How ``subset`` slot positions are chosen (see :class:`CompressorConfig`).
@@ -83,8 +86,8 @@ class CompressorConfig:
     memrag_version: str = __version__
 
     def __post_init__(self) -> None:
-        if self.slot_kind not in ("embedding", "kv"):
-            raise ValueError(f"slot_kind must be 'embedding' or 'kv', got {self.slot_kind!r}")
+        if self.slot_kind not in SLOT_KINDS:
+            raise ValueError(f"slot_kind must be one of {', '.join(SLOT_KINDS)}, got {self.slot_kind!r}")
         if self.kv_positions not in KV_POSITIONS:
             raise ValueError(
                 f"kv_positions must be one of {', '.join(KV_POSITIONS)}, got {self.kv_positions!r}"
@@ -93,12 +96,18 @@ class CompressorConfig:
             raise ValueError(
                 f"kv_selection must be one of {', '.join(KV_SELECTIONS)}, got {self.kv_selection!r}"
             )
-        if self.kv_selection != "stride" and not (self.slot_kind == "kv" and self.kv_positions == "subset"):
+        subset_kv = self.memory_kind is MemoryKind.KV and self.kv_positions == "subset"
+        if self.kv_selection != "stride" and not subset_kv:
             raise ValueError("kv_selection other than 'stride' needs slot_kind='kv' and kv_positions='subset'")
         if self.segment_length < 1:
             raise ValueError(f"segment_length must be >= 1, got {self.segment_length}")
         if self.compression_rate < 1:
             raise ValueError(f"compression_rate must be >= 1, got {self.compression_rate}")
+
+    @property
+    def memory_kind(self) -> MemoryKind:
+        """The kind of memory this compressor's slots are (``embedding`` or ``kv``)."""
+        return MemoryKind(self.slot_kind)
 
     @property
     def num_memory_tokens(self) -> int:
@@ -108,7 +117,7 @@ class CompressorConfig:
     @property
     def uses_memory_tokens(self) -> bool:
         """Whether slots are read at learned memory tokens appended to each segment."""
-        return self.slot_kind == "embedding" or self.kv_positions == "memory"
+        return not self.memory_kind.packed_kv or self.kv_positions == "memory"
 
     def slot_positions(self, num_tokens: int) -> list[int]:
         """For ``kv_positions="subset"`` with ``kv_selection="stride"``: the segment positions
@@ -120,7 +129,7 @@ class CompressorConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that define what the compressor computes (hashed into its fingerprint)."""
         data = {k: v for k, v in self.to_dict().items() if k not in ("memrag_version", "format_version")}
-        if self.slot_kind == "embedding":
+        if not self.memory_kind.packed_kv:
             data.pop("kv_positions")  # meaningless there; older fingerprints stay valid
         if self.kv_selection == "stride":
             data.pop("kv_selection")  # the only choice before it existed; fingerprints stay valid

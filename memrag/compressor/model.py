@@ -410,7 +410,7 @@ class Compressor(nn.Module):
         """
         if not segments:
             return []
-        if self.config.slot_kind == "kv":
+        if self.config.memory_kind.packed_kv:
             return encode_kv_segments(self, segments)
         rows, counts = [], []
         for ids in segments:
@@ -431,7 +431,7 @@ class Compressor(nn.Module):
 
     def join_segments(self, pieces: Sequence[Any], num_tokens: int, fingerprint: str = "") -> Slots | KVSlots:
         """One text's slots from its segments' slots (from :meth:`encode_segments`), in order."""
-        if self.config.slot_kind == "kv":
+        if self.config.memory_kind.packed_kv:
             return KVSlots.concatenate(list(pieces), fingerprint=fingerprint, num_tokens=num_tokens)
         return Slots(
             tensor=torch.cat(list(pieces), dim=0),

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class MemoryKind(str, enum.Enum):
@@ -22,14 +23,20 @@ class MemoryKind(str, enum.Enum):
     KV_PRUNED = "kv-pruned"
 
     @property
-    def is_kv(self) -> bool:
-        """Whether the memory is per-layer keys and values (spliced as a cache prefix)."""
-        return self is not MemoryKind.EMBEDDING
+    def info(self) -> MemoryKindInfo:
+        """What the registry knows of this kind (:func:`memory_kind_info`)."""
+        return memory_kind_info(self)
+
+    @property
+    def packed_kv(self) -> bool:
+        """Whether the memory is per-layer keys and values: spliced as a cache prefix, stored
+        as rows packed by :mod:`memrag.memory.codec`."""
+        return self.info.packed_kv
 
     @property
     def needs_training(self) -> bool:
         """Whether the memory is made by a trained compressor (not the frozen decoder)."""
-        return self in (MemoryKind.EMBEDDING, MemoryKind.KV)
+        return self.info.trained
 
     @classmethod
     def parse(cls, value: "str | MemoryKind") -> "MemoryKind":
@@ -43,13 +50,66 @@ class MemoryKind(str, enum.Enum):
             raise ValueError(f"unknown memory kind {value!r}; choose from {names}") from None
 
 
-#: Kinds a store can be built with (``embedding`` and ``kv`` need a compressor of that slot kind).
-BUILDABLE_KINDS: tuple[MemoryKind, ...] = (
-    MemoryKind.EMBEDDING,
-    MemoryKind.KV,
-    MemoryKind.KV_EXACT,
-    MemoryKind.KV_PRUNED,
+@dataclass(frozen=True)
+class MemoryKindInfo:
+    """What a memory kind is, for the code that makes, stores and splices it.
+
+    Attributes:
+        kind: The kind.
+        packed_kv: Per-layer keys and values, spliced as a cache prefix and stored as rows
+            packed by :mod:`memrag.memory.codec` (``False``: embedding rows, spliced as
+            ``inputs_embeds`` and stored in the slot dtype).
+        trained: Made by a trained compressor whose ``slot_kind`` is the kind's name (``False``:
+            by the frozen decoder, which any compressor over the base model has).
+        description: What a chunk's memory is.
+    """
+
+    kind: MemoryKind
+    packed_kv: bool
+    trained: bool
+    description: str
+
+
+_REGISTRY: dict[MemoryKind, MemoryKindInfo] = {}
+
+
+def register_memory_kind(info: MemoryKindInfo) -> None:
+    """Adds a kind to the registry (one entry per kind; like peft's ``register_peft_method``).
+
+    Raises:
+        ValueError: the kind is registered already.
+    """
+    if info.kind in _REGISTRY:
+        raise ValueError(f"memory kind {info.kind.value!r} is registered already")
+    _REGISTRY[info.kind] = info
+
+
+def memory_kind_info(kind: MemoryKind | str) -> MemoryKindInfo:
+    """The registry's entry of ``kind`` (a :class:`MemoryKind` or its name).
+
+    Raises:
+        ValueError: an unknown kind, listing the kinds.
+    """
+    return _REGISTRY[MemoryKind.parse(kind)]
+
+
+register_memory_kind(
+    MemoryKindInfo(MemoryKind.EMBEDDING, False, True, "embedding slots of a trained compressor (ICAE)")
 )
+register_memory_kind(
+    MemoryKindInfo(MemoryKind.KV, True, True, "keys and values of a trained K/V compressor's slots")
+)
+register_memory_kind(
+    MemoryKindInfo(MemoryKind.KV_EXACT, True, False, "the frozen decoder's keys and values, every position")
+)
+register_memory_kind(
+    MemoryKindInfo(
+        MemoryKind.KV_PRUNED, True, False, "the frozen decoder's keys and values, a subset of positions"
+    )
+)
+
+#: Kinds a store can be built with (``embedding`` and ``kv`` need a compressor of that slot kind).
+BUILDABLE_KINDS: tuple[MemoryKind, ...] = tuple(_REGISTRY)
 
 
 def check_compressor_kind(kind: MemoryKind, slot_kind: str) -> None:
@@ -62,5 +122,9 @@ def check_compressor_kind(kind: MemoryKind, slot_kind: str) -> None:
         raise ValueError(
             f"{kind.value} memory is made by a compressor with slot_kind={kind.value!r}; this "
             f"compressor's slots are {slot_kind!r}"
-            + (" (use memory 'kv' for it, or a K/V kind made by the frozen decoder)" if slot_kind == "kv" else "")
+            + (
+                " (use memory 'kv' for it, or a K/V kind made by the frozen decoder)"
+                if slot_kind == MemoryKind.KV.value
+                else ""
+            )
         )

@@ -52,14 +52,14 @@ class MemorySpec:
         return MemoryKind(self.kind)
 
     @property
-    def is_kv(self) -> bool:
-        """Whether chunks are stored as keys and values."""
-        return self.memory_kind.is_kv
+    def packed_kv(self) -> bool:
+        """Whether chunks are stored as packed keys and values (the kind's registry entry)."""
+        return self.memory_kind.packed_kv
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (only the settings that apply to the kind)."""
         data: dict[str, Any] = {"kind": self.kind}
-        if self.is_kv:
+        if self.packed_kv:
             data["kv_dtype"] = self.kv_dtype
         if self.kind == MemoryKind.KV_PRUNED.value:
             data["pruning"] = dataclasses.asdict(self.pruning)
@@ -111,7 +111,7 @@ def parse_memory_mode(text: str) -> MemorySpec:
 
     name, *settings = [piece.strip() for piece in text.split(":")]
     kind = MemoryKind.parse(name)
-    if not kind.is_kv:
+    if not kind.packed_kv:
         raise ValueError(f"mode {text!r}: {name!r} is not a K/V memory kind")
     kv_dtype = "float16"
     pruning: dict[str, Any] = {}
@@ -212,7 +212,7 @@ def describe_memory(spec: MemorySpec) -> str:
     """A label naming every setting that differs from the kind's plain form (defaults change;
     reports keep meaning what they measured)."""
     label = spec.kind
-    if spec.is_kv and spec.kv_dtype != "float16":
+    if spec.packed_kv and spec.kv_dtype != "float16":
         label += f" {spec.kv_dtype}"
     if spec.kind == MemoryKind.KV_PRUNED.value:
         p = spec.pruning

@@ -95,7 +95,7 @@ class ChunkReader:
         recorded in :attr:`integrity`.
         """
         memory = self.manifest.memory_info
-        codec = memory.codec() if memory.is_kv else None
+        codec = memory.codec() if memory.packed_kv else None
         result: dict[int, Slots | KVSlots] = {}
         for row in rows:
             if row.shard_file is None or not row.slot_count:

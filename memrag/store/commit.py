@@ -49,7 +49,7 @@ def check_batch(root: Path, manifest: Manifest, batch: ProcessedBatch) -> None:
         raise ValueError(
             f"expected vectors of shape ({n}, {dimension}), got {tuple(batch.vectors.shape)}"
         )
-    if memory.is_kv:
+    if memory.packed_kv:
         if batch.slots.dtype != torch.uint8 or batch.slots.shape[-1] != memory.row_bytes:
             raise ValueError(
                 f"K/V rows are {dtype_name(batch.slots.dtype)} of width {batch.slots.shape[-1]}, "
@@ -60,7 +60,7 @@ def check_batch(root: Path, manifest: Manifest, batch: ProcessedBatch) -> None:
             f"slots are {dtype_name(batch.slots.dtype)}, the store keeps "
             f"{manifest.options.slot_dtype}"
         )
-    if n and not memory.is_kv and batch.slots.shape[-1] != manifest.compressor.hidden_size:
+    if n and not memory.packed_kv and batch.slots.shape[-1] != manifest.compressor.hidden_size:
         raise ValueError(
             f"slots have width {batch.slots.shape[-1]}, expected {manifest.compressor.hidden_size}"
         )

@@ -27,7 +27,7 @@ def memory_info(compressor: Any, memory: Any) -> MemoryInfo:
     config = compressor.config
     spec = resolve_memory_spec(memory, config.slot_kind)
     check_compressor_kind(spec.memory_kind, config.slot_kind)
-    if not spec.is_kv:
+    if not spec.packed_kv:
         return MemoryInfo(
             kind=spec.kind,
             settings=spec.to_dict(),
@@ -60,7 +60,7 @@ def check_compressor_matches(path: Path, manifest: Manifest, compressor: Any) ->
         CompressorMismatchError: naming the store's and the given compressor or base model.
     """
     memory = manifest.memory_info
-    if memory.is_kv and not MemoryKind.parse(memory.kind).needs_training:
+    if memory.packed_kv and not MemoryKind.parse(memory.kind).needs_training:
         # K/V memory is the base model's own: any compressor over that base model reads it.
         signature = dict(compressor.config.base_model_signature)
         if signature != memory.base_model_signature:
@@ -116,7 +116,7 @@ def load_recorded_compressor(
             info.source or None,
             untrained_base=None if info.source else info.base_model,
             # K/V memory needs only the base model: any compressor over it reads the store.
-            fallback_base=memory.base_model if memory.is_kv else None,
+            fallback_base=memory.base_model if memory.packed_kv else None,
             on_fallback=logger.info,
             device=device,
             dtype=dtype,

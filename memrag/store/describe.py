@@ -14,7 +14,7 @@ from memrag.utils.torch_utils import resolve_dtype
 def row_bytes(manifest: Manifest) -> int:
     """Bytes of one stored row (a slot, or a packed K/V position)."""
     memory = manifest.memory_info
-    if memory.is_kv:
+    if memory.packed_kv:
         return memory.row_bytes
     width = manifest.compressor.hidden_size
     return width * torch.tensor([], dtype=resolve_dtype(manifest.options.slot_dtype)).element_size()

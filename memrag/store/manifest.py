@@ -105,9 +105,11 @@ class MemoryInfo:
     row_bytes: int = 0
 
     @property
-    def is_kv(self) -> bool:
-        """Whether chunks are stored as keys and values."""
-        return self.kind != "embedding"
+    def packed_kv(self) -> bool:
+        """Whether chunks are stored as packed keys and values (the kind's registry entry)."""
+        from memrag.memory.kinds import memory_kind_info
+
+        return memory_kind_info(self.kind).packed_kv
 
     def spec(self) -> Any:
         """The :class:`~memrag.memory.spec.MemorySpec` this describes."""
@@ -126,7 +128,7 @@ class MemoryInfo:
         settings_kind = self.settings.get("kind", "embedding")
         if settings_kind != self.kind:
             return f"memory.kind is {self.kind!r} but memory.settings.kind is {settings_kind!r}"
-        if self.is_kv:
+        if self.packed_kv:
             try:
                 expected = self.codec().row_bytes
             except (ValueError, TypeError) as err:
@@ -255,7 +257,7 @@ class Manifest:
                 fingerprint=self.compressor.fingerprint,
                 base_model=self.compressor.base_model,
             )
-        if self.memory.is_kv:
+        if self.memory.packed_kv:
             self.format_version = max(self.format_version, STORE_FORMAT_VERSION)
 
     @property
@@ -267,7 +269,7 @@ class Manifest:
     def shard_layout(self) -> ShardLayout:
         """What the store's shards must hold (kind in the header, row width, dtype)."""
         memory = self.memory_info
-        if memory.is_kv:
+        if memory.packed_kv:
             return ShardLayout(memory.kind, memory.row_bytes, "U8")
         dtype = SAFETENSORS_DTYPES.get(self.options.slot_dtype, self.options.slot_dtype)
         return ShardLayout(memory.kind, self.compressor.hidden_size, dtype)

@@ -159,7 +159,7 @@ class ChunkProcessor:
             elif fidelity == "agreement":
                 self.scorer = AgreementScorer(compressor)
         self._codec = None
-        if self.memory.is_kv:
+        if self.memory.packed_kv:
             from memrag.memory.builders import codec_for
 
             with compressor.decoder_mode() as decoder:
@@ -184,7 +184,7 @@ class ChunkProcessor:
                 f"embedder {self.embedder.model_id} returned shape {vectors.shape}, "
                 f"expected ({len(chunks)}, {self.embedder.dimension})"
             )
-        if self.memory.is_kv:
+        if self.memory.packed_kv:
             return self._process_kv(chunks, texts, vectors, started)
         compressed = (
             self.compressor.compress(texts, batch_size=self.compress_batch_size) if chunks else []
