@@ -18,8 +18,9 @@ from memrag.memory.capture import capture_kv
 from memrag.memory.kv import KVSlots
 from memrag.memory.pruning import REPEAT_PROMPT, PruningConfig, score_and_capture, select_positions
 from memrag.testing import randomize_lora, tiny_base_model, tiny_compressor
-from memrag.training.data import QAExample
-from memrag.training.objectives import Distillation, QAObjective, TargetLogits, top_k_kl
+from memrag.data.examples import QAExample
+from memrag.scoring import TargetLogits
+from memrag.training.objectives import Distillation, QAObjective, top_k_kl
 from training_fixtures import make_trainer, train_log
 
 POSITIONS = ["memory", "subset"]

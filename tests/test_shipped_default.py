@@ -67,7 +67,7 @@ def test_a_shipped_compressor_is_recorded_by_name_not_location(tmp_path) -> None
 
 def _demo_examples(count: int = 6) -> list:
     from memrag.demo_corpus import load_demo_corpus
-    from memrag.training.data import QAExample
+    from memrag.data.examples import QAExample
 
     return [
         QAExample(id=q.id, question=q.question, answers=q.answers, contexts=[p.text])

@@ -23,7 +23,7 @@ from memrag.training import (
     holdout_start_line,
 )
 from memrag.training.checkpoint import CHECKPOINT_FILES, optimizer_from_files, optimizer_to_files
-from memrag.training.data import take
+from memrag.data.examples import take
 from memrag.prompts import qa_prompt, qa_target_ids, reconstruct_prompt
 from memrag.training.objectives import PretrainObjective, QAObjective, target_losses
 from memrag.training.trainer import OutputExistsError, lr_factor
@@ -249,7 +249,7 @@ def test_qa_stream_start_line_skips_earlier_questions_in_every_epoch(tmp_path: P
 
 # --------------------------------------------------------------------------- objectives
 def test_objectives_put_loss_on_target_tokens_only(tiny_compressor: Compressor) -> None:
-    from memrag.training.data import PretrainExample, QAExample
+    from memrag.data.examples import PretrainExample, QAExample
 
     tokenize = _tokenize(tiny_compressor)
     segment = tokenize("Paris is the capital and most populous city of France.")[:12]

@@ -70,7 +70,7 @@ def sample_segments(
     With ``holdout_fraction > 0`` only the held-out tail of each file is read (the lines a
     training run with the same fraction never saw).
     """
-    from memrag.training.data import take
+    from memrag.data.examples import take
 
     stream = evaluation_stream(
         paths,
@@ -98,7 +98,7 @@ def evaluation_stream(
     on_error: OnError = "skip",
     **stream_options: Any,
 ) -> Any:
-    """A seeded, finite :class:`~memrag.training.data.PretrainStream` for evaluation.
+    """A seeded, finite :class:`~memrag.data.examples.PretrainStream` for evaluation.
 
     With ``holdout_fraction > 0`` it reads only the held-out tail of each file (the lines a
     training run with the same fraction never saw), else whole files; either way once.
@@ -115,7 +115,7 @@ def evaluation_stream(
             ``continuation``).
     """
     from memrag.prompts import token_ids
-    from memrag.training.data import PretrainStream
+    from memrag.data.examples import PretrainStream
 
     return PretrainStream(
         list(paths),

@@ -15,8 +15,8 @@ Held-out text is cut, as pretraining cuts its continuation examples
   (:func:`memrag.contexts.truncated_ids`, the baseline compressed memory must beat);
 * ``none``: ``[BOS]`` alone.
 
-Every mode is scored by :func:`~memrag.training.objectives.target_logits` and
-:func:`~memrag.training.objectives.token_losses`, the teacher-forced path of the training
+Every mode is scored by :func:`~memrag.scoring.target_logits` and
+:func:`~memrag.scoring.token_losses`, the teacher-forced path of the training
 objectives (one splice path, the adapter disabled), so only the context part of the prompt
 differs between modes. Scores: mean negative log-likelihood per target token (nats),
 perplexity (``exp`` of it) and top-1 next-token accuracy (percent), over all target tokens.
@@ -118,7 +118,7 @@ def sample_continuations(
         ValueError: ``context_tokens`` or ``target_tokens`` below 1, or a bad holdout fraction.
     """
     from memrag.eval.ae import evaluation_stream
-    from memrag.training.data import take
+    from memrag.data.examples import take
 
     if context_tokens < 1 or target_tokens < 1:
         raise ValueError(
@@ -231,7 +231,7 @@ def continuation_prompts(
         mode: One of :data:`MODES`.
     """
     from memrag.prompts import continue_prompt, token_ids
-    from memrag.training.objectives import encode_contexts
+    from memrag.scoring import encode_contexts
 
     check_modes([mode])
     tokenizer = compressor.tokenizer
@@ -270,7 +270,7 @@ def evaluate_lm(
             without a BOS token (nothing would precede the first target).
     """
     from memrag.prompts import token_ids
-    from memrag.training.objectives import target_logits, token_losses
+    from memrag.scoring import target_logits, token_losses
 
     check_modes(modes)
     if not examples:

@@ -245,7 +245,7 @@ class AgreementScorer:
         """Per chunk: ``{"kl": mean KL per answer token, "top1": share of answer tokens whose
         most likely prediction is the same from memory as from text}``."""
         from memrag.prompts import qa_prompt, qa_target_ids
-        from memrag.training.objectives import target_logits
+        from memrag.scoring import target_logits
 
         if len(texts) != len(memories):
             raise ValueError(f"{len(texts)} texts but {len(memories)} memories")

@@ -28,11 +28,9 @@ from memrag.prompts import (
     qa_target_ids,
     reconstruct_prompt,
 )
-from memrag.generation import cache_argument
-from memrag.memory.kv import KVSlots
-from memrag.slots import Slots
+from memrag.scoring import TargetLogits, encode_contexts, target_logits, token_losses
 from memrag.splice import IGNORE_INDEX, PromptPart
-from memrag.training.data import PretrainExample, QAExample
+from memrag.data.examples import PretrainExample, QAExample
 
 
 @dataclass
@@ -63,19 +61,6 @@ class Objective(Protocol):
 
 
 # --------------------------------------------------------------------------- shared core
-def encode_contexts(compressor: Any, contexts: Sequence[Sequence[Sequence[int]]]) -> list[Slots | KVSlots]:
-    """Slots of each context given as its token segments, encoded in one batch (with grad)."""
-    flat = [segment for segments in contexts for segment in segments]
-    pieces = compressor.encode_segments(flat)
-    result: list[Slots | KVSlots] = []
-    cursor = 0
-    for segments in contexts:
-        mine = pieces[cursor : cursor + len(segments)]
-        cursor += len(segments)
-        result.append(compressor.join_segments(mine, sum(len(s) for s in segments)))
-    return result
-
-
 @dataclass(frozen=True)
 class Distillation:
     """Distillation from the frozen decoder reading the text itself (KV-Distill style).
@@ -104,67 +89,6 @@ class Distillation:
     def enabled(self) -> bool:
         """Whether the KL term is computed."""
         return self.weight > 0
-
-
-@dataclass
-class TargetLogits:
-    """Decoder logits on the target positions of a batch.
-
-    Attributes:
-        logits: ``(batch, positions, vocab)`` float32; position ``t`` predicts ``labels[:, t]``.
-        labels: ``(batch, positions)`` target ids, ``IGNORE_INDEX`` where a row has none.
-    """
-
-    logits: torch.Tensor
-    labels: torch.Tensor
-
-
-def target_logits(
-    compressor: Any,
-    prompts: Sequence[Sequence[PromptPart]],
-    targets: Sequence[Sequence[int]],
-    *,
-    keep: int | None = None,
-) -> TargetLogits:
-    """Logits of the frozen decoder that predict each row's target tokens (teacher forcing).
-
-    Prompts go through :meth:`Compressor.build`, the one splice path: embedding slots and
-    text as ``inputs_embeds``, K/V memory as a (differentiable) cache prefix. Only the logits
-    of the last ``keep`` positions are computed (default ``max(len(target)) + 1``: the
-    vocabulary projection dominates the cost of short targets after long prompts).
-    """
-    batch = compressor.build(prompts, [list(t) for t in targets], append_eos=False)
-    assert batch.labels is not None
-    cached = batch.cache.get_seq_length() if batch.cache is not None else 0
-    length = batch.inputs_embeds.shape[1] - cached
-    keep = min(keep or max(len(t) for t in targets) + 1, length)
-    # Positions as an index tensor, not an int: HF then gathers a contiguous slice of the
-    # hidden states, so the vocabulary projection is one matrix product. With an int it is a
-    # strided view, and matmul falls back to a batched product that copies the (vocab x
-    # hidden) weight once per row (seconds per step on CPU).
-    positions = torch.arange(length - keep, length, device=batch.inputs_embeds.device)
-    inputs: dict[str, Any] = {}
-    if batch.cache is not None:
-        inputs[cache_argument(compressor.causal_lm)] = batch.cache
-    with compressor.decoder_mode() as decoder:
-        output = decoder(
-            inputs_embeds=batch.inputs_embeds[:, cached:],
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids[:, cached:],
-            use_cache=False,
-            logits_to_keep=positions,
-            **inputs,
-        )
-    return TargetLogits(output.logits[:, :-1].float(), batch.labels[:, -(keep - 1) :])
-
-
-def token_losses(student: TargetLogits) -> tuple[torch.Tensor, list[int]]:
-    """Per-row sums of target-token cross-entropy, and target token counts."""
-    logits, labels = student.logits, student.labels
-    losses = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view(labels.shape)
-    return losses.sum(dim=1), (labels != IGNORE_INDEX).sum(dim=1).tolist()
 
 
 def top_k_kl(teacher: TargetLogits, student: TargetLogits, top_k: int) -> torch.Tensor:

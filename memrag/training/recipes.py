@@ -18,7 +18,7 @@ from memrag.training.arguments import (
     PretrainDataArguments,
     TrainingArguments,
 )
-from memrag.training.data import PretrainStream, QAStream, take
+from memrag.data.examples import PretrainStream, QAStream, take
 from memrag.training.distributed import DistInfo, setup_distributed
 from memrag.training.evaluators import LossEvaluator, ReconstructionEvaluator, SquadEvaluator
 from memrag.training.objectives import Distillation, PretrainObjective, QAObjective

@@ -1,7 +1,7 @@
 """The training loop: AdamW over the LoRA weights and memory/task embeddings only.
 
 :class:`Trainer` takes a compressor, an objective (:mod:`memrag.training.objectives`), a
-resumable data stream (:mod:`memrag.training.data`) and :class:`TrainingArguments`. It does
+resumable data stream (:mod:`memrag.data.examples`) and :class:`TrainingArguments`. It does
 gradient accumulation (the loss is the mean over every target token of an optimizer step),
 warmup + cosine/linear learning-rate decay, gradient clipping, bf16 autocast on CUDA,
 periodic evaluation, checkpoints that resume exactly (weights, optimizer, scheduler, RNG and
@@ -24,7 +24,7 @@ import torch
 
 from memrag.training import checkpoint as ckpt
 from memrag.training.arguments import TrainingArguments
-from memrag.training.data import ResumableStream, take
+from memrag.data.examples import ResumableStream, take
 from memrag.training.distributed import (
     DistInfo,
     all_reduce_gradients,
