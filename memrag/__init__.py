@@ -18,6 +18,11 @@ _EXPORTS = {
     "Splicer": "memrag.splice",
     "SpliceBatch": "memrag.splice",
     "Task": "memrag.splice",
+    "KVSlots": "memrag.memory.kv",
+    "MemoryKind": "memrag.memory.kinds",
+    "MemoryStore": "memrag.store.memory_store",
+    "Answerer": "memrag.rag.answerer",
+    "resolve_compressor": "memrag.compressor.resolve",
     "BaseModel": "memrag.models.loading",
     "load_base_model": "memrag.models.loading",
 }

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import DecodingModel
 
 #: The modes without settings and what each gives the decoder, in report order.
 PLAIN_MODES: dict[str, str] = {}
@@ -117,7 +120,7 @@ def check_context_modes(
     return [parse_context_mode(m, memory=memory, recovery=recovery) for m in modes]
 
 
-def truncated_ids(compressor: Any, segments: Sequence[Sequence[int]]) -> list[int]:
+def truncated_ids(compressor: DecodingModel, segments: Sequence[Sequence[int]]) -> list[int]:
     """The first tokens of a text given as its segments: as many as the text has slots.
 
     Args:
@@ -128,7 +131,7 @@ def truncated_ids(compressor: Any, segments: Sequence[Sequence[int]]) -> list[in
     return [token for segment in segments for token in segment][:count]
 
 
-def truncated_context(compressor: Any, context: str) -> str:
+def truncated_context(compressor: DecodingModel, context: str) -> str:
     """The first ``num_slots(context)`` tokens of ``context``, as text (the ``truncated`` mode)."""
     ids = truncated_ids(compressor, compressor.segment(context))
     return compressor.tokenizer.decode(ids, skip_special_tokens=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,11 @@ from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
 from memrag.splice import IGNORE_INDEX, PromptPart
 
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import DecodingModel
 
-def encode_contexts(compressor: Any, contexts: Sequence[Sequence[Sequence[int]]]) -> list[Slots | KVSlots]:
+
+def encode_contexts(compressor: DecodingModel, contexts: Sequence[Sequence[Sequence[int]]]) -> list[Slots | KVSlots]:
     """Slots of each context given as its token segments, encoded in one batch (with grad)."""
     flat = [segment for segments in contexts for segment in segments]
     pieces = compressor.encode_segments(flat)
@@ -44,7 +47,7 @@ class TargetLogits:
 
 
 def target_logits(
-    compressor: Any,
+    compressor: DecodingModel,
     prompts: Sequence[Sequence[PromptPart]],
     targets: Sequence[Sequence[int]],
     *,

@@ -217,3 +217,20 @@ def test_same_seed_gives_the_same_fresh_compressor() -> None:
     torch.manual_seed(12345)  # the global RNG state must not matter
     second = Compressor(tiny_base_model(seed=0), CompressorConfig(segment_length=16, lora_rank=2), seed=11)
     assert first.fingerprint == second.fingerprint
+
+
+def test_the_compressor_has_what_its_protocols_promise() -> None:
+    """DecodingModel / MemoryMaker state what the rest of memrag calls on a compressor."""
+    import inspect
+
+    from memrag.compressor import Compressor
+    from memrag.compressor.protocol import DecodingModel, MemoryMaker
+
+    for protocol in (DecodingModel, MemoryMaker):
+        for name, wanted in vars(protocol).items():
+            if name.startswith("_"):
+                continue
+            assert hasattr(Compressor, name), f"Compressor lacks {protocol.__name__}.{name}"
+            if inspect.isfunction(wanted):
+                promised = set(inspect.signature(wanted).parameters)
+                assert promised <= set(inspect.signature(getattr(Compressor, name)).parameters), name

@@ -31,10 +31,10 @@ def root(
 
 
 # Command modules register their commands on import.
+from memrag.cli import bench as _bench  # noqa: E402,F401
 from memrag.cli import compress as _compress  # noqa: E402,F401
 from memrag.cli import demo as _demo  # noqa: E402,F401
-from memrag.cli import train as _train  # noqa: E402,F401
 from memrag.cli import eval as _eval  # noqa: E402,F401
 from memrag.cli import index as _index  # noqa: E402,F401
 from memrag.cli import serve as _serve  # noqa: E402,F401
-from memrag.cli import bench as _bench  # noqa: E402,F401
+from memrag.cli import train as _train  # noqa: E402,F401

@@ -303,7 +303,12 @@ def lm(
     """
     setup_logging(options.verbose)
     from memrag.data.readers import BadRowError
-    from memrag.eval.lm import DEFAULT_CONTEXT_SEGMENTS, check_modes, evaluate_lm, sample_continuations
+    from memrag.eval.lm import (
+        DEFAULT_CONTEXT_SEGMENTS,
+        check_modes,
+        evaluate_lm,
+        sample_continuations,
+    )
 
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     try:

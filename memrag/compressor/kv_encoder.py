@@ -23,7 +23,7 @@ embeddings when they are enabled.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,8 +32,11 @@ from memrag.memory.kinds import MemoryKind
 from memrag.memory.kv import KVSlots
 from memrag.splice import left_padded, position_ids_from_mask
 
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import MemoryMaker
 
-def encoder_rows(compressor: Any, ids: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+
+def encoder_rows(compressor: MemoryMaker, ids: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
     """One segment's encoder input embeddings and the row indices its slots are read at.
 
     ``[BOS] + segment`` (``+ memory tokens`` when the slots are read there).
@@ -52,7 +55,7 @@ def encoder_rows(compressor: Any, ids: Sequence[int]) -> tuple[torch.Tensor, lis
     return text, [first + position for position in config.slot_positions(len(ids))]
 
 
-def scored_positions(compressor: Any, segments: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+def scored_positions(compressor: MemoryMaker, segments: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """For a scored ``kv_selection``: each segment's kept positions per layer, ``(slots, layers)``.
 
     The frozen decoder (adapter disabled, no gradient) reads each segment after BOS, as
@@ -79,7 +82,7 @@ def scored_positions(compressor: Any, segments: Sequence[Sequence[int]]) -> list
     return chosen
 
 
-def encode_kv_segments(compressor: Any, segments: Sequence[Sequence[int]]) -> list[KVSlots]:
+def encode_kv_segments(compressor: MemoryMaker, segments: Sequence[Sequence[int]]) -> list[KVSlots]:
     """K/V slots of each token segment (one left-padded encoder pass, gradients as enabled)."""
     rows, picks = [], []
     for ids in segments:

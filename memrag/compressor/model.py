@@ -34,14 +34,14 @@ from memrag.compressor.config import (
     EMBEDDINGS_NAME,
     CompressorConfig,
 )
+from memrag.compressor.kv_encoder import encode_kv_segments, encoder_rows
 from memrag.compressor.shipped import resolve_compressor_path, source_name
 from memrag.generation import Generation, GenerationOptions, generate, stream
-from memrag.models.loading import BaseModel, load_base_model, model_signature
-from memrag.slots import Slots
-from memrag.compressor.kv_encoder import encode_kv_segments, encoder_rows
 from memrag.memory.kinds import MemoryKind
 from memrag.memory.kv import KVSlots
 from memrag.memory.prefill import KVPrefill
+from memrag.models.loading import BaseModel, load_base_model, model_signature
+from memrag.slots import Slots
 from memrag.splice import (
     PromptPart,
     SpliceBatch,

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from memrag.data.readers import OnError
 from memrag.eval.metrics import corpus_bleu, reconstruction_exact_match
 from memrag.generation import GenerationOptions
 from memrag.utils.progress import progress
+
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import DecodingModel
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +117,8 @@ def evaluation_stream(
         **stream_options: Other :class:`PretrainStream` arguments (lengths, ``ae_probability``,
             ``continuation``).
     """
-    from memrag.prompts import token_ids
     from memrag.data.examples import PretrainStream
+    from memrag.prompts import token_ids
 
     return PretrainStream(
         list(paths),
@@ -145,7 +148,7 @@ def _scores(pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
     return {"bleu4": bleu, "exact_match": 100.0 * em / max(len(pairs), 1), "n": len(pairs)}
 
 
-def reconstruct(compressor: Any, segments: Sequence[Sequence[int]], *, batch_size: int = 8, show_progress: bool = False) -> list[str]:
+def reconstruct(compressor: DecodingModel, segments: Sequence[Sequence[int]], *, batch_size: int = 8, show_progress: bool = False) -> list[str]:
     """Decodes each token segment back from its slots (greedy, up to EOS)."""
     from memrag.prompts import reconstruct_prompt
 
@@ -168,7 +171,7 @@ def reconstruct(compressor: Any, segments: Sequence[Sequence[int]], *, batch_siz
 
 
 def evaluate_ae(
-    compressor: Any,
+    compressor: DecodingModel,
     segments: Sequence[Sequence[int]],
     *,
     buckets: Sequence[int] = DEFAULT_BUCKETS,

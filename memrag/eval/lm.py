@@ -29,7 +29,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +37,9 @@ from memrag.contexts import PLAIN_MODES, check_context_modes, truncated_ids
 from memrag.data.readers import OnError
 from memrag.splice import IGNORE_INDEX, PromptPart
 from memrag.utils.progress import progress
+
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import DecodingModel
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +120,8 @@ def sample_continuations(
     Raises:
         ValueError: ``context_tokens`` or ``target_tokens`` below 1, or a bad holdout fraction.
     """
-    from memrag.eval.ae import evaluation_stream
     from memrag.data.examples import take
+    from memrag.eval.ae import evaluation_stream
 
     if context_tokens < 1 or target_tokens < 1:
         raise ValueError(
@@ -218,7 +221,7 @@ def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
 
 
 def continuation_prompts(
-    compressor: Any, contexts: Sequence[Sequence[int]], mode: str
+    compressor: DecodingModel, contexts: Sequence[Sequence[int]], mode: str
 ) -> tuple[list[list[PromptPart]], list[int]]:
     """The prompts that precede the targets in ``mode``, and the positions each context takes.
 
@@ -249,7 +252,7 @@ def continuation_prompts(
 
 
 def evaluate_lm(
-    compressor: Any,
+    compressor: DecodingModel,
     examples: Sequence[Continuation],
     *,
     modes: Sequence[str] = MODES,

@@ -19,7 +19,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memrag.contexts import PLAIN_MODES, check_context_modes, truncated_context
 from memrag.data.readers import OnError, QARecord, ReadReport, iter_qa_records
@@ -29,6 +29,9 @@ from memrag.memory.kv import KVSlots
 from memrag.prompts import ANSWER_STOP
 from memrag.slots import Slots
 from memrag.utils.progress import progress
+
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import DecodingModel
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +185,7 @@ Context = str | Slots | KVSlots
 
 
 def _contexts(
-    compressor: Any,
+    compressor: DecodingModel,
     records: Sequence[QARecord],
     mode: str,
     batch_size: int,
@@ -237,14 +240,14 @@ def _contexts(
     return [[by_text[r.context]] for r in records], cost
 
 
-def _positions(compressor: Any, context: Context) -> int:
+def _positions(compressor: DecodingModel, context: Context) -> int:
     if isinstance(context, (Slots, KVSlots)):
         return context.num_slots
     return len(compressor.tokenizer(context, add_special_tokens=False)["input_ids"])
 
 
 def evaluate_qa(
-    compressor: Any,
+    compressor: DecodingModel,
     records: Sequence[QARecord],
     *,
     modes: Sequence[str] = MODES,

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-
 from memrag.compressor.resolve import resolve_compressor
 from memrag.indexing.corpus import CorpusReader, CorpusReport, count_documents
 from memrag.store.fidelity import SET_THRESHOLD_HINT, mostly_text

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,9 @@ from memrag.memory.pruning import REPEAT_PROMPT, score_and_capture, select_posit
 from memrag.memory.spec import MemorySpec
 from memrag.slots import Slots
 from memrag.utils.progress import progress
+
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import MemoryMaker
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def computation_key(spec: MemorySpec) -> str:
 
 
 def build_memory(
-    compressor: Any,
+    compressor: MemoryMaker,
     spec: MemorySpec,
     texts: Sequence[str],
     *,
@@ -160,7 +163,7 @@ def build_memory(
 
 
 def _compute(
-    compressor: Any,
+    compressor: MemoryMaker,
     texts: Sequence[str],
     names: Sequence[str],
     selection: str | None,

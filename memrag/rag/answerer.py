@@ -16,12 +16,15 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from memrag.generation import Generation, GenerationOptions
 from memrag.rag.prompt import PromptSpec
 from memrag.rag.sources import DocumentSource, fetch_records
 from memrag.splice import PromptPart
+
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import DecodingModel
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +142,7 @@ class Answerer:
     """
 
     def __init__(
-        self, compressor: Any, source: DocumentSource | None, *, batch_size: int = 8
+        self, compressor: DecodingModel, source: DocumentSource | None, *, batch_size: int = 8
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -265,7 +268,7 @@ class Answerer:
         yield StreamEnd(Generation(text, num_tokens, finish, positions, prefilled))
 
 
-def default_model_name(compressor: Any) -> str:
+def default_model_name(compressor: DecodingModel) -> str:
     """The name answers are reported under: ``"<base model>+memrag-<fingerprint[:8]>"``."""
     base = getattr(compressor, "base_name", None) or "model"
     return f"{base}+memrag-{compressor.fingerprint[:8]}"

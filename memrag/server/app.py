@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -34,9 +34,9 @@ from starlette.types import Receive, Scope, Send
 
 from memrag.batching import BatchedGenerator, BatcherClosedError, RowHandle
 from memrag.generation import Generation
+from memrag.prompts import answer_max_tokens
 from memrag.rag.answerer import StreamEnd
 from memrag.rag.threads import iterate_in_thread
-from memrag.prompts import answer_max_tokens
 from memrag.server.errors import APIError, bad_request, install_error_handlers, validation_message
 from memrag.server.limits import (
     ClientDisconnectedError,
@@ -64,6 +64,9 @@ from memrag.server.service import (
 )
 from memrag.server.settings import ServerSettings
 from memrag.version import __version__
+
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import DecodingModel
 
 logger = logging.getLogger(__name__)
 
@@ -630,7 +633,7 @@ def create_app(
     settings: ServerSettings | None = None,
     *,
     service: RagService | None = None,
-    compressor: Any = None,
+    compressor: DecodingModel = None,
 ) -> FastAPI:
     """The OpenAI-compatible RAG server over a memory store.
 

@@ -19,7 +19,7 @@ import logging
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memrag.generation import GenerationOptions
 from memrag.prompts import answer_stop
@@ -29,6 +29,9 @@ from memrag.rag.markers import Piece, escape_markers, get_codec
 from memrag.rag.prompt import PromptSpec, chat_spec
 from memrag.splice import PromptPart
 from memrag.store.records import ChunkRecord
+
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import DecodingModel
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +150,7 @@ class RagService:
         self,
         store: Any,
         *,
-        compressor: Any = None,
+        compressor: DecodingModel = None,
         model_name: str | None = None,
         stop: Sequence[str] = (),
         use_text: bool = False,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memrag.compressor.resolve import resolve_compressor
 from memrag.memory.kinds import MemoryKind, check_compressor_kind
@@ -15,10 +15,13 @@ from memrag.store.embedder import Embedder
 from memrag.store.errors import EmbedderMismatchError, compressor_mismatch
 from memrag.store.manifest import Manifest, MemoryInfo
 
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import MemoryMaker
+
 logger = logging.getLogger(__name__)
 
 
-def memory_info(compressor: Any, memory: Any) -> MemoryInfo:
+def memory_info(compressor: MemoryMaker, memory: Any) -> MemoryInfo:
     """The manifest's description of ``memory`` (a spec, its JSON form, a mode string such as
     ``"kv-pruned:0.5"``, or ``None`` for :func:`~memrag.memory.spec.default_memory`) made with
     ``compressor``."""
@@ -50,7 +53,7 @@ def memory_info(compressor: Any, memory: Any) -> MemoryInfo:
     )
 
 
-def check_compressor_matches(path: Path, manifest: Manifest, compressor: Any) -> None:
+def check_compressor_matches(path: Path, manifest: Manifest, compressor: MemoryMaker) -> None:
     """Refuses a compressor that cannot read the store's memory, naming both.
 
     K/V memory of the frozen decoder is read by any compressor over the same base model;

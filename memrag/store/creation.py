@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memrag.compressor.resolve import resolve_compressor
 from memrag.memory.spec import resolve_memory_spec
@@ -27,6 +27,9 @@ from memrag.store.manifest import (
 )
 from memrag.utils.atomic import atomic_directory
 
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import MemoryMaker
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,7 +48,7 @@ class OptionsRequest:
 
 
 def new_manifest(
-    compressor: Any, embedder: Embedder, memory: Any, *, index: IndexSpec, options: OptionsRequest
+    compressor: MemoryMaker, embedder: Embedder, memory: Any, *, index: IndexSpec, options: OptionsRequest
 ) -> Manifest:
     """The manifest of a new store of ``memory`` made by ``compressor``, indexed by ``embedder``.
 
@@ -101,7 +104,7 @@ def initialize_store_directory(target: Path, manifest: Manifest) -> None:
 
 def create_store_directory(
     target: Path,
-    compressor: Any,
+    compressor: MemoryMaker,
     embedder: Any,
     memory: Any,
     index: IndexSpec,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from memrag.memory.kv import KVSlots
 from memrag.slots import Slots
 from memrag.splice import IGNORE_INDEX, Task
+
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import DecodingModel
 
 #: How to serve slots after all when a store's threshold flags most of its chunks.
 SET_THRESHOLD_HINT = (
@@ -55,7 +58,7 @@ class FidelityScorer:
 
     def __init__(
         self,
-        compressor: Any,
+        compressor: DecodingModel,
         *,
         max_tokens: int = 512,
         sample_tokens: int | None = 32,
@@ -235,7 +238,7 @@ class AgreementScorer:
         probes: Questions per chunk.
     """
 
-    def __init__(self, compressor: Any, *, probes: int = 4) -> None:
+    def __init__(self, compressor: DecodingModel, *, probes: int = 4) -> None:
         if probes < 1:
             raise ValueError(f"probes must be >= 1, got {probes}")
         self.compressor = compressor

@@ -28,6 +28,7 @@ from memrag.store.metadata import dumps
 from memrag.utils.torch_utils import resolve_dtype
 
 if TYPE_CHECKING:
+    from memrag.compressor.protocol import MemoryMaker
     from memrag.store.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class ChunkProcessor:
 
     def __init__(
         self,
-        compressor: Any,
+        compressor: MemoryMaker,
         embedder: Embedder,
         *,
         memory: Any = None,
@@ -291,7 +292,7 @@ def processor_settings(manifest: Manifest) -> dict[str, Any]:
 
 def processor_for(
     manifest: Manifest,
-    compressor: Any,
+    compressor: MemoryMaker,
     embedder: Embedder,
     *,
     compress_batch_size: int = 16,

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from memrag.data.examples import PretrainExample, QAExample
 from memrag.prompts import (
     continue_prompt,
     qa_prompt,
@@ -30,7 +31,9 @@ from memrag.prompts import (
 )
 from memrag.scoring import TargetLogits, encode_contexts, target_logits, token_losses
 from memrag.splice import IGNORE_INDEX, PromptPart
-from memrag.data.examples import PretrainExample, QAExample
+
+if TYPE_CHECKING:
+    from memrag.compressor.protocol import MemoryMaker
 
 
 @dataclass
@@ -57,7 +60,7 @@ class Objective(Protocol):
     #: Kinds of examples reported separately (``loss_<kind>`` in the log).
     kinds: tuple[str, ...]
 
-    def __call__(self, compressor: Any, examples: Sequence[Any]) -> ObjectiveOutput: ...
+    def __call__(self, compressor: MemoryMaker, examples: Sequence[Any]) -> ObjectiveOutput: ...
 
 
 # --------------------------------------------------------------------------- shared core
@@ -110,7 +113,7 @@ def top_k_kl(teacher: TargetLogits, student: TargetLogits, top_k: int) -> torch.
 
 
 def target_losses(
-    compressor: Any,
+    compressor: MemoryMaker,
     prompts: Sequence[Sequence[PromptPart]],
     targets: Sequence[Sequence[int]],
     *,
@@ -191,7 +194,7 @@ class PretrainObjective:
         self.distillation = distillation
         self.kinds: tuple[str, ...] = ("ae", "lm") + (("kl",) if distillation and distillation.enabled else ())
 
-    def __call__(self, compressor: Any, examples: Sequence[PretrainExample]) -> ObjectiveOutput:
+    def __call__(self, compressor: MemoryMaker, examples: Sequence[PretrainExample]) -> ObjectiveOutput:
         slots = encode_contexts(compressor, [[example.segment] for example in examples])
         tokenizer = compressor.tokenizer
         eos = tokenizer.eos_token_id
@@ -227,7 +230,7 @@ class QAObjective:
         self.distillation = distillation
         self.kinds: tuple[str, ...] = ("qa",) + (("kl",) if distillation and distillation.enabled else ())
 
-    def __call__(self, compressor: Any, examples: Sequence[QAExample]) -> ObjectiveOutput:
+    def __call__(self, compressor: MemoryMaker, examples: Sequence[QAExample]) -> ObjectiveOutput:
         tokenizer = compressor.tokenizer
         unique = list(dict.fromkeys(context for example in examples for context in example.contexts))
         segments = [compressor.segment(context) for context in unique]

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from memrag.data.examples import PretrainStream, QAStream, take
 from memrag.training.arguments import (
     FinetuneDataArguments,
     ModelArguments,
     PretrainDataArguments,
     TrainingArguments,
 )
-from memrag.data.examples import PretrainStream, QAStream, take
 from memrag.training.distributed import DistInfo, setup_distributed
 from memrag.training.evaluators import LossEvaluator, ReconstructionEvaluator, SquadEvaluator
 from memrag.training.objectives import Distillation, PretrainObjective, QAObjective

@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 import torch
 
+from memrag.data.examples import ResumableStream, take
 from memrag.training import checkpoint as ckpt
 from memrag.training.arguments import TrainingArguments
-from memrag.data.examples import ResumableStream, take
 from memrag.training.distributed import (
     DistInfo,
     all_reduce_gradients,
