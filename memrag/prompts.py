@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from memrag.memory.kv import KVSlots
+from memrag.memory.protocol import Memory
 from memrag.slots import Slots
 from memrag.splice import PromptPart, Task
 
@@ -34,7 +35,6 @@ class DocumentText(str):
 
 
 #: A document as a prompt holds it: its text, its embedding slots or its K/V memory.
-Memory = Slots | KVSlots
 Context = str | Memory
 
 
@@ -232,7 +232,7 @@ def reconstruct_prompt(slots: Memory) -> list[PromptPart]:
 
     Used by pretraining, ``memrag eval ae`` and the stores' reconstruction score alike.
     """
-    if isinstance(slots, KVSlots):
+    if slots.packed_kv:
         from memrag.memory.pruning import REPEAT_PROMPT
 
         return [slots, REPEAT_PROMPT]

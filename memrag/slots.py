@@ -31,6 +31,19 @@ class Slots:
         """Number of slots (decoder context positions they take)."""
         return int(self.tensor.shape[0])
 
+    @property
+    def packed_kv(self) -> bool:
+        """Whether this memory is keys and values (never, for embedding slots; the kind's
+        registry entry)."""
+        from memrag.memory.kinds import memory_kind_info
+
+        return memory_kind_info(self.kind).packed_kv
+
+    @property
+    def float16_bytes(self) -> int:
+        """Bytes of the slots kept as float16."""
+        return self.tensor.numel() * 2
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Slots":
         """A copy with the tensor moved / cast."""
         return Slots(

@@ -92,7 +92,7 @@ class EmbeddedRun:
 
 def has_kv_parts(prompts: Sequence[Sequence[PromptPart]]) -> bool:
     """Whether any prompt holds K/V memory (and so needs the K/V prefill)."""
-    return any(isinstance(part, KVSlots) for parts in prompts for part in parts)
+    return any(getattr(part, "packed_kv", False) for parts in prompts for part in parts)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,7 @@ class ContextMode:
         contexts = self.fetch(chunk_ids)
         timer.fetched()
         prompt = qa_prompt(self.compressor.tokenizer, contexts, question)
-        if any(isinstance(c, KVSlots) for c in contexts):
+        if any(getattr(c, "packed_kv", False) for c in contexts):
             batch = self.compressor.build([prompt], recovery=self.recovery)
         else:
             batch = self.compressor.build([prompt])

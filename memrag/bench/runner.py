@@ -235,7 +235,7 @@ def _make_modes(
     }
     texts = [corpus.passages[i] for i in used]
     memory_stores: dict[str, tuple[Any, OfflineCost]] = {}
-    from memrag.memory.builders import MemoryReuse, float16_bytes
+    from memrag.memory.builders import MemoryReuse
 
     reuse = MemoryReuse()  # each chunk's K/V and scores computed once for every K/V mode
     for name in settings.modes:
@@ -249,7 +249,7 @@ def _make_modes(
             )
         elif name == "slots":
             records = store.get(list(used), with_slots=True)
-            slot_bytes = [float16_bytes(r.slots) for r in records if r.slots is not None]
+            slot_bytes = [r.slots.float16_bytes for r in records if r.slots is not None]
             cost = OfflineCost(
                 sum(slot_bytes) / max(len(slot_bytes), 1),
                 built.compress_seconds / max(built.chunks, 1),

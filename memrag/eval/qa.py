@@ -26,6 +26,7 @@ from memrag.data.readers import OnError, QARecord, ReadReport, iter_qa_records
 from memrag.eval.metrics import aggregate_squad, answer_scores
 from memrag.generation import GenerationOptions
 from memrag.memory.kv import KVSlots
+from memrag.memory.protocol import Memory
 from memrag.prompts import ANSWER_STOP
 from memrag.slots import Slots
 from memrag.utils.progress import progress
@@ -200,7 +201,6 @@ def _contexts(
         build_memory,
         codec_for,
         computation_key,
-        float16_bytes,
     )
     from memrag.memory.spec import parse_memory_mode
 
@@ -217,7 +217,7 @@ def _contexts(
         slots = compressor.compress(unique, batch_size=batch_size, show_progress=show_progress)
         cost["seconds_per_passage"] = (time.perf_counter() - started) / max(len(unique), 1)
         # As a store keeps them: float16.
-        cost["bytes_per_passage"] = sum(float16_bytes(s) for s in slots) / max(len(slots), 1)
+        cost["bytes_per_passage"] = sum(s.float16_bytes for s in slots) / max(len(slots), 1)
         by_text = dict(zip(unique, slots))
     else:
         spec = parse_memory_mode(mode)
@@ -241,7 +241,7 @@ def _contexts(
 
 
 def _positions(compressor: DecodingModel, context: Context) -> int:
-    if isinstance(context, (Slots, KVSlots)):
+    if isinstance(context, Memory):
         return context.num_slots
     return len(compressor.tokenizer(context, add_special_tokens=False)["input_ids"])
 

@@ -35,13 +35,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def float16_bytes(memory: Slots | KVSlots) -> int:
-    """Bytes of a memory kept as float16 (keys and values for K/V memory, no offsets)."""
-    if isinstance(memory, KVSlots):
-        return (memory.keys.numel() + memory.values.numel()) * 2
-    return memory.tensor.numel() * 2
-
-
 def context_limit(decoder: Any) -> int | None:
     """Positions the decoder can attend over (``max_position_embeddings``), if it says."""
     value = getattr(decoder.config, "max_position_embeddings", None)

@@ -64,6 +64,17 @@ class KVSlots:
         return int(self.keys.shape[0])
 
     @property
+    def packed_kv(self) -> bool:
+        """Whether this memory is keys and values spliced as a cache prefix (the kind's registry
+        entry: always, for the K/V kinds)."""
+        return MemoryKind.parse(self.kind).packed_kv
+
+    @property
+    def float16_bytes(self) -> int:
+        """Bytes of the keys and values kept as float16 (offsets not counted)."""
+        return (self.keys.numel() + self.values.numel()) * 2
+
+    @property
     def num_layers(self) -> int:
         """Decoder layers covered."""
         return int(self.keys.shape[1])

@@ -91,7 +91,7 @@ class FidelityScorer:
             raise ValueError(f"{len(texts)} texts but {len(slots)} slot sets")
         if not texts:
             return []
-        if any(isinstance(memory, KVSlots) for memory in slots):
+        if any(memory.packed_kv for memory in slots):
             return [self._score_kv(text, memory) for text, memory in zip(texts, slots)]  # type: ignore[arg-type]
         splicer = self.compressor.splicer
         lengths = [min(len(splicer.tokenize(t)) + 1, self.max_tokens) for t in texts]

@@ -111,3 +111,17 @@ def test_modes_name_the_4bit_dtypes(mode: str) -> None:
 #: Digests of the layouts written before the 4-bit codecs (computed with that code).
 FLOAT16_DIGEST = "fa68e3f113ae0223"
 INT8_DIGEST = "6c7c8b9036b56ca2"
+
+
+def test_both_kinds_of_memory_are_memory() -> None:
+    """Slots and K/V memory answer the Memory protocol: kind (from the registry), count, bytes."""
+    from memrag.memory.protocol import Memory
+    from memrag.slots import Slots
+
+    slots = Slots(torch.zeros(3, 8), kind="embedding")
+    memory = _memory()
+    assert isinstance(slots, Memory) and isinstance(memory, Memory) and not isinstance("text", Memory)
+    assert (slots.packed_kv, memory.packed_kv) == (False, True)
+    assert slots.float16_bytes == 3 * 8 * 2
+    assert memory.float16_bytes == 2 * POSITIONS * LAYERS * HEADS * HEAD_DIM * 2
+    assert memory.to(dtype=torch.float32).num_slots == memory.num_slots == POSITIONS
