@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import DecodingModel
+    from memrag.protocols import DecodingModel
 
 #: The modes without settings and what each gives the decoder, in report order.
 PLAIN_MODES: dict[str, str] = {}

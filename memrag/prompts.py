@@ -1,6 +1,6 @@
 """Prompt wording shared by training, evaluation, the demo, LangChain and the server.
 
-Prompts are lists of parts (text, :class:`~memrag.slots.Slots`, :class:`~memrag.splice.Task`)
+Prompts are lists of parts (text, :class:`~memrag.memory.slots.Slots`, :class:`~memrag.splice.Task`)
 for :class:`~memrag.splice.Splicer`. Models with a chat template get their messages rendered
 by it, with each document's slots spliced where a placeholder stood. A model without one
 (the embedded Gemma 3 270M) gets the prompt its compressor was trained with: the latest user
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from memrag.memory.kv import KVSlots
 from memrag.memory.protocol import Memory
-from memrag.slots import Slots
+from memrag.memory.slots import Slots
 from memrag.splice import PromptPart, Task
 
 #: Stop strings for short extractive answers.

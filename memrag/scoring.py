@@ -13,11 +13,11 @@ import torch.nn.functional as F
 
 from memrag.generation import cache_argument
 from memrag.memory.kv import KVSlots
-from memrag.slots import Slots
+from memrag.memory.slots import Slots
 from memrag.splice import IGNORE_INDEX, PromptPart
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import DecodingModel
+    from memrag.protocols import DecodingModel
 
 
 def encode_contexts(compressor: DecodingModel, contexts: Sequence[Sequence[Sequence[int]]]) -> list[Slots | KVSlots]:

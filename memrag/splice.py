@@ -1,12 +1,12 @@
 """The single splice path: prompts with memory -> decoder inputs (and training labels).
 
-A prompt is a sequence of *parts*: plain text, a document's :class:`~memrag.slots.Slots`
+A prompt is a sequence of *parts*: plain text, a document's :class:`~memrag.memory.slots.Slots`
 (embedding slots), a :class:`Task` marker, or a chunk's K/V memory
 (:class:`~memrag.memory.kv.KVSlots`). :class:`Splicer` turns a batch of prompts without K/V
 parts into left-padded ``inputs_embeds``, attention mask and position ids for the frozen
 decoder. Training appends target text and gets labels that are ``-100`` everywhere but on the
 target tokens; inference passes the same batch to ``generate``. Prompts with K/V parts take
-the K/V prefill (:class:`memrag.memory.prefill.KVPrefill`), which builds on
+the K/V prefill (:class:`memrag.prefill.KVPrefill`), which builds on
 :meth:`Splicer.embed_runs` and returns the same :class:`SpliceBatch`, with a cache holding
 the prompt's first positions. Every consumer (training, eval, bench, LangChain, the server)
 goes through :meth:`memrag.compressor.Compressor.build`, which picks the path.
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from memrag.memory.kv import KVSlots
-from memrag.slots import Slots
+from memrag.memory.slots import Slots
 
 IGNORE_INDEX = -100
 

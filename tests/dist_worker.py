@@ -11,7 +11,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from memrag.testing import tiny_compressor  # noqa: E402
-from memrag.training import ModelArguments, PretrainDataArguments, TrainingArguments, pretraining_trainer  # noqa: E402
+from memrag.training import (  # noqa: E402
+    ModelArguments,
+    PretrainDataArguments,
+    TrainingArguments,
+    pretraining_trainer,
+)
 
 
 def main() -> None:

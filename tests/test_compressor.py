@@ -224,7 +224,7 @@ def test_the_compressor_has_what_its_protocols_promise() -> None:
     import inspect
 
     from memrag.compressor import Compressor
-    from memrag.compressor.protocol import DecodingModel, MemoryMaker
+    from memrag.protocols import DecodingModel, MemoryMaker
 
     for protocol in (DecodingModel, MemoryMaker):
         for name, wanted in vars(protocol).items():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_fixtures import qa_corpus, text_corpus, write_jsonl
 from typer.testing import CliRunner
 
 from memrag.compressor import Compressor
@@ -14,7 +15,6 @@ from memrag.eval.ae import evaluate_ae, sample_segments
 from memrag.eval.qa import DEFAULT_MODES, MODES, evaluate_qa, sample_qa_records, truncated_context
 from memrag.models.loading import load_base_model
 from memrag.testing import tiny_base_model, tiny_compressor
-from training_fixtures import qa_corpus, text_corpus, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from training_fixtures import text_corpus, write_jsonl
 from typer.testing import CliRunner
 
 from memrag.compressor import Compressor
 from memrag.data.readers import BadRowError
-from memrag.eval.lm import MODES, Continuation, continuation_prompts, evaluate_lm, sample_continuations
+from memrag.eval.lm import (
+    MODES,
+    Continuation,
+    continuation_prompts,
+    evaluate_lm,
+    sample_continuations,
+)
 from memrag.memory.kv import KVSlots
+from memrag.memory.slots import Slots
 from memrag.models.loading import load_base_model
-from memrag.slots import Slots
 from memrag.splice import Task
 from memrag.testing import tiny_base_model, tiny_compressor
-from training_fixtures import text_corpus, write_jsonl
 
 CONTEXT, TARGET = 32, 8
 

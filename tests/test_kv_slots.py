@@ -8,20 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_fixtures import make_trainer, train_log
 from transformers import DynamicCache
 
 from memrag.compressor import Compressor, CompressorConfig
 from memrag.compressor.kv_encoder import encoder_rows
-from memrag.splice import left_padded
+from memrag.data.examples import QAExample
 from memrag.generation import cache_argument
 from memrag.memory.capture import capture_kv
 from memrag.memory.kv import KVSlots
 from memrag.memory.pruning import REPEAT_PROMPT, PruningConfig, score_and_capture, select_positions
-from memrag.testing import randomize_lora, tiny_base_model, tiny_compressor
-from memrag.data.examples import QAExample
 from memrag.scoring import TargetLogits
+from memrag.splice import left_padded
+from memrag.testing import randomize_lora, tiny_base_model, tiny_compressor
 from memrag.training.objectives import Distillation, QAObjective, top_k_kl
-from training_fixtures import make_trainer, train_log
 
 POSITIONS = ["memory", "subset"]
 DOC_A = "alpha beta gamma delta Paris"

@@ -66,8 +66,8 @@ def test_a_shipped_compressor_is_recorded_by_name_not_location(tmp_path) -> None
 
 
 def _demo_examples(count: int = 6) -> list:
-    from memrag.demo_corpus import load_demo_corpus
     from memrag.data.examples import QAExample
+    from memrag.demo_corpus import load_demo_corpus
 
     return [
         QAExample(id=q.id, question=q.question, answers=q.answers, contexts=[p.text])

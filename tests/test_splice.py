@@ -51,7 +51,7 @@ def test_labels_only_on_target_tokens(tiny_compressor: Compressor) -> None:
 def test_loss_backpropagates_into_lora_and_memory(tiny_compressor: Compressor) -> None:
     ids = tiny_compressor.segment("Paris is the capital of France.")
     (slots,) = tiny_compressor.encode_segments(ids)
-    from memrag.slots import Slots
+    from memrag.memory.slots import Slots
 
     batch = tiny_compressor.splicer.build([[Slots(slots), Task.RECONSTRUCT]], [ids[0]])
     loss = tiny_compressor.decoder_forward(batch).loss

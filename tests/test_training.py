@@ -8,11 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_fixtures import (
+    finetune_data,
+    make_trainer,
+    qa_corpus,
+    text_corpus,
+    train_log,
+    training_args,
+    write_jsonl,
+)
 from typer.testing import CliRunner
 
 from memrag.compressor import Compressor
 from memrag.compressor.config import SAVED_FILES
+from memrag.data.examples import take
 from memrag.data.readers import BadRowError
+from memrag.prompts import qa_prompt, qa_target_ids, reconstruct_prompt
 from memrag.testing import randomize_lora, tiny_base_model, tiny_compressor
 from memrag.training import (
     ModelArguments,
@@ -23,19 +34,8 @@ from memrag.training import (
     holdout_start_line,
 )
 from memrag.training.checkpoint import CHECKPOINT_FILES, optimizer_from_files, optimizer_to_files
-from memrag.data.examples import take
-from memrag.prompts import qa_prompt, qa_target_ids, reconstruct_prompt
 from memrag.training.objectives import PretrainObjective, QAObjective, target_losses
 from memrag.training.trainer import OutputExistsError, lr_factor
-from training_fixtures import (
-    finetune_data,
-    make_trainer,
-    qa_corpus,
-    text_corpus,
-    train_log,
-    training_args,
-    write_jsonl,
-)
 
 
 def _tokenize(compressor: Compressor):

@@ -30,7 +30,7 @@ from typing import Any
 from memrag.bench.timing import AnswerTimer
 from memrag.contexts import ModeName, parse_context_mode
 from memrag.memory.kv import KVSlots
-from memrag.slots import Slots
+from memrag.memory.slots import Slots
 from memrag.splice import SpliceBatch
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ pre-rotary keys and the values, at every layer, of some of the encoder's positio
 
 The slots are :class:`~memrag.memory.kv.KVSlots` of kind ``"kv"`` at consecutive positions,
 spliced through the same K/V prefill as exact and pruned memory
-(:class:`~memrag.memory.prefill.KVPrefill`); gradients reach the adapter and the memory
+(:class:`~memrag.prefill.KVPrefill`); gradients reach the adapter and the memory
 embeddings when they are enabled.
 """
 
@@ -33,7 +33,7 @@ from memrag.memory.kv import KVSlots
 from memrag.splice import left_padded, position_ids_from_mask
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import MemoryMaker
+    from memrag.protocols import MemoryMaker
 
 
 def encoder_rows(compressor: MemoryMaker, ids: Sequence[int]) -> tuple[torch.Tensor, list[int]]:

@@ -39,9 +39,9 @@ from memrag.compressor.shipped import resolve_compressor_path, source_name
 from memrag.generation import Generation, GenerationOptions, generate, stream
 from memrag.memory.kinds import MemoryKind
 from memrag.memory.kv import KVSlots
-from memrag.memory.prefill import KVPrefill
+from memrag.memory.slots import Slots
 from memrag.models.loading import BaseModel, load_base_model, model_signature
-from memrag.slots import Slots
+from memrag.prefill import KVPrefill
 from memrag.splice import (
     PromptPart,
     SpliceBatch,
@@ -521,7 +521,7 @@ class Compressor(nn.Module):
 
         Prompts of text, embedding slots and task markers become a dense left-padded batch
         (:meth:`memrag.splice.Splicer.build`; with ``targets`` for training). Prompts holding
-        K/V memory take the K/V prefill (:class:`memrag.memory.prefill.KVPrefill`): the batch
+        K/V memory take the K/V prefill (:class:`memrag.prefill.KVPrefill`): the batch
         then carries a cache with every position but each row's tail, computed here with the
         frozen decoder. ``kwargs`` go to the splice path taken (``tail=`` and ``recovery=``
         for K/V prompts; ``recovery`` defaults to :attr:`kv_recovery`).

@@ -22,7 +22,7 @@ from memrag.generation import GenerationOptions
 from memrag.utils.progress import progress
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import DecodingModel
+    from memrag.protocols import DecodingModel
 
 logger = logging.getLogger(__name__)
 

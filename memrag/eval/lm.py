@@ -39,7 +39,7 @@ from memrag.splice import IGNORE_INDEX, PromptPart
 from memrag.utils.progress import progress
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import DecodingModel
+    from memrag.protocols import DecodingModel
 
 logger = logging.getLogger(__name__)
 

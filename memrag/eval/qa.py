@@ -27,12 +27,12 @@ from memrag.eval.metrics import aggregate_squad, answer_scores
 from memrag.generation import GenerationOptions
 from memrag.memory.kv import KVSlots
 from memrag.memory.protocol import Memory
+from memrag.memory.slots import Slots
 from memrag.prompts import ANSWER_STOP
-from memrag.slots import Slots
 from memrag.utils.progress import progress
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import DecodingModel
+    from memrag.protocols import DecodingModel
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,14 @@
-"""Every kind of memory a store can hold for a chunk, and the K/V splice path.
+"""Every kind of memory a store can hold for a chunk: kinds, K/V memory, making and storing it.
 
 * :class:`MemoryKind` names the kinds (``embedding``, ``kv-exact``, ``kv-pruned``, ``kv``).
 * :class:`KVSlots` holds a chunk's keys (before the rotary embedding) and values.
 * :class:`MemorySpec` says how a store makes its memory; :func:`build_memory` makes it.
-* :class:`KVPrefill` turns prompts that mix text, embedding slots and K/V memory into decoder
-  inputs plus a cache prefix (used through :meth:`memrag.compressor.Compressor.build`).
-* :mod:`memrag.memory.codec` packs K/V memory into store shards (float16, bfloat16, int8).
+* :class:`Memory` is what embedding slots and K/V memory both offer (kind, count, bytes).
+* :mod:`memrag.memory.codec` packs K/V memory into store shards (float16, bfloat16, int8, int4,
+  k8v4).
+
+Splicing K/V memory into a prompt is :mod:`memrag.prefill` (beside :mod:`memrag.splice`), which
+imports this package; nothing here imports the splice path.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ _EXPORTS = {
     "UnsupportedModelError": "memrag.memory.anatomy",
     "decoder_anatomy": "memrag.memory.anatomy",
     "capture_kv": "memrag.memory.capture",
-    "KVPrefill": "memrag.memory.prefill",
+    "Memory": "memrag.memory.protocol",
     "MemorySpec": "memrag.memory.spec",
     "build_memory": "memrag.memory.builders",
     "KVCodec": "memrag.memory.codec",

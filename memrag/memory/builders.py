@@ -1,7 +1,7 @@
 """Making a chunk's memory of any kind: one entry point for the store, eval and the bench.
 
 ``build_memory(compressor, spec, texts)`` returns one memory object per text:
-:class:`~memrag.slots.Slots` for ``embedding`` (the compressor's encoder) and
+:class:`~memrag.memory.slots.Slots` for ``embedding`` (the compressor's encoder) and
 :class:`~memrag.memory.kv.KVSlots` for the K/V kinds (the compressor's *frozen decoder*, its
 adapter disabled: any compressor over the same base model makes the same K/V memory).
 
@@ -25,12 +25,12 @@ from memrag.memory.codec import KVCodec
 from memrag.memory.kinds import MemoryKind, check_compressor_kind
 from memrag.memory.kv import KVSlots
 from memrag.memory.pruning import REPEAT_PROMPT, score_and_capture, select_positions
+from memrag.memory.slots import Slots
 from memrag.memory.spec import MemorySpec
-from memrag.slots import Slots
 from memrag.utils.progress import progress
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import MemoryMaker
+    from memrag.protocols import MemoryMaker
 
 logger = logging.getLogger(__name__)
 

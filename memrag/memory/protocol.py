@@ -1,6 +1,6 @@
 """What every chunk memory offers, whatever its kind: :class:`Memory`.
 
-:class:`~memrag.slots.Slots` (embedding slots) and :class:`~memrag.memory.kv.KVSlots` (keys and
+:class:`~memrag.memory.slots.Slots` (embedding slots) and :class:`~memrag.memory.kv.KVSlots` (keys and
 values) both satisfy it, so code that stores, counts, moves or routes memory asks it instead of
 dispatching on its type; only the splice path, which builds decoder inputs from the tensors,
 looks inside.

@@ -3,7 +3,7 @@
 Chunks cached on their own never attend to each other. CacheBlend (arXiv 2405.16444) recovers
 most of what that costs by recomputing a few tokens of each chunk with attention to everything
 before them. :class:`Recovery` does this inside the K/V prefill
-(:class:`~memrag.memory.prefill.KVPrefill`): the chosen tokens' cached entries are dropped and
+(:class:`~memrag.prefill.KVPrefill`): the chosen tokens' cached entries are dropped and
 the tokens join the prefill forward pass (as text at their own positions), so every later
 position and the generated answer read their recomputed keys and values.
 

@@ -24,7 +24,7 @@ from memrag.rag.sources import DocumentSource, fetch_records
 from memrag.splice import PromptPart
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import DecodingModel
+    from memrag.protocols import DecodingModel
 
 logger = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ from memrag.server.settings import ServerSettings
 from memrag.version import __version__
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import DecodingModel
+    from memrag.protocols import DecodingModel
 
 logger = logging.getLogger(__name__)
 

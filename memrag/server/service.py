@@ -31,7 +31,7 @@ from memrag.splice import PromptPart
 from memrag.store.records import ChunkRecord
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import DecodingModel
+    from memrag.protocols import DecodingModel
 
 logger = logging.getLogger(__name__)
 

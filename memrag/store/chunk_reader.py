@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from memrag.memory.kv import KVSlots
-from memrag.slots import Slots
+from memrag.memory.slots import Slots
 from memrag.store.database import ChunkRow, Database
 from memrag.store.errors import StoreCorruptError
 from memrag.store.integrity import (

@@ -16,7 +16,7 @@ from memrag.store.errors import EmbedderMismatchError, compressor_mismatch
 from memrag.store.manifest import Manifest, MemoryInfo
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import MemoryMaker
+    from memrag.protocols import MemoryMaker
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from memrag.store.manifest import (
 from memrag.utils.atomic import atomic_directory
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import MemoryMaker
+    from memrag.protocols import MemoryMaker
 
 logger = logging.getLogger(__name__)
 

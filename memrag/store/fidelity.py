@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from memrag.memory.kv import KVSlots
-from memrag.slots import Slots
+from memrag.memory.slots import Slots
 from memrag.splice import IGNORE_INDEX, Task
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import DecodingModel
+    from memrag.protocols import DecodingModel
 
 #: How to serve slots after all when a store's threshold flags most of its chunks.
 SET_THRESHOLD_HINT = (

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from memrag.memory.kinds import MemoryKind, check_compressor_kind
-from memrag.slots import Slots
+from memrag.memory.slots import Slots
 from memrag.store.embedder import Embedder
 from memrag.store.fidelity import AgreementScorer, FidelityScorer
 from memrag.store.metadata import dumps
 from memrag.utils.torch_utils import resolve_dtype
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import MemoryMaker
+    from memrag.protocols import MemoryMaker
     from memrag.store.manifest import Manifest
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from memrag.slots import Slots
+from memrag.memory.protocol import Memory
 
 
 @dataclass
@@ -16,7 +16,8 @@ class ChunkRecord:
         id: The chunk's id (unique in its store).
         text: The chunk's text (always kept, for display and for the text fallback).
         metadata: User metadata plus memrag's own keys (``source_id``, ``char_start``, ...).
-        slots: The chunk's memory slots (``None`` when not requested / not available).
+        slots: The chunk's memory, embedding slots or K/V memory (``None`` when not requested /
+            not available).
         use_text: ``True`` when the chunk compressed badly (low fidelity): consumers splice its
             text instead of its slots.
         fidelity: The fidelity score measured at index time (``None`` if not measured).
@@ -26,13 +27,13 @@ class ChunkRecord:
     id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
-    slots: Slots | None = None
+    slots: Memory | None = None
     use_text: bool = False
     fidelity: float | None = None
     score: float | None = None
 
-    def context(self) -> str | Slots:
-        """What to splice for this chunk: its slots, or its text when flagged or slot-less."""
+    def context(self) -> str | Memory:
+        """What to splice for this chunk: its memory, or its text when flagged or memory-less."""
         if self.use_text or self.slots is None:
             return self.text
         return self.slots

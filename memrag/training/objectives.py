@@ -33,7 +33,7 @@ from memrag.scoring import TargetLogits, encode_contexts, target_logits, token_l
 from memrag.splice import IGNORE_INDEX, PromptPart
 
 if TYPE_CHECKING:
-    from memrag.compressor.protocol import MemoryMaker
+    from memrag.protocols import MemoryMaker
 
 
 @dataclass

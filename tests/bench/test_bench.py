@@ -13,8 +13,8 @@ from training_fixtures import qa_corpus
 from typer.testing import CliRunner
 
 from memrag.bench.corpus import TimedCompressor, passage_id, select_corpus
-from memrag.bench.report import markdown_report, targets, write_plots
 from memrag.bench.modes import parse_mode
+from memrag.bench.report import markdown_report, targets, write_plots
 from memrag.bench.runner import RESULT_FIELDS, BenchSettings, run_benchmark
 from memrag.bench.timing import AnswerTimer, percentile
 from memrag.generation import GenerationOptions, generate

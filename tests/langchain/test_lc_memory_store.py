@@ -8,8 +8,8 @@ from langchain_core.runnables import RunnableLambda
 
 from memrag.generation import GenerationOptions
 from memrag.langchain import ChatMemrag, DocumentNotFoundError, DocumentSource, create_rag_chain
+from memrag.memory.slots import Slots
 from memrag.prompts import qa_parts, render_chat
-from memrag.slots import Slots
 
 TEXTS = {
     "paris": "Paris is the capital and most populous city of France.",

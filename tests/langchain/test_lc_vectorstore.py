@@ -17,8 +17,8 @@ from memrag.langchain import (
     MemragVectorStore,
     create_rag_chain,
 )
+from memrag.memory.slots import Slots
 from memrag.prompts import qa_parts, render_chat
-from memrag.slots import Slots
 from memrag.store import InvalidDocumentsError, MemoryStore
 
 TEXTS = {

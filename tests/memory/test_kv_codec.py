@@ -116,7 +116,7 @@ INT8_DIGEST = "6c7c8b9036b56ca2"
 def test_both_kinds_of_memory_are_memory() -> None:
     """Slots and K/V memory answer the Memory protocol: kind (from the registry), count, bytes."""
     from memrag.memory.protocol import Memory
-    from memrag.slots import Slots
+    from memrag.memory.slots import Slots
 
     slots = Slots(torch.zeros(3, 8), kind="embedding")
     memory = _memory()

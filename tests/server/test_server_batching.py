@@ -102,8 +102,8 @@ def test_concurrent_requests_decode_together_as_one_at_a_time(start_server, capl
 
 def test_a_failing_row_fails_alone_with_an_openai_error(start_server, monkeypatch):
     """A request whose chunk cannot be spliced (damaged slots) fails; its batch mates do not."""
+    from memrag.memory.slots import Slots
     from memrag.server.service import RagService
-    from memrag.slots import Slots
 
     real_prepare = RagService.prepare
 

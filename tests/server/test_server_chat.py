@@ -269,8 +269,7 @@ def eval_answer(store, question: str, *, k: int, max_tokens: int) -> str:
     """What ``memrag eval qa``'s path answers from the same retrieved chunks: its prompt
     (``qa_prompt``), greedy decoding to its answer stop."""
     from memrag.generation import GenerationOptions
-    from memrag.prompts import ANSWER_STOP
-    from memrag.prompts import qa_prompt
+    from memrag.prompts import ANSWER_STOP, qa_prompt
 
     compressor = store.compressor
     contexts = [r.context() for r in store.search(question, k=k, with_slots=True)]
@@ -344,8 +343,7 @@ def test_text_context_serves_every_chunk_as_its_text(start_server, server_store)
     assert used and {d["spliced"] for d in used} == {"text"}
     # The classic-RAG answer: the same prompt with each chunk's text.
     from memrag.generation import GenerationOptions
-    from memrag.prompts import ANSWER_STOP
-    from memrag.prompts import qa_prompt
+    from memrag.prompts import ANSWER_STOP, qa_prompt
 
     texts = [r.text for r in server_store.search(QUESTION, k=3, with_slots=False)]
     prompt = qa_prompt(server_store.compressor.tokenizer, texts, QUESTION)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from memrag.compressor import CompressorMismatchError
-from memrag.slots import Slots
+from memrag.memory.slots import Slots
 from memrag.splice import Task
 from memrag.store import (
     EmbedderMismatchError,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from memrag.compressor.config import CompressorConfig
     from memrag.generation import Generation, GenerationOptions
     from memrag.memory.kv import KVSlots
-    from memrag.slots import Slots
+    from memrag.memory.slots import Slots
     from memrag.splice import PromptPart, SpliceBatch
 
 

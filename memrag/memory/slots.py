@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from memrag.memory.kinds import memory_kind_info
+
 
 @dataclass
 class Slots:
@@ -35,8 +37,6 @@ class Slots:
     def packed_kv(self) -> bool:
         """Whether this memory is keys and values (never, for embedding slots; the kind's
         registry entry)."""
-        from memrag.memory.kinds import memory_kind_info
-
         return memory_kind_info(self.kind).packed_kv
 
     @property
