@@ -34,6 +34,8 @@ sys.path.insert(0, str(HERE))
 
 from bench_server import MODES, ServerProcess, build_store  # noqa: E402
 
+from memrag.utils.machine import cpu_model  # noqa: E402
+
 QUESTION = "When was the university founded?"
 
 
@@ -101,17 +103,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def processor_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passages", type=int, default=5)
@@ -133,7 +124,7 @@ def main() -> int:
         "timeout": args.timeout,
         "machine": {
             "cpus": os.cpu_count(),
-            "processor": processor_name(),
+            "processor": cpu_model(),
             "platform": platform.platform(),
             "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"),
             "load_average": round(os.getloadavg()[0], 1),
