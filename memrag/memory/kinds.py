@@ -14,8 +14,15 @@ import enum
 from dataclasses import dataclass
 
 
-class MemoryKind(str, enum.Enum):
-    """What a store keeps for each chunk (see the module docstring)."""
+class MemoryKind(enum.StrEnum):
+    """What a store keeps for each chunk (see the module docstring).
+
+    A ``str``: it equals, formats, prints (``repr`` too, so messages name it as before) and
+    serializes (JSON) as its name (``"kv-exact"``).
+    """
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
     EMBEDDING = "embedding"
     KV = "kv"

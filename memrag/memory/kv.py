@@ -39,12 +39,13 @@ class KVSlots:
     values: torch.Tensor
     offsets: torch.Tensor
     span: int
-    kind: str = MemoryKind.KV_EXACT.value
+    kind: MemoryKind = MemoryKind.KV_EXACT
     fingerprint: str = ""
     num_tokens: int = 0
     text: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self.kind = MemoryKind.parse(self.kind)
         if self.keys.dim() != 4 or self.keys.shape != self.values.shape:
             raise ValueError(
                 f"keys and values must both be (n, layers, kv_heads, head_dim), got "

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memrag.memory.kinds import memory_kind_info
+from memrag.memory.kinds import MemoryKind, memory_kind_info
 
 
 @dataclass
@@ -23,10 +23,13 @@ class Slots:
     """
 
     tensor: torch.Tensor
-    kind: str = "embedding"
+    kind: MemoryKind = MemoryKind.EMBEDDING
     fingerprint: str = ""
     num_tokens: int = 0
     segment_slot_counts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kind = MemoryKind.parse(self.kind)
 
     @property
     def num_slots(self) -> int:

@@ -29,7 +29,7 @@ class MemorySpec:
         pruning: For ``kv-pruned``: keep ratio and the selection of positions.
     """
 
-    kind: str = MemoryKind.EMBEDDING.value
+    kind: MemoryKind = MemoryKind.EMBEDDING
     kv_dtype: str = "float16"
     pruning: PruningConfig = field(default_factory=PruningConfig)
 
@@ -40,7 +40,7 @@ class MemorySpec:
                 f"memory kind {kind.value!r} cannot be built; choose from "
                 + ", ".join(k.value for k in BUILDABLE_KINDS)
             )
-        self.kind = kind.value
+        self.kind = kind
         if self.kv_dtype not in KV_DTYPES:
             raise ValueError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {self.kv_dtype!r}")
         if isinstance(self.pruning, dict):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memrag.memory.kinds import MemoryKind
 from memrag.store.errors import StoreCorruptError, StoreNotFoundError, StoreVersionError
 from memrag.store.index import IndexSpec
 from memrag.utils.atomic import atomic_write_text
@@ -94,7 +95,7 @@ class MemoryInfo:
         row_bytes: Width of a stored row in bytes (K/V kinds; see :mod:`memrag.memory.codec`).
     """
 
-    kind: str
+    kind: MemoryKind
     settings: dict[str, Any]
     fingerprint: str
     base_model: str
@@ -104,12 +105,13 @@ class MemoryInfo:
     head_dim: int = 0
     row_bytes: int = 0
 
+    def __post_init__(self) -> None:
+        self.kind = MemoryKind.parse(self.kind)
+
     @property
     def packed_kv(self) -> bool:
         """Whether chunks are stored as packed keys and values (the kind's registry entry)."""
-        from memrag.memory.kinds import memory_kind_info
-
-        return memory_kind_info(self.kind).packed_kv
+        return self.kind.packed_kv
 
     def spec(self) -> Any:
         """The :class:`~memrag.memory.spec.MemorySpec` this describes."""
