@@ -7,9 +7,9 @@ Used to compare storage codecs of the same memory (``kv:int4`` against ``kv:int8
 
 Usage::
 
-    python benchmarks/answer_agreement.py benchmarks/results/codec4/qa200-samples.jsonl \\
-        kv:int4=kv:int8 kv:k8v4=kv:int8 kv-exact:int4=kv-exact:int8 \\
-        --markdown-out benchmarks/results/codec4/agreement.md
+    python benchmarks/answer_agreement.py kv:int4=kv:int8 kv-exact:int4=kv-exact:int8 \\
+        --samples benchmarks/results/codec4/qa200-samples.jsonl \\
+        --markdown-out benchmarks/results/codec4/agreement200.md
 """
 
 from __future__ import annotations
@@ -36,6 +36,19 @@ def load_samples(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
     return by_mode
 
 
+def _score(sample: dict[str, Any], key: str) -> float:
+    """A sample's score; ``contains`` computed from the prediction when an older report lacks it."""
+    if key in sample:
+        return float(sample[key])
+    if key == "contains":
+        from memrag.eval.metrics import contains_answer
+
+        return max(
+            (contains_answer(sample["prediction"], a) for a in sample["answers"]), default=0.0
+        )
+    raise SystemExit(f"sample {sample.get('id')!r} has no {key!r}")
+
+
 def _normalized(text: str) -> str:
     return " ".join(text.split())
 
@@ -59,7 +72,7 @@ def agreement(
     )
 
     def mean(rows: list[dict[str, Any]], key: str) -> float:
-        return 100.0 * sum(float(r[key]) for r in rows) / len(rows)
+        return 100.0 * sum(_score(r, key) for r in rows) / len(rows)
 
     return {
         "mode": mode,
@@ -73,9 +86,9 @@ def agreement(
     }
 
 
-def markdown(rows: list[dict[str, Any]], source: Path) -> str:
+def markdown(rows: list[dict[str, Any]], sources: list[Path]) -> str:
     lines = [
-        f"Answer-for-answer agreement, from `{source}`:",
+        "Answer-for-answer agreement, from " + ", ".join(f"`{s}`" for s in sources) + ":",
         "",
         "| mode | reference | questions | same answer | F1 | reference F1 | contains | reference contains |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -90,11 +103,20 @@ def markdown(rows: list[dict[str, Any]], source: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("samples", type=Path, help="JSONL written by memrag eval qa --samples-out.")
     parser.add_argument("pairs", nargs="+", help="MODE=REFERENCE pairs.")
+    parser.add_argument(
+        "--samples",
+        type=Path,
+        action="append",
+        required=True,
+        help="JSONL written by memrag eval qa --samples-out (repeat for runs of the same questions).",
+    )
     parser.add_argument("--markdown-out", type=Path, default=None)
     args = parser.parse_args()
-    samples = load_samples(args.samples)
+    samples: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in args.samples:
+        for mode, by_id in load_samples(path).items():
+            samples.setdefault(mode, {}).update(by_id)
     rows = []
     for pair in args.pairs:
         mode, sep, reference = pair.partition("=")

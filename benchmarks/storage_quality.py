@@ -3,8 +3,9 @@ memory kind and codec, from ``memrag eval qa --json-out`` reports, as a table an
 
 Each report's modes become rows (the same questions within one report); modes without stored
 bytes (``text``, ``truncated``, ``none``) are kept as reference rows. Several reports can be
-given (``LABEL=PATH`` names the compressor of each, e.g. rate 4 and rate 8); the plot shows F1
-against bytes per passage (log scale), one point per (report, mode), the text's F1 as a line.
+given (``LABEL=PATH`` names each, e.g. rate 4 and rate 8; by default the report's compressor);
+the plot shows F1 against bytes per passage (log scale), one point per (report, mode), the
+text's F1 as a line. Reports written before ``contains`` existed leave that column empty.
 
 Usage::
 
@@ -27,7 +28,11 @@ def load_rows(label: str, path: Path) -> list[dict[str, Any]]:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise SystemExit(f"{path}: not an eval qa report ({err})") from None
-    text_tokens = report.get("passage_positions", {}).get("text")
+    positions = report.get("passage_positions", {})
+    # The passage's text tokens: the text mode's positions, or exact K/V memory's (one per token).
+    exact = [v for k, v in positions.items() if k.split(":")[0] == "kv-exact"]
+    text_tokens = positions.get("text") or (exact[0] if exact else None)
+    label = label or str(report.get("compressor", ""))
     rows = []
     for mode, scores in report.get("results", {}).items():
         stored = report.get("memory", {}).get(mode, {}).get("bytes_per_passage")
@@ -78,7 +83,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 4.5))
+    figure = Figure(figsize=(10, 5.5))
     axes = figure.add_subplot()
     for row in rows:
         if row["bytes_per_passage"]:
