@@ -539,7 +539,7 @@ def padding_check(store: Path, compressor_dir: Path, questions: list[str], *, co
     chosen = questions[:count]
     with MemoryStore.open(store, str(compressor_dir), read_only=True, dtype=dtype) as opened:
         service = RagService(opened)
-        compressor = service.chat.compressor
+        compressor = service.compressor
         options = service.options(max_tokens=max_tokens)
         prompts = [service.prepare([Turn("user", q)], options, top_k=top_k).prompt for q in chosen]
         start = time.perf_counter()

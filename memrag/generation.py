@@ -445,6 +445,8 @@ def _stream_chunks(
                 lock.acquire()
             try:
                 _seeded(options, batch.inputs_embeds.device)
+                if cancelled.is_set():  # cancelled while it waited for the decoder
+                    raise PrefillStoppedError("cancelled before its prefill")
                 context = enter_decoder() if enter_decoder is not None else _null_context()
                 with context, torch.inference_mode():
                     ready = prefill_ahead(model, batch, should_stop=cancelled.is_set)

@@ -65,6 +65,8 @@ class KVCodec:
     dtype: str = "float16"
 
     def __post_init__(self) -> None:
+        if _BITS.get(self.dtype, (16, 16))[1] == 4 and (self.layers * self.kv_heads * self.head_dim) % 2:
+            raise ValueError(f"{self.dtype} packs two values per byte: needs an even channel count")
         if self.dtype not in KV_DTYPES:
             raise ValueError(
                 f"K/V storage dtype must be one of {', '.join(KV_DTYPES)}, got {self.dtype!r}"

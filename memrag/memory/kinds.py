@@ -14,7 +14,7 @@ import enum
 from dataclasses import dataclass
 
 
-class MemoryKind(enum.StrEnum):
+class MemoryKind(str, enum.Enum):
     """What a store keeps for each chunk (see the module docstring).
 
     A ``str``: it equals, formats, prints (``repr`` too, so messages name it as before) and
@@ -23,6 +23,12 @@ class MemoryKind(enum.StrEnum):
 
     def __repr__(self) -> str:
         return repr(self.value)
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
     EMBEDDING = "embedding"
     KV = "kv"

@@ -466,8 +466,9 @@ class MemoryStore:
         from memrag.utils.progress import progress
 
         order = sorted(range(len(chunks)), key=lambda i: len(chunks[i].text), reverse=True)
-        bar = progress(total=len(chunks), desc="adding", unit="chunk", disable=not show_progress)
-        with self.writing(), bar:
+        with self.writing(), progress(
+            total=len(chunks), desc="adding", unit="chunk", disable=not show_progress
+        ) as bar:
             if not chunks and delete_ids:
                 self.delete(delete_ids)
             for start in range(0, len(order), batch_size):
