@@ -44,8 +44,9 @@ from memrag.batching.kernels import PackedLinears, packed_linears_supported
 from memrag.batching.rows import RowText
 from memrag.batching.sampling import RowSampler
 from memrag.batching.state import DecodeState
+from memrag import generation
 from memrag.generation import GenerationOptions, PrefillStoppedError
-from memrag.splice import PromptPart
+from memrag.splice import PromptPart, has_kv_parts
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +298,10 @@ class BatchedGenerator:
         so only the rows that fail on their own fail."""
         if not rows:
             return []
+        if len(rows) > 1 and any(_long_kv_prompt(row.prompt) for row in rows):
+            # Several K/V prompts are spliced with all their text computed in one pass; a long
+            # one is prefilled alone, in pieces that a cancel or deadline can stop between.
+            return [part for row in rows for part in self._prefill(decoder, [row])]
         try:
             batch = self.compressor.build([row.prompt for row in rows])
             with self._kernels(len(rows)):
@@ -384,3 +389,10 @@ def _continue(state: DecodeState, rows: list[_Row], keep: list[int]) -> DecodeSt
     tokens = [rows[i].text.tokens[-1] for i in keep]  # type: ignore[union-attr]
     state.next_tokens = torch.tensor(tokens, dtype=torch.long, device=state.next_tokens.device)
     return state
+
+
+def _long_kv_prompt(prompt: Sequence[PromptPart]) -> bool:
+    """Whether ``prompt`` holds K/V memory and more text than one prefill piece (characters
+    bound tokens from above, so this errs toward prefilling alone)."""
+    text = sum(len(part) for part in prompt if isinstance(part, str))
+    return text > generation.PREFILL_CHUNK_POSITIONS and has_kv_parts([prompt])

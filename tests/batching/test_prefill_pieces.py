@@ -129,3 +129,17 @@ def test_a_stream_cancelled_during_its_prefill_stops_within_one_piece(
     assert time.monotonic() - started < 2 and slow.calls < 20
     assert pieces == [[]]
     stream.close()
+
+
+def test_a_long_kv_prompt_joining_with_others_is_prefilled_alone_in_pieces(compressor, contexts, monkeypatch):
+    """Several K/V prompts are spliced in one pass; a long one is prefilled on its own, so a
+    cancel reaches it between pieces, and every answer is still the one-at-a-time answer."""
+    monkeypatch.setattr("memrag.generation.PREFILL_CHUNK_POSITIONS", 40)
+    options = GenerationOptions(max_new_tokens=6)
+    long_kv = _prompt(contexts, "kv-exact")
+    short_kv = qa_parts([contexts["kv-exact"][1]], QUESTIONS[1])
+    expected = ["".join(compressor.stream(p, options)) for p in (long_kv, short_kv)]
+    with BatchedGenerator(compressor, max_batch_size=4, batch_window=0.2) as batcher:
+        handles = [batcher.submit(p, options) for p in (long_kv, short_kv)]
+        assert ["".join(h) for h in handles] == expected
+        assert batcher.stats()["prefills"] == 2
