@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,31 +32,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class OptionsRequest:
-    """The store options as :meth:`~memrag.store.MemoryStore.create` takes them (``"auto"``
-    fidelity and a ``None`` threshold resolved by :func:`new_manifest`)."""
-
-    slot_dtype: str = "float16"
-    fidelity: str = "auto"
-    fidelity_threshold: float | None = None
-    fidelity_max_tokens: int = 512
-    fidelity_sample_tokens: int | None = 32
-    chunk_tokens: int | None = None
-    chunk_overlap: int | None = None
-
-
 def new_manifest(
-    compressor: MemoryMaker, embedder: Embedder, memory: Any, *, index: IndexSpec, options: OptionsRequest
+    compressor: MemoryMaker,
+    embedder: Embedder,
+    memory: Any,
+    *,
+    index: IndexSpec,
+    fidelity: str = "auto",
+    fidelity_threshold: float | None = None,
+    **options: Any,
 ) -> Manifest:
     """The manifest of a new store of ``memory`` made by ``compressor``, indexed by ``embedder``.
+
+    ``fidelity`` (``"auto"`` resolved for the memory kind) and ``fidelity_threshold`` (``None``:
+    the method's default) are resolved here; ``options`` are the other :class:`Options` fields.
 
     Raises:
         ValueError: the compressor cannot make that memory, or an option is out of range.
     """
     memory_description = memory_info(compressor, memory)
-    fidelity = resolve_fidelity(options.fidelity, memory_description.kind)
-    threshold = options.fidelity_threshold
+    fidelity = resolve_fidelity(fidelity, memory_description.kind)
+    threshold = fidelity_threshold
     if threshold is None:
         threshold = DEFAULT_FIDELITY_THRESHOLDS.get(fidelity, 0.5)
     config = compressor.config
@@ -74,15 +69,7 @@ def new_manifest(
         ),
         embedder=EmbedderInfo(id=embedder.model_id, dimension=int(embedder.dimension)),
         index=index,
-        options=Options(
-            slot_dtype=options.slot_dtype,
-            fidelity=fidelity,
-            fidelity_threshold=threshold,
-            fidelity_max_tokens=options.fidelity_max_tokens,
-            fidelity_sample_tokens=options.fidelity_sample_tokens,
-            chunk_tokens=options.chunk_tokens,
-            chunk_overlap=options.chunk_overlap,
-        ),
+        options=Options(fidelity=fidelity, fidelity_threshold=threshold, **options),
     )
 
 
@@ -108,13 +95,14 @@ def create_store_directory(
     embedder: Any,
     memory: Any,
     index: IndexSpec,
-    options: OptionsRequest,
     *,
     device: Any = "cpu",
     dtype: Any = None,
+    **settings: Any,
 ) -> tuple[Any, Embedder]:
     """Writes a new, empty store at ``target`` for ``memory`` made by ``compressor`` (resolved:
-    ``None`` is the shipped default for that memory) and indexed by ``embedder``.
+    ``None`` is the shipped default for that memory) and indexed by ``embedder``; ``settings``
+    go to :func:`new_manifest` (``fidelity``, ``fidelity_threshold`` and :class:`Options` fields).
 
     Returns:
         The compressor and embedder, loaded.
@@ -130,7 +118,7 @@ def create_store_directory(
         compressor, memory_kind=resolve_memory_spec(memory).kind, device=device, dtype=dtype
     )
     embedder = load_embedder(embedder, device=device)
-    manifest = new_manifest(compressor, embedder, memory, index=index, options=options)
+    manifest = new_manifest(compressor, embedder, memory, index=index, **settings)
     initialize_store_directory(target, manifest)
     logger.info(
         "created store %s (%s memory %s, compressor %s, embedder %s)",

@@ -21,7 +21,7 @@ from memrag.store.compatibility import (
     check_embedder_matches,
     load_recorded_compressor,
 )
-from memrag.store.creation import OptionsRequest, create_store_directory
+from memrag.store.creation import create_store_directory
 from memrag.store.database import Database
 from memrag.store.describe import describe_store
 from memrag.store.documents import InvalidDocumentsError, document_chunks, prepare_documents
@@ -150,14 +150,13 @@ class MemoryStore:
             StoreExistsError: ``path`` exists and is not an empty directory.
         """
         target = Path(path)
-        options = OptionsRequest(
-            slot_dtype, fidelity, fidelity_threshold, fidelity_max_tokens, fidelity_sample_tokens,
-            chunk_tokens, chunk_overlap,
-        )
         if not isinstance(index, IndexSpec):
             index = IndexSpec(index, **dict(index_options or {}))
         compressor, embedder = create_store_directory(
-            target, compressor, embedder, memory, index, options, device=device, dtype=dtype
+            target, compressor, embedder, memory, index, device=device, dtype=dtype,
+            fidelity=fidelity, fidelity_threshold=fidelity_threshold, slot_dtype=slot_dtype,
+            fidelity_max_tokens=fidelity_max_tokens, fidelity_sample_tokens=fidelity_sample_tokens,
+            chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
         )
         return cls.open(
             target, compressor, embedder, lock_timeout=lock_timeout, device=device, dtype=dtype
