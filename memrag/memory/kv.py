@@ -68,7 +68,7 @@ class KVSlots:
     def packed_kv(self) -> bool:
         """Whether this memory is keys and values spliced as a cache prefix (the kind's registry
         entry: always, for the K/V kinds)."""
-        return MemoryKind.parse(self.kind).packed_kv
+        return self.kind.packed_kv
 
     @property
     def float16_bytes(self) -> int:

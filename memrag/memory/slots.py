@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memrag.memory.kinds import MemoryKind, memory_kind_info
+from memrag.memory.kinds import MemoryKind
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Slots:
     def packed_kv(self) -> bool:
         """Whether this memory is keys and values (never, for embedding slots; the kind's
         registry entry)."""
-        return memory_kind_info(self.kind).packed_kv
+        return self.kind.packed_kv
 
     @property
     def float16_bytes(self) -> int:
