@@ -93,11 +93,28 @@ def finetune_data(tmp_path: Path, **overrides: Any) -> FinetuneDataArguments:
     return FinetuneDataArguments(**values)
 
 
+def continuation_finetune_data(tmp_path: Path, **overrides: Any) -> FinetuneDataArguments:
+    """Fine-tuning data with continuation examples from ``tmp_path/text.jsonl`` mixed in."""
+    corpus = tmp_path / "text.jsonl"
+    if not corpus.exists():
+        text_corpus(corpus)
+    values: dict[str, Any] = dict(
+        continuation_data=[str(corpus)], continuation_probability=0.5, continuation_length=6,
+        continuation_holdout_fraction=0.1,
+    )
+    values.update(overrides)
+    return finetune_data(tmp_path, **values)
+
+
 def make_trainer(kind: str, tmp_path: Path, compressor: Any, **overrides: Any) -> Any:
-    """A ``pretrain`` or ``finetune`` trainer of ``compressor`` (``overrides``: training args)."""
+    """A ``pretrain``, ``finetune`` or ``finetune+continuation`` trainer of ``compressor``
+    (``overrides``: training args)."""
     train = training_args(tmp_path, **overrides)
     if kind == "pretrain":
         return pretraining_trainer(ModelArguments(), pretrain_data(tmp_path), train, compressor=compressor)
+    if kind == "finetune+continuation":
+        data = continuation_finetune_data(tmp_path)
+        return finetuning_trainer(ModelArguments(), data, train, compressor=compressor)
     return finetuning_trainer(ModelArguments(), finetune_data(tmp_path), train, compressor=compressor)
 
 

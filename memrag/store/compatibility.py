@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from memrag.compressor.resolve import resolve_compressor
 from memrag.memory.kinds import MemoryKind, check_compressor_kind
-from memrag.memory.spec import resolve_memory_spec
+from memrag.memory.spec import MemorySpec, describe_memory, resolve_memory_spec
 from memrag.store.embedder import Embedder
 from memrag.store.errors import EmbedderMismatchError, compressor_mismatch
 from memrag.store.manifest import Manifest, MemoryInfo
@@ -75,12 +75,15 @@ def check_compressor_matches(path: Path, manifest: Manifest, compressor: MemoryM
             )
         return
     if compressor.fingerprint != manifest.compressor.fingerprint:
+        recorded = manifest.compressor
+        given = compressor.config
         raise compressor_mismatch(
-            f"{path} holds slots of compressor {manifest.compressor.fingerprint} "
-            f"({manifest.compressor.source or manifest.compressor.base_model}); the compressor "
-            "given has "
-            f"fingerprint {compressor.fingerprint}. Slots of one compressor cannot be read by "
-            "another."
+            f"{path} holds {describe_memory(MemorySpec.from_dict(memory.settings))} slots at compression "
+            f"rate {recorded.compression_rate} ({recorded.slot_kind} slots, segment {recorded.segment_length}) "
+            f"of compressor {recorded.fingerprint} ({recorded.source or recorded.base_model}); the "
+            f"compressor given has compression rate {given.compression_rate} ({given.slot_kind} slots, "
+            f"segment {given.segment_length}) and fingerprint {compressor.fingerprint}. Slots of one "
+            "compressor cannot be read by another: open the store with the compressor that wrote it."
         )
 
 

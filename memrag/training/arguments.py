@@ -227,6 +227,35 @@ class FinetuneDataArguments(_JsonMixin):
         min=1,
     )
     max_answer_tokens: int = _arg(48, "Truncate answer targets to this many tokens.", min=1)
+    continuation_data: list[str] = _arg(
+        None,
+        "Plain-text JSONL(.gz) files (e.g. Wikipedia, Gutenberg) for label-free continuation "
+        "examples mixed into fine-tuning: the decoder reading a segment's slots continues it "
+        "(distilled from the decoder reading its text when --distill-weight > 0). Repeat the "
+        "option for several files.",
+    )
+    continuation_probability: float = _arg(
+        0.0, "Share of training examples that are continuation examples (needs --continuation-data)."
+    )
+    continuation_length: int = _arg(64, "Target tokens of a continuation example.", min=1)
+    continuation_weight: float = _arg(1.0, "Weight of the continuation loss against the QA loss.", min=0.0)
+    continuation_holdout_fraction: float = _arg(
+        0.01,
+        "Each continuation file's last lines kept out of training, for `memrag eval lm "
+        "--holdout-fraction` with the same value.",
+    )
     on_bad_row: str = _arg("skip", "What to do with bad data rows: skip (log file:line) or raise.")
     eval_examples: int = _arg(64, "Evaluation examples for the held-out loss.", min=0)
     eval_questions: int = _arg(32, "Evaluation questions answered from slots for SQuAD EM/F1 (0: none).", min=0)
+
+    def __post_init__(self) -> None:
+        if self.continuation_data is None:
+            self.continuation_data = []
+        if not 0.0 <= self.continuation_probability <= 1.0:
+            raise ValueError(f"continuation_probability must be in [0, 1], got {self.continuation_probability}")
+        if self.continuation_probability > 0 and not self.continuation_data:
+            raise ValueError("--continuation-probability > 0 needs --continuation-data files")
+        if not 0.0 <= self.continuation_holdout_fraction < 1.0:
+            raise ValueError(
+                f"continuation_holdout_fraction must be in [0, 1), got {self.continuation_holdout_fraction}"
+            )

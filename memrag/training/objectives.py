@@ -243,3 +243,59 @@ class QAObjective:
         )
         source = sum(len(s) for segs in segments for s in segs)
         return _output(losses, counts, ["qa"] * len(examples), source, kl, kl_tokens, self.distillation)
+
+
+class QAWithContinuationObjective:
+    """QA fine-tuning mixed with label-free continuation examples (KV-Distill's generic recipe).
+
+    A micro-batch of :class:`~memrag.data.examples.QAExample` and continuation
+    :class:`~memrag.data.examples.PretrainExample` (from
+    :class:`~memrag.data.mixing.InterleavedStream`) is split by type: QA examples go to
+    ``qa``, continuation examples to ``continuation`` (the decoder reading the slots must
+    continue the passage as it does reading the text: cross-entropy plus, when the objective
+    has distillation, the KL from the text-reading decoder). The losses are added, the
+    continuation's scaled by ``continuation_weight``; the log keeps them apart (``loss_qa``,
+    ``loss_lm``, ``loss_kl``).
+
+    Args:
+        qa: The QA objective.
+        continuation: The continuation objective (autoencoding examples are refused).
+        continuation_weight: Weight of the continuation loss against the QA loss.
+    """
+
+    name = "qa+continuation"
+
+    def __init__(self, qa: QAObjective, continuation: PretrainObjective, *, continuation_weight: float = 1.0) -> None:
+        if continuation_weight < 0:
+            raise ValueError(f"continuation_weight must be >= 0, got {continuation_weight}")
+        self.qa = qa
+        self.continuation = continuation
+        self.continuation_weight = continuation_weight
+        self.kinds: tuple[str, ...] = tuple(dict.fromkeys(("qa", "lm", *qa.kinds[1:], *continuation.kinds[2:])))
+
+    def __call__(self, compressor: MemoryMaker, examples: Sequence[Any]) -> ObjectiveOutput:
+        questions = [example for example in examples if isinstance(example, QAExample)]
+        passages = [example for example in examples if isinstance(example, PretrainExample)]
+        if len(questions) + len(passages) != len(examples):
+            raise TypeError("examples must be QAExample or PretrainExample")
+        if any(example.kind != "lm" for example in passages):
+            raise ValueError("continuation examples must be of kind 'lm' (autoencoding is not mixed into fine-tuning)")
+        outputs = []
+        if questions:
+            outputs.append((self.qa(compressor, questions), 1.0))
+        if passages:
+            outputs.append((self.continuation(compressor, passages), self.continuation_weight))
+        parts: dict[str, tuple[float, int]] = {}
+        for output, _ in outputs:
+            for kind, (value, tokens) in output.parts.items():
+                total, count = parts.get(kind, (0.0, 0))
+                parts[kind] = (total + value, count + tokens)
+        loss_sum = outputs[0][0].loss_sum * outputs[0][1]
+        for output, weight in outputs[1:]:
+            loss_sum = loss_sum + output.loss_sum * weight
+        return ObjectiveOutput(
+            loss_sum=loss_sum,
+            num_tokens=sum(output.num_tokens for output, _ in outputs),
+            source_tokens=sum(output.source_tokens for output, _ in outputs),
+            parts=parts,
+        )

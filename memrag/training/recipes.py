@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from memrag.data.examples import PretrainStream, QAStream, take
+from memrag.data.mixing import InterleavedStream
 from memrag.training.arguments import (
     FinetuneDataArguments,
     ModelArguments,
@@ -21,7 +22,12 @@ from memrag.training.arguments import (
 )
 from memrag.training.distributed import DistInfo, setup_distributed
 from memrag.training.evaluators import LossEvaluator, ReconstructionEvaluator, SquadEvaluator
-from memrag.training.objectives import Distillation, PretrainObjective, QAObjective
+from memrag.training.objectives import (
+    Distillation,
+    PretrainObjective,
+    QAObjective,
+    QAWithContinuationObjective,
+)
 from memrag.training.trainer import FINAL_DIR, Trainer
 
 logger = logging.getLogger(__name__)
@@ -182,7 +188,10 @@ def finetuning_trainer(
         data.data, max_distractors=data.max_distractors, shuffle_buffer=data.shuffle_buffer,
         start_line=data.start_line, seed=train.seed, on_error=data.on_bad_row, shard=dist.rank, num_shards=dist.world_size,
     )
-    objective = QAObjective(max_answer_tokens=data.max_answer_tokens, distillation=_distillation(train))
+    objective: Any = QAObjective(max_answer_tokens=data.max_answer_tokens, distillation=_distillation(train))
+    train_data: Any = stream
+    if data.continuation_probability > 0:
+        train_data, objective = _with_continuation(compressor, data, train, dist, stream, objective)
     evaluators: list[Any] = []
     if data.eval_data and dist.is_main:
         if data.eval_examples:
@@ -195,6 +204,38 @@ def finetuning_trainer(
             records = sample_qa_records(data.eval_data, limit=data.eval_questions, seed=train.seed, on_error=data.on_bad_row)
             evaluators.append(SquadEvaluator(records, batch_size=train.batch_size))
     return Trainer(
-        compressor, objective, stream, train, evaluators=evaluators, dist=dist,
+        compressor, objective, train_data, train, evaluators=evaluators, dist=dist,
         run_info=_run_info("finetune", model, data, compressor),
     )
+
+
+def _with_continuation(
+    compressor: Any,
+    data: FinetuneDataArguments,
+    train: TrainingArguments,
+    dist: DistInfo,
+    questions: QAStream,
+    qa: QAObjective,
+) -> tuple[InterleavedStream, QAWithContinuationObjective]:
+    """The QA stream and objective with label-free continuation examples mixed in."""
+    segment_length = compressor.config.segment_length
+    passages = PretrainStream(
+        data.continuation_data,
+        _tokenizer_fn(compressor),
+        max_length=segment_length,
+        min_length=max(1, segment_length // 2),
+        continuation=data.continuation_length,
+        ae_probability=0.0,
+        holdout_fraction=data.continuation_holdout_fraction,
+        seed=train.seed + 7,
+        on_error=data.on_bad_row,
+        shard=dist.rank,
+        num_shards=dist.world_size,
+    )
+    stream = InterleavedStream(
+        questions, passages, secondary_probability=data.continuation_probability, seed=train.seed + 11
+    )
+    objective = QAWithContinuationObjective(
+        qa, PretrainObjective(distillation=_distillation(train)), continuation_weight=data.continuation_weight
+    )
+    return stream, objective

@@ -329,3 +329,32 @@ def test_k_v_stores_are_gated_by_agreement_by_default(tmp_path: Path) -> None:
         assert all(r.fidelity is None for r in store.get(["paris"]))  # exact memory loses nothing
     with pytest.raises(ValueError, match="fidelity must be auto or one of"):
         _store(tmp_path / "bad", kv_compressor, "kv", fidelity="guess")
+
+
+def test_a_store_of_other_rate_and_codec_slots_is_refused_naming_both(tmp_path: Path) -> None:
+    from memrag.testing import tiny_compressor
+
+    rate8 = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset", compression_rate=8)
+    _store(tmp_path / "s", rate8, "kv:int4", fidelity="none").close()
+    rate4 = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset", compression_rate=4)
+    with pytest.raises(CompressorMismatchError) as caught:
+        MemoryStore.open(tmp_path / "s", rate4)
+    message = str(caught.value)
+    assert "kv int4 slots at compression rate 8" in message and "compression rate 4" in message
+    assert rate8.fingerprint in message and rate4.fingerprint in message
+
+
+@pytest.mark.parametrize("memory", ["kv-exact:int4", "kv-exact:k8v4"])
+def test_a_4bit_shard_failing_its_checksum_is_reported_with_its_chunks(tmp_path: Path, compressor, memory: str) -> None:
+    from memrag.store.verify import verify_store
+
+    _store(tmp_path / "s", compressor, memory, fidelity="none").close()
+    (shard,) = (tmp_path / "s" / "shards").glob("*.safetensors")
+    data = bytearray(shard.read_bytes())
+    data[-40] ^= 0xFF  # inside the last chunk's rows
+    shard.write_bytes(bytes(data))
+    report = verify_store(tmp_path / "s")
+    assert not report.ok and report.parts() == {"shard"}
+    (finding,) = report.problems
+    assert set(finding.chunk_ids) == {"paris", "tower", "fox"} and finding.affected == 3
+    assert "fox" in finding.message and "fail their checksum" in finding.message
