@@ -12,6 +12,16 @@ Usage::
     python benchmarks/storage_quality.py benchmarks/results/codec4/qa200.json \\
         --markdown-out benchmarks/results/codec4/storage_quality.md \\
         --plot-out benchmarks/results/codec4/storage_quality.png
+
+    # the README's table: every kind and codec, k = 1 and (where benched) k = 5
+    python benchmarks/storage_quality.py \
+        gemma-3-270m-icae=benchmarks/results/eval-kv-cpu-float32/eval.json \
+        gemma-3-270m-kv-subset=memrag/resources/compressors/gemma-3-270m-kv-subset/eval/qa500.json \
+        gemma-3-270m-kv-subset=benchmarks/results/codec4/qa500.json \
+        --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-4bit/bench.json \
+        --bench gemma-3-270m-kv-subset=benchmarks/results/bench-300q-kvzip/bench.json \
+        --markdown-out benchmarks/results/storage-quality/table.md \
+        --plot-out benchmarks/results/storage-quality/f1_vs_bytes.png
 """
 
 from __future__ import annotations
@@ -20,6 +30,29 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+
+def samples_beside(path: Path) -> Path | None:
+    """The per-question samples written next to an eval report (``samples.jsonl``,
+    ``<stem>-samples.jsonl`` or ``<stem>.samples.jsonl``), if any."""
+    for name in (f"{path.stem}-samples.jsonl", f"{path.stem}.samples.jsonl", "samples.jsonl"):
+        candidate = path.with_name(name)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def contains_from_samples(path: Path) -> dict[str, float]:
+    """Per mode, the share (%) of answers that contain a reference answer, from a samples file
+    (reports written before ``contains`` was scored keep their predictions there)."""
+    from memrag.eval.metrics import contains_answer
+
+    hits: dict[str, list[float]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        sample = json.loads(line)
+        score = max(contains_answer(sample["prediction"], answer) for answer in sample["answers"])
+        hits.setdefault(sample["mode"], []).append(score)
+    return {mode: 100.0 * sum(values) / len(values) for mode, values in hits.items()}
 
 
 def load_rows(label: str, path: Path) -> list[dict[str, Any]]:
@@ -33,6 +66,13 @@ def load_rows(label: str, path: Path) -> list[dict[str, Any]]:
     exact = [v for k, v in positions.items() if k.split(":")[0] == "kv-exact"]
     text_tokens = positions.get("text") or (exact[0] if exact else None)
     label = label or str(report.get("compressor", ""))
+    results = report.get("results", {})
+    samples = samples_beside(path)
+    rescored = (
+        contains_from_samples(samples)
+        if samples and any("contains" not in scores for scores in results.values())
+        else {}
+    )
     rows = []
     for mode, scores in report.get("results", {}).items():
         stored = report.get("memory", {}).get(mode, {}).get("bytes_per_passage")
@@ -46,12 +86,41 @@ def load_rows(label: str, path: Path) -> list[dict[str, Any]]:
                 "positions": report.get("passage_positions", {}).get(mode),
                 "exact_match": scores["exact_match"],
                 "f1": scores["f1"],
-                "contains": scores.get("contains"),
+                "contains": scores.get("contains", rescored.get(mode)),
             }
         )
     if not rows:
         raise SystemExit(f"{path}: no results")
     return rows
+
+
+def load_bench(path: Path) -> dict[str, dict[str, Any]]:
+    """Per mode of a ``memrag bench --json-out`` report (k retrieved chunks per question): F1,
+    ``contains``, questions and k."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{path}: not a bench report ({err})") from None
+    k = report.get("settings", {}).get("k")
+    return {
+        mode: {"f1": scores["f1"], "contains": scores.get("contains"), "n": scores.get("n"), "k": k}
+        for mode, scores in report.get("results", {}).items()
+    }
+
+
+#: Modes whose answers do not depend on the compressor (the text, the decoder's own K/V).
+COMPRESSOR_FREE = ("text", "none", "kv-exact", "kv-pruned")
+
+
+def join_bench(rows: list[dict[str, Any]], label: str, bench: dict[str, dict[str, Any]]) -> None:
+    """Adds the bench's F1 and ``contains`` to the rows of the same mode: of the same label
+    (compressor) for trained memory, of any label for modes in :data:`COMPRESSOR_FREE`."""
+    for row in rows:
+        free = row["mode"].split(":")[0] in COMPRESSOR_FREE
+        scores = bench.get(row["mode"]) if free or row["label"] == label else None
+        if scores is not None:
+            row["bench_f1"], row["bench_contains"] = scores["f1"], scores["contains"]
+            row["bench_n"], row["bench_k"] = scores["n"], scores["k"]
 
 
 def _number(value: float | None, digits: int = 1) -> str:
@@ -61,18 +130,25 @@ def _number(value: float | None, digits: int = 1) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], sources: list[str]) -> str:
-    lines = [
-        "From " + ", ".join(f"`{s}`" for s in sources) + ":",
-        "",
-        "| compressor | mode | bytes / passage | bytes / text token | positions | EM | F1 | contains |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    with_bench = any("bench_f1" in row for row in rows)
+    # the decoder's own memory and the text read the same with any compressor: labelled "any"
+    k = next((row["bench_k"] for row in rows if row.get("bench_k")), "k")
+    header = "| compressor | mode | bytes / passage | bytes / text token | positions | EM | F1 | contains |"
+    rule = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    if with_bench:
+        header += f" F1, k = {k} | contains, k = {k} |"
+        rule += " ---: | ---: |"
+    lines = ["From " + ", ".join(f"`{s}`" for s in sources) + ":", "", header, rule]
     for row in rows:
-        lines.append(
-            f"| {row['label']} | `{row['mode']}` | {_number(row['bytes_per_passage'], 0)} | "
+        free = row["mode"].split(":")[0] in COMPRESSOR_FREE
+        line = (
+            f"| {'any' if free else row['label']} | `{row['mode']}` | {_number(row['bytes_per_passage'], 0)} | "
             f"{_number(row['bytes_per_token'], 0)} | {_number(row['positions'])} | "
             f"{_number(row['exact_match'])} | {_number(row['f1'])} | {_number(row['contains'])} |"
         )
+        if with_bench:
+            line += f" {_number(row.get('bench_f1'))} | {_number(row.get('bench_contains'))} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -115,6 +191,14 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", help="eval qa JSON reports, as PATH or LABEL=PATH.")
+    parser.add_argument(
+        "--bench",
+        action="append",
+        default=[],
+        help="memrag bench JSON report (several chunks per question) as LABEL=PATH: its F1 and "
+        "contains join the rows of the same label and mode; repeatable, the first report given "
+        "for a row wins.",
+    )
     parser.add_argument("--markdown-out", type=Path, default=None)
     parser.add_argument("--plot-out", type=Path, default=None)
     args = parser.parse_args()
@@ -122,7 +206,11 @@ def main() -> int:
     for item in args.reports:
         label, sep, path = item.partition("=")
         rows += load_rows(label if sep else "", Path(path if sep else item))
-    text = markdown(rows, [r.partition("=")[2] or r for r in args.reports])
+    for item in reversed(args.bench):  # the first report given for a (label, mode) wins
+        label, sep, path = item.partition("=")
+        join_bench(rows, label if sep else "", load_bench(Path(path if sep else item)))
+    sources = [r.partition("=")[2] or r for r in args.reports + args.bench]
+    text = markdown(rows, sources)
     print(text)
     if args.markdown_out is not None:
         args.markdown_out.write_text(text, encoding="utf-8")
