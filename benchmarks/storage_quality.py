@@ -16,9 +16,10 @@ Usage::
     # the README's table: every kind and codec, k = 1 and (where benched) k = 5
     python benchmarks/storage_quality.py \
         gemma-3-270m-icae=benchmarks/results/eval-kv-cpu-float32/eval.json \
-        gemma-3-270m-kv-subset=memrag/resources/compressors/gemma-3-270m-kv-subset/eval/qa500.json \
+        gemma-3-270m-kv-subset=benchmarks/results/gate/qa500-kv-int8.json \
         gemma-3-270m-kv-subset=benchmarks/results/codec4/qa500.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-4bit/bench.json \
+        --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-trained-codecs/bench.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-300q-kvzip/bench.json \
         --markdown-out benchmarks/results/storage-quality/table.md \
         --plot-out benchmarks/results/storage-quality/f1_vs_bytes.png
@@ -123,6 +124,16 @@ def join_bench(rows: list[dict[str, Any]], label: str, bench: dict[str, dict[str
             row["bench_n"], row["bench_k"] = scores["n"], scores["k"]
 
 
+def fill_bytes_per_token(rows: list[dict[str, Any]]) -> None:
+    """Bytes per text token for rows of reports without a text mode, from the text's positions
+    in another report over as many questions (the eval's sample is seeded: the same passages)."""
+    text_tokens = {row["questions"]: row["positions"] for row in rows if row["mode"] == "text" and row["positions"]}
+    for row in rows:
+        tokens = text_tokens.get(row["questions"])
+        if row["bytes_per_token"] is None and row["bytes_per_passage"] and tokens:
+            row["bytes_per_token"] = row["bytes_per_passage"] / tokens
+
+
 def _number(value: float | None, digits: int = 1) -> str:
     if value is None:
         return ""
@@ -152,38 +163,46 @@ def markdown(rows: list[dict[str, Any]], sources: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _point_label(row: dict[str, Any]) -> str:
+    free = row["mode"].split(":")[0] in COMPRESSOR_FREE
+    return row["mode"] if free or not row["label"] else f"{row['mode']} ({row['label']})"
+
+
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
-    """F1 against bytes per passage (log scale); the text's F1 as a horizontal line."""
+    """F1 and ``contains`` against bytes per passage (log scale), the text's as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 5.5))
-    axes = figure.add_subplot()
-    for row in rows:
-        if row["bytes_per_passage"]:
-            axes.scatter(row["bytes_per_passage"], row["f1"])
+    figure = Figure(figsize=(13, 5.5))
+    panels = [("f1", "F1"), ("contains", "contains (%)")]
+    for index, (metric, name) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, len(panels), index)
+        points = sorted(
+            (row for row in rows if row["bytes_per_passage"] and row.get(metric) is not None),
+            key=lambda row: row["bytes_per_passage"],
+        )
+        for i, row in enumerate(points):
+            axes.scatter(row["bytes_per_passage"], row[metric])
             axes.annotate(
-                f"{row['label']} {row['mode']}".strip(),
-                (row["bytes_per_passage"], row["f1"]),
+                _point_label(row),
+                (row["bytes_per_passage"], row[metric]),
                 textcoords="offset points",
-                xytext=(4, 4),
+                xytext=(4, 6 if i % 2 else -10),  # alternate above/below: neighbours do not overlap
                 fontsize=7,
             )
-    for row in rows:
-        if row["mode"] == "text":
-            axes.axhline(row["f1"], linestyle="--", linewidth=1, color="gray")
-            label = f"{row['label']} text".strip()
-            transform = axes.get_yaxis_transform()  # x in axes fraction, y in data
-            axes.text(
-                0.01, row["f1"], label, transform=transform, fontsize=7, color="gray", va="bottom"
-            )
-    axes.set_xscale("log")
-    axes.set_xlabel("bytes per passage (stored memory)")
-    axes.set_ylabel("F1 (SQuAD dev)")
-    axes.set_title("Storage against quality")
-    axes.grid(True, which="both", linewidth=0.3)
+        for row in rows:
+            if row["mode"] == "text" and row.get(metric) is not None:
+                axes.axhline(row[metric], linestyle="--", linewidth=1, color="gray")
+                axes.text(
+                    0.01, row[metric], "text", transform=axes.get_yaxis_transform(), fontsize=7, color="gray", va="bottom"
+                )
+        axes.set_xscale("log")
+        axes.set_xlabel("bytes per passage (stored memory)")
+        axes.set_ylabel(f"{name}, one passage per question")
+        axes.grid(True, which="both", linewidth=0.3)
+    figure.suptitle("Storage against quality")
     figure.tight_layout()
     figure.savefig(out, dpi=120)
 
@@ -206,6 +225,7 @@ def main() -> int:
     for item in args.reports:
         label, sep, path = item.partition("=")
         rows += load_rows(label if sep else "", Path(path if sep else item))
+    fill_bytes_per_token(rows)
     for item in reversed(args.bench):  # the first report given for a (label, mode) wins
         label, sep, path = item.partition("=")
         join_bench(rows, label if sep else "", load_bench(Path(path if sep else item)))
