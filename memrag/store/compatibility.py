@@ -78,9 +78,9 @@ def check_compressor_matches(path: Path, manifest: Manifest, compressor: MemoryM
         recorded = manifest.compressor
         given = compressor.config
         raise compressor_mismatch(
-            f"{path} holds {describe_memory(MemorySpec.from_dict(memory.settings))} slots at compression "
-            f"rate {recorded.compression_rate} ({recorded.slot_kind} slots, segment {recorded.segment_length}) "
-            f"of compressor {recorded.fingerprint} ({recorded.source or recorded.base_model}); the "
+            f"{path} holds {describe_memory(MemorySpec.from_dict(memory.settings))} slots of compressor "
+            f"{recorded.fingerprint} ({recorded.source or recorded.base_model}) at compression rate "
+            f"{recorded.compression_rate} ({recorded.slot_kind} slots, segment {recorded.segment_length}); the "
             f"compressor given has compression rate {given.compression_rate} ({given.slot_kind} slots, "
             f"segment {given.segment_length}) and fingerprint {compressor.fingerprint}. Slots of one "
             "compressor cannot be read by another: open the store with the compressor that wrote it."

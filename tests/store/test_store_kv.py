@@ -340,7 +340,7 @@ def test_a_store_of_other_rate_and_codec_slots_is_refused_naming_both(tmp_path: 
     with pytest.raises(CompressorMismatchError) as caught:
         MemoryStore.open(tmp_path / "s", rate4)
     message = str(caught.value)
-    assert "kv int4 slots at compression rate 8" in message and "compression rate 4" in message
+    assert "kv int4 slots of compressor" in message and "at compression rate 8" in message and "compression rate 4" in message
     assert rate8.fingerprint in message and rate4.fingerprint in message
 
 
