@@ -109,16 +109,25 @@ def load_bench(path: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-#: Modes whose answers do not depend on the compressor (the text, the decoder's own K/V).
-COMPRESSOR_FREE = ("text", "none", "kv-exact", "kv-pruned")
+def compressor_free(mode: str) -> bool:
+    """Whether a mode's answers do not depend on the compressor: the text, no passage, and the
+    memory kinds the registry says need no training (the decoder's own K/V)."""
+    from memrag.memory.kinds import MemoryKind
+
+    name = mode.split(":")[0]
+    if name in ("text", "none"):
+        return True
+    try:
+        return not MemoryKind.parse(name).needs_training
+    except ValueError:  # a context mode such as "slots" or "truncated"
+        return False
 
 
 def join_bench(rows: list[dict[str, Any]], label: str, bench: dict[str, dict[str, Any]]) -> None:
     """Adds the bench's F1 and ``contains`` to the rows of the same mode: of the same label
-    (compressor) for trained memory, of any label for modes in :data:`COMPRESSOR_FREE`."""
+    (compressor) for trained memory, of any label for :func:`compressor_free` modes."""
     for row in rows:
-        free = row["mode"].split(":")[0] in COMPRESSOR_FREE
-        scores = bench.get(row["mode"]) if free or row["label"] == label else None
+        scores = bench.get(row["mode"]) if compressor_free(row["mode"]) or row["label"] == label else None
         if scores is not None:
             row["bench_f1"], row["bench_contains"] = scores["f1"], scores["contains"]
             row["bench_n"], row["bench_k"] = scores["n"], scores["k"]
@@ -151,9 +160,8 @@ def markdown(rows: list[dict[str, Any]], sources: list[str]) -> str:
         rule += " ---: | ---: |"
     lines = ["From " + ", ".join(f"`{s}`" for s in sources) + ":", "", header, rule]
     for row in rows:
-        free = row["mode"].split(":")[0] in COMPRESSOR_FREE
         line = (
-            f"| {'any' if free else row['label']} | `{row['mode']}` | {_number(row['bytes_per_passage'], 0)} | "
+            f"| {'any' if compressor_free(row['mode']) else row['label']} | `{row['mode']}` | {_number(row['bytes_per_passage'], 0)} | "
             f"{_number(row['bytes_per_token'], 0)} | {_number(row['positions'])} | "
             f"{_number(row['exact_match'])} | {_number(row['f1'])} | {_number(row['contains'])} |"
         )
@@ -164,8 +172,7 @@ def markdown(rows: list[dict[str, Any]], sources: list[str]) -> str:
 
 
 def _point_label(row: dict[str, Any]) -> str:
-    free = row["mode"].split(":")[0] in COMPRESSOR_FREE
-    return row["mode"] if free or not row["label"] else f"{row['mode']} ({row['label']})"
+    return row["mode"] if compressor_free(row["mode"]) or not row["label"] else f"{row['mode']} ({row['label']})"
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:

@@ -271,7 +271,10 @@ class QAWithContinuationObjective:
         self.qa = qa
         self.continuation = continuation
         self.continuation_weight = continuation_weight
-        self.kinds: tuple[str, ...] = tuple(dict.fromkeys(("qa", "lm", *qa.kinds[1:], *continuation.kinds[2:])))
+        # the QA kinds, then the continuation's (autoencoding is never mixed in), each once
+        self.kinds: tuple[str, ...] = tuple(
+            dict.fromkeys((*qa.kinds, *(kind for kind in continuation.kinds if kind != "ae")))
+        )
 
     def __call__(self, compressor: MemoryMaker, examples: Sequence[Any]) -> ObjectiveOutput:
         questions = [example for example in examples if isinstance(example, QAExample)]
