@@ -21,6 +21,8 @@ Usage::
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-4bit/bench.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-trained-codecs/bench.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-300q-kvzip/bench.json \
+        --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-more/bench.json \
+        --bench gemma-3-270m-icae=benchmarks/results/bench-k5-embedding/bench.json \
         --markdown-out benchmarks/results/storage-quality/table.md \
         --plot-out benchmarks/results/storage-quality/f1_vs_bytes.png
 """
