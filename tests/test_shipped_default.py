@@ -25,7 +25,11 @@ from memrag.memory.kinds import MemoryKind
 MAX_SHIPPED_BYTES = 20 * 1024 * 1024
 
 #: name -> (slot kind, kv positions) of each shipped compressor.
-SHIPPED = {DEFAULT_COMPRESSOR: ("kv", "subset"), DEFAULT_EMBEDDING_COMPRESSOR: ("embedding", "memory")}
+SHIPPED = {
+    DEFAULT_COMPRESSOR: ("kv", "subset"),
+    DEFAULT_EMBEDDING_COMPRESSOR: ("embedding", "memory"),
+    "gemma-3-270m-kv-rate4-k5": ("kv", "subset"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
