@@ -18,11 +18,13 @@ Usage::
         gemma-3-270m-icae=benchmarks/results/eval-kv-cpu-float32/eval.json \
         gemma-3-270m-kv-subset=benchmarks/results/gate/qa500-kv-int8.json \
         gemma-3-270m-kv-subset=benchmarks/results/codec4/qa500.json \
+        gemma-3-270m-kv-rate4-k5=memrag/resources/compressors/gemma-3-270m-kv-rate4-k5/eval/squad500.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-4bit/bench.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-trained-codecs/bench.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-300q-kvzip/bench.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-more/bench.json \
         --bench gemma-3-270m-icae=benchmarks/results/bench-k5-embedding/bench.json \
+        --bench gemma-3-270m-kv-rate4-k5=memrag/resources/compressors/gemma-3-270m-kv-rate4-k5/eval/bench-k5.json \
         --markdown-out benchmarks/results/storage-quality/table.md \
         --plot-out benchmarks/results/storage-quality/f1_vs_bytes.png
 """
