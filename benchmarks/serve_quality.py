@@ -45,8 +45,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def build_store(corpus_file: Path, store: Path, memory: str, threads: int, log: Path) -> float:
-    """Builds ``store`` with ``memrag index build`` (whole passages, no fidelity gate); seconds."""
+def build_store(
+    corpus_file: Path, store: Path, memory: str, threads: int, log: Path, compressor: str | None = None
+) -> float:
+    """Builds ``store`` with ``memrag index build`` (whole passages, no fidelity gate); seconds.
+
+    ``compressor`` (a shipped name or directory) makes its memory; ``None``: the default.
+    """
     if (store / "manifest.json").is_file():
         return 0.0
     started = time.perf_counter()
@@ -55,6 +60,8 @@ def build_store(corpus_file: Path, store: Path, memory: str, threads: int, log: 
         "--store", str(store), "--memory", memory, "--no-fidelity", "--chunk-tokens", "1024",
         "--threads", str(threads), "--quiet",
     ]
+    if compressor is not None:
+        command += ["--compressor", compressor]
     with open(log, "a", encoding="utf-8") as out:
         subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT)
     return time.perf_counter() - started
@@ -221,6 +228,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="default: the server's")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of build and server")
     parser.add_argument("--bench-json", default=None, help="memrag bench report of the same questions")
+    parser.add_argument(
+        "--compressor", default=None, help="compressor of the stores built (default: the shipped default)"
+    )
     parser.add_argument("--out", default="benchmarks/results/serve-quality")
     parser.add_argument("--stores", default=None, help="where the stores are built (default: <out>/stores)")
     parser.add_argument(
@@ -252,7 +262,7 @@ def main() -> None:
     stores = {}
     for kind in kinds:
         stores[kind] = stores_dir / kind.replace(":", "-")
-        build_s[kind] = build_store(corpus_file, stores[kind], kind, args.threads, log)
+        build_s[kind] = build_store(corpus_file, stores[kind], kind, args.threads, log, args.compressor)
     top_ks: list[int | None] = [int(k) for k in args.top_k.split(",") if k.strip()] or [None]
     results, answers = [], {}
     for arm in arms:
