@@ -27,6 +27,7 @@ Usage::
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-more/bench.json \
         --bench gemma-3-270m-icae=benchmarks/results/bench-k5-embedding/bench.json \
         --bench gemma-3-270m-kv-rate4-k5=memrag/resources/compressors/gemma-3-270m-kv-rate4-k5/eval/bench-k5.json \
+        --bench "rate 8 (rate8-kvzip)=experiments/rate8-kvzip/eval-step400/bench-k5.json" \
         --markdown-out benchmarks/results/storage-quality/table.md \
         --plot-out benchmarks/results/storage-quality/f1_vs_bytes.png
 """
