@@ -13,8 +13,9 @@ from memrag.memory.pruning import PruningConfig
 
 #: Storage dtypes of K/V memory (the one list; layouts in :mod:`memrag.memory.codec`):
 #: float16 (default), bfloat16, int8 with per-channel key scales and per-token value scales
-#: (KIVI-style), int4 (keys and values in 4 bits: K4V4) and k8v4 (8-bit keys, 4-bit values).
-KV_DTYPES = ("float16", "bfloat16", "int8", "int4", "k8v4")
+#: (KIVI-style), int4 (keys and values in 4 bits: K4V4), k8v4 (8-bit keys, 4-bit values) and
+#: int4r (4 bits, heads rotated and quantized per token: no per-chunk header, the smallest).
+KV_DTYPES = ("float16", "bfloat16", "int8", "int4", "k8v4", "int4r")
 
 
 @dataclass
@@ -25,7 +26,7 @@ class MemorySpec:
         kind: ``"embedding"`` or ``"kv"`` (a trained compressor's slots), ``"kv-exact"`` or
             ``"kv-pruned"`` (the frozen decoder's own keys and values).
         kv_dtype: How K/V memory is stored: one of :data:`KV_DTYPES` (``"float16"``,
-            ``"bfloat16"``, ``"int8"``, ``"int4"``, ``"k8v4"``).
+            ``"bfloat16"``, ``"int8"``, ``"int4"``, ``"k8v4"``, ``"int4r"``).
         pruning: For ``kv-pruned``: keep ratio and the selection of positions.
     """
 
@@ -96,7 +97,8 @@ class MemorySpec:
 def parse_memory_mode(text: str) -> MemorySpec:
     """A K/V memory mode written as ``kind[:setting ...]``, as ``memrag eval qa`` and ``bench`` take it.
 
-    Settings: a storage dtype (``float16``, ``bfloat16``, ``int8``, ``int4``, ``k8v4``), a keep ratio (``0.5``), a
+    Settings: a storage dtype (``float16``, ``bfloat16``, ``int8``, ``int4``, ``k8v4``,
+    ``int4r``), a keep ratio (``0.5``), a
     selection (``kvzip``, ``prefill``, ``stride``), ``shared`` (one set of positions for all
     layers), ``compact`` / ``spread`` (kept entries at consecutive positions, the default / at
     their original offsets), ``merge`` (dropped values averaged into the nearest kept ones), or

@@ -31,7 +31,16 @@ def _store(path: Path, compressor, memory: str, **options) -> MemoryStore:
 
 
 @pytest.mark.parametrize(
-    "memory", ["kv-exact", "kv-exact:int8", "kv-pruned", "kv-pruned:0.5:bfloat16", "kv-exact:int4", "kv-pruned:0.5:k8v4"]
+    "memory",
+    [
+        "kv-exact",
+        "kv-exact:int8",
+        "kv-pruned",
+        "kv-pruned:0.5:bfloat16",
+        "kv-exact:int4",
+        "kv-pruned:0.5:k8v4",
+        "kv-exact:int4r",
+    ],
 )
 def test_kv_memory_round_trips_through_a_store(tmp_path: Path, compressor, memory: str) -> None:
     spec = resolve_memory_spec(memory)
@@ -44,7 +53,10 @@ def test_kv_memory_round_trips_through_a_store(tmp_path: Path, compressor, memor
         assert torch.equal(stored.offsets, made.offsets) and stored.span == made.span
         # float16/bfloat16 round to 3/2 significant digits; int8 to 1/127 of a channel's range,
         # 4 bits to 1/15 of a channel's (keys) or a token's group's (values) range.
-        tolerance = {"float16": 1e-3, "bfloat16": 8e-3, "int8": 8e-3, "int4": 0.08, "k8v4": 0.08}[spec.kv_dtype]
+        # int4r: 1/15 of a rotated head's range per token, spread back over the head's channels.
+        tolerance = {"float16": 1e-3, "bfloat16": 8e-3, "int8": 8e-3, "int4": 0.08, "k8v4": 0.08, "int4r": 0.2}[
+            spec.kv_dtype
+        ]
         for name in ("keys", "values"):
             a, b = getattr(stored, name).float(), getattr(made, name).float()
             assert float((a - b).abs().max() / b.abs().max()) < tolerance, name
@@ -344,7 +356,7 @@ def test_a_store_of_other_rate_and_codec_slots_is_refused_naming_both(tmp_path: 
     assert rate8.fingerprint in message and rate4.fingerprint in message
 
 
-@pytest.mark.parametrize("memory", ["kv-exact:int4", "kv-exact:k8v4"])
+@pytest.mark.parametrize("memory", ["kv-exact:int4", "kv-exact:k8v4", "kv-exact:int4r"])
 def test_a_4bit_shard_failing_its_checksum_is_reported_with_its_chunks(tmp_path: Path, compressor, memory: str) -> None:
     from memrag.store.verify import verify_store
 
