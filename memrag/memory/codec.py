@@ -21,11 +21,11 @@ are quantized per channel over the chunk's positions; values per token — KIVI,
   small models).
 * ``int4r`` (K4V4, rotated, no header): each head's key and value turned by an orthonormal
   Hadamard matrix (:mod:`memrag.memory.hadamard`; QuaRot, arXiv 2404.00456), then quantized per
-  token and head with a float16 minimum and step (the clipping of the range that best fits the
-  head is searched at encode time); offsets as int16. No per-chunk header rows: the smallest
-  layout (at rate 8 on Gemma 3 270M about 4,788 bytes per position against ``int4``'s 4,968
-  plus four header rows per chunk), at some cost in key precision, since keys are quantized
-  per token rather than per channel.
+  token and head, symmetric, with one float16 step (the clipping of the range that best fits
+  the head is searched at encode time; rotated heads are about centred, so a minimum would buy
+  little); offsets as int16. No per-chunk header rows: the smallest layout (on Gemma 3 270M
+  4,716 bytes per position against ``int4``'s 4,968 plus four header rows per chunk), at some
+  cost in key precision, since keys are quantized per token rather than per channel.
 
 Decoding checks shapes and offsets, and names the field that is wrong.
 """
@@ -44,6 +44,8 @@ from memrag.utils.torch_utils import resolve_dtype
 
 _INT8_MAX = 127.0
 _INT4_LEVELS = 15.0
+#: The code of zero in symmetric 4-bit codes (levels at half steps either side of it).
+_INT4_CENTRE = 7.5
 #: Channels sharing one minimum and step in a 4-bit value row (or a whole head, when its
 #: width is not a multiple).
 VALUE_GROUP = 64
@@ -130,11 +132,11 @@ class KVCodec:
         return self._channels * self.value_bits // 8
 
     def _key_param_bytes(self) -> int:
-        return 4 * self._heads if self.rotated else 0  # float16 minimum and step per head
+        return 2 * self._heads if self.rotated else 0  # one float16 step per head
 
     def _value_param_bytes(self) -> int:
         if self.rotated:
-            return 4 * self._heads
+            return 2 * self._heads
         if self.value_bits == 8:
             return 2 * self.layers * self.kv_heads  # one float16 scale per token and head
         if self.value_bits == 4:
@@ -201,7 +203,7 @@ class KVCodec:
         self, keys: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, *, span: int
     ) -> torch.Tensor:
         """Rows of ``int4r``: per position, rotated 4-bit keys and values with their per-head
-        parameters, then int16 offsets."""
+        steps, then int16 offsets."""
         if span > _INT16_MAX + 1:
             raise ValueError(
                 f"{self.dtype} stores offsets as int16: a chunk of {span} positions is too long "
@@ -210,8 +212,8 @@ class KVCodec:
         parts = []
         for tensor in (keys, values):
             heads = rotate_heads(tensor.reshape(tensor.shape[0], self._heads, self.head_dim))
-            codes, low, step = _quantize_rows4(heads)
-            parts += [_pack4(codes.reshape(tensor.shape[0], -1)), _f16_bytes(low), _f16_bytes(step)]
+            codes, step = _quantize_rows4(heads)
+            parts += [_pack4(codes.reshape(tensor.shape[0], -1)), _f16_bytes(step)]
         small = offsets.to(torch.int16).contiguous().view(torch.uint8)
         return torch.cat([*parts, small], dim=1).contiguous()
 
@@ -222,11 +224,10 @@ class KVCodec:
         for _ in range(2):
             codes = _unpack4(body[:, cursor : cursor + self._channels // 2]).float()
             cursor += self._channels // 2
-            low = _from_f16(body[:, cursor : cursor + 2 * heads]).reshape(count, heads, 1)
-            step = _from_f16(body[:, cursor + 2 * heads : cursor + 4 * heads]).reshape(count, heads, 1)
-            cursor += 4 * heads
-            _check_finite(where, low, step)
-            rotated = codes.reshape(count, heads, self.head_dim) * step + low
+            step = _from_f16(body[:, cursor : cursor + 2 * heads]).reshape(count, heads, 1)
+            cursor += 2 * heads
+            _check_finite(where, step)
+            rotated = (codes.reshape(count, heads, self.head_dim) - _INT4_CENTRE) * step
             tensors.append(rotate_heads(rotated, inverse=True).reshape(count, -1))
         offsets = body[:, cursor:].contiguous().view(torch.int16).int()
         return tensors[0], tensors[1], offsets
@@ -380,33 +381,31 @@ def _asymmetric(tensor: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Ten
     return low, step
 
 
-def _quantize_rows4(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """4-bit codes of ``rows`` (``(..., width)``) with one minimum and step per row.
+def _quantize_rows4(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric 4-bit codes of ``rows`` (``(..., width)``) and one step per row.
 
-    Each row's range is narrowed about its middle by each of :data:`_CLIP_RATIOS` in turn and
-    the narrowing with the smallest squared error is kept (outliers are clipped when that costs
-    less than coarser steps for every other channel).
+    Code ``c`` stands for ``(c - 7.5) * step``: sixteen levels, symmetric about zero. Each row's
+    largest magnitude is narrowed by each of :data:`_CLIP_RATIOS` in turn and the step with
+    the smallest squared error is kept (outliers are clipped when that costs less than coarser
+    steps for every other channel).
     """
-    low0, high0 = rows.amin(dim=-1, keepdim=True), rows.amax(dim=-1, keepdim=True)
-    middle = (low0 + high0) / 2
+    peak = rows.abs().amax(dim=-1, keepdim=True)
     best = None
     for ratio in _CLIP_RATIOS:
-        low = _half(middle + (low0 - middle) * ratio)
-        step = _half(((middle + (high0 - middle) * ratio - low) / _INT4_LEVELS).clamp(min=1e-6))
-        codes = _codes4(rows, low, step)
-        error = ((codes.float() * step + low - rows) ** 2).sum(dim=-1, keepdim=True)
+        step = _half((peak * ratio / _INT4_CENTRE).clamp(min=1e-6))
+        codes = torch.round(rows / step + _INT4_CENTRE).clamp(0, _INT4_LEVELS).to(torch.uint8)
+        error = (((codes.float() - _INT4_CENTRE) * step - rows) ** 2).sum(dim=-1, keepdim=True)
         if best is None:
-            best = (codes, low, step, error)
+            best = (codes, step, error)
             continue
-        better = error < best[3]
+        better = error < best[2]
         best = (
             torch.where(better, codes, best[0]),
-            torch.where(better, low, best[1]),
-            torch.where(better, step, best[2]),
-            torch.minimum(error, best[3]),
+            torch.where(better, step, best[1]),
+            torch.minimum(error, best[2]),
         )
     assert best is not None
-    return best[0], best[1].squeeze(-1), best[2].squeeze(-1)
+    return best[0], best[1].squeeze(-1)
 
 
 def _codes4(tensor: torch.Tensor, low: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
