@@ -108,7 +108,7 @@ def build(
         "--memory",
         help="New stores: what to keep for each chunk: embedding or kv (a trained compressor's "
         "slots; default compressor: the shipped one of that slot kind), kv-exact (its key/value cache) or kv-pruned (a subset of its positions' keys and "
-        "values). Settings after colons: kv-exact:int8, kv-exact:int4 (4-bit), kv:int4r (4-bit, no per-chunk header: the smallest), kv-pruned:0.5, kv-pruned:0.25:int8. "
+        "values). Settings after colons: kv-exact:int8, kv-exact:int4 (4-bit), kv:int4r (4-bit, no per-chunk header: the smallest, but for one-chunk lookups: it loses F1 when several chunks are retrieved), kv-pruned:0.5, kv-pruned:0.25:int8. "
         "Default: kv-exact:int8 (docs/RESULTS.md, 'Which memory?').",
     ),
     keep_ratio: float = typer.Option(

@@ -24,8 +24,10 @@ are quantized per channel over the chunk's positions; values per token — KIVI,
   token and head, symmetric, with one float16 step (the clipping of the range that best fits
   the head is searched at encode time; rotated heads are about centred, so a minimum would buy
   little); offsets as int16. No per-chunk header rows: the smallest layout (on Gemma 3 270M
-  4,716 bytes per position against ``int4``'s 4,968 plus four header rows per chunk), at some
-  cost in key precision, since keys are quantized per token rather than per channel.
+  4,716 bytes per position against ``int4``'s 4,968 plus four header rows per chunk), at a
+  cost in key precision, since keys are quantized per token rather than per channel: with one
+  chunk in the prompt it answers as ``int4``, with five it loses a third of the F1
+  (docs/RESULTS.md, "4-bit without header rows").
 
 Decoding checks shapes and offsets, and names the field that is wrong.
 """
