@@ -36,10 +36,10 @@ def relative_error(decoded: torch.Tensor, original: torch.Tensor) -> float:
 def codec_errors(compressor: object, texts: list[str], dtypes: list[str], kind: str) -> list[dict[str, float | str]]:
     """Per dtype: mean key and value relative error, and stored bytes per position."""
     memories = build_memory(compressor, parse_memory_mode(f"{kind}:float16"), texts, batch_size=4)
+    with compressor.decoder_mode() as decoder:  # type: ignore[attr-defined]
+        codecs = {dtype: codec_for(decoder, parse_memory_mode(f"{kind}:{dtype}")) for dtype in dtypes}
     rows_out = []
-    for dtype in dtypes:
-        with compressor.decoder_mode() as decoder:  # type: ignore[attr-defined]
-            codec = codec_for(decoder, parse_memory_mode(f"{kind}:{dtype}"))
+    for dtype, codec in codecs.items():
         key_errors, value_errors, stored_bytes, positions = [], [], 0, 0
         for memory in memories:
             rows = codec.encode(memory)
@@ -62,8 +62,10 @@ def codec_errors(compressor: object, texts: list[str], dtypes: list[str], kind: 
 def markdown(results: list[dict[str, float | str]], compressor: str, passages: int) -> str:
     """The report as a markdown table."""
     lines = [
-        f"Codec round trip on `{compressor}`'s memory of {passages} SQuAD dev passages "
-        "(relative error: |decoded - original| / |original|, mean over chunks).",
+        (
+            f"Codec round trip on `{compressor}`'s memory of {passages} SQuAD dev passages "
+            "(relative error: |decoded - original| / |original|, mean over chunks)."
+        ),
         "",
         "| codec | key error | value error | bytes / position (headers included) |",
         "| --- | ---: | ---: | ---: |",

@@ -230,7 +230,7 @@ class KVCodec:
             cursor += 2 * heads
             _check_finite(where, step)
             rotated = (codes.reshape(count, heads, self.head_dim) - _INT4_CENTRE) * step
-            tensors.append(rotate_heads(rotated, inverse=True).reshape(count, -1))
+            tensors.append(rotate_heads(rotated).reshape(count, -1))  # its own inverse
         offsets = body[:, cursor:].contiguous().view(torch.int16).int()
         return tensors[0], tensors[1], offsets
 

@@ -29,14 +29,13 @@ def _sylvester(size: int) -> torch.Tensor:
     return (matrix / size**0.5).to(torch.float32)
 
 
-def rotate_heads(tensor: torch.Tensor, *, inverse: bool = False) -> torch.Tensor:
+def rotate_heads(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` (``(..., head_dim)``, float32) with each head rotated block-wise.
 
     The rotation is block-diagonal: blocks of :func:`hadamard_block` channels, each turned by
     the same Sylvester Hadamard matrix. The matrix is symmetric and orthonormal, so it is its
-    own inverse; ``inverse`` is accepted to make call sites read as what they do.
+    own inverse: rotating twice gives ``tensor`` back.
     """
-    del inverse  # a Sylvester Hadamard matrix is its own inverse
     width = tensor.shape[-1]
     block = hadamard_block(width)
     matrix = _sylvester(block).to(tensor.device)
