@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from memrag.memory.builders import build_memory, codec_for
+from memrag.memory.builders import build_memory, make_codec
 from memrag.memory.spec import parse_memory_mode
 
 logger = logging.getLogger("codec_error")
@@ -36,8 +36,7 @@ def relative_error(decoded: torch.Tensor, original: torch.Tensor) -> float:
 def codec_errors(compressor: object, texts: list[str], dtypes: list[str], kind: str) -> list[dict[str, float | str]]:
     """Per dtype: mean key and value relative error, and stored bytes per position."""
     memories = build_memory(compressor, parse_memory_mode(f"{kind}:float16"), texts, batch_size=4)
-    with compressor.decoder_mode() as decoder:  # type: ignore[attr-defined]
-        codecs = {dtype: codec_for(decoder, parse_memory_mode(f"{kind}:{dtype}")) for dtype in dtypes}
+    codecs = {dtype: make_codec(compressor, parse_memory_mode(f"{kind}:{dtype}")) for dtype in dtypes}  # type: ignore[arg-type]
     rows_out = []
     for dtype, codec in codecs.items():
         key_errors, value_errors, stored_bytes, positions = [], [], 0, 0
@@ -89,7 +88,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/squad_v1.1/dev.jsonl.gz")
     parser.add_argument("--passages", type=int, default=30)
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--dtypes", default="int8,int4,k8v4,int4r")
+    parser.add_argument("--dtypes", default="int8,int4,k8v4,int4r,int4c")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--markdown-out", type=Path, default=None)
     args = parser.parse_args()

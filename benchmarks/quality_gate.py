@@ -94,7 +94,7 @@ def at_threshold(rows: list[dict[str, Any]], score: str, threshold: float) -> di
     the chunk passes, text where it fails)."""
     passed = [r for r in rows if r[score] >= threshold]
     failed = [r for r in rows if r[score] < threshold]
-    mean = lambda values: 100 * sum(values) / max(len(values), 1)  # noqa: E731
+    mean = lambda values: 100 * sum(values) / max(len(values), 1)
     return {
         "threshold": threshold,
         "fallback": len(failed) / max(len(rows), 1),
@@ -137,7 +137,7 @@ def main() -> None:
     from memrag.compressor import Compressor
     from memrag.eval.metrics import answer_scores
     from memrag.eval.qa import sample_qa_records
-    from memrag.memory.builders import as_stored, build_memory, codec_for
+    from memrag.memory.builders import as_stored, build_memory, make_codec
     from memrag.memory.spec import parse_memory_mode
     from memrag.store.fidelity import AgreementScorer, FidelityScorer
     from memrag.utils.progress import progress
@@ -158,9 +158,7 @@ def main() -> None:
     passages = list(dict.fromkeys(r.context for r in records))
     started = time.perf_counter()
     made = build_memory(compressor, spec, passages, batch_size=8)
-    with compressor.decoder_mode() as decoder:
-        codec = codec_for(decoder, spec)
-    stored, _ = as_stored(made, codec)  # type: ignore[arg-type]
+    stored, _ = as_stored(made, make_codec(compressor, spec))  # type: ignore[arg-type]
     build_s = time.perf_counter() - started
     agreement = AgreementScorer(compressor, probes=args.probes)
     reconstruct = FidelityScorer(compressor)

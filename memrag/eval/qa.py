@@ -83,7 +83,7 @@ class QAEvaluation:
             **info,
         }
 
-    def merge(self, other: "QAEvaluation") -> None:
+    def merge(self, other: QAEvaluation) -> None:
         """Adds ``other``'s modes (an evaluation of the same questions) to this one."""
         self.results.update(other.results)
         self.passage_positions.update(other.passage_positions)
@@ -93,7 +93,7 @@ class QAEvaluation:
         self.predictions.extend(other.predictions)
 
     @classmethod
-    def from_json(cls, report: dict[str, Any], predictions: Sequence[dict[str, Any]] = ()) -> "QAEvaluation":
+    def from_json(cls, report: dict[str, Any], predictions: Sequence[dict[str, Any]] = ()) -> QAEvaluation:
         """Inverse of :meth:`to_json` (with the predictions, when they were kept)."""
         return cls(
             results=dict(report["results"]),
@@ -199,8 +199,8 @@ def _contexts(
     from memrag.memory.builders import (
         as_stored,
         build_memory,
-        codec_for,
         computation_key,
+        make_codec,
     )
     from memrag.memory.spec import parse_memory_mode
 
@@ -232,9 +232,7 @@ def _contexts(
             if spec.memory_kind.needs_training
             else reuse.seconds.get(computation_key(spec), 0.0)
         )
-        with compressor.decoder_mode() as decoder:
-            codec = codec_for(decoder, spec)
-        stored, sizes = as_stored(made, codec)  # type: ignore[arg-type]
+        stored, sizes = as_stored(made, make_codec(compressor, spec))  # type: ignore[arg-type]
         cost["bytes_per_passage"] = sum(sizes) / max(len(sizes), 1)
         by_text = dict(zip(unique, stored))
     return [[by_text[r.context]] for r in records], cost

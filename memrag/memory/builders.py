@@ -213,13 +213,29 @@ def _compute(
                 bar.update(len(group))
 
 
-def codec_for(decoder: Any, spec: MemorySpec) -> KVCodec:
-    """The codec K/V memory of ``spec`` is stored with, for ``decoder``'s shape."""
+def codec_for(decoder: Any, spec: MemorySpec, calibration: Any = None) -> KVCodec:
+    """The codec K/V memory of ``spec`` is stored with, for ``decoder``'s shape (with a store's
+    :class:`~memrag.memory.calibration.KVCalibration` for dtypes that need one)."""
     from memrag.memory.anatomy import decoder_anatomy
     from memrag.memory.codec import KVCodec
 
     anatomy = decoder_anatomy(decoder)
-    return KVCodec(anatomy.num_layers, anatomy.num_kv_heads, anatomy.head_dim, spec.kv_dtype)
+    return KVCodec(
+        anatomy.num_layers, anatomy.num_kv_heads, anatomy.head_dim, spec.kv_dtype, calibration
+    )
+
+
+def make_codec(compressor: MemoryMaker, spec: MemorySpec) -> KVCodec:
+    """The codec of a new store of ``spec`` made by ``compressor``: :func:`codec_for` its
+    decoder, calibrated first where the dtype needs it (``int4c``:
+    :func:`memrag.memory.calibration.calibrate`)."""
+    from memrag.memory.calibration import calibrate
+
+    with compressor.decoder_mode() as decoder:
+        codec = codec_for(decoder, spec)
+    if not codec.calibrated:
+        return codec
+    return dataclasses.replace(codec, calibration=calibrate(compressor, spec))
 
 
 def as_stored(memories: Sequence[KVSlots], codec: KVCodec) -> tuple[list[KVSlots], list[int]]:

@@ -28,6 +28,11 @@ are quantized per channel over the chunk's positions; values per token — KIVI,
   cost in key precision, since keys are quantized per token rather than per channel: with one
   chunk in the prompt it answers as ``int4``, with five it loses a third of the F1
   (docs/RESULTS.md, "4-bit without header rows").
+* ``int4c`` (K4V4, calibrated, rotated, no header): as ``int4r``, after each channel's centre
+  is subtracted and the channel divided by the square root of its spread — figures measured once
+  per store on the model's memory of bundled passages (:mod:`memrag.memory.calibration`) and
+  kept in the store's manifest. The same bytes as ``int4r``, with the keys' round-trip error
+  close to ``int4``'s per-channel coding (docs/RESULTS.md).
 
 Decoding checks shapes and offsets, and names the field that is wrong.
 """
@@ -35,10 +40,11 @@ Decoding checks shapes and offsets, and names the field that is wrong.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from memrag.memory.calibration import KVCalibration
 from memrag.memory.hadamard import rotate_heads
 from memrag.memory.kv import KVSlots
 from memrag.memory.spec import KV_DTYPES
@@ -59,9 +65,12 @@ _BITS = {
     "int4": (4, 4),
     "k8v4": (8, 4),
     "int4r": (4, 4),
+    "int4c": (4, 4),
 }
 #: The storage dtypes that rotate heads and quantize keys per token (no header rows).
-_ROTATED = frozenset({"int4r"})
+_ROTATED = frozenset({"int4r", "int4c"})
+#: The storage dtypes whose channels are centred and scaled by a store's calibration first.
+_CALIBRATED = frozenset({"int4c"})
 #: Fractions of a head's range tried as its 4-bit range when rotated heads are quantized.
 _CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8)
 _INT16_MAX = 32767
@@ -80,13 +89,16 @@ class KVCodec:
         kv_heads: Key/value heads per layer.
         head_dim: Width of a head.
         dtype: One of :data:`memrag.memory.spec.KV_DTYPES` (``float16``, ``bfloat16``,
-            ``int8``, ``int4``, ``k8v4``, ``int4r``).
+            ``int8``, ``int4``, ``k8v4``, ``int4r``, ``int4c``).
+        calibration: The store's channel centres and scales (``int4c`` only, where it is
+            required; see :mod:`memrag.memory.calibration`).
     """
 
     layers: int
     kv_heads: int
     head_dim: int
     dtype: str = "float16"
+    calibration: KVCalibration | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if _BITS.get(self.dtype, (16, 16))[1] == 4 and (self.layers * self.kv_heads * self.head_dim) % 2:
@@ -95,6 +107,28 @@ class KVCodec:
             raise ValueError(
                 f"K/V storage dtype must be one of {', '.join(KV_DTYPES)}, got {self.dtype!r}"
             )
+        if self.calibration is not None:
+            if not self.calibrated:
+                raise ValueError(f"{self.dtype} K/V storage takes no calibration")
+            if self.calibration.shape != (self._heads, self.head_dim):
+                raise ValueError(
+                    f"K/V calibration is for {self.calibration.shape[0]} heads x "
+                    f"{self.calibration.shape[1]} channels, the store keeps {self._heads} x "
+                    f"{self.head_dim}"
+                )
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether this dtype codes channels through a store's calibration (``int4c``)."""
+        return self.dtype in _CALIBRATED
+
+    def _calibration(self) -> KVCalibration:
+        if self.calibration is None:
+            raise ValueError(
+                f"{self.dtype} K/V storage needs the store's calibration (channel centres and "
+                "scales; memrag.memory.calibration.calibrate)"
+            )
+        return self.calibration
 
     @property
     def key_bits(self) -> int:
@@ -204,33 +238,41 @@ class KVCodec:
     def _encode_rotated(
         self, keys: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, *, span: int
     ) -> torch.Tensor:
-        """Rows of ``int4r``: per position, rotated 4-bit keys and values with their per-head
-        steps, then int16 offsets."""
+        """Rows of ``int4r`` / ``int4c``: per position, rotated 4-bit keys and values with their
+        per-head steps, then int16 offsets."""
         if span > _INT16_MAX + 1:
             raise ValueError(
                 f"{self.dtype} stores offsets as int16: a chunk of {span} positions is too long "
                 f"(at most {_INT16_MAX + 1}); cut it into smaller chunks or store it as int4"
             )
         parts = []
-        for tensor in (keys, values):
-            heads = rotate_heads(tensor.reshape(tensor.shape[0], self._heads, self.head_dim))
-            codes, step = _quantize_rows4(heads)
+        for part, tensor in (("key", keys), ("value", values)):
+            heads = tensor.reshape(tensor.shape[0], self._heads, self.head_dim)
+            if self.calibrated:
+                centre, scale = self._calibration().for_part(part)
+                heads = (heads - centre) / scale
+            codes, step = _quantize_rows4(rotate_heads(heads))
             parts += [_pack4(codes.reshape(tensor.shape[0], -1)), _f16_bytes(step)]
         small = offsets.to(torch.int16).contiguous().view(torch.uint8)
         return torch.cat([*parts, small], dim=1).contiguous()
 
     def _decode_rotated(self, body: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keys, values (float32, ``(n, channels)``) and int16 offsets of ``int4r`` rows."""
+        """Keys, values (float32, ``(n, channels)``) and int16 offsets of ``int4r`` / ``int4c``
+        rows."""
         count, heads = body.shape[0], self._heads
         tensors, cursor = [], 0
-        for _ in range(2):
+        for part in ("key", "value"):
             codes = _unpack4(body[:, cursor : cursor + self._channels // 2]).float()
             cursor += self._channels // 2
             step = _from_f16(body[:, cursor : cursor + 2 * heads]).reshape(count, heads, 1)
             cursor += 2 * heads
             _check_finite(where, step)
             rotated = (codes.reshape(count, heads, self.head_dim) - _INT4_CENTRE) * step
-            tensors.append(rotate_heads(rotated).reshape(count, -1))  # its own inverse
+            decoded = rotate_heads(rotated)  # its own inverse
+            if self.calibrated:
+                centre, scale = self._calibration().for_part(part)
+                decoded = decoded * scale + centre
+            tensors.append(decoded.reshape(count, -1))
         offsets = body[:, cursor:].contiguous().view(torch.int16).int()
         return tensors[0], tensors[1], offsets
 

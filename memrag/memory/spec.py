@@ -14,8 +14,9 @@ from memrag.memory.pruning import PruningConfig
 #: Storage dtypes of K/V memory (the one list; layouts in :mod:`memrag.memory.codec`):
 #: float16 (default), bfloat16, int8 with per-channel key scales and per-token value scales
 #: (KIVI-style), int4 (keys and values in 4 bits: K4V4), k8v4 (8-bit keys, 4-bit values) and
-#: int4r (4 bits, heads rotated and quantized per token: no per-chunk header, the smallest).
-KV_DTYPES = ("float16", "bfloat16", "int8", "int4", "k8v4", "int4r")
+#: int4r (4 bits, heads rotated and quantized per token: no per-chunk header, the smallest) and
+#: int4c (int4r's bytes, channels centred and scaled by a per-store calibration first).
+KV_DTYPES = ("float16", "bfloat16", "int8", "int4", "k8v4", "int4r", "int4c")
 
 
 @dataclass
@@ -26,7 +27,7 @@ class MemorySpec:
         kind: ``"embedding"`` or ``"kv"`` (a trained compressor's slots), ``"kv-exact"`` or
             ``"kv-pruned"`` (the frozen decoder's own keys and values).
         kv_dtype: How K/V memory is stored: one of :data:`KV_DTYPES` (``"float16"``,
-            ``"bfloat16"``, ``"int8"``, ``"int4"``, ``"k8v4"``, ``"int4r"``).
+            ``"bfloat16"``, ``"int8"``, ``"int4"``, ``"k8v4"``, ``"int4r"``, ``"int4c"``).
         pruning: For ``kv-pruned``: keep ratio and the selection of positions.
     """
 

@@ -25,7 +25,7 @@ def memory_info(compressor: MemoryMaker, memory: Any) -> MemoryInfo:
     """The manifest's description of ``memory`` (a spec, its JSON form, a mode string such as
     ``"kv-pruned:0.5"``, or ``None`` for :func:`~memrag.memory.spec.default_memory`) made with
     ``compressor``."""
-    from memrag.memory.builders import codec_for
+    from memrag.memory.builders import make_codec
 
     config = compressor.config
     spec = resolve_memory_spec(memory, config.slot_kind)
@@ -38,8 +38,7 @@ def memory_info(compressor: MemoryMaker, memory: Any) -> MemoryInfo:
             base_model=config.base_model,
             base_model_signature=dict(config.base_model_signature),
         )
-    with compressor.decoder_mode() as decoder:
-        codec = codec_for(decoder, spec)
+    codec = make_codec(compressor, spec)
     return MemoryInfo(
         kind=spec.kind,
         settings=spec.to_dict(),
@@ -50,6 +49,7 @@ def memory_info(compressor: MemoryMaker, memory: Any) -> MemoryInfo:
         kv_heads=codec.kv_heads,
         head_dim=codec.head_dim,
         row_bytes=codec.row_bytes,
+        kv_calibration=codec.calibration.to_text() if codec.calibration is not None else "",
     )
 
 

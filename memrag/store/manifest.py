@@ -93,6 +93,9 @@ class MemoryInfo:
         kv_heads: Key/value heads per layer (K/V kinds).
         head_dim: Width of a head (K/V kinds).
         row_bytes: Width of a stored row in bytes (K/V kinds; see :mod:`memrag.memory.codec`).
+        kv_calibration: The channel centres and scales ``int4c`` rows are coded with, measured
+            when the store was created (:meth:`KVCalibration.to_text
+            <memrag.memory.calibration.KVCalibration.to_text>` form; empty for other dtypes).
     """
 
     kind: MemoryKind
@@ -104,6 +107,7 @@ class MemoryInfo:
     kv_heads: int = 0
     head_dim: int = 0
     row_bytes: int = 0
+    kv_calibration: str = ""
 
     def __post_init__(self) -> None:
         self.kind = MemoryKind.parse(self.kind)
@@ -121,9 +125,14 @@ class MemoryInfo:
 
     def codec(self) -> Any:
         """The :class:`~memrag.memory.codec.KVCodec` the store's K/V rows are packed with."""
+        from memrag.memory.calibration import KVCalibration
         from memrag.memory.codec import KVCodec
 
-        return KVCodec(self.layers, self.kv_heads, self.head_dim, self.spec().kv_dtype)
+        calibration = KVCalibration.from_text(self.kv_calibration) if self.kv_calibration else None
+        codec = KVCodec(self.layers, self.kv_heads, self.head_dim, self.spec().kv_dtype, calibration)
+        if codec.calibrated and calibration is None:
+            raise ValueError(f"memory.kv_calibration is missing ({codec.dtype} rows need it)")
+        return codec
 
     def inconsistency(self) -> str | None:
         """What in this description contradicts itself (e.g. an edited manifest), or ``None``."""
@@ -292,7 +301,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, path: Path | str = MANIFEST_NAME) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any], *, path: Path | str = MANIFEST_NAME) -> Manifest:
         """Parses a manifest, refusing newer format versions and malformed content.
 
         Raises:
@@ -339,7 +348,7 @@ class Manifest:
         )
 
     @classmethod
-    def load(cls, directory: Path) -> "Manifest":
+    def load(cls, directory: Path) -> Manifest:
         """Reads ``manifest.json`` from ``directory``.
 
         Raises:

@@ -122,6 +122,8 @@ class ChunkProcessor:
         fidelity_sample_tokens: Tokens scored per chunk (``None``: all).
         reuse: A :class:`~memrag.memory.builders.MemoryReuse` shared with other processors of
             the same texts (K/V memory and selection scores computed once).
+        kv_calibration: A store's K/V calibration (its manifest's ``memory.kv_calibration``);
+            empty: measured here where the storage dtype needs one (``int4c``).
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class ChunkProcessor:
         fidelity_max_tokens: int = 512,
         fidelity_sample_tokens: int | None = 32,
         reuse: Any = None,
+        kv_calibration: str = "",
     ) -> None:
         from memrag.memory.spec import MemorySpec
 
@@ -161,10 +164,16 @@ class ChunkProcessor:
                 self.scorer = AgreementScorer(compressor)
         self._codec = None
         if self.memory.packed_kv:
-            from memrag.memory.builders import codec_for
+            from memrag.memory.builders import codec_for, make_codec
+            from memrag.memory.calibration import KVCalibration
 
-            with compressor.decoder_mode() as decoder:
-                self._codec = codec_for(decoder, self.memory)
+            if kv_calibration:
+                with compressor.decoder_mode() as decoder:
+                    self._codec = codec_for(
+                        decoder, self.memory, KVCalibration.from_text(kv_calibration)
+                    )
+            else:
+                self._codec = make_codec(compressor, self.memory)
 
     def _text_tokens(self, text: str) -> int:
         return len(self.compressor.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -286,8 +295,14 @@ class ChunkProcessor:
 
 
 def processor_settings(manifest: Manifest) -> dict[str, Any]:
-    """The :class:`ChunkProcessor` settings a store's manifest fixes (memory, dtype, fidelity)."""
-    return {"memory": dict(manifest.memory_info.settings), **manifest.options.processor_kwargs()}
+    """The :class:`ChunkProcessor` settings a store's manifest fixes (memory, its calibration,
+    dtype, fidelity)."""
+    memory = manifest.memory_info
+    return {
+        "memory": dict(memory.settings),
+        "kv_calibration": memory.kv_calibration,
+        **manifest.options.processor_kwargs(),
+    }
 
 
 def processor_for(

@@ -80,9 +80,10 @@ def test_bytes_per_position_of_the_embedded_decoders_shape() -> None:
         # 4-bit K and V (2 x 2,304) + a float16 step per head for each (2 x 36) + int16
         # offsets (36).
         "int4r": 4716,
+        "int4c": 4716,  # int4r's layout; the calibration lives in the store's manifest
     }
     headers = {dtype: KVCodec(18, 1, 256, dtype).header_rows() for dtype in KV_DTYPES}
-    assert headers == {"float16": 0, "bfloat16": 0, "int8": 1, "int4": 4, "k8v4": 2, "int4r": 0}
+    assert headers == {"float16": 0, "bfloat16": 0, "int8": 1, "int4": 4, "k8v4": 2, "int4r": 0, "int4c": 0}
 
 
 def test_int4r_is_the_smallest_for_short_chunks() -> None:

@@ -40,6 +40,7 @@ def _store(path: Path, compressor, memory: str, **options) -> MemoryStore:
         "kv-exact:int4",
         "kv-pruned:0.5:k8v4",
         "kv-exact:int4r",
+        "kv-exact:int4c",
     ],
 )
 def test_kv_memory_round_trips_through_a_store(tmp_path: Path, compressor, memory: str) -> None:
@@ -53,8 +54,11 @@ def test_kv_memory_round_trips_through_a_store(tmp_path: Path, compressor, memor
         assert torch.equal(stored.offsets, made.offsets) and stored.span == made.span
         # float16/bfloat16 round to 3/2 significant digits; int8 to 1/127 of a channel's range,
         # 4 bits to 1/15 of a channel's (keys) or a token's group's (values) range.
-        # int4r: 1/15 of a rotated head's range per token, spread back over the head's channels.
-        tolerance = {"float16": 1e-3, "bfloat16": 8e-3, "int8": 8e-3, "int4": 0.08, "k8v4": 0.08, "int4r": 0.2}[
+        # int4r: 1/15 of a rotated head's range per token, spread back over the head's channels
+        # (int4c: the same, of channels centred and scaled by the store's calibration).
+        tolerance = {
+            "float16": 1e-3, "bfloat16": 8e-3, "int8": 8e-3, "int4": 0.08, "k8v4": 0.08, "int4r": 0.2, "int4c": 0.2
+        }[
             spec.kv_dtype
         ]
         for name in ("keys", "values"):
@@ -356,7 +360,7 @@ def test_a_store_of_other_rate_and_codec_slots_is_refused_naming_both(tmp_path: 
     assert rate8.fingerprint in message and rate4.fingerprint in message
 
 
-@pytest.mark.parametrize("memory", ["kv-exact:int4", "kv-exact:k8v4", "kv-exact:int4r"])
+@pytest.mark.parametrize("memory", ["kv-exact:int4", "kv-exact:k8v4", "kv-exact:int4r", "kv-exact:int4c"])
 def test_a_4bit_shard_failing_its_checksum_is_reported_with_its_chunks(tmp_path: Path, compressor, memory: str) -> None:
     from memrag.store.verify import verify_store
 
@@ -370,3 +374,41 @@ def test_a_4bit_shard_failing_its_checksum_is_reported_with_its_chunks(tmp_path:
     (finding,) = report.problems
     assert set(finding.chunk_ids) == {"paris", "tower", "fox"} and finding.affected == 3
     assert "fox" in finding.message and "fail their checksum" in finding.message
+
+
+def test_an_int4c_store_keeps_its_calibration_for_appends_and_refuses_an_edited_one(
+    tmp_path: Path, compressor
+) -> None:
+    """The calibration is measured at creation and recorded in the manifest: chunks appended
+    after reopening are coded with the recorded figures (here replaced by other valid ones, so
+    a processor that measured its own would decode wrongly), and a damaged calibration is
+    refused on open and reported by verify instead of decoding every chunk wrongly."""
+    import dataclasses
+
+    from memrag.memory.calibration import KVCalibration
+    from memrag.store import verify_store
+
+    _store(tmp_path / "s", compressor, "kv-exact:int4c", fidelity="none").close()
+    path = tmp_path / "s" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    measured = KVCalibration.from_text(manifest["memory"]["kv_calibration"])
+    other = dataclasses.replace(measured, key_centre=measured.key_centre + 0.5, key_scale=2 * measured.key_scale)
+    manifest["memory"]["kv_calibration"] = other.to_text()
+    path.write_text(json.dumps(manifest))
+    with MemoryStore.open(tmp_path / "s", compressor) as store:
+        store.add(["Gustave Eiffel's company built the tower in two years."], ids=["eiffel"])
+        (record,) = store.get(["eiffel"])
+        (made,) = build_memory(compressor, resolve_memory_spec("kv-exact"), [record.text])
+        for name in ("keys", "values"):
+            a, b = getattr(record.slots, name).float(), getattr(made, name).float()
+            assert float((a - b).abs().max() / b.abs().max()) < 0.2, name
+    assert json.loads(path.read_text())["memory"]["kv_calibration"] == other.to_text()
+    manifest = json.loads(path.read_text())
+    shape, digest, payload = manifest["memory"]["kv_calibration"].split(":")
+    manifest["memory"]["kv_calibration"] = f"{shape}:{digest}:{'B' if payload[0] == 'A' else 'A'}{payload[1:]}"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreCorruptError, match="kv_calibration|calibration does not match its checksum"):
+        MemoryStore.open(tmp_path / "s", read_only=True)
+    report = verify_store(tmp_path / "s")
+    assert not report.ok and "manifest" in report.parts()
+    assert "checksum" in str(report.problems[0])
