@@ -5,7 +5,8 @@
 * :class:`MemorySpec` says how a store makes its memory; :func:`build_memory` makes it.
 * :class:`Memory` is what embedding slots and K/V memory both offer (kind, count, bytes).
 * :mod:`memrag.memory.codec` packs K/V memory into store shards (float16, bfloat16, int8, int4,
-  k8v4, int4r).
+  k8v4, int4r, int4c); :mod:`memrag.memory.calibration` measures a store's ``int4c`` channel
+  calibration.
 
 Splicing K/V memory into a prompt is :mod:`memrag.prefill` (beside :mod:`memrag.splice`), which
 imports this package; nothing here imports the splice path.
