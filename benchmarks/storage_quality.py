@@ -20,10 +20,13 @@ Usage::
         gemma-3-270m-kv-subset=benchmarks/results/codec4/qa500.json \
         gemma-3-270m-kv-rate4-k5=memrag/resources/compressors/gemma-3-270m-kv-rate4-k5/eval/squad500.json \
         gemma-3-270m-kv-rate4-k5=memrag/resources/compressors/gemma-3-270m-kv-rate4-k5/eval/squad500-int4r.json \
+        gemma-3-270m-kv-rate4-k5=memrag/resources/compressors/gemma-3-270m-kv-rate4-k5/eval/squad500-int4c.json \
         "rate 8 (rate8-kvzip)=experiments/rate8-kvzip/eval-step400/squad500.json" \
         "rate 8 (rate8-kvzip)=experiments/rate8-kvzip/eval-step400/squad500-int4r.json" \
+        "rate 8 (rate8-kvzip)=experiments/rate8-kvzip/eval-step400/squad500-int4c.json" \
         "rate 16 (rate16-kvzip)=experiments/rate16-kvzip/eval-step300/squad500.json" \
         "rate 16 (rate16-kvzip)=experiments/rate16-kvzip/eval-step300/squad500-int4r.json" \
+        "rate 16 (rate16-kvzip)=experiments/rate16-kvzip/eval-step300/squad500-int4c.json" \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-4bit/bench.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-trained-codecs/bench.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-300q-kvzip/bench.json \
