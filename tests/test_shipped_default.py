@@ -24,11 +24,12 @@ from memrag.memory.kinds import MemoryKind
 
 MAX_SHIPPED_BYTES = 20 * 1024 * 1024
 
-#: name -> (slot kind, kv positions) of each shipped compressor.
+#: name -> (slot kind, kv positions, compression rate) of each shipped compressor.
 SHIPPED = {
-    DEFAULT_COMPRESSOR: ("kv", "subset"),
-    DEFAULT_EMBEDDING_COMPRESSOR: ("embedding", "memory"),
-    "gemma-3-270m-kv-rate4-k5": ("kv", "subset"),
+    DEFAULT_COMPRESSOR: ("kv", "subset", 4),
+    DEFAULT_EMBEDDING_COMPRESSOR: ("embedding", "memory", 4),
+    "gemma-3-270m-kv-rate4-k5": ("kv", "subset", 4),
+    "gemma-3-270m-kv-rate8": ("kv", "subset", 8),
 }
 
 
@@ -41,10 +42,11 @@ def test_each_shipped_compressor_is_small_documented_and_has_its_training_record
     weights = sum((directory / saved).stat().st_size for saved in SAVED_FILES)
     assert weights <= MAX_SHIPPED_BYTES
     config = json.loads((directory / CONFIG_NAME).read_text())
-    slot_kind, kv_positions = SHIPPED[name]
+    slot_kind, kv_positions, rate = SHIPPED[name]
     assert config["base_model"] == "gemma-3-270m" and config["slot_kind"] == slot_kind
     assert config.get("kv_positions", "memory") == kv_positions
-    assert config["compression_rate"] == 4 and config["fingerprint"]
+    assert config["compression_rate"] == rate and config["fingerprint"]
+    assert f"rate{rate}" in name or name in (DEFAULT_COMPRESSOR, DEFAULT_EMBEDDING_COMPRESSOR), "names say the rate"
     card = (directory / "README.md").read_text()
     assert config["fingerprint"] in card, "the card names the weights it describes"
     adapter = json.loads((directory / "adapter_config.json").read_text())
