@@ -167,11 +167,33 @@ def summarize(answers: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def bench_figures(path: str | None) -> tuple[dict[str, Any], int | None]:
-    """``{mode: figures}`` and k of a ``memrag bench`` report (empty without one)."""
+#: Settings that choose the questions and the corpus searched; a bench report compared with a
+#: server run must share them (``--limit`` also changes the corpus: it holds the gold passages).
+SAME_QUESTIONS = ("data", "limit", "corpus_size", "seed")
+
+
+def bench_figures(path: str | None, settings: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """``{mode: figures}`` and k of a ``memrag bench`` report (empty without one).
+
+    Raises:
+        SystemExit: the report asked other questions over another corpus than ``settings``
+            (the server run's) say, naming the setting that differs.
+    """
     if not path:
         return {}, None
-    report = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{path}: not a memrag bench report ({err})") from None
+    for key in SAME_QUESTIONS:
+        ours, theirs = settings.get(key), report["settings"].get(key)
+        if key == "data" and ours is not None and theirs is not None:
+            ours, theirs = Path(ours).name, Path(theirs).name
+        if ours != theirs:
+            raise SystemExit(
+                f"{path}: its {key} is {theirs!r}, the server run's is {ours!r}: a bench report "
+                "of other questions or another corpus cannot stand beside this run"
+            )
     return report["results"], int(report["settings"]["k"])
 
 
@@ -206,7 +228,7 @@ def render(out: Path, bench_json: str | None) -> None:
     path = out / "serve_quality.json"
     report = json.loads(path.read_text(encoding="utf-8"))
     if bench_json:
-        bench, bench_k = bench_figures(bench_json)
+        bench, bench_k = bench_figures(bench_json, report["settings"])
         arms = {r["arm"] for r in report["results"]}
         report["bench"] = {k: v for k, v in bench.items() if k in arms}
         report["bench_k"] = bench_k
@@ -242,6 +264,7 @@ def main() -> None:
         render(Path(args.out), args.bench_json)
         return
 
+    bench, bench_k = bench_figures(args.bench_json, vars(args))  # refused before hours of work
     from memrag.bench.corpus import select_corpus
 
     out = Path(args.out)
@@ -283,7 +306,6 @@ def main() -> None:
                 results.append({"arm": arm, "top_k": k, **summarize(asked), "gold_retrieved": gold})
                 answers[f"{arm}@{k}"] = asked
                 print(json.dumps(results[-1]), flush=True)
-    bench, bench_k = bench_figures(args.bench_json)
     report = {
         "settings": {**vars(args), "questions": len(corpus.questions), "passages": len(corpus.passages)},
         "environment": {
