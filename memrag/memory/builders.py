@@ -225,15 +225,16 @@ def codec_for(decoder: Any, spec: MemorySpec, calibration: Any = None) -> KVCode
     )
 
 
-def make_codec(compressor: MemoryMaker, spec: MemorySpec) -> KVCodec:
-    """The codec of a new store of ``spec`` made by ``compressor``: :func:`codec_for` its
-    decoder, calibrated first where the dtype needs it (``int4c``:
+def make_codec(compressor: MemoryMaker, spec: MemorySpec, calibration: Any = None) -> KVCodec:
+    """The codec of a store of ``spec`` made by ``compressor``: :func:`codec_for` its decoder,
+    with the store's recorded ``calibration``, or — where the dtype needs one and none is
+    given (a new store) — one measured now (``int4c``:
     :func:`memrag.memory.calibration.calibrate`)."""
     from memrag.memory.calibration import calibrate
 
     with compressor.decoder_mode() as decoder:
-        codec = codec_for(decoder, spec)
-    if not codec.calibrated:
+        codec = codec_for(decoder, spec, calibration)
+    if not codec.calibrated or codec.calibration is not None:
         return codec
     return dataclasses.replace(codec, calibration=calibrate(compressor, spec))
 

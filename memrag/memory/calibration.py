@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -99,6 +100,13 @@ class KVCalibration:
             if not bool((tensors[name] > 0).all()):
                 raise ValueError(f"K/V calibration {name} is not positive")
         return cls(**tensors)
+
+
+@functools.lru_cache(maxsize=8)
+def calibration_from_text(text: str) -> KVCalibration:
+    """:meth:`KVCalibration.from_text`, parsed and checked once per distinct text (a store's
+    codec is asked for on every read; a text that fails is refused every time)."""
+    return KVCalibration.from_text(text)
 
 
 def fit_calibration(memories: Sequence[KVSlots]) -> KVCalibration:

@@ -125,10 +125,10 @@ class MemoryInfo:
 
     def codec(self) -> Any:
         """The :class:`~memrag.memory.codec.KVCodec` the store's K/V rows are packed with."""
-        from memrag.memory.calibration import KVCalibration
+        from memrag.memory.calibration import calibration_from_text
         from memrag.memory.codec import KVCodec
 
-        calibration = KVCalibration.from_text(self.kv_calibration) if self.kv_calibration else None
+        calibration = calibration_from_text(self.kv_calibration) if self.kv_calibration else None
         codec = KVCodec(self.layers, self.kv_heads, self.head_dim, self.spec().kv_dtype, calibration)
         if codec.calibrated and calibration is None:
             raise ValueError(f"memory.kv_calibration is missing ({codec.dtype} rows need it)")

@@ -164,16 +164,11 @@ class ChunkProcessor:
                 self.scorer = AgreementScorer(compressor)
         self._codec = None
         if self.memory.packed_kv:
-            from memrag.memory.builders import codec_for, make_codec
-            from memrag.memory.calibration import KVCalibration
+            from memrag.memory.builders import make_codec
+            from memrag.memory.calibration import calibration_from_text
 
-            if kv_calibration:
-                with compressor.decoder_mode() as decoder:
-                    self._codec = codec_for(
-                        decoder, self.memory, KVCalibration.from_text(kv_calibration)
-                    )
-            else:
-                self._codec = make_codec(compressor, self.memory)
+            calibration = calibration_from_text(kv_calibration) if kv_calibration else None
+            self._codec = make_codec(compressor, self.memory, calibration)
 
     def _text_tokens(self, text: str) -> int:
         return len(self.compressor.tokenizer(text, add_special_tokens=False)["input_ids"])
