@@ -88,9 +88,8 @@ class BatchedGenerator:
 
             with BatchedGenerator(compressor, max_batch_size=8) as batcher:
                 handle = batcher.submit(prompt, GenerationOptions(max_new_tokens=32))
-                for chunk in handle:
-                    print(chunk, end="")
-                print(handle.generation.finish_reason)
+                answer = "".join(handle)  # the text as it streams, chunk by chunk
+                finish_reason = handle.generation.finish_reason
 
     Args:
         compressor: The :class:`~memrag.compressor.Compressor` whose frozen decoder answers.
