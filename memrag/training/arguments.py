@@ -145,8 +145,19 @@ class ModelArguments(_JsonMixin):
         "positions (its weights do not depend on the rate); other slot kinds refuse it.",
         min=1,
     )
-    lora_rank: int = _arg(16, "LoRA rank of the encoder (fresh compressor).", min=1)
-    lora_alpha: int = _arg(32, "LoRA alpha (fresh compressor).", min=1)
+    lora_rank: int | None = _arg(
+        None,
+        "LoRA rank of the encoder (default 16 for a fresh compressor). With --init-from a larger "
+        "rank grows the loaded adapter: its trained directions are kept and the new ones start "
+        "at zero, so training starts from exactly the loaded compressor's answers.",
+        min=1,
+    )
+    lora_alpha: int | None = _arg(
+        None,
+        "LoRA alpha (default 32 for a fresh compressor; when --lora-rank grows a loaded adapter, "
+        "the alpha that keeps its scale alpha/rank).",
+        min=1,
+    )
     lora_dropout: float = _arg(0.0, "LoRA dropout (fresh compressor).", min=0.0)
     slot_kind: str = _arg(
         "embedding",

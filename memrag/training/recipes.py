@@ -72,6 +72,13 @@ def build_compressor(args: ModelArguments, device: Any, *, seed: int = 0) -> Any
                 compressor.set_compression_rate(rate)
             except ValueError as err:
                 raise ValueError(f"--compression-rate {rate} for {source}: {err}") from None
+        if args.lora_rank is not None and args.lora_rank != compressor.config.lora_rank:
+            compressor = _grown(compressor, args, device, source)
+        elif args.lora_alpha is not None and args.lora_alpha != compressor.config.lora_alpha:
+            raise ValueError(
+                f"--lora-alpha {args.lora_alpha} for {source}: the loaded adapter's alpha is "
+                f"{compressor.config.lora_alpha}; alpha changes only with a larger --lora-rank"
+            )
         return compressor
     base = load_base_model(args.base_model, device=device, dtype=args.dtype)
     config = CompressorConfig(
@@ -79,14 +86,27 @@ def build_compressor(args: ModelArguments, device: Any, *, seed: int = 0) -> Any
         base_model_revision=base.revision,
         segment_length=args.segment_length,
         compression_rate=args.compression_rate or 4,
-        lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha,
+        lora_rank=args.lora_rank or 16,
+        lora_alpha=args.lora_alpha or 32,
         lora_dropout=args.lora_dropout,
         slot_kind=args.slot_kind,
         kv_positions=args.kv_positions,
         kv_selection=args.kv_selection or "stride",
     )
     return Compressor(base, config, seed=seed)
+
+
+def _grown(compressor: Any, args: ModelArguments, device: Any, source: Any) -> Any:
+    """``compressor`` with its adapter grown to ``args.lora_rank``, over a fresh base model."""
+    from memrag.compressor.lora_growth import grow_lora_rank
+    from memrag.models.loading import load_base_model
+
+    config = compressor.config
+    base = load_base_model(config.base_model, device=device, dtype=args.dtype, revision=config.base_model_revision)
+    try:
+        return grow_lora_rank(compressor, base, args.lora_rank, alpha=args.lora_alpha)
+    except ValueError as err:
+        raise ValueError(f"--lora-rank {args.lora_rank} for {source}: {err}") from None
 
 
 def _tokenizer_fn(compressor: Any) -> Callable[[str], list[int]]:
