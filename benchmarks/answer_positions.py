@@ -99,11 +99,15 @@ def measure(samples: list[dict[str, Any]], contexts: dict[str, str], compressor:
 def to_markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     """The result as a table."""
     lines = [
-        f"Gold-answer tokens among the positions `{args.compressor}` keeps, questions of "
-        f"`{args.samples}` (mode `{args.mode}`), split by whether its answer contains the gold answer.",
+        (
+            f"Gold-answer tokens among the positions `{args.compressor}` keeps, questions of "
+            f"`{args.samples}` (mode `{args.mode}`), split by whether its answer contains the gold answer."
+        ),
         "",
-        "| answer | questions | (answer token, layer) kept | answer tokens kept in ≥ 1 layer "
-        "| kept, layers 1st / 2nd / 3rd third | every (token, layer) kept |",
+        (
+            "| answer | questions | (answer token, layer) kept | answer tokens kept in ≥ 1 layer "
+            "| kept, layers 1st / 2nd / 3rd third | every (token, layer) kept |"
+        ),
         "| --- | ---: | ---: | ---: | --- | ---: |",
     ]
     for name, group in result["groups"].items():
