@@ -30,6 +30,7 @@ import torch
 from memrag.compressor.kv_encoder import scored_positions
 from memrag.compressor.resolve import resolve_compressor
 from memrag.data.readers import iter_qa_records
+from memrag.utils.atomic import atomic_write_text
 from memrag.utils.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -39,13 +40,8 @@ def kept_matrix(compressor: Any, ids: list[int]) -> torch.Tensor:
     """``(tokens, layers)``: 1 where the compressor keeps that token's position at that layer."""
     segments = compressor.segment_ids(ids)
     picks = scored_positions(compressor, segments)
-    kept = torch.zeros(len(ids), picks[0].shape[1])
-    offset = 0
-    for segment, pick in zip(segments, picks):
-        for layer in range(pick.shape[1]):
-            kept[offset + pick[:, layer], layer] = 1.0
-        offset += len(segment)
-    return kept
+    rows = [torch.zeros(len(segment), pick.shape[1]).scatter_(0, pick, 1.0) for segment, pick in zip(segments, picks)]
+    return torch.cat(rows)
 
 
 def answer_tokens(tokenizer: Any, context: str, answers: list[str]) -> tuple[list[int], list[int]] | None:
@@ -75,11 +71,11 @@ def measure(samples: list[dict[str, Any]], contexts: dict[str, str], compressor:
                 continue
             ids, span = found
             kept = kept_matrix(compressor, ids)
-            thirds = torch.tensor_split(kept[span], 3, dim=1)
+            answer = kept[span]
             row = [
-                float(kept[span].mean()),
-                float((kept[span].sum(1) > 0).float().mean()),
-                *(float(third.mean()) for third in thirds),
+                float(answer.mean()),
+                float((answer.sum(1) > 0).float().mean()),
+                *(float(third.mean()) for third in torch.tensor_split(answer, 3, dim=1)),
                 float(kept.mean()),
             ]
             groups["contains" if sample["contains"] else "misses"].append(row)
@@ -150,10 +146,7 @@ def main() -> None:
     markdown = to_markdown(result, args)
     for path, text in ((args.json_out, json.dumps(result, indent=2) + "\n"), (args.markdown_out, markdown)):
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(path)
+            atomic_write_text(path, text)
     logger.info("\n%s", markdown)
 
 
