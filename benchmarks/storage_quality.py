@@ -21,21 +21,24 @@ Usage::
         gemma-3-270m-kv-rate4-k5=memrag/resources/compressors/gemma-3-270m-kv-rate4-k5/eval/squad500.json \
         gemma-3-270m-kv-rate4-k5=memrag/resources/compressors/gemma-3-270m-kv-rate4-k5/eval/squad500-int4r.json \
         gemma-3-270m-kv-rate4-k5=memrag/resources/compressors/gemma-3-270m-kv-rate4-k5/eval/squad500-int4c.json \
-        gemma-3-270m-kv-rate8=experiments/rate8-kvzip/eval-step400/squad500.json \
-        gemma-3-270m-kv-rate8=experiments/rate8-kvzip/eval-step400/squad500-int4r.json \
-        gemma-3-270m-kv-rate8=experiments/rate8-kvzip/eval-step400/squad500-int4c.json \
+        gemma-3-270m-kv-rate8=experiments/rate8-r32/eval-bf16/squad500-int4c.json \
+        "rate 8, LoRA r8 (rate8-kvzip)=experiments/rate8-kvzip/eval-step400/squad500.json" \
+        "rate 8, LoRA r8 (rate8-kvzip)=experiments/rate8-kvzip/eval-step400/squad500-int4r.json" \
+        "rate 8, LoRA r8 (rate8-kvzip)=experiments/rate8-kvzip/eval-step400/squad500-int4c.json" \
         "rate 8 (rate8-k5)=experiments/rate8-k5/eval-step200/squad500-int4c.json" \
         "rate 16 (rate16-kvzip)=experiments/rate16-kvzip/eval-step300/squad500.json" \
         "rate 16 (rate16-kvzip)=experiments/rate16-kvzip/eval-step300/squad500-int4r.json" \
         "rate 16 (rate16-kvzip)=experiments/rate16-kvzip/eval-step300/squad500-int4c.json" \
+        "rate 16, LoRA r32 (rate16-r32)=experiments/rate16-r32/eval-step220/squad500-int4c.json" \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-4bit/bench.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-trained-codecs/bench.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-300q-kvzip/bench.json \
         --bench gemma-3-270m-kv-subset=benchmarks/results/bench-k5-more/bench.json \
         --bench gemma-3-270m-icae=benchmarks/results/bench-k5-embedding/bench.json \
         --bench gemma-3-270m-kv-rate4-k5=memrag/resources/compressors/gemma-3-270m-kv-rate4-k5/eval/bench-k5.json \
-        --bench gemma-3-270m-kv-rate8=experiments/rate8-kvzip/eval-step400/bench-k5.json \
-        --bench gemma-3-270m-kv-rate8=experiments/rate8-kvzip/eval-step400/bench-k5-int4c.json \
+        --bench gemma-3-270m-kv-rate8=experiments/rate8-r32/eval-bf16/bench-k5-int4c.json \
+        --bench "rate 8, LoRA r8 (rate8-kvzip)=experiments/rate8-kvzip/eval-step400/bench-k5.json" \
+        --bench "rate 8, LoRA r8 (rate8-kvzip)=experiments/rate8-kvzip/eval-step400/bench-k5-int4c.json" \
         --bench "rate 8 (rate8-k5)=experiments/rate8-k5/eval-step200/bench-k5.json" \
         --markdown-out benchmarks/results/storage-quality/table.md \
         --plot-out benchmarks/results/storage-quality/f1_vs_bytes.png
