@@ -46,7 +46,7 @@ def load_samples(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
     return by_mode
 
 
-def _score(sample: dict[str, Any], key: str) -> float:
+def sample_score(sample: dict[str, Any], key: str) -> float:
     """A sample's score; ``contains`` computed from the prediction when an older report lacks it."""
     if key in sample:
         return float(sample[key])
@@ -82,7 +82,7 @@ def agreement(
     )
 
     def mean(rows: list[dict[str, Any]], key: str) -> float:
-        return 100.0 * sum(_score(r, key) for r in rows) / len(rows)
+        return 100.0 * sum(sample_score(r, key) for r in rows) / len(rows)
 
     return {
         "mode": mode,
@@ -112,14 +112,14 @@ def contains_misses(
     only_reference = [
         q
         for q in shared
-        if _score(samples[reference][q], "contains") and not _score(samples[mode][q], "contains")
+        if sample_score(samples[reference][q], "contains") and not sample_score(samples[mode][q], "contains")
     ]
     only_mode = [
         q
         for q in shared
-        if _score(samples[mode][q], "contains") and not _score(samples[reference][q], "contains")
+        if sample_score(samples[mode][q], "contains") and not sample_score(samples[reference][q], "contains")
     ]
-    wrong = sum(_score(samples[mode][q], "f1") == 0.0 for q in only_reference)
+    wrong = sum(sample_score(samples[mode][q], "f1") == 0.0 for q in only_reference)
     short = sum(len(samples[reference][q]["prediction"].split()) <= short_words for q in only_reference)
     return {
         "mode": mode,

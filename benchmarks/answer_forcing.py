@@ -41,7 +41,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from answer_positions import answer_tokens
+from answer_positions import answer_tokens, keeps_scored_positions
 
 from memrag.compressor.resolve import resolve_compressor
 from memrag.eval.qa import evaluate_qa, sample_qa_records
@@ -65,11 +65,12 @@ def forced_rows(compressor: Any, records: list[Any]) -> tuple[dict[tuple[int, ..
             missing += 1
             continue
         ids, span = found
-        size = compressor.config.segment_length
-        for start, segment in zip(range(0, len(ids), size), compressor.segment_ids(ids)):
+        start = 0
+        for segment in compressor.segment_ids(ids):
             rows = {index - start for index in span if start <= index < start + len(segment)}
             if rows:
                 forced[tuple(segment)] |= rows
+            start += len(segment)
     shared = sum(count for count in per_context.values() if count > 1)
     return dict(forced), missing, shared
 
@@ -186,12 +187,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     compressor = resolve_compressor(args.compressor, device="cpu", dtype="float32")
-    if compressor.config.kv_selection not in ("kvzip", "prefill") or compressor.config.uses_memory_tokens:
+    if not keeps_scored_positions(compressor):
         parser.error(f"{args.compressor} does not keep scored subset positions")
     records = sample_qa_records(args.data, limit=args.limit, seed=args.seed)
     forced, missing, shared = forced_rows(compressor, records)
-    selections: dict[str, RowsToForce | None] = {
-        "unforced": None,
+    selections: dict[str, RowsToForce] = {
+        "unforced": lambda _sequence, _scores: set(),
         "gold answer forced (oracle)": lambda sequence, _scores: forced.get(tuple(sequence), set()),
         "salient tokens forced": salient_rows(compressor),
     }
@@ -199,7 +200,7 @@ def main() -> None:
     samples: dict[str, list[dict[str, Any]]] = {}
     counts: dict[str, dict[str, int]] = {}
     for arm, selection in selections.items():
-        with forcing(selection or (lambda _sequence, _scores: set())) as counted:
+        with forcing(selection) as counted:
             evaluation = evaluate_qa(compressor, records, modes=[args.mode], batch_size=args.batch_size, show_progress=True)
         arms[arm] = evaluation.results[args.mode]
         counts[arm] = dict(counted)

@@ -36,6 +36,12 @@ from memrag.utils.progress import progress
 logger = logging.getLogger(__name__)
 
 
+def keeps_scored_positions(compressor: Any) -> bool:
+    """Whether the compressor keeps a subset of the segment's own positions chosen per layer by
+    the frozen decoder's scores (``kv_selection`` ``kvzip`` or ``prefill``)."""
+    return compressor.config.kv_selection in ("kvzip", "prefill") and not compressor.config.uses_memory_tokens
+
+
 def kept_matrix(compressor: Any, ids: list[int]) -> torch.Tensor:
     """``(tokens, layers)``: 1 where the compressor keeps that token's position at that layer."""
     segments = compressor.segment_ids(ids)
@@ -139,7 +145,7 @@ def main() -> None:
     if missing:
         parser.error(f"{len(missing)} sample ids are not in {args.data} (first: {missing[0]})")
     compressor = resolve_compressor(args.compressor, device="cpu", dtype="float32")
-    if compressor.config.kv_selection not in ("kvzip", "prefill") or compressor.config.uses_memory_tokens:
+    if not keeps_scored_positions(compressor):
         parser.error(f"{args.compressor} does not keep scored subset positions")
     result = measure(samples, contexts, compressor)
     result.update(samples=str(args.samples), mode=args.mode, compressor=args.compressor, fingerprint=compressor.fingerprint)

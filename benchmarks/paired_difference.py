@@ -19,35 +19,31 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from answer_agreement import load_samples, sample_score
 
 METRICS = ("f1", "exact_match", "contains")
 
 
 def load_scores(path: Path, mode: str) -> dict[str, dict[str, float]]:
-    """Per question id, the scores of ``mode``'s answer in a samples file."""
-    scores: dict[str, dict[str, float]] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            sample = json.loads(line)
-            if sample.get("mode") != mode:
-                continue
-            missing = [metric for metric in METRICS if metric not in sample]
-            if missing:
-                raise SystemExit(f"{path}:{number}: sample without {', '.join(missing)}")
-            scores[str(sample["id"])] = {metric: float(sample[metric]) for metric in METRICS}
-    if not scores:
+    """Per question id, the scores of ``mode``'s answer in a samples file (read as
+    ``answer_agreement.py`` reads them: ``contains`` scored from the prediction in older reports)."""
+    samples = load_samples(path).get(mode)
+    if not samples:
         raise SystemExit(f"{path}: no samples of mode {mode!r}")
-    return scores
+    return {str(q): {metric: sample_score(sample, metric) for metric in METRICS} for q, sample in samples.items()}
 
 
 def paired_difference(
     first: dict[str, dict[str, float]], second: dict[str, dict[str, float]], *, resamples: int, seed: int
 ) -> dict[str, Any]:
-    """Means over the shared questions and the difference's bootstrap interval, per metric (in %)."""
+    """Means over the shared questions and the difference's bootstrap interval, per metric, in
+    percentage points (sample scores are fractions)."""
     shared = sorted(set(first) & set(second))
     if not shared:
         raise SystemExit("the two runs share no question")
@@ -60,12 +56,11 @@ def paired_difference(
         diffs = [b_i - a_i for a_i, b_i in zip(a, b)]
         means = sorted(sum(diffs[i] for i in draw) / len(draw) for draw in draws)
         low, high = means[int(0.025 * resamples)], means[min(int(0.975 * resamples), resamples - 1)]
-        scale = 100.0 if max(map(abs, a + b)) <= 1.0 else 1.0
         result[metric] = {
-            "first": scale * sum(a) / len(a),
-            "second": scale * sum(b) / len(b),
-            "difference": scale * sum(diffs) / len(diffs),
-            "interval": [scale * low, scale * high],
+            "first": 100.0 * sum(a) / len(a),
+            "second": 100.0 * sum(b) / len(b),
+            "difference": 100.0 * sum(diffs) / len(diffs),
+            "interval": [100.0 * low, 100.0 * high],
         }
     return result
 

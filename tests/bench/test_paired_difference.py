@@ -1,0 +1,47 @@
+"""benchmarks/paired_difference.py: paired means, difference and bootstrap interval of two runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "paired_difference.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("paired_difference", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write(path: Path, scores: list[float], mode: str = "kv:int4c") -> Path:
+    rows = [
+        {"id": f"q{i}", "mode": mode, "prediction": "x", "answers": ["x"], "exact_match": s, "f1": s, "contains": s}
+        for i, s in enumerate(scores)
+    ]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_difference_and_interval_over_the_shared_questions(tmp_path: Path) -> None:
+    module = _module()
+    first = module.load_scores(_write(tmp_path / "a.jsonl", [0.0] * 10), "kv:int4c")
+    second = module.load_scores(_write(tmp_path / "b.jsonl", [1.0] * 5 + [0.0] * 5 + [1.0]), "kv:int4c")
+    result = module.paired_difference(first, second, resamples=500, seed=0)
+    assert result["questions"] == 10, "q10 is only in the second run"
+    f1 = result["f1"]
+    assert (f1["first"], f1["second"], f1["difference"]) == (0.0, 50.0, 50.0)
+    low, high = f1["interval"]
+    assert 0.0 < low < 50.0 < high < 100.0
+    same = module.paired_difference(first, first, resamples=100, seed=0)["contains"]
+    assert same["difference"] == 0.0 and same["interval"] == [0.0, 0.0]
+
+
+def test_a_file_without_the_mode_is_refused_by_name(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.jsonl", [1.0], mode="text")
+    with pytest.raises(SystemExit, match="no samples of mode 'kv:int4c'"):
+        _module().load_scores(path, "kv:int4c")
