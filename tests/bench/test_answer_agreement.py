@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "answer_agreement.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("answer_agreement", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _sample(qid: str, mode: str, prediction: str, gold: str, f1: float) -> dict:
@@ -40,8 +32,8 @@ SAMPLES = [
 ]
 
 
-def test_misses_split_the_references_wins_into_wrong_and_partial_answers() -> None:
-    module = _module()
+def test_misses_split_the_references_wins_into_wrong_and_partial_answers(benchmark_script) -> None:
+    module = benchmark_script("answer_agreement")
     by_mode: dict = {}
     for sample in SAMPLES:
         by_mode.setdefault(sample["mode"], {})[sample["id"]] = sample

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "paired_difference.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("paired_difference", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write(path: Path, scores: list[float], mode: str = "kv:int4c") -> Path:
@@ -27,8 +17,8 @@ def _write(path: Path, scores: list[float], mode: str = "kv:int4c") -> Path:
     return path
 
 
-def test_difference_and_interval_over_the_shared_questions(tmp_path: Path) -> None:
-    module = _module()
+def test_difference_and_interval_over_the_shared_questions(tmp_path: Path, benchmark_script) -> None:
+    module = benchmark_script("paired_difference")
     first = module.load_scores(_write(tmp_path / "a.jsonl", [0.0] * 10), "kv:int4c")
     second = module.load_scores(_write(tmp_path / "b.jsonl", [1.0] * 5 + [0.0] * 5 + [1.0]), "kv:int4c")
     result = module.paired_difference(first, second, resamples=500, seed=0)
@@ -41,7 +31,7 @@ def test_difference_and_interval_over_the_shared_questions(tmp_path: Path) -> No
     assert same["difference"] == 0.0 and same["interval"] == [0.0, 0.0]
 
 
-def test_a_file_without_the_mode_is_refused_by_name(tmp_path: Path) -> None:
+def test_a_file_without_the_mode_is_refused_by_name(tmp_path: Path, benchmark_script) -> None:
     path = _write(tmp_path / "a.jsonl", [1.0], mode="text")
     with pytest.raises(SystemExit, match="no samples of mode 'kv:int4c'"):
-        _module().load_scores(path, "kv:int4c")
+        benchmark_script("paired_difference").load_scores(path, "kv:int4c")
