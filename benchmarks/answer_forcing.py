@@ -13,7 +13,12 @@ is not a selection to deploy. If ``contains`` rises toward the text's, the posit
 loses the facts; if it does not, what the encoder mixes into them is. (A passage asked two
 questions gets both answers forced for both; such questions are counted in the report.)
 
-A third arm is a selection one could deploy: the segment's *salient* tokens (those holding a
+A control arm forces a *decoy* span instead: as many positions as the gold answer has, in its
+segment, not overlapping it (seeded). What the oracle gains over the decoy is the answer's
+positions themselves; what the decoy gains over the unforced run is only the shuffle of the kept
+set (and the decoy's own tokens).
+
+A fourth arm is a selection one could deploy: the segment's *salient* tokens (those holding a
 digit or starting a capitalised word) forced into every layer, at most half of the segment's
 slots (the best-scored of them when there are more), without looking at any question.
 
@@ -22,13 +27,17 @@ Usage::
     python benchmarks/answer_forcing.py --compressor gemma-3-270m-kv-subset --mode kv:int8 --limit 500 \\
         --json-out benchmarks/results/contains-gap/answer-forcing.json \\
         --markdown-out benchmarks/results/contains-gap/answer-forcing.md
+
+``--arms decoy`` runs the unforced arm and the decoy control only.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
+import random
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -45,16 +54,50 @@ from answer_positions import answer_tokens, keeps_scored_positions
 
 from memrag.compressor.resolve import resolve_compressor
 from memrag.eval.qa import evaluate_qa, sample_qa_records
+from memrag.memory.salience import capped_rows
+from memrag.memory.salience import salient_rows as salient_rows_of
 from memrag.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 
-def forced_rows(compressor: Any, records: list[Any]) -> tuple[dict[tuple[int, ...], set[int]], int, int]:
-    """Per segment (its token ids), the rows of the gold answers' tokens in it.
+SpanChoice = Callable[[list[int], list[tuple[int, int]]], list[int]]
 
-    Returns the map, the number of questions whose answer is not in the passage verbatim, and
-    the number of questions whose passage is shared with another question.
+
+def gold_span(span: list[int], _segments: list[tuple[int, int]]) -> list[int]:
+    """The gold answer's own token indices."""
+    return span
+
+
+def decoy_span(seed: int) -> SpanChoice:
+    """Same-length spans elsewhere in the gold answer's segment, not overlapping it (seeded).
+
+    The control for the oracle: as many positions forced, in the same segment, but not the
+    answer's. A span with no room for a decoy gets none.
+    """
+    rng = random.Random(seed)
+
+    def choose(span: list[int], segments: list[tuple[int, int]]) -> list[int]:
+        begin, end = next((a, b) for a, b in segments if a <= span[0] < b)
+        width = len(span)
+        starts = [s for s in range(begin, end - width + 1) if s + width <= span[0] or s > span[-1]]
+        if not starts:
+            return []
+        start = rng.choice(starts)
+        return list(range(start, start + width))
+
+    return choose
+
+
+def forced_rows(
+    compressor: Any, records: list[Any], choose: SpanChoice = gold_span
+) -> tuple[dict[tuple[int, ...], set[int]], int, int]:
+    """Per segment (its token ids), the rows to force: by default the gold answers' tokens in it.
+
+    ``choose`` maps a gold answer's token indices in its passage (and the passage's segments as
+    ``(begin, end)`` token ranges) to the indices to force. Returns the map, the number of
+    questions whose answer is not in the passage verbatim, and the number of questions whose
+    passage is shared with another question.
     """
     forced: dict[tuple[int, ...], set[int]] = defaultdict(set)
     missing = 0
@@ -65,35 +108,38 @@ def forced_rows(compressor: Any, records: list[Any]) -> tuple[dict[tuple[int, ..
             missing += 1
             continue
         ids, span = found
-        start = 0
-        for segment in compressor.segment_ids(ids):
-            rows = {index - start for index in span if start <= index < start + len(segment)}
+        pieces = list(compressor.segment_ids(ids))
+        ends = list(itertools.accumulate(len(piece) for piece in pieces))
+        segments = [(end - len(piece), end) for piece, end in zip(pieces, ends)]
+        chosen = choose(span, segments)
+        for (begin, end), segment in zip(segments, pieces):
+            rows = {index - begin for index in chosen if begin <= index < end}
             if rows:
                 forced[tuple(segment)] |= rows
-            start += len(segment)
     shared = sum(count for count in per_context.values() if count > 1)
     return dict(forced), missing, shared
 
+
+#: The arms by their command-line names.
+ARMS = {
+    "unforced": "unforced",
+    "oracle": "gold answer forced (oracle)",
+    "decoy": "decoy span forced (control)",
+    "salient": "salient tokens forced",
+}
 
 RowsToForce = Callable[[list[int], torch.Tensor], set[int]]
 
 
 def salient_rows(compressor: Any) -> RowsToForce:
     """Rows of a segment's tokens that hold a digit or start a capitalised word, at most half
-    of the segment's slots (the best-scored by their mean score over layers)."""
-    tokenizer = compressor.tokenizer
+    of the segment's slots (the best-scored by their mean score over layers): the rows the
+    ``kvzip-salient`` selection forces (:mod:`memrag.memory.salience`)."""
 
     def rows(sequence: list[int], scores: torch.Tensor) -> set[int]:
-        pieces = [tokenizer.decode([token]) for token in sequence]
-        found = [
-            i for i, piece in enumerate(pieces)
-            if any(c.isdigit() for c in piece) or (piece[:1].isspace() or i == 0) and piece.strip()[:1].isupper()
-        ]
+        found = salient_rows_of(compressor.tokenizer, sequence)
         cap = max(1, compressor.config.slots_for(len(sequence)) // 2)
-        if len(found) > cap:
-            mean = scores[found].float().mean(dim=1)
-            found = [found[i] for i in torch.topk(mean, cap).indices.tolist()]
-        return set(found)
+        return set(capped_rows(scores, found, cap))
 
     return rows
 
@@ -183,7 +229,11 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--markdown-out", type=Path, default=None)
     parser.add_argument("--samples-out", type=Path, default=None, help="every arm's answers, JSONL")
+    parser.add_argument(
+        "--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="the arms to run (unforced always runs)"
+    )
     args = parser.parse_args()
+    args.arms = list(dict.fromkeys(["unforced", *args.arms]))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     compressor = resolve_compressor(args.compressor, device="cpu", dtype="float32")
@@ -191,15 +241,18 @@ def main() -> None:
         parser.error(f"{args.compressor} does not keep scored subset positions")
     records = sample_qa_records(args.data, limit=args.limit, seed=args.seed)
     forced, missing, shared = forced_rows(compressor, records)
+    decoys, _, _ = forced_rows(compressor, records, decoy_span(args.seed))
     selections: dict[str, RowsToForce] = {
         "unforced": lambda _sequence, _scores: set(),
-        "gold answer forced (oracle)": lambda sequence, _scores: forced.get(tuple(sequence), set()),
-        "salient tokens forced": salient_rows(compressor),
+        "oracle": lambda sequence, _scores: forced.get(tuple(sequence), set()),
+        "decoy": lambda sequence, _scores: decoys.get(tuple(sequence), set()),
+        "salient": salient_rows(compressor),
     }
     arms: dict[str, Any] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     counts: dict[str, dict[str, int]] = {}
-    for arm, selection in selections.items():
+    for short in args.arms:
+        arm, selection = ARMS[short], selections[short]
         with forcing(selection) as counted:
             evaluation = evaluate_qa(compressor, records, modes=[args.mode], batch_size=args.batch_size, show_progress=True)
         arms[arm] = evaluation.results[args.mode]

@@ -126,7 +126,7 @@ def tiny_compressor(
     base: BaseModel | None = None,
     slot_kind: Literal["embedding", "kv"] = "embedding",
     kv_positions: Literal["memory", "subset"] = "memory",
-    kv_selection: Literal["stride", "prefill", "kvzip"] = "stride",
+    kv_selection: Literal["stride", "prefill", "kvzip", "prefill-salient", "kvzip-salient"] = "stride",
 ) -> Any:
     """A tiny compressor with random (non-zero) LoRA weights over a fresh tiny base model."""
     from memrag.compressor.model import Compressor

@@ -12,12 +12,13 @@ from training_fixtures import make_trainer, train_log
 from transformers import DynamicCache
 
 from memrag.compressor import Compressor, CompressorConfig
-from memrag.compressor.kv_encoder import encoder_rows
+from memrag.compressor.kv_encoder import encoder_rows, scored_positions
 from memrag.data.examples import QAExample
 from memrag.generation import cache_argument
 from memrag.memory.capture import capture_kv
 from memrag.memory.kv import KVSlots
 from memrag.memory.pruning import REPEAT_PROMPT, PruningConfig, score_and_capture, select_positions
+from memrag.memory.salience import salient_rows
 from memrag.scoring import TargetLogits
 from memrag.splice import left_padded
 from memrag.testing import randomize_lora, tiny_base_model, tiny_compressor
@@ -174,6 +175,31 @@ def test_scored_subset_slots_of_an_untrained_adapter_are_the_pruned_memorys_posi
     torch.testing.assert_close(slots.keys, exact.keys[kept, layers], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(slots.values, exact.values[kept, layers], rtol=1e-5, atol=1e-5)
     assert torch.equal(slots.offsets[:, 0], torch.arange(kept.shape[0]))
+
+
+def test_a_salient_selection_keeps_the_names_and_numbers_in_every_layer_within_half_the_slots() -> None:
+    text = "In 1889 the Eiffel Tower in Paris opened; 300 metres tall, it drew Gustave Eiffel 2 million visitors."
+    positions, fingerprints = {}, set()
+    for selection in ("kvzip", "kvzip-salient"):
+        base = tiny_base_model(seed=3)
+        config = CompressorConfig(
+            base_model=base.name, segment_length=64, slot_kind="kv", kv_positions="subset", kv_selection=selection
+        )
+        compressor = Compressor(base, config, seed=3)
+        ids = _ids(compressor, text)
+        (positions[selection],) = scored_positions(compressor, [ids])
+        fingerprints.add(compressor.fingerprint)
+    salient = salient_rows(compressor.tokenizer, ids)
+    cap = max(1, compressor.config.slots_for(len(ids)) // 2)
+    assert len(salient) > cap  # the cap binds: the best-scored salient tokens are forced
+    def kept_in_every_layer(selection: str) -> set[int]:
+        return set.intersection(*(set(positions[selection][:, layer].tolist()) for layer in range(2)))
+
+    forced = kept_in_every_layer("kvzip-salient") & set(salient)
+    assert len(forced) >= cap
+    assert not forced <= kept_in_every_layer("kvzip")  # the attention scores alone drop some of them
+    assert positions["kvzip-salient"].shape == positions["kvzip"].shape
+    assert len(fingerprints) == 2
 
 
 def test_kv_selection_is_validated_and_only_a_scored_one_changes_the_fingerprint() -> None:

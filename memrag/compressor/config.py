@@ -29,7 +29,7 @@ SLOT_KINDS: tuple[str, ...] = tuple(k.value for k in MemoryKind if k.needs_train
 #: Where ``kv`` slots are read in the encoder (see :class:`CompressorConfig`).
 KV_POSITIONS = ("memory", "subset")
 #: How ``subset`` slot positions are chosen (see :class:`CompressorConfig`).
-KV_SELECTIONS = ("stride", "prefill", "kvzip")
+KV_SELECTIONS = ("stride", "prefill", "kvzip", "prefill-salient", "kvzip-salient")
 TASK_NAMES = ("reconstruct", "continue", "answer")
 
 
@@ -55,8 +55,11 @@ class CompressorConfig:
             tokens, the same for every layer) or, per layer, the positions the frozen decoder
             scores highest when it reads the segment, as ``kv-pruned`` memory chooses them:
             ``"prefill"`` (attention received, H2O-style) or ``"kvzip"`` (attention received
-            while re-reading it, KVzip). The scores come from the frozen decoder (no gradient);
-            the chosen positions' keys and values come from the encoder with its adapter.
+            while re-reading it, KVzip). ``"prefill-salient"`` and ``"kvzip-salient"`` first
+            force the segment's tokens that hold a digit or start a capitalised word into every
+            layer (at most half of the slots; :mod:`memrag.memory.salience`). The scores come
+            from the frozen decoder (no gradient); the chosen positions' keys and values come
+            from the encoder with its adapter.
         segment_length: Maximum number of text tokens compressed together as one segment.
         compression_rate: Text tokens per memory slot; a segment of ``n`` tokens yields
             ``ceil(n / compression_rate)`` slots.
@@ -146,7 +149,7 @@ class CompressorConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CompressorConfig":
+    def from_dict(cls, data: dict[str, Any]) -> CompressorConfig:
         """Builds a config from :meth:`to_dict` output, rejecting unknown or newer formats."""
         data = dict(data)
         version = data.get("format_version", COMPRESSOR_FORMAT_VERSION)

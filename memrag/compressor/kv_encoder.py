@@ -12,7 +12,9 @@ pre-rotary keys and the values, at every layer, of some of the encoder's positio
   (:attr:`~memrag.compressor.config.CompressorConfig.kv_selection`): the last token of each
   group of ``rate`` tokens (``"stride"``), or per layer the best-scored by the frozen decoder
   reading the segment (``"prefill"``, ``"kvzip"``: the scoring of
-  :mod:`memrag.memory.pruning`).
+  :mod:`memrag.memory.pruning`), optionally with the segment's salient tokens (digits,
+  capitalised words: :mod:`memrag.memory.salience`) forced into every layer, at most half
+  of the slots (``"prefill-salient"``, ``"kvzip-salient"``).
 
 The slots are :class:`~memrag.memory.kv.KVSlots` of kind ``"kv"`` at consecutive positions,
 spliced through the same K/V prefill as exact and pruned memory
@@ -60,24 +62,29 @@ def scored_positions(compressor: MemoryMaker, segments: Sequence[Sequence[int]])
 
     The frozen decoder (adapter disabled, no gradient) reads each segment after BOS, as
     ``kv-pruned`` memory is scored; every layer keeps its ``ceil(n / rate)`` best positions,
-    in ascending order.
+    in ascending order. A ``*-salient`` selection first forces the segment's salient tokens
+    (at most half of its slots, at least one) into every layer.
     """
     from memrag.memory.pruning import REPEAT_PROMPT, PruningConfig, score_and_capture
+    from memrag.memory.salience import force_rows, salient_rows
 
     config = compressor.config
     tokenizer = compressor.tokenizer
+    selection, _, refinement = config.kv_selection.partition("-")
     context = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    kvzip = config.kv_selection == "kvzip"
-    repeat = list(tokenizer(REPEAT_PROMPT, add_special_tokens=False)["input_ids"]) if kvzip else []
+    repeat = list(tokenizer(REPEAT_PROMPT, add_special_tokens=False)["input_ids"]) if selection == "kvzip" else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with compressor.decoder_mode() as decoder:
         scored = score_and_capture(
-            decoder, segments, PruningConfig(selection=config.kv_selection), context=context,
+            decoder, segments, PruningConfig(selection=selection), context=context,
             repeat_ids=repeat, batch_size=max(1, len(segments)), pad_token_id=pad,
         )
     chosen = []
     for ids, (_, scores) in zip(segments, scored):
-        top = torch.topk(scores.float(), config.slots_for(len(ids)), dim=0).indices
+        count = config.slots_for(len(ids))
+        if refinement == "salient":
+            scores = force_rows(scores, salient_rows(tokenizer, ids), max(1, count // 2))
+        top = torch.topk(scores.float(), count, dim=0).indices
         chosen.append(torch.tensor(torch.sort(top, dim=0).values.tolist(), dtype=torch.long))
     return chosen
 

@@ -138,7 +138,7 @@ class Compressor(nn.Module):
         device: str | torch.device | None = "cpu",
         dtype: str | torch.dtype | None = torch.float32,
         seed: int | None = 0,
-    ) -> "Compressor":
+    ) -> Compressor:
         """A freshly initialised (untrained) compressor over ``base``.
 
         Args:
@@ -161,7 +161,7 @@ class Compressor(nn.Module):
         base: BaseModel | None = None,
         device: str | torch.device | None = "cpu",
         dtype: str | torch.dtype | None = torch.float32,
-    ) -> "Compressor":
+    ) -> Compressor:
         """Loads a saved compressor (``None``: the trained default shipped with memrag).
 
         Args:

@@ -172,7 +172,9 @@ class ModelArguments(_JsonMixin):
     kv_selection: str | None = _arg(
         None,
         "Which positions subset slots keep: stride (every rate-th token), prefill or kvzip (per "
-        "layer, the best-scored by the frozen decoder, as kv-pruned memory chooses them). Also "
+        "layer, the best-scored by the frozen decoder, as kv-pruned memory chooses them), "
+        "prefill-salient or kvzip-salient (the same, with the tokens holding a digit or starting "
+        "a capitalised word kept in every layer, at most half of the slots). Also "
         "changes a compressor loaded with --init-from (default: stride, or the loaded one's).",
     )
 
