@@ -54,8 +54,7 @@ from answer_positions import answer_tokens, keeps_scored_positions
 
 from memrag.compressor.resolve import resolve_compressor
 from memrag.eval.qa import evaluate_qa, sample_qa_records
-from memrag.memory.salience import capped_rows
-from memrag.memory.salience import salient_rows as salient_rows_of
+from memrag.memory.salience import forced_salient_rows
 from memrag.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -137,9 +136,8 @@ def salient_rows(compressor: Any) -> RowsToForce:
     ``kvzip-salient`` selection forces (:mod:`memrag.memory.salience`)."""
 
     def rows(sequence: list[int], scores: torch.Tensor) -> set[int]:
-        found = salient_rows_of(compressor.tokenizer, sequence)
-        cap = max(1, compressor.config.slots_for(len(sequence)) // 2)
-        return set(capped_rows(scores, found, cap))
+        slots = compressor.config.slots_for(len(sequence))
+        return set(forced_salient_rows(compressor.tokenizer, sequence, scores, slots))
 
     return rows
 

@@ -66,7 +66,7 @@ def scored_positions(compressor: MemoryMaker, segments: Sequence[Sequence[int]])
     (at most half of its slots, at least one) into every layer.
     """
     from memrag.memory.pruning import REPEAT_PROMPT, PruningConfig, score_and_capture
-    from memrag.memory.salience import force_rows, salient_rows
+    from memrag.memory.salience import force_rows, forced_salient_rows
 
     config = compressor.config
     tokenizer = compressor.tokenizer
@@ -83,7 +83,7 @@ def scored_positions(compressor: MemoryMaker, segments: Sequence[Sequence[int]])
     for ids, (_, scores) in zip(segments, scored):
         count = config.slots_for(len(ids))
         if refinement == "salient":
-            scores = force_rows(scores, salient_rows(tokenizer, ids), max(1, count // 2))
+            scores = force_rows(scores, forced_salient_rows(tokenizer, ids, scores, count))
         top = torch.topk(scores.float(), count, dim=0).indices
         chosen.append(torch.tensor(torch.sort(top, dim=0).values.tolist(), dtype=torch.long))
     return chosen

@@ -6,7 +6,8 @@ words and punctuation; forcing a chunk's *salient* tokens (those holding a digit
 a capitalised word) into every layer keeps the facts available without looking at any
 question (``benchmarks/answer_forcing.py`` measures what this changes).
 
-:func:`salient_rows` finds those tokens; :func:`force_rows` makes a position scorer keep them.
+:func:`forced_salient_rows` chooses those tokens within a slot budget; :func:`force_rows` makes a
+position scorer keep them.
 """
 
 from __future__ import annotations
@@ -52,18 +53,25 @@ def capped_rows(scores: torch.Tensor, rows: Sequence[int], cap: int) -> list[int
     return sorted(chosen[i] for i in torch.topk(mean, cap).indices.tolist())
 
 
-def force_rows(scores: torch.Tensor, rows: Sequence[int], cap: int) -> torch.Tensor:
-    """Position scores ``(n, layers)`` with at most ``cap`` of ``rows`` made the best at every layer.
+def forced_salient_rows(tokenizer: Any, ids: Sequence[int], scores: torch.Tensor, slots: int) -> list[int]:
+    """The rows a ``*-salient`` selection forces into every layer of one chunk.
 
-    The forced rows are :func:`capped_rows`; a top-``k`` selection with ``k >= cap`` then keeps
-    every one of them in every layer.
+    Its salient tokens (:func:`salient_rows`), at most half of its ``slots`` (at least one):
+    the best-scored of them when there are more (:func:`capped_rows`).
+    """
+    return capped_rows(scores, salient_rows(tokenizer, ids), max(1, slots // 2))
+
+
+def force_rows(scores: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    """Position scores ``(n, layers)`` with ``rows`` made the best at every layer.
+
+    A top-``k`` selection with ``k >= len(rows)`` then keeps every one of them in every layer.
 
     Returns:
         A new tensor when a row is forced; ``scores`` itself is never modified.
     """
-    chosen = capped_rows(scores, rows, cap)
-    if not chosen:
+    if not rows:
         return scores
     forced = scores.clone()
-    forced[chosen] = float("inf")
+    forced[list(rows)] = float("inf")
     return forced

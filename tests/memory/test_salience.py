@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from memrag.memory.salience import capped_rows, force_rows, is_salient, salient_rows
+from memrag.memory.salience import (
+    capped_rows,
+    force_rows,
+    forced_salient_rows,
+    is_salient,
+    salient_rows,
+)
 from memrag.testing import tiny_tokenizer
 
 
@@ -39,9 +45,19 @@ def test_capped_rows_keep_the_best_scored_candidates_by_their_mean_over_layers()
 def test_forced_rows_are_kept_at_every_layer_and_the_input_is_untouched() -> None:
     scores = torch.tensor([[9.0, 9.0], [0.0, 0.0], [8.0, 0.1], [0.2, 8.0], [0.1, 0.2]])
     before = scores.clone()
-    forced = force_rows(scores, [1, 4], 2)
+    forced = force_rows(scores, [1, 4])
     top = torch.topk(forced, 3, dim=0).indices
     for layer in range(2):
         assert {1, 4} <= set(top[:, layer].tolist())
     assert torch.equal(scores, before)
-    assert force_rows(scores, [], 2) is scores
+    assert force_rows(scores, []) is scores
+
+
+def test_a_salient_selection_forces_at_most_half_the_slots_and_at_least_one() -> None:
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer("Paris 1889 London 1851 Rome", add_special_tokens=False)["input_ids"]
+    salient = salient_rows(tokenizer, ids)
+    scores = torch.arange(len(ids), dtype=torch.float32).unsqueeze(1).repeat(1, 2)
+    assert len(salient) > 2
+    assert forced_salient_rows(tokenizer, ids, scores, 4) == salient[-2:]  # the best-scored two
+    assert forced_salient_rows(tokenizer, ids, scores, 1) == salient[-1:]
