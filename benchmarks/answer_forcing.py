@@ -50,11 +50,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from answer_positions import answer_tokens, keeps_scored_positions
+from answer_positions import answer_tokens
 
 from memrag.compressor.resolve import resolve_compressor
 from memrag.eval.qa import evaluate_qa, sample_qa_records
-from memrag.memory.salience import forced_salient_rows
+from memrag.memory.salience import force_rows, forced_salient_rows
 from memrag.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -160,8 +160,7 @@ def forcing(rows_to_force: RowsToForce) -> Iterator[Counter[str]]:
             rows = rows_to_force(list(sequence), scores)
             counts["segments"] += 1
             if rows:
-                scores = scores.clone()
-                scores[sorted(rows)] = float("inf")
+                scores = force_rows(scores, sorted(rows))
                 counts["segments_forced"] += 1
                 counts["rows_forced"] += len(rows)
             results.append((captured, scores))
@@ -235,7 +234,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     compressor = resolve_compressor(args.compressor, device="cpu", dtype="float32")
-    if not keeps_scored_positions(compressor):
+    if not compressor.config.scores_positions:
         parser.error(f"{args.compressor} does not keep scored subset positions")
     records = sample_qa_records(args.data, limit=args.limit, seed=args.seed)
     forced, missing, shared = forced_rows(compressor, records)

@@ -1,6 +1,6 @@
 """Do subset K/V slots keep the gold answer's tokens? Hits against misses of one eval run.
 
-A scored subset compressor (``kv_selection`` ``kvzip`` or ``prefill``) keeps, per layer, a
+A scored subset compressor (any ``kv_selection`` but ``stride``) keeps, per layer, a
 ``1/rate`` share of each segment's positions. For the questions of a ``memrag eval qa
 --samples-out`` file, this recomputes which positions the compressor keeps for each gold
 passage and measures the gold answer's tokens there (the first reference answer found in the
@@ -34,12 +34,6 @@ from memrag.utils.atomic import atomic_write_text
 from memrag.utils.progress import progress
 
 logger = logging.getLogger(__name__)
-
-
-def keeps_scored_positions(compressor: Any) -> bool:
-    """Whether the compressor keeps a subset of the segment's own positions chosen per layer by
-    the frozen decoder's scores (``kv_selection`` ``kvzip`` or ``prefill``)."""
-    return compressor.config.kv_selection in ("kvzip", "prefill") and not compressor.config.uses_memory_tokens
 
 
 def kept_matrix(compressor: Any, ids: list[int]) -> torch.Tensor:
@@ -145,7 +139,7 @@ def main() -> None:
     if missing:
         parser.error(f"{len(missing)} sample ids are not in {args.data} (first: {missing[0]})")
     compressor = resolve_compressor(args.compressor, device="cpu", dtype="float32")
-    if not keeps_scored_positions(compressor):
+    if not compressor.config.scores_positions:
         parser.error(f"{args.compressor} does not keep scored subset positions")
     result = measure(samples, contexts, compressor)
     result.update(samples=str(args.samples), mode=args.mode, compressor=args.compressor, fingerprint=compressor.fingerprint)

@@ -207,6 +207,10 @@ def test_kv_selection_is_validated_and_only_a_scored_one_changes_the_fingerprint
     assert "kv_selection" not in stride.config.identity()  # fingerprints made before it stay valid
     scored = tiny_compressor(seed=0, slot_kind="kv", kv_positions="subset", kv_selection="kvzip")
     assert scored.fingerprint != stride.fingerprint
+    assert not stride.config.scores_positions and scored.config.scores_positions
+    salient = CompressorConfig(slot_kind="kv", kv_positions="subset", kv_selection="kvzip-salient")
+    assert (salient.position_scoring, salient.forces_salient) == ("kvzip", True)
+    assert (scored.config.position_scoring, scored.config.forces_salient) == ("kvzip", False)
     with pytest.raises(ValueError, match="kv_selection must be one of"):
         CompressorConfig(slot_kind="kv", kv_positions="subset", kv_selection="random")
     with pytest.raises(ValueError, match="needs slot_kind='kv' and kv_positions='subset'"):

@@ -136,5 +136,5 @@ _register(
 def _slots(config: Any) -> str:
     if config.slot_kind != "kv":
         return config.slot_kind
-    chosen = f", {config.kv_selection}" if config.kv_positions == "subset" and config.kv_selection != "stride" else ""
+    chosen = f", {config.kv_selection}" if config.scores_positions else ""
     return f"kv/{config.kv_positions}{chosen}"

@@ -122,6 +122,25 @@ class CompressorConfig:
         """Whether slots are read at learned memory tokens appended to each segment."""
         return not self.memory_kind.packed_kv or self.kv_positions == "memory"
 
+    @property
+    def scores_positions(self) -> bool:
+        """Whether ``subset`` slots keep, per layer, positions chosen by the frozen decoder's
+        scores (any ``kv_selection`` but ``"stride"``; validation allows no other combination)."""
+        return self.kv_selection != "stride"
+
+    @property
+    def position_scoring(self) -> str:
+        """How the frozen decoder scores positions for :attr:`kv_selection`: the
+        :class:`~memrag.memory.pruning.PruningConfig` selection (``"kvzip"``, ``"prefill"``,
+        ``"stride"``), without the ``-salient`` refinement."""
+        return self.kv_selection.removesuffix("-salient")
+
+    @property
+    def forces_salient(self) -> bool:
+        """Whether :attr:`kv_selection` forces a segment's salient tokens into every layer
+        (:mod:`memrag.memory.salience`)."""
+        return self.kv_selection.endswith("-salient")
+
     def slot_positions(self, num_tokens: int) -> list[int]:
         """For ``kv_positions="subset"`` with ``kv_selection="stride"``: the segment positions
         whose keys and values are kept (the last token of each group of ``compression_rate``

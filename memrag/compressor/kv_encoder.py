@@ -70,7 +70,7 @@ def scored_positions(compressor: MemoryMaker, segments: Sequence[Sequence[int]])
 
     config = compressor.config
     tokenizer = compressor.tokenizer
-    selection, _, refinement = config.kv_selection.partition("-")
+    selection = config.position_scoring
     context = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     repeat = list(tokenizer(REPEAT_PROMPT, add_special_tokens=False)["input_ids"]) if selection == "kvzip" else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -82,7 +82,7 @@ def scored_positions(compressor: MemoryMaker, segments: Sequence[Sequence[int]])
     chosen = []
     for ids, (_, scores) in zip(segments, scored):
         count = config.slots_for(len(ids))
-        if refinement == "salient":
+        if config.forces_salient:
             scores = force_rows(scores, forced_salient_rows(tokenizer, ids, scores, count))
         top = torch.topk(scores.float(), count, dim=0).indices
         chosen.append(torch.tensor(torch.sort(top, dim=0).values.tolist(), dtype=torch.long))
@@ -98,7 +98,7 @@ def encode_kv_segments(compressor: MemoryMaker, segments: Sequence[Sequence[int]
         rows.append(row)
         picks.append(torch.tensor(pick, dtype=torch.long).unsqueeze(1))
     config = compressor.config
-    if not config.uses_memory_tokens and config.kv_selection != "stride":
+    if config.scores_positions:
         first = 1 if compressor.tokenizer.bos_token_id is not None else 0
         picks = [positions + first for positions in scored_positions(compressor, segments)]
     inputs, mask = left_padded(rows)
