@@ -70,7 +70,7 @@ class ModeName:
 def _choices(memory: bool, recovery: bool) -> str:
     text = ", ".join(PLAIN_MODES)
     if memory:
-        text += " or a K/V memory mode (kv-exact[:int8|int4|k8v4|int4c|int4r], kv-pruned[:0.5], kv[:int8|int4|int4c|int4r] ...)"
+        text += " or a K/V memory mode (kv-exact[:int8|int4|k8v4|int4c|int4r|tc2], kv-pruned[:0.5], kv[:int8|int4|int4c|int4r|tc2] ...)"
     if recovery:
         text += ", with +cacheblend[:ratio] for cross-chunk recovery"
     return text

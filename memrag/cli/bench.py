@@ -22,7 +22,7 @@ _MODES_HELP = (
     "Comma-separated modes: text (chunks as text), slots (the compressor's memory slots), "
     "kv-exact (each chunk's pre-computed key/value cache), kv-pruned (a quarter of its "
     "positions' keys and values), truncated (text cut to the slots' positions), none. K/V modes "
-    "take settings (kv-exact:int8, kv:int4, kv:int4c, kv:int4r, kv-pruned:0.5) and cross-chunk recovery "
+    "take settings (kv-exact:int8, kv-exact:tc2, kv:int4, kv:int4c, kv:int4r, kv-pruned:0.5) and cross-chunk recovery "
     "(kv-exact+cacheblend, kv-exact+cacheblend:0.1)."
 )
 

@@ -138,7 +138,7 @@ def qa(
         help="Comma-separated: text (passage as text), slots (its memory slots), kv-exact (its "
         "pre-computed key/value cache), kv-pruned (a quarter of its positions' keys and values), "
         "truncated (its text cut to as many tokens as it has slots), none (no passage). K/V modes "
-        "take settings after colons: kv-exact:int8, kv:int4, kv:int4c, kv:int4r, kv-pruned:0.5, kv-pruned:0.25:prefill:pool=3; "
+        "take settings after colons: kv-exact:int8, kv-exact:tc2, kv:int4, kv:int4c, kv:int4r, kv-pruned:0.5, kv-pruned:0.25:prefill:pool=3; "
         "kv[:int8] is a K/V compressor's slots as a store keeps them.",
     ),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Answer length limit."),

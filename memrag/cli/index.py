@@ -108,14 +108,14 @@ def build(
         "--memory",
         help="New stores: what to keep for each chunk: embedding or kv (a trained compressor's "
         "slots; default compressor: the shipped one of that slot kind), kv-exact (its key/value cache) or kv-pruned (a subset of its positions' keys and "
-        "values). Settings after colons: kv-exact:int8, kv-exact:int4 (4-bit), kv:int4c (4-bit, no per-chunk header: the smallest; channels calibrated once per store), kv:int4r (int4c's bytes without the calibration: for one-chunk lookups only, it loses F1 when several chunks are retrieved), kv-pruned:0.5, kv-pruned:0.25:int8. "
+        "values). Settings after colons: kv-exact:int8, kv-exact:int4 (4-bit), kv:int4c (4-bit, no per-chunk header: the smallest; channels calibrated once per store), kv:int4r (int4c's bytes without the calibration: for one-chunk lookups only, it loses F1 when several chunks are retrieved), kv-exact:tc2 (transform codec at about 2 bits per element: a per-store transform, steps and entropy coding; tc2z codes with Zstandard: a few percent more bytes, faster reads), kv-pruned:0.5, kv-pruned:0.25:int8. "
         "Default: kv-exact:int8 (docs/RESULTS.md, 'Which memory?').",
     ),
     keep_ratio: float = typer.Option(
         None, "--keep-ratio", help="New kv-pruned stores: fraction of positions kept, in (0, 1]."
     ),
     kv_dtype: str = typer.Option(
-        None, "--kv-dtype", help="New K/V stores: float16 (default), bfloat16, int8, int4, k8v4, int4c or int4r."
+        None, "--kv-dtype", help="New K/V stores: float16 (default), bfloat16, int8, int4, k8v4, int4c, int4r or tc<bits> (tc2, tc2z ...)."
     ),
     index: str = typer.Option("flat", "--index", help="New stores: flat (exact), hnsw or ivf."),
     index_option: list[str] = typer.Option(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import logging
 import random
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,8 @@ class QAEvaluation:
         prefilled_positions: Mean positions of the whole prompt the decoder computed at query
             time (K/V memory is not recomputed).
         memory: Per compressed mode, what making and storing the passage's memory cost:
-            ``{"seconds_per_passage", "bytes_per_passage"}``.
+            ``{"seconds_per_passage", "bytes_per_passage"}``, and for K/V memory
+            ``"decode_ms_per_passage"`` (median time to decode its stored bytes).
         predictions: One dict per question and mode (id, mode, prediction, answers,
             exact_match, f1, contains).
     """
@@ -115,8 +117,8 @@ class QAEvaluation:
         cut_f1 = self.results.get("truncated", {}).get("f1")
         lines = [
             "| mode | EM | F1 | contains | F1 / text | F1 - truncated | passage positions "
-            "| prefilled | bytes / passage | offline s / passage |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| prefilled | bytes / passage | offline s / passage | decode ms / passage |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for mode, scores in self.results.items():
             cost = self.memory.get(mode, {})
@@ -132,6 +134,7 @@ class QAEvaluation:
                 f"{self.prefilled_positions.get(mode, 0.0):.1f}",
                 "" if size is None else f"{size:,.0f}",
                 "" if seconds is None else f"{seconds:.3f}",
+                "" if "decode_ms_per_passage" not in cost else f"{cost['decode_ms_per_passage']:.1f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
@@ -232,8 +235,11 @@ def _contexts(
             if spec.memory_kind.needs_training
             else reuse.seconds.get(computation_key(spec), 0.0)
         )
-        stored, sizes = as_stored(made, make_codec(compressor, spec))  # type: ignore[arg-type]
+        decode_seconds: list[float] = []
+        stored, sizes = as_stored(made, make_codec(compressor, spec), decode_seconds)  # type: ignore[arg-type]
         cost["bytes_per_passage"] = sum(sizes) / max(len(sizes), 1)
+        # Median time to decode one passage's stored bytes into memory (one process, in RAM).
+        cost["decode_ms_per_passage"] = 1000 * statistics.median(decode_seconds or [0.0])
         by_text = dict(zip(unique, stored))
     return [[by_text[r.context]] for r in records], cost
 

@@ -213,40 +213,48 @@ def _compute(
                 bar.update(len(group))
 
 
-def codec_for(decoder: Any, spec: MemorySpec, calibration: Any = None) -> KVCodec:
+def codec_for(decoder: Any, spec: MemorySpec, calibration: str = "") -> KVCodec:
     """The codec K/V memory of ``spec`` is stored with, for ``decoder``'s shape (with a store's
-    :class:`~memrag.memory.calibration.KVCalibration` for dtypes that need one)."""
+    recorded calibration text for codecs that need one)."""
     from memrag.memory.anatomy import decoder_anatomy
-    from memrag.memory.codec import KVCodec
+    from memrag.memory.codec import kv_codec
 
     anatomy = decoder_anatomy(decoder)
-    return KVCodec(
+    return kv_codec(
         anatomy.num_layers, anatomy.num_kv_heads, anatomy.head_dim, spec.kv_dtype, calibration
     )
 
 
-def make_codec(compressor: MemoryMaker, spec: MemorySpec, calibration: Any = None) -> KVCodec:
+def make_codec(compressor: MemoryMaker, spec: MemorySpec, calibration: str = "") -> KVCodec:
     """The codec of a store of ``spec`` made by ``compressor``: :func:`codec_for` its decoder,
-    with the store's recorded ``calibration``, or — where the dtype needs one and none is
-    given (a new store) — one measured now (``int4c``:
-    :func:`memrag.memory.calibration.calibrate`)."""
-    from memrag.memory.calibration import calibrate
-
+    with the store's recorded ``calibration`` text, or — where the codec needs one and none is
+    given (a new store) — one fitted now (:meth:`~memrag.memory.codec.KVCodec.calibrate`)."""
     with compressor.decoder_mode() as decoder:
         codec = codec_for(decoder, spec, calibration)
-    if not codec.calibrated or codec.calibration is not None:
+    if not codec.needs_calibration or calibration:
         return codec
-    return dataclasses.replace(codec, calibration=calibrate(compressor, spec))
+    return codec.calibrate(compressor, spec)
 
 
-def as_stored(memories: Sequence[KVSlots], codec: KVCodec) -> tuple[list[KVSlots], list[int]]:
-    """The memories after a trip through storage (float16 rounding or int8 quantization), and
-    the bytes each takes in a store shard."""
+def as_stored(
+    memories: Sequence[KVSlots], codec: KVCodec, decode_seconds: list[float] | None = None
+) -> tuple[list[KVSlots], list[int]]:
+    """The memories after a trip through storage (float16 rounding, quantization or transform
+    coding), and the bytes each takes in a store shard.
+
+    Args:
+        memories: Float memory.
+        codec: The store's codec.
+        decode_seconds: Receives the seconds each chunk's decoding took (when given).
+    """
     stored, sizes = [], []
     for memory in memories:
         rows = codec.encode(memory)
         sizes.append(int(rows.numel()))
+        started = time.perf_counter()
         stored.append(
             codec.decode(rows, span=memory.span, kind=memory.kind, fingerprint=memory.fingerprint, text=memory.text)
         )
+        if decode_seconds is not None:
+            decode_seconds.append(time.perf_counter() - started)
     return stored, sizes

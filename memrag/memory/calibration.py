@@ -137,21 +137,35 @@ def fit_calibration(memories: Sequence[KVSlots]) -> KVCalibration:
     return KVCalibration(**fitted)
 
 
-def calibration_passages() -> list[str]:
-    """The bundled calibration paragraphs (``memrag/resources/calibration``)."""
-    path = Path(str(files("memrag").joinpath("resources", "calibration", "passages.jsonl")))
+def calibration_passages(name: str = "passages.jsonl") -> list[str]:
+    """The bundled calibration paragraphs of file ``name`` (``memrag/resources/calibration``)."""
+    path = Path(str(files("memrag").joinpath("resources", "calibration", name)))
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line)["text"] for line in handle if line.strip()]
 
 
-def calibrate(compressor: Any, spec: Any, *, batch_size: int = 4) -> KVCalibration:
-    """Measures the calibration of ``spec``'s K/V memory made by ``compressor`` on the bundled
-    passages (the memory as stored in float16, so any dtype's spec gives the same)."""
+def calibration_memory(
+    compressor: Any, spec: Any, *, passages: str = "passages.jsonl", batch_size: int = 4
+) -> list[KVSlots]:
+    """``spec``'s K/V memory of the bundled ``passages`` made by ``compressor``, as float16
+    (what every codec is calibrated on, whatever it stores). Pruned memory keeps some of the
+    exact memory's positions, unchanged: it is calibrated on the exact memory (no selection
+    pass, which would double the positions a passage needs)."""
     from memrag.memory.builders import build_memory
+    from memrag.memory.kinds import MemoryKind
 
     float_spec = dataclasses.replace(spec, kv_dtype="float16")
-    memories = build_memory(compressor, float_spec, calibration_passages(), batch_size=batch_size)
-    return fit_calibration([m for m in memories if isinstance(m, KVSlots)])
+    if float_spec.memory_kind is MemoryKind.KV_PRUNED:
+        float_spec = dataclasses.replace(float_spec, kind=MemoryKind.KV_EXACT.value)
+    texts = calibration_passages(passages)
+    memories = build_memory(compressor, float_spec, texts, batch_size=batch_size)
+    return [m for m in memories if isinstance(m, KVSlots)]
+
+
+def calibrate(compressor: Any, spec: Any, *, batch_size: int = 4) -> KVCalibration:
+    """Measures the ``int4c`` calibration of ``spec``'s K/V memory made by ``compressor`` on the
+    bundled passages (the memory as stored in float16, so any dtype's spec gives the same)."""
+    return fit_calibration(calibration_memory(compressor, spec, batch_size=batch_size))
 
 
 def _digest(raw: bytes) -> str:

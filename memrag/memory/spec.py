@@ -15,7 +15,9 @@ from memrag.memory.pruning import PruningConfig
 #: float16 (default), bfloat16, int8 with per-channel key scales and per-token value scales
 #: (KIVI-style), int4 (keys and values in 4 bits: K4V4), k8v4 (8-bit keys, 4-bit values) and
 #: int4r (4 bits, heads rotated and quantized per token: no per-chunk header, the smallest) and
-#: int4c (int4r's bytes, channels centred and scaled by a per-store calibration first).
+#: int4c (int4r's bytes, channels centred and scaled by a per-store calibration first). Beside
+#: these fixed names, ``tc<bits>`` (``tc2`` ...) is the transform codec at a bit budget
+#: (:mod:`memrag.memory.transform_codec`); :func:`memrag.memory.codec.is_kv_dtype` knows them all.
 KV_DTYPES = ("float16", "bfloat16", "int8", "int4", "k8v4", "int4r", "int4c")
 
 
@@ -27,7 +29,8 @@ class MemorySpec:
         kind: ``"embedding"`` or ``"kv"`` (a trained compressor's slots), ``"kv-exact"`` or
             ``"kv-pruned"`` (the frozen decoder's own keys and values).
         kv_dtype: How K/V memory is stored: one of :data:`KV_DTYPES` (``"float16"``,
-            ``"bfloat16"``, ``"int8"``, ``"int4"``, ``"k8v4"``, ``"int4r"``, ``"int4c"``).
+            ``"bfloat16"``, ``"int8"``, ``"int4"``, ``"k8v4"``, ``"int4r"``, ``"int4c"``), or
+            ``"tc<bits>"`` (the transform codec, e.g. ``"tc2"``).
         pruning: For ``kv-pruned``: keep ratio and the selection of positions.
     """
 
@@ -43,8 +46,12 @@ class MemorySpec:
                 + ", ".join(k.value for k in BUILDABLE_KINDS)
             )
         self.kind = kind
-        if self.kv_dtype not in KV_DTYPES:
-            raise ValueError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {self.kv_dtype!r}")
+        from memrag.memory.codec import is_kv_dtype, kv_dtype_examples
+
+        if not is_kv_dtype(self.kv_dtype):
+            raise ValueError(
+                f"kv_dtype must be one of {', '.join(kv_dtype_examples())}, got {self.kv_dtype!r}"
+            )
         if isinstance(self.pruning, dict):
             self.pruning = PruningConfig(**self.pruning)
 
@@ -99,7 +106,7 @@ def parse_memory_mode(text: str) -> MemorySpec:
     """A K/V memory mode written as ``kind[:setting ...]``, as ``memrag eval qa`` and ``bench`` take it.
 
     Settings: a storage dtype (``float16``, ``bfloat16``, ``int8``, ``int4``, ``k8v4``,
-    ``int4r``), a keep ratio (``0.5``), a
+    ``int4r``, ``int4c``, ``tc<bits>``), a keep ratio (``0.5``), a
     selection (``kvzip``, ``prefill``, ``stride``), ``shared`` (one set of positions for all
     layers), ``compact`` / ``spread`` (kept entries at consecutive positions, the default / at
     their original offsets), ``merge`` (dropped values averaged into the nearest kept ones), or
@@ -110,6 +117,7 @@ def parse_memory_mode(text: str) -> MemorySpec:
     Raises:
         ValueError: naming the mode and the setting that is not understood.
     """
+    from memrag.memory.codec import is_kv_dtype
     from memrag.memory.pruning import SELECTIONS
 
     name, *settings = [piece.strip() for piece in text.split(":")]
@@ -120,7 +128,7 @@ def parse_memory_mode(text: str) -> MemorySpec:
     pruning: dict[str, Any] = {}
     fields = {f.name: f.type for f in dataclasses.fields(PruningConfig)}
     for setting in settings:
-        if setting in KV_DTYPES:
+        if is_kv_dtype(setting):
             kv_dtype = setting
         elif setting in SELECTIONS:
             pruning["selection"] = setting

@@ -49,7 +49,7 @@ def memory_info(compressor: MemoryMaker, memory: Any) -> MemoryInfo:
         kv_heads=codec.kv_heads,
         head_dim=codec.head_dim,
         row_bytes=codec.row_bytes,
-        kv_calibration=codec.calibration.to_text() if codec.calibration is not None else "",
+        kv_calibration=codec.calibration_text(),
     )
 
 

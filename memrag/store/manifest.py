@@ -93,9 +93,11 @@ class MemoryInfo:
         kv_heads: Key/value heads per layer (K/V kinds).
         head_dim: Width of a head (K/V kinds).
         row_bytes: Width of a stored row in bytes (K/V kinds; see :mod:`memrag.memory.codec`).
-        kv_calibration: The channel centres and scales ``int4c`` rows are coded with, measured
-            when the store was created (:meth:`KVCalibration.to_text
-            <memrag.memory.calibration.KVCalibration.to_text>` form; empty for other dtypes).
+        kv_calibration: What the codec codes with, measured when the store was created: the
+            channel centres and scales of ``int4c``, the transform and frequency model of
+            ``tc<bits>`` (:meth:`KVCodec.calibration_text
+            <memrag.memory.codec.KVCodec.calibration_text>` form, checksummed; empty for
+            dtypes that need none).
     """
 
     kind: MemoryKind
@@ -125,12 +127,12 @@ class MemoryInfo:
 
     def codec(self) -> Any:
         """The :class:`~memrag.memory.codec.KVCodec` the store's K/V rows are packed with."""
-        from memrag.memory.calibration import calibration_from_text
-        from memrag.memory.codec import KVCodec
+        from memrag.memory.codec import kv_codec
 
-        calibration = calibration_from_text(self.kv_calibration) if self.kv_calibration else None
-        codec = KVCodec(self.layers, self.kv_heads, self.head_dim, self.spec().kv_dtype, calibration)
-        if codec.calibrated and calibration is None:
+        codec = kv_codec(
+            self.layers, self.kv_heads, self.head_dim, self.spec().kv_dtype, self.kv_calibration
+        )
+        if codec.needs_calibration and not self.kv_calibration:
             raise ValueError(f"memory.kv_calibration is missing ({codec.dtype} rows need it)")
         return codec
 

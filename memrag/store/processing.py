@@ -123,7 +123,7 @@ class ChunkProcessor:
         reuse: A :class:`~memrag.memory.builders.MemoryReuse` shared with other processors of
             the same texts (K/V memory and selection scores computed once).
         kv_calibration: A store's K/V calibration (its manifest's ``memory.kv_calibration``);
-            empty: measured here where the storage dtype needs one (``int4c``).
+            empty: measured here where the storage dtype needs one (``int4c``, ``tc<bits>``).
     """
 
     def __init__(
@@ -165,10 +165,8 @@ class ChunkProcessor:
         self._codec = None
         if self.memory.packed_kv:
             from memrag.memory.builders import make_codec
-            from memrag.memory.calibration import calibration_from_text
 
-            calibration = calibration_from_text(kv_calibration) if kv_calibration else None
-            self._codec = make_codec(compressor, self.memory, calibration)
+            self._codec = make_codec(compressor, self.memory, kv_calibration)
 
     def _text_tokens(self, text: str) -> int:
         return len(self.compressor.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -13,6 +13,7 @@ from memrag.memory.calibration import (
     fit_calibration,
 )
 from memrag.memory.codec import KVCodec
+from memrag.memory.quantized_codec import QuantizedKVCodec
 from memrag.memory.kv import KVSlots
 from memrag.memory.spec import parse_memory_mode
 
@@ -42,8 +43,8 @@ def _round_trip(codec: KVCodec, memory: KVSlots) -> KVSlots:
 def test_calibrated_keys_are_coded_far_more_precisely_than_int4r_in_the_same_bytes() -> None:
     calibration = fit_calibration([_model_memory(seed) for seed in range(4)])
     held_out = _model_memory(99)
-    plain = KVCodec(LAYERS, HEADS, HEAD_DIM, "int4r")
-    calibrated = KVCodec(LAYERS, HEADS, HEAD_DIM, "int4c", calibration)
+    plain = QuantizedKVCodec(LAYERS, HEADS, HEAD_DIM, "int4r")
+    calibrated = QuantizedKVCodec(LAYERS, HEADS, HEAD_DIM, "int4c", calibration)
     assert calibrated.row_bytes == plain.row_bytes and calibrated.header_rows() == 0
     errors = {
         name: _relative_error(_round_trip(codec, held_out).keys, held_out.keys)
@@ -80,7 +81,7 @@ def test_scales_are_positive_even_for_a_constant_channel() -> None:
     constant = KVSlots.consecutive(keys, memory.values, kind="kv-exact", num_tokens=POSITIONS)
     calibration = fit_calibration([constant])
     assert bool((calibration.key_scale > 0).all()) and float(calibration.key_centre[0, 0]) == 2.0
-    stored = _round_trip(KVCodec(LAYERS, HEADS, HEAD_DIM, "int4c", calibration), constant)
+    stored = _round_trip(QuantizedKVCodec(LAYERS, HEADS, HEAD_DIM, "int4c", calibration), constant)
     assert torch.isfinite(stored.keys).all()
     with pytest.raises(ValueError, match="at least one position"):
         fit_calibration([])
@@ -89,12 +90,12 @@ def test_scales_are_positive_even_for_a_constant_channel() -> None:
 def test_int4c_without_a_calibration_or_with_another_shape_is_refused() -> None:
     memory = _model_memory(0)
     with pytest.raises(ValueError, match="needs the store's calibration"):
-        KVCodec(LAYERS, HEADS, HEAD_DIM, "int4c").encode(memory)
+        QuantizedKVCodec(LAYERS, HEADS, HEAD_DIM, "int4c").encode(memory)
     calibration = fit_calibration([memory])
     with pytest.raises(ValueError, match="for 6 heads x 128 channels, the store keeps 4 x 128"):
-        KVCodec(2, HEADS, HEAD_DIM, "int4c", calibration)
+        QuantizedKVCodec(2, HEADS, HEAD_DIM, "int4c", calibration)
     with pytest.raises(ValueError, match="int4r K/V storage takes no calibration"):
-        KVCodec(LAYERS, HEADS, HEAD_DIM, "int4r", calibration)
+        QuantizedKVCodec(LAYERS, HEADS, HEAD_DIM, "int4r", calibration)
 
 
 def test_calibrating_a_model_is_deterministic_and_uses_the_bundled_passages(tiny_compressor) -> None:

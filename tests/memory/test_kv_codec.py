@@ -8,7 +8,8 @@ import hashlib
 import pytest
 import torch
 
-from memrag.memory.codec import KVCodec, KVDecodeError
+from memrag.memory.codec import KVDecodeError
+from memrag.memory.quantized_codec import QuantizedKVCodec
 from memrag.memory.kv import KVSlots
 from memrag.memory.spec import KV_DTYPES, parse_memory_mode
 
@@ -25,7 +26,7 @@ def _memory(seed: int = 0) -> KVSlots:
 
 
 def _round_trip(dtype: str, memory: KVSlots) -> KVSlots:
-    codec = KVCodec(LAYERS, HEADS, HEAD_DIM, dtype)
+    codec = QuantizedKVCodec(LAYERS, HEADS, HEAD_DIM, dtype)
     rows = codec.encode(memory)
     assert rows.shape == (codec.rows_for(POSITIONS), codec.row_bytes) and rows.dtype == torch.uint8
     return codec.decode(rows, span=memory.span, kind=memory.kind)
@@ -70,7 +71,7 @@ def test_k8v4_keys_are_int8s_and_values_are_int4s() -> None:
 
 def test_bytes_per_position_of_the_embedded_decoders_shape() -> None:
     """Gemma 3 270M: 18 layers x 1 K/V head x 256; row = K + V + value parameters + offsets."""
-    widths = {dtype: KVCodec(18, 1, 256, dtype).row_bytes for dtype in KV_DTYPES}
+    widths = {dtype: QuantizedKVCodec(18, 1, 256, dtype).row_bytes for dtype in KV_DTYPES}
     assert widths == {
         "float16": 18504,
         "bfloat16": 18504,
@@ -82,7 +83,7 @@ def test_bytes_per_position_of_the_embedded_decoders_shape() -> None:
         "int4r": 4716,
         "int4c": 4716,  # int4r's layout; the calibration lives in the store's manifest
     }
-    headers = {dtype: KVCodec(18, 1, 256, dtype).header_rows() for dtype in KV_DTYPES}
+    headers = {dtype: QuantizedKVCodec(18, 1, 256, dtype).header_rows() for dtype in KV_DTYPES}
     assert headers == {"float16": 0, "bfloat16": 0, "int8": 1, "int4": 4, "k8v4": 2, "int4r": 0, "int4c": 0}
 
 
@@ -90,7 +91,7 @@ def test_int4r_is_the_smallest_for_short_chunks() -> None:
     """Rate 8 / 16 chunks of Gemma 3 270M keep about 20 / 10 positions: without header rows,
     int4r fits the 100 kB / 50 kB budgets that int4's four header rows break."""
     for positions, budget in ((20, 100_000), (10, 50_000)):
-        sizes = {d: KVCodec(18, 1, 256, d).rows_for(positions) * KVCodec(18, 1, 256, d).row_bytes for d in ("int4", "int4r")}
+        sizes = {d: QuantizedKVCodec(18, 1, 256, d).rows_for(positions) * QuantizedKVCodec(18, 1, 256, d).row_bytes for d in ("int4", "int4r")}
         assert sizes["int4r"] <= budget < sizes["int4"]
 
 
@@ -99,7 +100,7 @@ def test_the_int8_and_float16_layouts_are_unchanged() -> None:
     memory = _memory(2)
     digests = {
         dtype: hashlib.sha256(
-            KVCodec(LAYERS, HEADS, HEAD_DIM, dtype).encode(memory).numpy().tobytes()
+            QuantizedKVCodec(LAYERS, HEADS, HEAD_DIM, dtype).encode(memory).numpy().tobytes()
         ).hexdigest()[:16]
         for dtype in ("float16", "int8")
     }
@@ -108,7 +109,7 @@ def test_the_int8_and_float16_layouts_are_unchanged() -> None:
 
 @pytest.mark.parametrize("dtype", ["int8", "int4", "k8v4"])
 def test_damaged_parameters_are_refused_naming_the_chunk(dtype: str) -> None:
-    codec = KVCodec(LAYERS, HEADS, HEAD_DIM, dtype)
+    codec = QuantizedKVCodec(LAYERS, HEADS, HEAD_DIM, dtype)
     rows = codec.encode(_memory())
     rows[0, :2] = torch.tensor([0x00, 0x7C], dtype=torch.uint8)  # float16 +inf in the key header
     with pytest.raises(KVDecodeError, match="chunk 'c7'.*not finite"):
@@ -119,13 +120,13 @@ def test_a_single_position_chunk_decodes_exactly_enough() -> None:
     """One position: every channel's range is empty; 4-bit codes still decode to the value."""
     memory = _memory()
     single = KVSlots.consecutive(memory.keys[:1], memory.values[:1], kind="kv-exact", num_tokens=1)
-    codec = KVCodec(LAYERS, HEADS, HEAD_DIM, "int4")
+    codec = QuantizedKVCodec(LAYERS, HEADS, HEAD_DIM, "int4")
     stored = codec.decode(codec.encode(single), span=1, kind="kv-exact")
     assert _error(stored.keys, single.keys) < 2e-3 and torch.isfinite(stored.values).all()
 
 
 def test_int4r_damaged_parameters_are_refused_naming_the_chunk() -> None:
-    codec = KVCodec(LAYERS, HEADS, HEAD_DIM, "int4r")
+    codec = QuantizedKVCodec(LAYERS, HEADS, HEAD_DIM, "int4r")
     rows = codec.encode(_memory())
     key_codes = LAYERS * HEADS * HEAD_DIM // 2
     rows[3, key_codes : key_codes + 2] = torch.tensor([0x00, 0x7C], dtype=torch.uint8)  # +inf step
@@ -140,7 +141,7 @@ def test_int4r_refuses_offsets_beyond_int16() -> None:
         kind="kv-exact", num_tokens=40_000 + POSITIONS,
     )
     with pytest.raises(ValueError, match="int16.*40021 positions"):
-        KVCodec(LAYERS, HEADS, HEAD_DIM, "int4r").encode(long)
+        QuantizedKVCodec(LAYERS, HEADS, HEAD_DIM, "int4r").encode(long)
 
 
 def test_int4r_rotation_spreads_an_outlier_channel() -> None:
@@ -170,7 +171,7 @@ def test_int4r_rotates_head_widths_that_are_not_powers_of_two(head_dim: int) -> 
     assert torch.allclose(rotate_heads(rotated), tensor, atol=1e-5)
     keys = torch.randn(7, 2, 1, head_dim)
     memory = KVSlots.consecutive(keys.half(), (-keys).half(), kind="kv-exact", num_tokens=7)
-    codec = KVCodec(2, 1, head_dim, "int4r")
+    codec = QuantizedKVCodec(2, 1, head_dim, "int4r")
     stored = codec.decode(codec.encode(memory), span=7, kind="kv-exact")
     assert _error(stored.keys, memory.keys) < 0.15 and torch.equal(stored.offsets, memory.offsets)
 

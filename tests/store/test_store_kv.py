@@ -41,6 +41,8 @@ def _store(path: Path, compressor, memory: str, **options) -> MemoryStore:
         "kv-pruned:0.5:k8v4",
         "kv-exact:int4r",
         "kv-exact:int4c",
+        "kv-exact:tc3",
+        "kv-pruned:0.5:tc3",
     ],
 )
 def test_kv_memory_round_trips_through_a_store(tmp_path: Path, compressor, memory: str) -> None:
@@ -56,8 +58,10 @@ def test_kv_memory_round_trips_through_a_store(tmp_path: Path, compressor, memor
         # 4 bits to 1/15 of a channel's (keys) or a token's group's (values) range.
         # int4r: 1/15 of a rotated head's range per token, spread back over the head's channels
         # (int4c: the same, of channels centred and scaled by the store's calibration).
+        # tc3: three bits per element on average, the strongest components finer than that.
         tolerance = {
-            "float16": 1e-3, "bfloat16": 8e-3, "int8": 8e-3, "int4": 0.08, "k8v4": 0.08, "int4r": 0.2, "int4c": 0.2
+            "float16": 1e-3, "bfloat16": 8e-3, "int8": 8e-3, "int4": 0.08, "k8v4": 0.08, "int4r": 0.2, "int4c": 0.2,
+            "tc3": 0.35,
         }[
             spec.kv_dtype
         ]
@@ -360,7 +364,7 @@ def test_a_store_of_other_rate_and_codec_slots_is_refused_naming_both(tmp_path: 
     assert rate8.fingerprint in message and rate4.fingerprint in message
 
 
-@pytest.mark.parametrize("memory", ["kv-exact:int4", "kv-exact:k8v4", "kv-exact:int4r", "kv-exact:int4c"])
+@pytest.mark.parametrize("memory", ["kv-exact:int4", "kv-exact:k8v4", "kv-exact:int4r", "kv-exact:int4c", "kv-exact:tc2"])
 def test_a_4bit_shard_failing_its_checksum_is_reported_with_its_chunks(tmp_path: Path, compressor, memory: str) -> None:
     from memrag.store.verify import verify_store
 
@@ -412,3 +416,35 @@ def test_an_int4c_store_keeps_its_calibration_for_appends_and_refuses_an_edited_
     report = verify_store(tmp_path / "s")
     assert not report.ok and "manifest" in report.parts()
     assert "checksum" in str(report.problems[0])
+
+
+def test_a_transform_coded_store_keeps_its_model_for_appends_and_refuses_an_edited_one(
+    tmp_path: Path, compressor
+) -> None:
+    """The transform codec's model is fitted at creation and recorded in the manifest: an
+    append after reopening codes with the recorded model (the same bytes as the first build's
+    codec), and an edited model is refused on open, naming the manifest, and reported by
+    verify."""
+    from memrag.memory.codec import kv_codec
+    from memrag.store import verify_store
+
+    _store(tmp_path / "s", compressor, "kv-exact:tc2", fidelity="none").close()
+    path = tmp_path / "s" / "manifest.json"
+    recorded = json.loads(path.read_text())["memory"]["kv_calibration"]
+    assert recorded.startswith("tc1:")
+    with MemoryStore.open(tmp_path / "s", compressor) as store:
+        store.add(["Gustave Eiffel's company built the tower in two years."], ids=["eiffel"])
+        (record,) = store.get(["eiffel"])
+        (made,) = build_memory(compressor, resolve_memory_spec("kv-exact"), [record.text])
+        codec = kv_codec(made.num_layers, made.keys.shape[2], made.keys.shape[3], "tc2", recorded)
+        expected = codec.decode(codec.encode(made), span=made.span, kind=made.kind)
+        assert torch.equal(record.slots.keys, expected.keys) and torch.equal(record.slots.values, expected.values)
+    assert json.loads(path.read_text())["memory"]["kv_calibration"] == recorded
+    manifest = json.loads(path.read_text())
+    version, digest, payload = recorded.split(":", 2)
+    manifest["memory"]["kv_calibration"] = f"{version}:{digest}:{payload[:100]}"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreCorruptError, match="manifest.json.*(malformed|checksum)|(malformed|checksum).*manifest.json"):
+        MemoryStore.open(tmp_path / "s", read_only=True)
+    report = verify_store(tmp_path / "s")
+    assert not report.ok and "manifest" in report.parts()
