@@ -11,7 +11,7 @@
 #
 # Usage:  benchmarks/run_codec_frontier.sh [STEP ...]   (steps: squad amazon bench trained report)
 # Settings (environment variables, defaults in brackets):
-#   MODES    [kv-exact:int8,kv-exact:tc1,kv-exact:tc1.5,kv-exact:tc2,kv-exact:tc3]
+#   MODES    [kv-exact:int8,kv-exact:int4c,kv-exact:tc1,kv-exact:tc1.5,kv-exact:tc2,kv-exact:tc3]
 #   AMAZON_MODES  [kv-exact:int8,kv-exact:tc1.5,kv-exact:tc2]
 #   BENCH_MODES   [kv-exact:int8,kv-exact:tc1.5,kv-exact:tc1.5z]
 #   TRAINED_MODES [kv:int8,kv:tc2,kv:tc1.5]
@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODES=${MODES:-kv-exact:int8,kv-exact:tc1,kv-exact:tc1.5,kv-exact:tc2,kv-exact:tc3}
+MODES=${MODES:-kv-exact:int8,kv-exact:int4c,kv-exact:tc1,kv-exact:tc1.5,kv-exact:tc2,kv-exact:tc3}
 AMAZON_MODES=${AMAZON_MODES:-kv-exact:int8,kv-exact:tc1.5,kv-exact:tc2}
 BENCH_MODES=${BENCH_MODES:-kv-exact:int8,kv-exact:tc1.5,kv-exact:tc1.5z}
 TRAINED_MODES=${TRAINED_MODES:-kv:int8,kv:tc2,kv:tc1.5}

@@ -75,10 +75,6 @@ class DecoderAnatomy:
             )
         return cos[0], sin[0]
 
-    def rotate_half(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The model's own ``rotate_half`` (the channel pairing of its rotary embedding)."""
-        return self._rotate_half(tensor)
-
     def rotate(self, keys: torch.Tensor, positions: torch.Tensor, layer: int) -> torch.Tensor:
         """Applies the rotary embedding to pre-rotary ``keys`` (``(..., n, head_dim)``) at ``positions`` (``(n,)``).
 

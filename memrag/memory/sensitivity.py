@@ -2,14 +2,12 @@
 and direction: the weights a transform codec's steps follow (:mod:`memrag.memory.transform_calibration`).
 
 * Keys: an error ``dk`` in a key moves the attention logit of every query head sharing its K/V
-  head by ``scaling * q . R(d) dk``, ``R(d)`` the rotary embedding's turn over the distance
-  ``d`` between the query and the key; its mean square is ``dk^T K dk`` with
-  ``K = scaling^2 * mean over d of R(d)^T (sum over those heads of E[q q^T]) R(d)`` —
-  queries measured where the frozen decoder forms them on calibration text (before the rotary
-  embedding, as keys are stored), distances spread over :data:`DISTANCES` (a question reads a
-  chunk from a few to several hundred positions away: fast-turning channel pairs average out,
-  slow ones keep their direction). A logit error means the same to the softmax in every
-  layer, so key steps share one scale.
+  head by ``scaling * q . dk`` (before the rotary embedding, as keys are stored); its mean
+  square is ``dk^T K dk`` with ``K = scaling^2 * sum over those heads of E[q q^T]`` — queries
+  measured where the frozen decoder forms them on calibration text. A logit error means the
+  same to the softmax in every layer, so key steps share one scale. (Averaging ``K`` over the
+  rotary turn between a query and a key, as a question reads a chunk from a few to hundreds of
+  positions away, measured worse: docs/RESULTS.md, "Transform codec".)
 * Values: an error ``dv`` reaches the residual stream as ``W_o dv`` for each query head sharing
   the K/V head: ``dv^T V dv`` with ``V = sum of W_o,h^T W_o,h``, taken relative to the
   layer's mean attention output energy (every layer's output is normalised before it joins
@@ -30,9 +28,6 @@ import torch
 
 from memrag.memory.kv import KVSlots
 
-#: Query-to-key distances the rotary turn of a key error is averaged over.
-DISTANCES = tuple(range(0, 512, 8))
-
 
 @dataclass(frozen=True)
 class AttentionSensitivity:
@@ -52,20 +47,6 @@ class AttentionSensitivity:
         ``(layers, channels, channels)``, directions in columns) for keys (``part`` 0) or values."""
         form = (self.keys if part == 0 else self.values).to(bases.dtype)
         return torch.einsum("lci,lcd,ldi->li", bases, form, bases).clamp(min=1e-20)
-
-
-def rotary_mean(anatomy: Any, layer: int, form: torch.Tensor) -> torch.Tensor:
-    """The mean over :data:`DISTANCES` of ``R(d)^T form R(d)`` (``form``: ``(head_dim,
-    head_dim)`` float64), ``R(d)`` the layer's rotary turn of a key by ``d`` positions.
-
-    A turn is ``diag(cos_d) + P diag(sin_d)`` with ``P = rotate_half(I)``, so the mean needs
-    only the means of the products of cos and sin (no matrix per distance).
-    """
-    width = form.shape[-1]
-    pairing = anatomy.rotate_half(torch.eye(width, dtype=torch.float64))
-    cos, sin = anatomy.cos_sin(torch.tensor(DISTANCES), layer, torch.float64)
-    cc, cs, ss = (a.T @ b / len(DISTANCES) for a, b in ((cos, cos), (cos, sin), (sin, sin)))
-    return cc * form + cs * (form @ pairing) + cs.T * (pairing.T @ form) + ss * (pairing.T @ form @ pairing)
 
 
 def measure_sensitivity(
@@ -114,10 +95,6 @@ def measure_sensitivity(
         for handle in handles:
             handle.remove()
     keys = sums / max(count, 1)
-    for layer in range(layers):
-        for kv in range(heads_kv):
-            span = slice(kv * width, (kv + 1) * width)
-            keys[layer, span, span] = rotary_mean(anatomy, layer, keys[layer, span, span])
     values = torch.zeros_like(keys)
     stacked = torch.cat([m.values.detach().to("cpu", torch.float64).reshape(m.num_slots, layers, -1) for m in memories])
     for layer, attention in enumerate(anatomy.attentions):

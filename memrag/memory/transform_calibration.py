@@ -62,14 +62,12 @@ class TransformSettings:
 
     Attributes:
         bits: Mean bits per key/value element the calibration memory is coded in.
-        key_step: Keys' quantization step relative to the values', in units of each layer's
-            spread (below 1: keys finer than values).
+        key_step: Keys' quantization steps against the values' (below 1: keys finer). With
+            the attention weighting, 2 (keys' logit error against the values' relative output
+            error) kept answers closest to ``int8``'s (docs/RESULTS.md, "Transform codec").
         drop_below: A component whose spread is below this many steps is not stored.
         entropy: How symbols become bytes: ``"ans"`` or ``"zstd"``
             (:mod:`memrag.memory.entropy`).
-        rounding: A coefficient's magnitude is rounded up from this share of a step (``0.5``:
-            to nearest; the default ``1/3`` leaves a dead zone around zero, which costs less
-            than it loses at low rates; non-zero symbols decode to their class's centroid).
         weighting: How steps differ between layers and components: ``"attention"`` (by what
             an error moves in the decoder: :mod:`memrag.memory.sensitivity`; keys in logit
             units, values relative to the layer's output) or ``"spread"`` (one step per layer,
@@ -77,11 +75,10 @@ class TransformSettings:
     """
 
     bits: float = 2.0
-    key_step: float = 1.0
+    key_step: float = 2.0
     drop_below: float = 0.3
     entropy: str = "ans"
     weighting: str = "attention"
-    rounding: float = 1 / 3
 
     def __post_init__(self) -> None:
         if not (0.05 <= self.bits <= 12.0) or not math.isfinite(self.bits):
@@ -90,8 +87,6 @@ class TransformSettings:
             raise ValueError(f"key_step must be positive, got {self.key_step}")
         if not self.drop_below >= 0:
             raise ValueError(f"drop_below must be at least 0, got {self.drop_below}")
-        if not 0.0 < self.rounding <= 0.5:
-            raise ValueError(f"rounding must lie in (0, 0.5], got {self.rounding}")
         if self.weighting not in ("attention", "spread"):
             raise ValueError(f"weighting must be attention or spread, got {self.weighting!r}")
         if self.entropy not in ("ans", "zstd"):
@@ -114,8 +109,6 @@ class TransformModel:
         tables: ``(classes, 2 * MAX_RADIUS + 1)`` float64 symbol counts of each class, centred
             (symbol ``s`` at ``s + MAX_RADIUS``).
         radii: ``(classes,)`` int64 alphabet radius of each class.
-        shrink: ``(classes,)`` float64: a non-zero symbol ``q`` of a class decodes to
-            ``sign(q) * (|q| - shrink) * step``.
     """
 
     settings: TransformSettings
@@ -125,7 +118,6 @@ class TransformModel:
     classes: torch.Tensor
     tables: np.ndarray
     radii: np.ndarray
-    shrink: np.ndarray
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -178,9 +170,8 @@ class TransformModel:
     def synthesis(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What decoding needs, built once: ``(steps, gather, bases)``.
 
-        * ``steps``: ``(2, S)`` the stored components' steps and centroid shifts, in class
-          order (the order their symbols are decoded in: class 0's components, then class
-          1's ...);
+        * ``steps``: ``(S,)`` the stored components' steps, in class order (the order their
+          symbols are decoded in: class 0's components, then class 1's ...);
         * ``gather``: ``(2 * layers, width)`` for each (part, layer) group, the class-order
           position of each of its stored components (``S`` for padding: a zero);
         * ``bases``: ``(2 * layers, width, channels)`` those components' basis rows (zero rows
@@ -189,12 +180,7 @@ class TransformModel:
         if "synthesis" not in self._cache:
             order = np.concatenate(self.class_indices()) if self.class_indices() else np.zeros(0, np.int64)
             flat_steps = self.steps.reshape(-1)
-            shifts = np.concatenate(
-                [np.full(len(i), s) for i, s in zip(self.class_indices(), self.shrink)] or [np.zeros(0)]
-            )
-            steps = torch.stack(
-                [flat_steps[torch.from_numpy(order)].float(), torch.from_numpy(shifts).float()]
-            )
+            steps = flat_steps[torch.from_numpy(order)].float()
             position = torch.full((flat_steps.numel(),), len(order), dtype=torch.long)
             position[torch.from_numpy(order)] = torch.arange(len(order))
             groups = 2 * self.layers
@@ -220,7 +206,6 @@ class TransformModel:
             "classes": self.classes.to(torch.int8),
             "tables": torch.from_numpy(self.tables.astype(np.float32)),
             "radii": torch.from_numpy(self.radii.astype(np.int32)),
-            "shrink": torch.from_numpy(self.shrink.astype(np.float32)),
         }
         raw = save(tensors, metadata={"settings": json.dumps(asdict(self.settings), sort_keys=True)})
         payload = base64.b64encode(raw).decode("ascii")
@@ -265,7 +250,6 @@ class TransformModel:
             classes=tensors["classes"].long(),
             tables=tensors["tables"].double().numpy(),
             radii=tensors["radii"].long().numpy(),
-            shrink=tensors["shrink"].double().numpy(),
         )
 
     @classmethod
@@ -282,8 +266,6 @@ class TransformModel:
         if tuple(model.steps.shape) != (2, layers, channels) or model.classes.shape != model.steps.shape:
             raise ValueError("transform codec calibration: steps or classes do not match means")
         count = len(model.radii)
-        if model.shrink.shape != (count,) or not ((model.shrink >= 0) & (model.shrink <= 0.5)).all():
-            raise ValueError("transform codec calibration: centroid shifts do not match radii")
         if model.tables.shape != (count, 2 * MAX_RADIUS + 1):
             raise ValueError("transform codec calibration: frequency tables do not match radii")
         if bool(((model.classes < -1) | (model.classes >= count)).any()):
@@ -323,17 +305,11 @@ def coefficients(model: TransformModel, stacked: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nplc,plcd->npld", stacked - model.means, model.bases)
 
 
-def round_symbols(scaled: torch.Tensor, rounding: float) -> torch.Tensor:
-    """``scaled`` (coefficients in steps) to integers, magnitudes rounded up from ``rounding``
-    of a step (``0.5``: to nearest; less: a dead zone around zero)."""
-    scaled = torch.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)
-    return torch.sign(scaled) * torch.floor(scaled.abs() + rounding)
-
-
 def quantize(model: TransformModel, coefficients_: torch.Tensor) -> torch.Tensor:
     """Integer symbols (int64, ``(n, 2, layers, channels)``; ``0`` for components not stored),
     each clipped to its class's alphabet."""
-    symbols = round_symbols(coefficients_ / model.steps, model.settings.rounding)
+    symbols = torch.round(coefficients_ / model.steps)
+    symbols = torch.nan_to_num(symbols, nan=0.0, posinf=0.0, neginf=0.0)
     radius = torch.from_numpy(model.radii).to(torch.float32)
     limit = torch.where(model.classes >= 0, radius[model.classes.clamp(min=0)], torch.zeros(()))
     return torch.maximum(torch.minimum(symbols, limit), -limit).long()
@@ -405,10 +381,8 @@ def fit_transform_model(
         classes = (torch.round(2 * torch.log2(ratio)) - CLASS_OFFSET).clamp(0, MAX_CLASSES - 1).long()
         classes = torch.where(stored, classes, torch.full_like(classes, -1))
         steps = torch.where(stored, steps, torch.full_like(steps, math.inf))
-        scaled = (coeffs / steps).nan_to_num(0.0, posinf=0.0, neginf=0.0)
-        symbols = round_symbols(scaled, settings.rounding).int()
+        symbols = torch.round(coeffs / steps).nan_to_num(0.0, posinf=0.0, neginf=0.0).int()
         tables, radii = _frequency_tables(symbols, classes)
-        shrink = _centroid_shrink(symbols, scaled, classes, len(radii))
         model = TransformModel.checked(
             settings=settings,
             means=means_f,
@@ -417,7 +391,6 @@ def fit_transform_model(
             classes=classes,
             tables=tables,
             radii=radii,
-            shrink=shrink,
         )
         return model, _coded_bits(model, quantize(model, coeffs)) / elements
 
@@ -434,26 +407,6 @@ def fit_transform_model(
     if best is None:
         best = fitted(math.exp(high))
     return best[0]
-
-
-def _centroid_shrink(
-    symbols: torch.Tensor, scaled: torch.Tensor, classes: torch.Tensor, count: int
-) -> np.ndarray:
-    """Per class, how far (in steps, in ``[0, 0.5]``) to pull a non-zero symbol's value toward
-    zero when decoding, so it lands on the mean of the coefficients it stands for (their
-    distribution falls away from zero: the middle of a step overshoots)."""
-    flat_symbols = symbols.reshape(symbols.shape[0], -1).float()
-    flat_scaled = scaled.reshape(scaled.shape[0], -1)
-    flat_classes = classes.reshape(-1)
-    shrink = np.zeros((count,), dtype=np.float64)
-    for c in range(count):
-        members = torch.nonzero(flat_classes == c).flatten()
-        q, y = flat_symbols[:, members].reshape(-1), flat_scaled[:, members].reshape(-1)
-        nonzero = q != 0
-        if bool(nonzero.any()):
-            gap = (q[nonzero].abs() - y[nonzero].abs()).mean()
-            shrink[c] = float(gap.clamp(0.0, 0.5))
-    return np.round(shrink * 1024) / 1024  # exact in float16
 
 
 def _frequency_tables(symbols: torch.Tensor, classes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -54,8 +54,9 @@ _NAME = re.compile(r"^tc(\d+(?:\.\d+)?)(?:k(\d+(?:\.\d+)?))?(s?)(z?)$")
 def transform_settings(name: str) -> TransformSettings | None:
     """The settings a ``tc<bits>[k<key_step>][s][z]`` storage name asks for (``None`` for
     other names): ``tc2`` is 2 bits per element, steps weighted by what an error moves in the
-    decoder (:mod:`memrag.memory.sensitivity`); ``tc2k0.5`` the same budget with keys' steps
-    half as large against the values'; ``s`` one step per layer, a share of its spread,
+    decoder (:mod:`memrag.memory.sensitivity`), keys' steps twice the values' (in their
+    units); ``tc2k1`` the same budget with keys' steps as large as the values'; ``s`` one step
+    per layer, a share of its spread,
     instead; a final ``z`` codes the symbols with Zstandard instead of ANS
     (:mod:`memrag.memory.entropy`: more bytes, faster reads).
 
@@ -154,18 +155,11 @@ class TransformKVCodec(KVCodec):
 
     def calibrate(self, compressor: Any, spec: Any) -> TransformKVCodec:
         """This codec fitted on ``spec``'s memory of the bundled passages and, for the
-        attention weighting, the frozen decoder's sensitivity over them."""
-        from memrag.memory.calibration import calibration_memory, calibration_passages
-        from memrag.memory.sensitivity import measure_sensitivity
-
-        memories = calibration_memory(compressor, spec, passages=self.calibration_passages)
+        attention weighting, the frozen decoder's sensitivity over them (both measured once
+        per compressor and memory kind in a process: several budgets fit on the same)."""
+        memories, sensitivity = _calibration_inputs(compressor, spec, self.calibration_passages)
         if self.settings.weighting != "attention":
             return self.calibrated_on(memories)
-        texts = calibration_passages(self.calibration_passages)
-        ids = [compressor.tokenizer(text, return_tensors="pt")["input_ids"] for text in texts]
-        with compressor.decoder_mode() as decoder:
-            device = next(decoder.parameters()).device
-            sensitivity = measure_sensitivity(decoder, [i.to(device) for i in ids], memories)
         return self.calibrated_on(memories, sensitivity)
 
     def _model(self) -> TransformModel:
@@ -278,9 +272,33 @@ class TransformKVCodec(KVCodec):
         (``(n, components)`` blocks, alphabet-shifted)."""
         steps, gather, bases = model.synthesis()
         symbols = torch.from_numpy(np.hstack(blocks)).float() if blocks else torch.zeros((count, 0))
-        values = (symbols - torch.sign(symbols) * steps[1]) * steps[0]
-        coeffs = torch.cat([values, torch.zeros((count, 1))], dim=1)
+        coeffs = torch.cat([symbols * steps, torch.zeros((count, 1))], dim=1)
         grouped = coeffs[:, gather].transpose(0, 1)  # (groups, n, width)
         channels = torch.bmm(grouped, bases).transpose(0, 1)  # (n, groups, channels)
         out = channels.reshape(count, 2, model.layers, -1) + model.means
         return out[:, 0], out[:, 1]
+
+
+#: The last calibration inputs measured: ``(key, (memories, sensitivity))``.
+_LAST_INPUTS: list[tuple[tuple[Any, ...], tuple[list[KVSlots], AttentionSensitivity]]] = []
+
+
+def _calibration_inputs(
+    compressor: Any, spec: Any, passages: str
+) -> tuple[list[KVSlots], AttentionSensitivity]:
+    """``spec``'s float memory of the bundled ``passages`` and the decoder's sensitivity over
+    them (the last pair measured is kept: a process fitting several budgets measures once)."""
+    from memrag.memory.calibration import calibration_memory, calibration_passages
+    from memrag.memory.sensitivity import measure_sensitivity
+
+    key = (id(compressor), str(compressor.fingerprint), spec.kind, passages)
+    if _LAST_INPUTS and _LAST_INPUTS[0][0] == key:
+        return _LAST_INPUTS[0][1]
+    memories = calibration_memory(compressor, spec, passages=passages)
+    texts = calibration_passages(passages)
+    ids = [compressor.tokenizer(text, return_tensors="pt")["input_ids"] for text in texts]
+    with compressor.decoder_mode() as decoder:
+        device = next(decoder.parameters()).device
+        sensitivity = measure_sensitivity(decoder, [i.to(device) for i in ids], memories)
+    _LAST_INPUTS[:] = [(key, (memories, sensitivity))]
+    return memories, sensitivity
