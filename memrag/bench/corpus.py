@@ -147,11 +147,14 @@ def build_store(
     batch_size: int = 64,
     show_progress: bool = False,
     clock: Clock = time.perf_counter,
+    memory: str | None = None,
 ) -> BuiltStore:
     """Creates a store at ``directory`` holding every passage of ``corpus`` as one chunk.
 
     The store keeps the compressor's slots, embedding or trained ``kv`` (the ``slots`` mode
-    measures the compressor; the K/V modes of the frozen decoder read stores of their own).
+    measures the compressor; the K/V modes of the frozen decoder read stores of their own),
+    or ``memory`` when given (a bench without the ``slots`` mode needs the store only for
+    retrieval and text: the frozen decoder's memory is far cheaper to make than trained slots).
     Fidelity scoring is off: every chunk is answered from its slots (the ``slots`` mode
     measures the compressor, not the text fallback).
     """
@@ -163,7 +166,7 @@ def build_store(
         directory,
         compressor=timed,
         embedder=embedder,
-        memory=compressor.config.slot_kind,  # "embedding" or trained "kv" slots
+        memory=memory or compressor.config.slot_kind,  # "embedding" or trained "kv" slots
         fidelity="none",
         device=str(compressor.device),
     )

@@ -46,6 +46,8 @@ RESULT_FIELDS: tuple[str, ...] = (
     "offline_s_per_chunk",
     "n",
 )
+#: What the retrieval store keeps when no mode reads the compressor's slots from it.
+RETRIEVAL_STORE_MEMORY = "kv-exact:int8"
 #: Name of the pseudo-mode that measures the limit when ``none`` is not among the modes.
 LIMIT = "limit"
 
@@ -422,6 +424,8 @@ def run_benchmark(
         embedder=settings.embedder,
         show_progress=settings.show_progress,
         clock=clock,
+        # Only the "slots" mode reads the compressor's slots from this store.
+        memory=None if "slots" in settings.modes else RETRIEVAL_STORE_MEMORY,
     )
     try:
         return _run(compressor, settings, corpus, built, work, environment, clock, started)
@@ -453,8 +457,9 @@ def _run(
     used = list(dict.fromkeys(i for ids in retrieved for i in ids))
     setup = _make_modes(compressor, settings, built, used, corpus, work, clock)
     # The main store holds the compressor's slots (the "slots" mode); the others a K/V kind.
+    main_label = "slots" if "slots" in settings.modes else _memory_label(built.store)
     setup.offline["integrity_check_s_per_chunk"] = {
-        "slots": integrity_cost(built.store, used, clock),
+        main_label: integrity_cost(built.store, used, clock),
         **{_memory_label(store): integrity_cost(store, used, clock) for store in setup.stores},
     }
     setup.offline["setup_s"] = clock() - started

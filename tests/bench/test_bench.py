@@ -220,6 +220,13 @@ def test_bench_limit_without_the_none_mode(compressor, qa_file: Path, tmp_path: 
     assert list(result.results) == ["text"] and result.unavailable == {}
     assert result.limit["ttft_p50_s"] > 0 and "question-only" in result.limit["source"]
     assert result.limit["context_positions"] < result.results["text"]["context_positions"]
+    # Without the slots mode the retrieval store keeps the frozen decoder's memory, not the
+    # compressor's slots (which nothing would read): no compression time.
+    from memrag.store import MemoryStore
+
+    with MemoryStore.open(tmp_path / "store", read_only=True) as store:
+        assert store.manifest.memory.kind.value == "kv-exact"
+    assert result.offline["compress_s"] == 0.0
 
 
 def test_bench_settings_reject_bad_values(qa_file: Path) -> None:
