@@ -99,7 +99,8 @@ class Generation:
     """One generated answer.
 
     Attributes:
-        text: The decoded text, cut before any stop string.
+        text: The decoded answer: leading whitespace dropped, cut before any stop string
+            (:class:`StopStringFilter`).
         num_tokens: Tokens generated (including a stop string's tokens, not padding).
         finish_reason: ``"stop"`` (EOS or a stop string) or ``"length"``.
         prompt_positions: Decoder context positions of the prompt.
@@ -269,7 +270,7 @@ def generate(
             ids = ids[: ids.index(tokenizer.eos_token_id)]
         num_tokens = len(ids) + int(hit_eos)
         ids = [i for i in ids if i not in special]
-        text, hit_stop = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), options.stop)
+        text, hit_stop = answer_text(tokenizer.decode(ids, skip_special_tokens=True), options.stop)
         finished = hit_eos or hit_stop
         results.append(
             Generation(
@@ -284,13 +285,28 @@ def generate(
 
 
 class StopStringFilter:
-    """Streams text while holding back anything that could be the start of a stop string."""
+    """Turns decoded text, as it arrives, into answer text: the one place every surface's
+    answer is shaped (:func:`generate`, :func:`stream` and the batched rows of
+    :mod:`memrag.batching` all pass their text through it).
 
-    def __init__(self, stop: Sequence[str]) -> None:
+    * Whitespace before the answer's first character is dropped (a model without a chat
+      template answers ``"Answer:"`` with ``" The Denver Broncos"``), so the first streamed
+      chunk never starts with a space and streamed and non-streamed answers agree.
+    * Anything that could be the start of a stop string is held back; the text is cut before
+      the first stop string. Stop strings are matched on the decoded text as it was, before
+      the leading whitespace was dropped.
+
+    Args:
+        stop: Strings that end the answer (not included in it).
+        strip_leading: Drop leading whitespace (``True``: answers; ``False``: raw text).
+    """
+
+    def __init__(self, stop: Sequence[str], *, strip_leading: bool = True) -> None:
         self.stop = tuple(stop)
         self._held = ""
         self.stopped = False
         self._hold = max((len(s) for s in self.stop), default=1) - 1
+        self._started = not strip_leading
 
     def push(self, chunk: str) -> str:
         """Adds ``chunk``; returns the text that is now safe to emit."""
@@ -301,15 +317,34 @@ class StopStringFilter:
         if found:
             self.stopped = True
             self._held = ""
-            return text
+            return self._leading_dropped(text)
         safe = len(self._held) - self._hold if self._hold else len(self._held)
         emitted, self._held = self._held[: max(safe, 0)], self._held[max(safe, 0):]
-        return emitted
+        return self._leading_dropped(emitted)
 
     def flush(self) -> str:
         """The held-back tail, at the end of the stream."""
         text, self._held = ("" if self.stopped else self._held), ""
+        return self._leading_dropped(text)
+
+    def _leading_dropped(self, text: str) -> str:
+        if self._started:
+            return text
+        text = text.lstrip()
+        self._started = bool(text)
         return text
+
+
+def answer_text(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """A whole decoded answer shaped as :class:`StopStringFilter` shapes a streamed one.
+
+    Returns:
+        The answer (leading whitespace dropped, cut before the first stop string) and whether
+        a stop string was found.
+    """
+    shaper = StopStringFilter(stop)
+    shaped = shaper.push(text) + shaper.flush()
+    return shaped, shaper.stopped
 
 
 class TextStream(Iterator[str]):

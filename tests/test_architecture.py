@@ -80,8 +80,22 @@ def test_no_package_imports_another_packages_private_names() -> None:
     assert offences == []
 
 
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """Within a package too: a helper two modules share is public (e.g. ``cli.common.load_compressor``)."""
+    offences = []
+    for name, tree in _modules().items():
+        for node in _runtime_imports(tree):
+            if node.module == name:
+                continue
+            private_names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            if private_names:
+                offences.append(f"{name}: from {node.module} import {', '.join(private_names)}")
+    assert offences == []
+
+
 def test_what_a_memory_kind_is_is_decided_by_the_registry_alone() -> None:
-    pattern = re.compile(r"is_kv|== \"kv\"|== 'kv'")
+    pattern = re.compile(r"\bis_kv\b|== \"kv\"|== 'kv'")
     hits = [
         f"{path.relative_to(ROOT)}:{number}"
         for path in ROOT.rglob("*.py")

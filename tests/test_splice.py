@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from memrag.compressor import Compressor, CompressorMismatchError
-from memrag.generation import GenerationOptions, StopStringFilter, cut_at_stop
+from memrag.generation import GenerationOptions, StopStringFilter, answer_text, cut_at_stop
 from memrag.splice import IGNORE_INDEX, Task
 
 
@@ -136,6 +136,55 @@ def test_stop_filter_holds_back_partial_matches() -> None:
     flt = StopStringFilter(["END"])
     assert flt.push("abcE") + flt.push("x") + flt.flush() == "abcEx"
     assert cut_at_stop("a.b;c", [";", "."]) == ("a", True)
+
+
+
+def test_stop_filter_drops_the_answers_leading_whitespace() -> None:
+    flt = StopStringFilter(["\n"])
+    assert [flt.push(c) for c in (" ", " The", " Denver\nrest")] == ["", "The", " Denver"]
+    assert flt.stopped
+    assert answer_text("  The Denver Broncos", []) == ("The Denver Broncos", False)
+    # Stop strings are matched on the text as decoded: a leading stop string still ends the answer.
+    assert answer_text("\nThe end", ["\n"]) == ("", True)
+    assert answer_text(" hi END x", ["END"]) == ("hi ", True)
+    raw = StopStringFilter(["END"], strip_leading=False)
+    assert raw.push(" a") + raw.flush() == " a"
+
+
+@pytest.mark.parametrize("stop", [(), ("zq",)])
+def test_answers_never_start_with_a_space_streamed_batched_or_not(
+    tiny_compressor: Compressor, monkeypatch: pytest.MonkeyPatch, stop: tuple[str, ...]
+) -> None:
+    """A template-less model answers "Answer:" with " The Denver Broncos"; every path answers
+    "The Denver Broncos" (the same text), and the first streamed chunk has no leading space."""
+    from memrag.batching import DecodeState, RowText
+
+    tokenizer = tiny_compressor.tokenizer
+    decode = tokenizer.decode
+
+    def spaced(token_ids, *args, **kwargs):  # the model's answers all start with a space
+        text = decode(token_ids, *args, **kwargs)
+        if isinstance(text, list):  # batch_decode's rows
+            return [" " + t if t else t for t in text]
+        return " " + text if text else text
+
+    monkeypatch.setattr(tokenizer, "decode", spaced)
+    prompt = ["The quick brown"]
+    options = GenerationOptions(max_new_tokens=8, stop=stop)
+    (generated,) = tiny_compressor.generate([prompt], options)
+    chunks = [c for c in tiny_compressor.stream(prompt, options) if c]
+    batch = tiny_compressor.build([prompt])
+    with tiny_compressor.decoder_mode() as decoder, torch.inference_mode():
+        state, logits = DecodeState.prefill(decoder, batch)
+        row = RowText(tokenizer, options)
+        pieces = [row.push(int(logits[0].argmax()))]
+        while not row.done:
+            state.next_tokens = torch.tensor([row.tokens[-1]])
+            pieces.append(row.push(int(state.step(decoder)[0].argmax())))
+    assert generated.text and not generated.text[0].isspace()
+    assert not chunks[0][0].isspace()
+    assert "".join(chunks) == generated.text == "".join(pieces) == row.generation().text
+    assert not next(p for p in pieces if p)[0].isspace()
 
 
 def test_loss_on_target_positions_equals_full_logits_loss(tiny_compressor: Compressor) -> None:

@@ -12,6 +12,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help: a long option name gets a line of its own, where Rich's option
+    # tables cut it ("--default-max-…") once the terminal is narrower than the table.
+    # Command groups added with add_typer inherit it.
+    rich_markup_mode=None,
 )
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import typer
 
 from memrag.cli.app import app
-from memrag.cli.common import fail, setup_logging
-from memrag.cli.eval import EvalOptions, _load
+from memrag.cli.common import fail, load_compressor, setup_logging
+from memrag.cli.eval import EvalOptions
 from memrag.cli.options import Spec, dataclass_options
 
 _MODES_HELP = (
@@ -112,9 +112,7 @@ def bench(
         fail(f"no such data file: {data}")
     if work_dir is not None and work_dir.exists() and any(work_dir.iterdir()):
         fail(f"--work-dir {work_dir} is not empty")
-    compressor = _load(
-        options, needs_trained="slots" in settings.modes
-    )
+    compressor = load_compressor(options, needs_trained="slots" in settings.modes)
     trained = getattr(compressor, "source", None) is not None
     label = (
         compressor.source

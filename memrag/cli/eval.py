@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from memrag.cli.app import app
-from memrag.cli.common import fail, setup_logging
+from memrag.cli.common import fail, load_compressor, setup_logging
 from memrag.cli.options import Spec, dataclass_options
 from memrag.version import __version__
 
@@ -53,28 +53,6 @@ class EvalOptions:
 
 
 _FLAGS = {"verbose": ("--verbose", "-v")}
-
-
-def _load(options: EvalOptions, *, needs_trained: bool) -> Any:
-    import torch
-
-    from memrag.compressor.resolve import resolve_compressor
-
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    may_fall_back = options.compressor is None and not needs_trained
-    try:
-        return resolve_compressor(
-            options.compressor,
-            untrained_base=options.base_model if options.untrained else None,
-            fallback_base=options.base_model if may_fall_back else None,
-            on_fallback=lambda why: typer.secho(f"{why} (fine for these modes)", fg=typer.colors.YELLOW),
-            device=options.device,
-            dtype=options.dtype,
-        )
-    except FileNotFoundError as err:
-        fail(f"{err}\n(pass --compressor DIR, or --untrained for a baseline)")
-        raise  # not reached: fail() exits
 
 
 def _describe(compressor: Any) -> dict[str, Any]:
@@ -177,7 +155,7 @@ def qa(
         return
     if not records:
         fail(f"no usable questions in {data} ({report.summary()})")
-    compressor = _load(options, needs_trained="slots" in chosen)
+    compressor = load_compressor(options, needs_trained="slots" in chosen)
     start = time.perf_counter()
     info = dict(
         data=str(data), limit=options.limit, seed=options.seed, modes=chosen, max_new_tokens=max_new_tokens,
@@ -250,7 +228,7 @@ def ae(
     from memrag.data.readers import BadRowError
     from memrag.eval.ae import evaluate_ae, sample_segments
 
-    compressor = _load(options, needs_trained=True)
+    compressor = load_compressor(options, needs_trained=True)
     longest = max_length or compressor.config.segment_length
     if longest > compressor.config.segment_length:
         fail(f"--max-length {longest} exceeds the compressor's segment length {compressor.config.segment_length}")
@@ -315,7 +293,7 @@ def lm(
         check_modes(chosen)
     except ValueError as err:
         fail(str(err))
-    compressor = _load(options, needs_trained="slots" in chosen)
+    compressor = load_compressor(options, needs_trained="slots" in chosen)
     context = context_tokens or DEFAULT_CONTEXT_SEGMENTS * compressor.config.segment_length
     try:
         sample = sample_continuations(

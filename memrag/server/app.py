@@ -10,7 +10,8 @@ Endpoints (all under ``/v1`` need the API key when one is set):
 
 Blocking work (retrieval, decoding, compression, store writes) runs in worker threads; the
 event loop only routes, validates and streams. See :mod:`memrag.server.limits` for how
-requests are admitted, queued, timed out and cancelled.
+requests are admitted, queued, timed out and cancelled, and :mod:`memrag.server.shutdown`
+for how the requests still running at the end of a graceful shutdown are answered.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from memrag.server.limits import (
     QueueFullError,
     RequestGuard,
     RequestTimeoutError,
+    ServerShuttingDownError,
     Ticket,
 )
 from memrag.server.middleware import RequestLogMiddleware, log_fields
@@ -63,6 +65,7 @@ from memrag.server.service import (
     document_info,
 )
 from memrag.server.settings import ServerSettings
+from memrag.server.shutdown import Shutdown, shutting_down_error
 from memrag.version import __version__
 
 if TYPE_CHECKING:
@@ -213,6 +216,7 @@ class _Server:
             retry_after_max=settings.retry_after_max,
         )
         self.created = int(time.time())
+        self.shutdown = Shutdown()
         self.default_max_tokens = settings.default_max_tokens or answer_max_tokens(
             service.compressor.tokenizer
         )
@@ -249,7 +253,8 @@ class _Server:
         try:
             handle = self.batcher.submit(prepared.prompt, prepared.options)
         except BatcherClosedError:
-            raise APIError(503, "the server is shutting down", code="server_unavailable") from None
+            log_fields(request)["outcome"] = "shutdown"
+            raise shutting_down_error() from None
         return self._logged_row(request, handle, guard)
 
     async def _logged_row(
@@ -295,9 +300,11 @@ class _Server:
             ) from None
 
     def guard(self, request: Request) -> RequestGuard:
-        """A guard with this request's deadline, watching its client."""
+        """A guard with this request's deadline, watching its client and the shutdown."""
         loop = asyncio.get_running_loop()
-        return RequestGuard(request.receive, loop.time() + self.settings.request_timeout)
+        return RequestGuard(
+            request.receive, loop.time() + self.settings.request_timeout, self.shutdown.stopping
+        )
 
     def timeout_error(self) -> APIError:
         return APIError(
@@ -452,6 +459,9 @@ class _Server:
         except ClientDisconnectedError:
             fields["outcome"] = "disconnected"
             raise APIError(499, "client disconnected", code="client_disconnected") from None
+        except ServerShuttingDownError:
+            fields["outcome"] = "shutdown"
+            raise shutting_down_error() from None
         except APIError:
             raise
         except Exception as err:
@@ -534,6 +544,11 @@ class _Server:
             except RequestTimeoutError:
                 fields["outcome"] = "timeout"
                 yield sse(self.timeout_error().body())
+            except ServerShuttingDownError:
+                fields["outcome"] = "shutdown"
+                yield sse(shutting_down_error().body())
+            except APIError as err:  # e.g. the batcher closed before the row joined it
+                yield sse(err.body())
             except Exception as err:
                 logger.error("generation failed in a stream", exc_info=err)
                 fields["outcome"] = "error"
@@ -677,6 +692,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.memrag = server
+    app.state.shutdown = server.shutdown  # driven by memrag.server.runner
     install_error_handlers(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -688,7 +704,9 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["x-request-id", "Retry-After"],
         )
-    app.add_middleware(RequestLogMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestLogMiddleware, max_body_bytes=settings.max_body_bytes, shutdown=server.shutdown
+    )
 
     app.add_api_route("/healthz", server.healthz, methods=["GET"])
     api = APIRouter(prefix="/v1", dependencies=[Depends(server.authorize)])

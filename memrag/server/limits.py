@@ -43,6 +43,10 @@ class ClientDisconnectedError(ConnectionError):
     """The client went away before its answer was complete."""
 
 
+class ServerShuttingDownError(RuntimeError):
+    """The server stopped the request: its graceful shutdown ran out of time."""
+
+
 class Ticket:
     """One admitted request's place: :meth:`acquire` a slot, then :meth:`release` it all.
 
@@ -166,20 +170,27 @@ class GenerationLimiter:
 
 
 class RequestGuard:
-    """A request's deadline and its client's liveness, for awaiting work on its behalf.
+    """A request's deadline, its client's liveness and the server's shutdown, for awaiting
+    work on its behalf.
 
     Args:
         receive: The ASGI ``receive`` of the request, read only after its body (it then
             reports ``http.disconnect`` when the client goes away).
         deadline: ``loop.time()`` at which the request times out.
+        stopping: Set when the server stops the requests still running (the end of its
+            graceful shutdown); none: never.
     """
 
-    def __init__(self, receive: Any, deadline: float) -> None:
+    def __init__(
+        self, receive: Any, deadline: float, stopping: asyncio.Event | None = None
+    ) -> None:
         self.deadline = deadline
         self._receive = receive
         self._disconnected = asyncio.Event()
+        self._stopping = stopping if stopping is not None else asyncio.Event()
         self._watcher = asyncio.ensure_future(self._watch())
         self._waiter = asyncio.ensure_future(self._disconnected.wait())
+        self._stop_waiter = asyncio.ensure_future(self._stopping.wait())
 
     async def _watch(self) -> None:
         try:
@@ -198,23 +209,30 @@ class RequestGuard:
         """Whether the client has gone away."""
         return self._disconnected.is_set()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the server has stopped its requests (it is shutting down)."""
+        return self._stopping.is_set()
+
     def remaining(self) -> float:
         """Seconds left before the deadline (may be negative)."""
         return self.deadline - asyncio.get_running_loop().time()
 
     async def run(self, awaitable: Awaitable[T]) -> T:
-        """Awaits ``awaitable`` unless the deadline passes or the client leaves first.
+        """Awaits ``awaitable`` unless the deadline passes, the client leaves or the server
+        stops its requests first.
 
-        On either, ``awaitable`` is cancelled (and awaited, so its clean-up has run) and
-        :class:`RequestTimeoutError` or :class:`ClientDisconnectedError` is raised.
+        On any of these, ``awaitable`` is cancelled (and awaited, so its clean-up has run) and
+        :class:`RequestTimeoutError`, :class:`ClientDisconnectedError` or
+        :class:`ServerShuttingDownError` is raised.
         """
         task = asyncio.ensure_future(awaitable)
-        if self.disconnected:
+        if self.disconnected or self.stopped:
             await _cancel(task)
-            raise ClientDisconnectedError("client disconnected")
+            self._raise_why_stopped()
         try:
             done, _ = await asyncio.wait(
-                {task, self._waiter},
+                {task, self._waiter, self._stop_waiter},
                 timeout=max(0.0, self.remaining()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
@@ -224,13 +242,18 @@ class RequestGuard:
         if task in done:
             return task.result()
         await _cancel(task)
-        if self.disconnected:
-            raise ClientDisconnectedError("client disconnected")
+        self._raise_why_stopped()
         raise RequestTimeoutError("request timed out")
 
+    def _raise_why_stopped(self) -> None:
+        if self.disconnected:
+            raise ClientDisconnectedError("client disconnected")
+        if self.stopped:
+            raise ServerShuttingDownError("the server is shutting down")
+
     async def close(self) -> None:
-        """Stops watching the client."""
-        for task in (self._watcher, self._waiter):
+        """Stops watching the client and the server."""
+        for task in (self._watcher, self._waiter, self._stop_waiter):
             await _cancel(task)
 
 

@@ -9,10 +9,15 @@ included — one JSON line is logged on the ``memrag.server.access`` logger::
      "completion_tokens": 16, "docs": ["tower#0"], "queue_ms": 0.1, ...}
 
 Handlers add fields through :func:`log_fields`.
+
+A request still running when a graceful shutdown ends is answered a JSON 503
+``server_shutting_down`` (a stream: an error event) and logged like any other, even when
+uvicorn cancels it (:mod:`memrag.server.shutdown`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -24,6 +29,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memrag.server.errors import APIError
+from memrag.server.shutdown import Shutdown, shutting_down_error, stream_error_events
 
 #: The logger of the per-request lines.
 ACCESS_LOGGER = "memrag.server.access"
@@ -31,6 +37,7 @@ ACCESS_LOGGER = "memrag.server.access"
 REQUEST_ID_HEADER = "x-request-id"
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
+logger = logging.getLogger(__name__)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STATE_KEY = "memrag_log"
 
@@ -79,11 +86,15 @@ class RequestLogMiddleware:
         max_body_bytes: Largest request body; a larger ``Content-Length`` is answered 413
             at once, and a body that turns out larger while read raises
             :class:`BodyTooLargeError` in the handler reading it.
+        shutdown: The app's graceful shutdown: a request cancelled once it has begun (uvicorn
+            cancels those still running when the grace period ends) is answered
+            :func:`~memrag.server.shutdown.shutting_down_error` instead of failing.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, shutdown: Shutdown | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.shutdown = shutdown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,14 +109,21 @@ class RequestLogMiddleware:
         fields = scope.setdefault("state", {}).setdefault(_STATE_KEY, {})
         fields.update(request_id=rid)
         status = {"code": 500}
+        response: dict[str, Any] = {"started": False, "ended": False, "content_type": b""}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                response["started"] = True
                 raw = [
                     (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
                 ]
+                response["content_type"] = next(
+                    (v for k, v in raw if k.lower() == b"content-type"), b""
+                )
                 message = {**message, "headers": [*raw, (REQUEST_ID_HEADER.encode(), rid.encode())]}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                response["ended"] = True
             await send(message)
 
         received = {"bytes": 0}
@@ -129,8 +147,31 @@ class RequestLogMiddleware:
                 await error.response()(scope, receive, send_with_id)
             else:
                 await self.app(scope, limited_receive, send_with_id)
+        except asyncio.CancelledError:
+            if self.shutdown is None or not self.shutdown.begun:
+                raise
+            # uvicorn ended the request at the end of its graceful shutdown: answer it.
+            _uncancel()
+            fields.update(outcome="shutdown", error=shutting_down_error().code)
+            await self._answer_shutdown(scope, receive, send_with_id, response)
         finally:
             self._log(scope, fields, status["code"], start)
+
+    @staticmethod
+    async def _answer_shutdown(
+        scope: Scope, receive: Receive, send: Send, response: dict[str, Any]
+    ) -> None:
+        """Ends a cancelled request's response with the shutdown error, however far it got."""
+        error = shutting_down_error()
+        try:
+            if not response["started"]:
+                await error.response()(scope, receive, send)
+            elif not response["ended"]:
+                is_stream = response["content_type"].startswith(b"text/event-stream")
+                body = stream_error_events(error) if is_stream else b""
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+        except Exception:  # noqa: BLE001 - the client may be gone too; the log line says it all
+            logger.debug("could not answer a request stopped by the shutdown", exc_info=True)
 
     @staticmethod
     def _log(scope: Scope, fields: dict[str, Any], status: int, start: float) -> None:
@@ -150,3 +191,12 @@ class RequestLogMiddleware:
         }
         level = logging.WARNING if status >= 500 else logging.INFO
         access_logger.log(level, json.dumps(line, ensure_ascii=False, default=str))
+
+
+def _uncancel() -> None:
+    """Marks the current task's cancellation as handled (Python >= 3.11), so that later
+    awaits and timeouts in it behave as usual."""
+    task = asyncio.current_task()
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()

@@ -1,14 +1,30 @@
-"""Running the app: in the foreground (``memrag serve``) or in a background thread."""
+"""Running the app: in the foreground (``memrag serve``) or in a background thread.
+
+Both stop gracefully (:mod:`memrag.server.shutdown`): open requests get
+:data:`GRACEFUL_SHUTDOWN_SECONDS` to finish, and those still running
+:data:`STOP_MARGIN_SECONDS` before the end are stopped and answered a JSON 503.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
+
+from memrag.server.shutdown import shutdown_of
 
 #: Seconds uvicorn waits for open requests when asked to stop.
 GRACEFUL_SHUTDOWN_SECONDS = 5
+
+#: Seconds before the end of the grace period at which the app stops the requests still
+#: running, so that they are answered (and their decoders stopped) before uvicorn cancels
+#: them. With a grace period under twice this, they are stopped halfway through it.
+STOP_MARGIN_SECONDS = 1.0
 
 
 def _config(app: Any, log_level: str, **options: Any) -> Any:
@@ -23,13 +39,70 @@ def _config(app: Any, log_level: str, **options: Any) -> Any:
     )
 
 
+def stop_delay(grace: float | None) -> float | None:
+    """Seconds after a shutdown starts at which the requests still running are stopped
+    (none: a grace period without end)."""
+    if grace is None:
+        return None
+    return grace - STOP_MARGIN_SECONDS if grace >= 2 * STOP_MARGIN_SECONDS else grace / 2
+
+
+def _server(config: Any) -> Any:
+    """A uvicorn server that tells the app (a :func:`~memrag.server.app.create_app` one)
+    when its graceful shutdown begins and when to stop what is still running."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            shutdown = shutdown_of(self.config.app)
+            delay = stop_delay(self.config.timeout_graceful_shutdown)
+            timer = None
+            if shutdown is not None:
+                shutdown.begin()
+                if delay is not None:
+                    timer = asyncio.get_running_loop().call_later(delay, shutdown.stop_requests)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+    return GracefulServer(config)
+
+
 def run_server(
     app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info"
 ) -> None:
-    """Serves ``app`` with uvicorn until interrupted (Ctrl-C / SIGTERM)."""
-    import uvicorn
+    """Serves ``app`` with uvicorn until interrupted (Ctrl-C / SIGTERM), then stops gracefully.
 
-    uvicorn.Server(_config(app, log_level, host=host, port=port)).run()
+    After SIGTERM it returns, so that the caller closes what it opened (``memrag serve`` its
+    store) and exits with status 0; after Ctrl-C it raises :class:`KeyboardInterrupt`.
+    """
+    server = _server(_config(app, log_level, host=host, port=port))
+    with _sigterm_stops(server):
+        server.run()
+
+
+@contextlib.contextmanager
+def _sigterm_stops(server: Any) -> Iterator[None]:
+    """SIGTERM asks ``server`` to exit, and nothing more.
+
+    uvicorn handles SIGTERM itself while it serves, then restores the handler it found and
+    raises the signal again; under the default handler that would kill the process before
+    the caller's clean-up (a store's last index checkpoint) ran.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ServerThread:
@@ -73,14 +146,12 @@ class ServerThread:
         Raises:
             RuntimeError: the server did not start within ``timeout`` seconds.
         """
-        import uvicorn
-
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self._requested_port))
         self._socket = sock
         self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(_config(self.app, self.log_level))
+        self._server = _server(_config(self.app, self.log_level))
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="memrag-server", daemon=True
         )

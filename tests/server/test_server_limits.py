@@ -215,6 +215,28 @@ def test_timeout_while_queued(start_server, fake):
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
 
 
+def test_requests_still_running_when_the_shutdown_ends_get_503(start_server, fake, monkeypatch):
+    """Stopping the server: the requests still decoding or queued when its grace period ends
+    get a JSON 503 server_shutting_down with Retry-After, and their decoders stop."""
+    monkeypatch.setattr("memrag.server.runner.GRACEFUL_SHUTDOWN_SECONDS", 1.0)
+    server = start_server(max_queue=2, **fake.settings)
+    slots = ServerSettings(**fake.settings).slots
+    fake.mode = "endless"
+    with http_client(server) as http, ThreadPoolExecutor(slots + 1) as pool:
+        running = [pool.submit(http.post, "/v1/chat/completions", json=CHAT) for _ in range(slots)]
+        wait_for(lambda: health(http)["active"] == slots)
+        queued = pool.submit(http.post, "/v1/chat/completions", json=CHAT)
+        wait_for(lambda: health(http)["queued"] == 1)
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 5
+        for answer in [*running, queued]:
+            response = answer.result(timeout=10)
+            assert_openai_error(response, 503, "server_shutting_down")
+            assert int(response.headers["retry-after"]) > 0
+    assert fake.closed.wait(10), "the decoder was not stopped"
+
+
 @pytest.mark.parametrize("batched", [False, True], ids=["one-at-a-time", "batched"])
 def test_timeout_stops_a_long_prefill_between_pieces(start_server, server_compressor, monkeypatch, batched):
     """A prompt whose prefill outlasts the deadline is stopped between two pieces of the
