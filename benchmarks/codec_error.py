@@ -11,6 +11,9 @@ Usage::
 
     python benchmarks/codec_error.py --compressor experiments/rate8-kvzip/compressor-step400 \\
         --passages 30 --markdown-out benchmarks/results/codec-error/rate8.md
+
+The ``experiments/rate8-kvzip/compressor-step400`` weights are not committed: re-make them first
+(docs/TRAINING.md, "An experiment's weights").
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 #
 # Usage:  benchmarks/run_codec_frontier.sh [STEP ...]   (steps: squad amazon bench trained report)
 # Settings (environment variables, defaults in brackets):
-#   MODES    [kv-exact:int8,kv-exact:int4c,kv-exact:tc1,kv-exact:tc1.5,kv-exact:tc2,kv-exact:tc3]
+#   MODES    [kv-exact:int8,kv-exact:tc1.5,kv-exact:tc2,kv-exact:tc1,kv-exact:tc3,kv-exact:int4c]
 #   AMAZON_MODES  [kv-exact:int8,kv-exact:tc1.5]
 #   BENCH_MODES   [kv-exact:int8,kv-exact:tc1.5,kv-exact:tc1.5z]
 #   TRAINED_MODES [kv:tc1.5]  (kv:int8 of the same 500 questions is committed beside the
@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODES=${MODES:-kv-exact:int8,kv-exact:int4c,kv-exact:tc1,kv-exact:tc1.5,kv-exact:tc2,kv-exact:tc3}
+MODES=${MODES:-kv-exact:int8,kv-exact:tc1.5,kv-exact:tc2,kv-exact:tc1,kv-exact:tc3,kv-exact:int4c}
 AMAZON_MODES=${AMAZON_MODES:-kv-exact:int8,kv-exact:tc1.5}
 BENCH_MODES=${BENCH_MODES:-kv-exact:int8,kv-exact:tc1.5,kv-exact:tc1.5z}
 TRAINED_MODES=${TRAINED_MODES:-kv:tc1.5}
