@@ -160,18 +160,21 @@ def test_damaged_chunks_do_not_decode(calibration, name: str) -> None:
 
 
 def test_the_same_memory_codes_to_the_same_bytes_in_another_process(calibration, tmp_path) -> None:
+    """A store's recorded model codes the same memory to the same bytes in another process
+    (with another thread count); fitting twice on the same memory records the same model."""
     codec = _codec("tc2", calibration)
+    assert _codec("tc2", calibration).calibration_text() == codec.calibration_text()
     (tmp_path / "calibration.txt").write_text(codec.calibration_text())
     script = textwrap.dedent(
         f"""
         import sys, torch
         sys.path.insert(0, {str(tmp_path)!r})
         torch.set_num_threads(2)
-        from test_helper import memory, calibration
+        from test_helper import memory
         from memrag.memory.codec import kv_codec
-        fitted = kv_codec({LAYERS}, {HEADS}, {HEAD_DIM}, "tc2s").calibrated_on(calibration())
-        assert fitted.calibration_text() == open({str(tmp_path / "calibration.txt")!r}).read()
-        sys.stdout.write(fitted.encode(memory(8)).numpy().tobytes().hex())
+        recorded = open({str(tmp_path / "calibration.txt")!r}).read()
+        codec = kv_codec({LAYERS}, {HEADS}, {HEAD_DIM}, "tc2s", recorded)
+        sys.stdout.write(codec.encode(memory(8)).numpy().tobytes().hex())
         """
     )
     helper = textwrap.dedent(
@@ -182,7 +185,7 @@ def test_the_same_memory_codes_to_the_same_bytes_in_another_process(calibration,
         """
     ) + "\n".join(
         line for line in _source_of_memory().splitlines()
-    ) + "\n\ndef calibration():\n    return [memory(seed) for seed in range(12)]\n"
+    ) + "\n"
     (tmp_path / "test_helper.py").write_text(helper)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
