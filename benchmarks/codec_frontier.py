@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from answer_agreement import load_samples  # noqa: E402
+from answer_agreement import load_samples, sample_score  # noqa: E402
 from storage_quality import samples_beside  # noqa: E402
 
 from memrag.utils.atomic import atomic_write_text  # noqa: E402
@@ -42,12 +42,18 @@ def load_report(path: Path) -> dict[str, Any]:
         raise SystemExit(f"{path}: cannot read the report ({err})") from None
 
 
-def agreement(samples: Path | None, mode: str, reference: str) -> float | None:
+def merged_samples(paths: list[Path]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{mode: {question id: sample}}`` of several eval samples files (of the same questions)."""
+    merged: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in paths:
+        for mode, samples in load_samples(path).items():
+            merged.setdefault(mode, samples)
+    return merged
+
+
+def agreement(by_mode: dict[str, dict[str, dict[str, Any]]], mode: str, reference: str) -> float | None:
     """Percent of questions ``mode`` answered word for word as ``reference`` (whitespace
-    normalised), from an eval's samples file."""
-    if samples is None:
-        return None
-    by_mode = load_samples(samples)
+    normalised)."""
     ours, theirs = by_mode.get(mode, {}), by_mode.get(reference, {})
     shared = sorted(set(ours) & set(theirs))
     if not shared:
@@ -58,9 +64,28 @@ def agreement(samples: Path | None, mode: str, reference: str) -> float | None:
     return 100.0 * same / len(shared)
 
 
+def with_also(squad: dict[str, Any], also: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    """``squad`` with the modes of earlier reports of the same questions that it lacks.
+
+    Raises:
+        SystemExit: a report of other questions (data, limit or seed), naming it.
+    """
+    merged = {key: dict(squad.get(key, {})) for key in ("results", "memory", "passage_positions")}
+    for path, report in also:
+        for key in ("data", "limit", "seed"):
+            if report.get(key) != squad.get(key):
+                raise SystemExit(f"{path}: {key} is {report.get(key)!r}, the SQuAD report's {squad.get(key)!r}")
+        for mode in report["results"]:
+            if mode not in merged["results"]:
+                for key in merged:
+                    if mode in report.get(key, {}):
+                        merged[key][mode] = report[key][mode]
+    return {**squad, **merged}
+
+
 def frontier_rows(
     squad: dict[str, Any],
-    squad_samples: Path | None,
+    samples: dict[str, dict[str, dict[str, Any]]],
     amazon: dict[str, Any] | None,
     bench: dict[str, Any] | None,
     reference: str,
@@ -76,6 +101,10 @@ def frontier_rows(
     bench_base = bench_results.get(reference, {})
     rows = []
     for mode, scores in results.items():
+        if scores.get("contains") is None and samples.get(mode):
+            # Reports written before `contains` existed: scored from their samples.
+            answered = samples[mode].values()
+            scores = {**scores, "contains": 100 * sum(sample_score(s, "contains") for s in answered) / len(answered)}
         cost = memory.get(mode, {})
         size = cost.get("bytes_per_passage")
         row: dict[str, Any] = {
@@ -86,8 +115,12 @@ def frontier_rows(
             "f1": scores["f1"],
             "contains": scores.get("contains"),
             "f1_share": 100 * scores["f1"] / base["f1"],
-            "contains_share": 100 * scores["contains"] / base["contains"] if base.get("contains") else None,
-            "same_answers": agreement(squad_samples, mode, reference),
+            "contains_share": (
+                100 * scores["contains"] / base["contains"]
+                if base.get("contains") and scores.get("contains") is not None
+                else None
+            ),
+            "same_answers": agreement(samples, mode, reference),
             "decode_ms": cost.get("decode_ms_per_passage"),
         }
         if mode in amazon_results and reference in amazon_results:
@@ -169,7 +202,7 @@ def plot(rows: list[dict[str, Any]], reference: str, out: Path) -> None:
     for key, marker, label in (("f1", "o", "F1"), ("contains", "s", "contains")):
         axis.scatter([r["bytes"] for r in sized], [r[key] for r in sized], marker=marker, label=label)
         for r in sized:
-            axis.annotate(r["mode"].split(":", 1)[-1], (r["bytes"], r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            axis.annotate(r["mode"], (r["bytes"], r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     base = next(r for r in rows if r["mode"] == reference)
     for key, style in (("f1", "--"), ("contains", ":")):
         axis.axhline(0.97 * base[key], linestyle=style, color="grey", linewidth=0.8)
@@ -192,14 +225,23 @@ def main() -> int:
     parser.add_argument("--amazon", type=Path, help="the same modes on SQuADShifts Amazon")
     parser.add_argument("--bench", type=Path, help="memrag bench --json-out report (k = 5)")
     parser.add_argument("--reference", default="kv-exact:int8", help="the mode shares are of")
+    parser.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier eval report of the same questions whose other modes join the table (repeatable)",
+    )
     parser.add_argument("--markdown-out", type=Path, required=True)
     parser.add_argument("--plot-out", type=Path)
     args = parser.parse_args()
     squad = load_report(args.squad)
+    squad = with_also(squad, [(path, load_report(path)) for path in args.also])
     amazon = load_report(args.amazon) if args.amazon else None
     bench = load_report(args.bench) if args.bench else None
-    rows = frontier_rows(squad, samples_beside(args.squad), amazon, bench, args.reference)
-    sources = [str(p) for p in (args.squad, args.amazon, args.bench) if p]
+    sample_files = [p for p in (samples_beside(path) for path in [args.squad, *args.also]) if p]
+    rows = frontier_rows(squad, merged_samples(sample_files), amazon, bench, args.reference)
+    sources = [str(p) for p in (args.squad, *args.also, args.amazon, args.bench) if p]
     environment = f"Machine: {squad.get('hardware', 'unknown')}, {squad.get('dtype', '')} compute, {squad.get('threads', '')} thread(s)."
     atomic_write_text(args.markdown_out, markdown(rows, args.reference, sources, environment))
     if args.plot_out:
