@@ -46,8 +46,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from typing import ClassVar
-
 from memrag.memory.calibration import KVCalibration, calibration_from_text, fit_calibration
 from memrag.memory.codec import KVCodec, KVDecodeError, checked_slots, register_codec
 from memrag.memory.hadamard import rotate_heads

@@ -65,3 +65,17 @@ def _embedding_stores_by_default(monkeypatch):
     """These tests were written for stores of embedding slots: a store made without naming its
     memory keeps slots here (K/V stores have their own tests, which name their kind)."""
     monkeypatch.setattr("memrag.memory.spec.DEFAULT_MEMORY", "embedding")
+
+
+@pytest.fixture
+def saved_store(tmp_path):
+    """A store on disk whose compressor is saved (with its base model) next to it."""
+    from memrag.testing import tiny_base_model, tiny_compressor
+
+    base = tiny_base_model(seed=1, name=str(tmp_path / "base"))
+    base.model.save_pretrained(tmp_path / "base")
+    base.tokenizer.save_pretrained(tmp_path / "base")
+    compressor = tiny_compressor(seed=1, base=base)
+    compressor.save_pretrained(tmp_path / "compressor")
+    demo_store(tmp_path / "store", compressor).close()
+    return tmp_path

@@ -7,21 +7,7 @@ import logging
 
 import httpx
 import pytest
-from server_helpers import demo_store, openai_client
-
-
-@pytest.fixture
-def saved_store(tmp_path):
-    """A store on disk whose compressor is saved (with its base model) next to it."""
-    from memrag.testing import tiny_base_model, tiny_compressor
-
-    base = tiny_base_model(seed=1, name=str(tmp_path / "base"))
-    base.model.save_pretrained(tmp_path / "base")
-    base.tokenizer.save_pretrained(tmp_path / "base")
-    compressor = tiny_compressor(seed=1, base=base)
-    compressor.save_pretrained(tmp_path / "compressor")
-    demo_store(tmp_path / "store", compressor).close()
-    return tmp_path
+from server_helpers import openai_client
 
 
 @pytest.fixture

@@ -17,26 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-from server_helpers import demo_store
 
 HERE = Path(__file__).parent
 GRACE_SECONDS = 2.0
 STEP_SECONDS = 0.2
 START_TIMEOUT = 180.0  # importing torch in a fresh process on a busy 2-core machine
-
-
-@pytest.fixture
-def saved_store(tmp_path: Path) -> Path:
-    """A store on disk whose compressor is saved (with its base model) next to it."""
-    from memrag.testing import tiny_base_model, tiny_compressor
-
-    base = tiny_base_model(seed=1, name=str(tmp_path / "base"))
-    base.model.save_pretrained(tmp_path / "base")
-    base.tokenizer.save_pretrained(tmp_path / "base")
-    compressor = tiny_compressor(seed=1, base=base)
-    compressor.save_pretrained(tmp_path / "compressor")
-    demo_store(tmp_path / "store", compressor).close()
-    return tmp_path
 
 
 def _free_port() -> int:
