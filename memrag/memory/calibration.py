@@ -65,7 +65,7 @@ class KVCalibration:
         heads, width = self.shape
         raw = stacked.contiguous().view(torch.uint8).numpy().tobytes()
         payload = base64.b64encode(raw).decode("ascii")
-        return f"{heads}x{width}:{_digest(raw)}:{payload}"
+        return f"{heads}x{width}:{checksum(raw)}:{payload}"
 
     @classmethod
     def from_text(cls, text: str) -> KVCalibration:
@@ -81,7 +81,7 @@ class KVCalibration:
             raw = base64.b64decode(payload.encode("ascii"), validate=True)
         except (ValueError, UnicodeEncodeError) as err:
             raise ValueError(f"K/V calibration is malformed ({err})") from None
-        if _digest(raw) != digest:
+        if checksum(raw) != digest:
             raise ValueError("K/V calibration does not match its checksum (damaged or edited)")
         expected = len(_FIELDS) * heads * width * 2
         if heads < 1 or width < 1 or len(raw) != expected:
@@ -132,8 +132,8 @@ def fit_calibration(memories: Sequence[KVSlots]) -> KVCalibration:
             ]
         )
         spread = stacked.std(dim=0, unbiased=False).clamp(min=_MIN_SPREAD)
-        fitted[f"{part}_centre"] = _float16_exact(stacked.mean(dim=0))
-        fitted[f"{part}_scale"] = _float16_exact(spread.sqrt())
+        fitted[f"{part}_centre"] = float16_exact(stacked.mean(dim=0))
+        fitted[f"{part}_scale"] = float16_exact(spread.sqrt())
     return KVCalibration(**fitted)
 
 
@@ -168,9 +168,11 @@ def calibrate(compressor: Any, spec: Any, *, batch_size: int = 4) -> KVCalibrati
     return fit_calibration(calibration_memory(compressor, spec, batch_size=batch_size))
 
 
-def _digest(raw: bytes) -> str:
+def checksum(raw: bytes) -> str:
+    """The checksum a calibration's text form records of its bytes (a sha256 prefix)."""
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _float16_exact(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.clamp(-65504.0, 65504.0).to(torch.float16).float()
+def float16_exact(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as float32 holding the values float16 stores (clamped into its range)."""
+    return tensor.float().clamp(-65504.0, 65504.0).to(torch.float16).float()

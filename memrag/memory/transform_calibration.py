@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from memrag.memory.calibration import checksum, float16_exact
 from memrag.memory.kv import KVSlots
 from memrag.memory.sensitivity import AttentionSensitivity
 
@@ -130,11 +130,6 @@ class TransformModel:
         """Channels of a layer's keys (or values): ``kv_heads * head_dim``."""
         return int(self.means.shape[2])
 
-    @property
-    def stored_components(self) -> int:
-        """Components stored per position (of ``2 * layers * channels``)."""
-        return int((self.classes >= 0).sum())
-
     def class_indices(self) -> list[np.ndarray]:
         """For each class, the flat component indices (into ``2 * layers * channels``) it codes."""
         if "indices" not in self._cache:
@@ -209,7 +204,7 @@ class TransformModel:
         }
         raw = save(tensors, metadata={"settings": json.dumps(asdict(self.settings), sort_keys=True)})
         payload = base64.b64encode(raw).decode("ascii")
-        return f"{TEXT_PREFIX}{FORMAT_VERSION}:{_digest(raw)}:{payload}"
+        return f"{TEXT_PREFIX}{FORMAT_VERSION}:{checksum(raw)}:{payload}"
 
     @classmethod
     def from_text(cls, text: str) -> TransformModel:
@@ -232,7 +227,7 @@ class TransformModel:
                 f"transform codec calibration is version {version!r}, this memrag reads "
                 f"{TEXT_PREFIX}{FORMAT_VERSION}"
             )
-        if _digest(raw) != digest:
+        if checksum(raw) != digest:
             raise ValueError(
                 "transform codec calibration does not match its checksum (damaged or edited)"
             )
@@ -356,8 +351,8 @@ def fit_transform_model(
     # Deterministic signs: each direction's largest entry positive.
     largest = torch.gather(vectors, -2, vectors.abs().argmax(dim=-2, keepdim=True))
     vectors = vectors * torch.sign(largest)
-    means_f = _float16_exact(means)
-    bases = _float16_exact(vectors)
+    means_f = float16_exact(means)
+    bases = float16_exact(vectors)
     # Steps, tables and the rate are measured on evenly spaced positions (bounded memory).
     sample = torch.cat([stacked_parts(m) for m in memories])
     sample = sample[torch.linspace(0, positions - 1, min(positions, SAMPLE_POSITIONS)).long()]
@@ -375,7 +370,7 @@ def fit_transform_model(
     elements = coeffs.shape[0] * 2 * layers * channels
 
     def fitted(scale: float) -> tuple[TransformModel, float]:
-        steps = _float16_exact(unit * scale).expand_as(spread).clone()
+        steps = float16_exact(unit * scale).expand_as(spread).clone()
         stored = spread >= settings.drop_below * steps
         ratio = (spread / steps).clamp(min=1e-12)
         classes = (torch.round(2 * torch.log2(ratio)) - CLASS_OFFSET).clamp(0, MAX_CLASSES - 1).long()
@@ -452,9 +447,3 @@ def _safetensors_metadata(raw: bytes) -> dict[str, str]:
     return json.loads(raw[8 : 8 + header_length]).get("__metadata__", {})
 
 
-def _digest(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def _float16_exact(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float().clamp(-65504.0, 65504.0).to(torch.float16).float()

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from memrag.memory.codec import KVCodec, KVDecodeError, checked_slots, register_codec
-from memrag.memory.kv import KVSlots
+from memrag.memory.kv import KVSlots, consecutive_offsets
 from memrag.memory.sensitivity import AttentionSensitivity
 from memrag.memory.transform_calibration import (
     TransformModel,
@@ -75,13 +75,7 @@ def transform_settings(name: str) -> TransformSettings | None:
     )
 
 
-def transform_bits(name: str) -> float | None:
-    """The bits per element a ``tc<bits>`` storage name asks for (``None`` for other names)."""
-    settings = _NAME.match(name)
-    return float(settings.group(1)) if settings else None
-
-
-@register_codec(matcher=lambda name: transform_bits(name) is not None, examples=("tc2", "tc1.5k0.5", "tc2z"))
+@register_codec(matcher=lambda name: _NAME.match(name) is not None, examples=("tc2", "tc1.5k0.5", "tc2z"))
 @dataclass(frozen=True)
 class TransformKVCodec(KVCodec):
     """Codes :class:`KVSlots` of one model shape with a store's :class:`TransformModel`.
@@ -158,9 +152,7 @@ class TransformKVCodec(KVCodec):
         attention weighting, the frozen decoder's sensitivity over them (both measured once
         per compressor and memory kind in a process: several budgets fit on the same)."""
         memories, sensitivity = _calibration_inputs(compressor, spec, self.calibration_passages)
-        if self.settings.weighting != "attention":
-            return self.calibrated_on(memories)
-        return self.calibrated_on(memories, sensitivity)
+        return self.calibrated_on(memories, sensitivity)  # the spread weighting ignores it
 
     def _model(self) -> TransformModel:
         if self.calibration is None:
@@ -183,7 +175,7 @@ class TransformKVCodec(KVCodec):
         }
         payload = model.entropy_coder().encode(blocks)
         offsets = memory.offsets.to("cpu", torch.int64)
-        consecutive = bool(torch.equal(offsets, torch.arange(count).unsqueeze(1).expand_as(offsets)))
+        consecutive = bool(torch.equal(offsets, consecutive_offsets(count, self.layers)))
         parts = [
             _MAGIC,
             bytes([_LAYOUT, 0 if consecutive else _OFFSETS_FLAG]),
@@ -244,7 +236,7 @@ class TransformKVCodec(KVCodec):
                 data[_HEADER : _HEADER + offset_bytes].view("<i2").astype(np.int64)
             ).reshape(count, self.layers)
         else:
-            offsets = torch.arange(count).unsqueeze(1).expand(count, self.layers).contiguous()
+            offsets = consecutive_offsets(count, self.layers)
         shapes = {c: (count, len(index)) for c, index in enumerate(model.class_indices()) if len(index)}
         try:
             decoded = model.entropy_coder().decode(data[_HEADER + offset_bytes : end].tobytes(), shapes)
