@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from answer_agreement import load_samples, sample_score  # noqa: E402
+from answer_agreement import agreement, load_samples, sample_score  # noqa: E402
 from storage_quality import samples_beside  # noqa: E402
 
 from memrag.utils.atomic import atomic_write_text  # noqa: E402
@@ -51,17 +51,12 @@ def merged_samples(paths: list[Path]) -> dict[str, dict[str, dict[str, Any]]]:
     return merged
 
 
-def agreement(by_mode: dict[str, dict[str, dict[str, Any]]], mode: str, reference: str) -> float | None:
-    """Percent of questions ``mode`` answered word for word as ``reference`` (whitespace
-    normalised)."""
-    ours, theirs = by_mode.get(mode, {}), by_mode.get(reference, {})
-    shared = sorted(set(ours) & set(theirs))
-    if not shared:
+def same_answers(by_mode: dict[str, dict[str, dict[str, Any]]], mode: str, reference: str) -> float | None:
+    """Percent of questions ``mode`` answered word for word as ``reference``
+    (:func:`answer_agreement.agreement`), or ``None`` without samples of both."""
+    if mode not in by_mode or reference not in by_mode:
         return None
-    same = sum(
-        " ".join(ours[i]["prediction"].split()) == " ".join(theirs[i]["prediction"].split()) for i in shared
-    )
-    return 100.0 * same / len(shared)
+    return float(agreement(by_mode, mode, reference)["same_answer"])
 
 
 def with_also(squad: dict[str, Any], also: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
@@ -120,7 +115,7 @@ def frontier_rows(
                 if base.get("contains") and scores.get("contains") is not None
                 else None
             ),
-            "same_answers": agreement(samples, mode, reference),
+            "same_answers": same_answers(samples, mode, reference),
             "decode_ms": cost.get("decode_ms_per_passage"),
         }
         if mode in amazon_results and reference in amazon_results:
