@@ -225,6 +225,23 @@ def qa_target_ids(tokenizer: Any, answer: str, max_tokens: int | None = None) ->
     return ids[:max_tokens] if max_tokens else ids
 
 
+#: What the decoder is asked after a passage when candidates are reranked by the likelihood
+#: of the question (UPR, arXiv 2204.07496: "Please write a question based on this passage").
+QUESTION_INSTRUCTION = "\nPlease write a question based on this passage.\nQuestion:"
+
+
+def question_likelihood_prompt(context: Context) -> list[PromptPart]:
+    """The reranking prompt: the passage (text or memory), then the instruction whose
+    continuation is scored (:func:`question_target_ids`)."""
+    document = DocumentText(context) if isinstance(context, str) else context
+    return ["Passage: ", document, QUESTION_INSTRUCTION]
+
+
+def question_target_ids(tokenizer: Any, question: str) -> list[int]:
+    """Token ids of the question as the continuation of :func:`question_likelihood_prompt`."""
+    return token_ids(tokenizer, " " + question.strip())
+
+
 def reconstruct_prompt(slots: Memory) -> list[PromptPart]:
     """Autoencoding prompt: embedding slots, then the reconstruct marker; K/V memory, then
     KVzip's repeat instruction (:data:`~memrag.memory.pruning.REPEAT_PROMPT`), which the frozen

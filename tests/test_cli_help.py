@@ -55,3 +55,17 @@ def test_help_shows_every_option_name_whole(
     ]
     assert missing == [], result.output
     assert "…" not in result.output, result.output
+
+
+def test_memrag_serve_defaults_are_the_server_settings_defaults() -> None:
+    import inspect
+
+    from memrag.cli.serve import serve
+    from memrag.server import ServerSettings
+
+    options = inspect.signature(serve).parameters
+    defaults = ServerSettings()
+    for name in ("top_k", "max_top_k", "search_mode", "rerank", "max_rerank"):
+        assert options[name].default.default == getattr(defaults, name), name
+    weights = options["search_weights"].default.default
+    assert tuple(float(w) for w in weights.split(",")) == defaults.search_weights

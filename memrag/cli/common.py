@@ -10,6 +10,15 @@ import typer
 
 DeviceOption = typer.Option("cpu", "--device", help="Device: cpu, cuda, cuda:N or auto.")
 DtypeOption = typer.Option("float32", "--dtype", help="Weight dtype: float32, bfloat16 or float16.")
+SearchModeOption = typer.Option(
+    "hybrid",
+    "--search",
+    help="How chunks are found: hybrid (dense and BM25 fused by reciprocal rank: the right "
+    "passage first most often, docs/RESULTS.md 'The default path'), dense or lexical.",
+)
+SearchWeightsOption = typer.Option(
+    "1,1", "--search-weights", help="DENSE,LEXICAL weights of a hybrid search."
+)
 CompressorOption = typer.Option(
     None,
     "--compressor",

@@ -13,7 +13,15 @@ from typing import Any
 import typer
 
 from memrag.cli.app import app
-from memrag.cli.common import CompressorOption, DeviceOption, DtypeOption, fail, setup_logging
+from memrag.cli.common import (
+    CompressorOption,
+    DeviceOption,
+    DtypeOption,
+    SearchModeOption,
+    SearchWeightsOption,
+    fail,
+    setup_logging,
+)
 
 index_app = typer.Typer(
     help="Build and manage memory stores (chunks + FAISS vectors + memory slots).",
@@ -146,10 +154,17 @@ def build(
         32, "--fidelity-sample-tokens", min=0, help="New stores: tokens scored per chunk (0: all)."
     ),
     chunk_tokens: int = typer.Option(
-        None, "--chunk-tokens", help="New stores: tokens per chunk (default: segment length)."
+        None,
+        "--chunk-tokens",
+        help="New stores: tokens per chunk at most, cut between sentences (default 512: a "
+        "passage stays whole, so a retrieved chunk answers as the passage does; measured in "
+        "docs/RESULTS.md, 'The default path').",
     ),
     chunk_overlap: int = typer.Option(
-        None, "--chunk-overlap", help="New stores: tokens shared by neighbouring chunks."
+        None,
+        "--chunk-overlap",
+        help="New stores: tokens shared by neighbouring chunks, whole sentences where they fit "
+        "(default 64 with the default length, else an eighth of a chunk).",
     ),
     batch_chunks: int = typer.Option(
         64, "--batch-chunks", min=1, help="Chunks per committed batch."
@@ -359,18 +374,35 @@ def search(
     filter: str = typer.Option(
         None, "--filter", help='Metadata filter as JSON, e.g. {"lang": "en"}.'
     ),
+    mode: str = SearchModeOption,
+    weights: str = SearchWeightsOption,
+    rerank: int = typer.Option(
+        0,
+        "--rerank",
+        min=0,
+        help="Rerank this many candidates by the decoder's likelihood of the query given each "
+        "one's memory (loads the compressor; memrag serve reranks 5 by default).",
+    ),
     device: str = DeviceOption,
     as_json: bool = JsonOption,
     verbose: bool = VerboseOption,
 ) -> None:
-    """Search a store (does not load the compressor)."""
+    """Search a store (loads the compressor only to --rerank)."""
     setup_logging(verbose)
     from memrag.store import MemoryStore
+    from memrag.store.retrieval import SearchSettings
 
     where = _parse_json_object(filter, "--filter")
+    try:
+        search = SearchSettings.parse(mode, weights)
+    except ValueError as err:
+        fail(str(err))
     with _clean_errors():
         with MemoryStore.open(store, read_only=True, device=device) as opened:
-            records = opened.search(query, k=k, filter=where, with_slots=True)
+            records = opened.search(
+                query, k=k, filter=where, with_slots=True, mode=search.mode,
+                weights=(search.dense_weight, search.lexical_weight), rerank=rerank,
+            )
     if as_json:
         _echo_json(
             [

@@ -8,7 +8,14 @@ from pathlib import Path
 import typer
 
 from memrag.cli.app import app
-from memrag.cli.common import DeviceOption, DtypeOption, fail, setup_logging
+from memrag.cli.common import (
+    DeviceOption,
+    DtypeOption,
+    SearchModeOption,
+    SearchWeightsOption,
+    fail,
+    setup_logging,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +51,18 @@ def serve(
     ),
     max_top_k: int = typer.Option(
         16, "--max-top-k", min=1, help="Largest top_k a request may ask for."
+    ),
+    search_mode: str = SearchModeOption,
+    search_weights: str = SearchWeightsOption,
+    rerank: int = typer.Option(
+        5,
+        "--rerank",
+        min=0,
+        help="Candidates reranked by the decoder's likelihood of the question given each "
+        "one's stored memory (0: none; docs/RESULTS.md 'The default path').",
+    ),
+    max_rerank: int = typer.Option(
+        32, "--max-rerank", min=0, help="Largest rerank a request may ask for."
     ),
     default_max_tokens: int = typer.Option(
         None,
@@ -136,6 +155,7 @@ def serve(
     from memrag.server.runner import run_server
     from memrag.store import MemoryStore
     from memrag.store.errors import StoreError
+    from memrag.store.retrieval import SearchSettings
 
     try:
         key = load_api_key(env=api_key_env or None, file=api_key_file)
@@ -144,6 +164,10 @@ def serve(
             model_name=model_name,
             top_k=top_k,
             max_top_k=max_top_k,
+            search_mode=search_mode,
+            search_weights=SearchSettings.parse(search_mode, search_weights).weights,
+            rerank=rerank,
+            max_rerank=max_rerank,
             default_max_tokens=default_max_tokens,
             max_tokens=max_tokens,
             max_prompt_positions=max_prompt_positions,

@@ -29,6 +29,9 @@ class MemragRetriever(VectorStoreRetriever):
             retriever = MemragRetriever(vectorstore=vectorstore, k=3)
             retriever = vectorstore.as_retriever(k=3, search_type="mmr")
             retriever = vectorstore.as_retriever(search_kwargs={"filter": {"lang": "en"}})
+            retriever = vectorstore.as_retriever(
+                search_kwargs={"search_mode": "dense", "rerank": 5}
+            )
 
     Fields:
         vectorstore: The vector store (an open ``MemoryStore`` is wrapped in one).
@@ -36,7 +39,9 @@ class MemragRetriever(VectorStoreRetriever):
         search_type: ``"similarity"`` (default), ``"mmr"`` (maximal marginal relevance) or
             ``"similarity_score_threshold"`` (needs ``search_kwargs["score_threshold"]``).
         search_kwargs: Other search arguments: ``filter``, ``fetch_k``, ``lambda_mult``,
-            ``score_threshold``. A ``k`` given here becomes the ``k`` field.
+            ``score_threshold``; for ``"similarity"``, ``search_mode`` (``"hybrid"``,
+            ``"dense"``, ``"lexical"``), ``search_weights`` and ``rerank`` (candidates
+            reranked by the stored memory). A ``k`` given here becomes the ``k`` field.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")

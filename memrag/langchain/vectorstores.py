@@ -28,6 +28,7 @@ from memrag.langchain.embeddings import (
     to_store_embedder,
 )
 from memrag.store.metadata import RESERVED_KEYS
+from memrag.store.retrieval import SearchSettings
 from memrag.store.records import ChunkRecord
 
 if TYPE_CHECKING:
@@ -39,7 +40,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Keyword arguments of the constructors that configure the vector store, not the store.
-_OWN_OPTIONS = ("batch_size", "show_progress", "relevance_score_fn", "chunk_metadata")
+_OWN_OPTIONS = (
+    "batch_size", "show_progress", "relevance_score_fn", "chunk_metadata", "search_mode",
+    "search_weights", "rerank",
+)
 
 
 def _close_store(store: MemoryStore, directory: Path | None) -> None:
@@ -74,8 +78,13 @@ class MemragVectorStore(VectorStore):
       Re-adding an id replaces it. Metadata values must be JSON (str, int, float, bool,
       None, lists and dicts of these); a bad value or an empty text raises
       :class:`~memrag.store.InvalidDocumentsError` naming it, and nothing is written.
-    * **Searching** returns ``Document``\\ s with their ``id``, text and metadata; scores are
-      cosine similarities (higher is closer), relevance scores ``(1 + cosine) / 2``.
+    * **Searching** returns ``Document``\\ s with their ``id``, text and metadata. Searches are
+      hybrid by default (dense and BM25 fused by reciprocal rank; ``search_mode="dense"`` or
+      ``"lexical"`` per store or per call, ``search_weights=(dense, lexical)``), optionally
+      reranked by the stored memory (``rerank=5``: the decoder's likelihood of the query given
+      each candidate's memory). Scores: cosine similarity (dense), BM25 (lexical), the fused
+      score (hybrid) or the mean log-probability per query token (reranked). Relevance scores
+      (``similarity_score_threshold``) are ``(1 + cosine) / 2`` of a dense search.
       Searches take a metadata ``filter`` (MongoDB-style, see :mod:`memrag.store.metadata`).
     * Chunks cut by ``memrag index`` carry memrag's bookkeeping keys (``source_id``,
       ``chunk_index``, ``char_start``, ``char_end``) in the store; they are left out of the
@@ -96,6 +105,9 @@ class MemragVectorStore(VectorStore):
         relevance_score_fn: Maps a cosine similarity to a relevance score in ``[0, 1]``
             (default :func:`cosine_relevance`).
         chunk_metadata: Keep memrag's chunk bookkeeping keys in returned metadata.
+        search_mode: ``"hybrid"`` (default), ``"dense"`` or ``"lexical"``.
+        search_weights: ``(dense, lexical)`` weights of a hybrid search (default equal).
+        rerank: Candidates reranked by the stored memory (0: none, the default).
     """
 
     def __init__(
@@ -106,9 +118,16 @@ class MemragVectorStore(VectorStore):
         show_progress: bool = False,
         relevance_score_fn: Callable[[float], float] | None = None,
         chunk_metadata: bool = False,
+        search_mode: str | None = None,
+        search_weights: Sequence[float] | None = None,
+        rerank: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.search = SearchSettings.parse(search_mode, search_weights)
+        if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
+            raise ValueError(f"rerank must be a whole number >= 0, got {rerank!r}")
+        self.rerank = rerank
         self.store = store
         self.batch_size = batch_size
         self.show_progress = show_progress
@@ -354,24 +373,54 @@ class MemragVectorStore(VectorStore):
         return [self._to_document(r) for r in self.store.get(_as_list(ids), with_slots=False)]
 
     def similarity_search_with_score(
-        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        query: str,
+        k: int = 4,
+        filter: dict[str, Any] | None = None,
+        *,
+        search_mode: str | None = None,
+        search_weights: Sequence[float] | None = None,
+        rerank: int | None = None,
+        **kwargs: Any,
     ) -> list[tuple[Document, float]]:
-        """The ``k`` documents closest to ``query`` with their cosine similarity.
+        """The ``k`` documents that best match ``query``, with their scores.
 
         Args:
             query: The query text.
             k: Number of documents.
             filter: Metadata filter, e.g. ``{"lang": "en"}`` or ``{"year": {"$gte": 2000}}``.
+            search_mode: ``"hybrid"``, ``"dense"`` or ``"lexical"`` (default: the store's).
+            search_weights: ``(dense, lexical)`` weights of a hybrid search.
+            rerank: Candidates reranked by the stored memory (default: the store's).
         """
         _no_more(kwargs, "similarity_search_with_score")
-        vector = self.store.embedder.embed_query(query)
-        return self._search(vector, k, filter)
+        search = self.search
+        if search_mode is not None or search_weights is not None:
+            weights = search_weights if search_weights is not None else search.weights
+            search = SearchSettings.parse(search_mode or search.mode, weights)
+        rerank = self.rerank if rerank is None else rerank
+        records = self.store.search(
+            query, k, filter, with_slots=bool(rerank), mode=search.mode,
+            weights=search.weights, rerank=rerank,
+        )
+        return [(self._to_document(r), float(r.score or 0.0)) for r in records]
 
     def _search(
         self, vector: Any, k: int, filter: dict[str, Any] | None
     ) -> list[tuple[Document, float]]:
         records = self.store.search_by_vector(vector, k, filter, with_slots=False)
         return [(self._to_document(r), float(r.score or 0.0)) for r in records]
+
+    def _similarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        # Relevance scores are mapped from cosine similarities: a dense search.
+        filter = kwargs.pop("filter", None)
+        _no_more(kwargs, "similarity_search_with_relevance_scores")
+        vector = self.store.embedder.embed_query(query)
+        pairs = self._search(vector, k, filter)
+        relevance = self._select_relevance_score_fn()
+        return [(doc, relevance(score)) for doc, score in pairs]
 
     def similarity_search(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
@@ -467,7 +516,8 @@ class MemragVectorStore(VectorStore):
             kwargs: Retriever fields: ``k`` (documents per query, default 4),
                 ``search_type`` (``"similarity"``, ``"mmr"`` or
                 ``"similarity_score_threshold"``) and ``search_kwargs`` (``filter``,
-                ``fetch_k``, ``lambda_mult``, ``score_threshold``; a ``k`` there is taken
+                ``fetch_k``, ``lambda_mult``, ``score_threshold``, ``search_mode``,
+                ``search_weights``, ``rerank``; a ``k`` there is taken
                 as the retriever's ``k``), plus ``tags`` / ``metadata``.
         """
         from memrag.langchain.retrievers import MemragRetriever

@@ -61,10 +61,12 @@ from memrag.server.service import (
     ContextLengthError,
     PreparedChat,
     RagService,
+    Retrieval,
     Turn,
     document_info,
 )
 from memrag.server.settings import ServerSettings
+from memrag.store.retrieval import SearchSettings
 from memrag.server.shutdown import Shutdown, shutting_down_error
 from memrag.version import __version__
 
@@ -332,6 +334,9 @@ class _Server:
             else {},
             "defaults": {
                 "top_k": settings.top_k,
+                "search_mode": settings.search_mode,
+                "search_weights": list(settings.search_weights),
+                "rerank": settings.rerank,
                 "max_tokens": self.default_max_tokens,
                 "stop": list(self.service.default_stop),
                 "context": settings.context,
@@ -395,6 +400,7 @@ class _Server:
                 compile_filter(filter_)
             except ValueError as err:
                 raise bad_request(f"memrag.filter: {err}", param="memrag.filter") from None
+        retrieval = self._retrieval(extra, top_k, filter_)
         try:
             options = self.service.options(
                 max_tokens=max_tokens,
@@ -405,12 +411,30 @@ class _Server:
             )
         except ValueError as err:
             raise bad_request(str(err)) from None
-        return options, top_k, filter_
+        return options, retrieval
+
+    def _retrieval(self, extra: Any, top_k: int, filter_: dict[str, Any] | None) -> Retrieval:
+        """How a chat request retrieves: the server's defaults, overridden by ``memrag.*``."""
+        settings = self.settings
+        mode = (extra.search_mode if extra is not None else None) or settings.search_mode
+        weights = extra.search_weights if extra is not None else None
+        param = "memrag.search_weights" if weights is not None else "memrag.search_mode"
+        try:
+            search = SearchSettings.parse(mode, weights if weights is not None else settings.search_weights)
+        except ValueError as err:
+            raise bad_request(f"{param}: {err}", param=param) from None
+        rerank = extra.rerank if extra is not None and extra.rerank is not None else settings.rerank
+        if rerank > settings.max_rerank:
+            raise bad_request(
+                f"memrag.rerank is {rerank}; at most {settings.max_rerank} are allowed",
+                param="memrag.rerank",
+            )
+        return Retrieval(top_k=top_k, filter=filter_, search=search, rerank=rerank)
 
     async def chat_completions(self, request: Request) -> Any:
         fields = log_fields(request)
         payload = await read_json(request, ChatCompletionRequest)
-        options, top_k, filter_ = self._chat_options(payload)
+        options, retrieval = self._chat_options(payload)
         stream = bool(payload.stream)
         fields.update(
             model=self.service.model_name, stream=stream, max_tokens=options.max_new_tokens
@@ -423,7 +447,7 @@ class _Server:
             try:
                 prepared = await guard.run(
                     run_in_threadpool(
-                        self.service.prepare, turns, options, top_k=top_k, filter=filter_
+                        self.service.prepare, turns, options, retrieval
                     )
                 )
             except ContextLengthError as err:

@@ -66,10 +66,16 @@ class MemragOptions(_Strict):
     Attributes:
         top_k: Chunks to retrieve (0: none).
         filter: Metadata filter for retrieval (see :mod:`memrag.store.metadata`).
+        search_mode: ``"hybrid"``, ``"dense"`` or ``"lexical"`` (default: the server's).
+        search_weights: ``[dense, lexical]`` weights of a hybrid search.
+        rerank: First-stage candidates to rerank by the stored memory (0: none).
     """
 
     top_k: int | None = Field(default=None, ge=0)
     filter: dict[str, Any] | None = None
+    search_mode: str | None = None
+    search_weights: list[float] | None = None
+    rerank: int | None = Field(default=None, ge=0)
 
 
 class ChatCompletionRequest(_Strict):

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memrag.generation import GenerationOptions
@@ -29,6 +29,7 @@ from memrag.rag.markers import Piece, escape_markers, get_codec
 from memrag.rag.prompt import PromptSpec, chat_spec
 from memrag.splice import PromptPart
 from memrag.store.records import ChunkRecord
+from memrag.store.retrieval import SearchSettings
 
 if TYPE_CHECKING:
     from memrag.protocols import DecodingModel
@@ -50,6 +51,23 @@ class Turn:
 
     role: str
     text: str
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """How a chat request finds its chunks.
+
+    Attributes:
+        top_k: Chunks to retrieve (0: none).
+        filter: Metadata filter (``None``: all chunks).
+        search: Dense, lexical or hybrid, with its weights.
+        rerank: First-stage candidates reranked by the stored memory (0: none).
+    """
+
+    top_k: int
+    filter: Mapping[str, Any] | None = None
+    search: SearchSettings = field(default_factory=SearchSettings)
+    rerank: int = 0
 
 
 @dataclass
@@ -205,18 +223,24 @@ class RagService:
             stop=tuple(stop if stop is not None else self.default_stop),
         )
 
-    def retrieve(
-        self, query: str, k: int, filter: Mapping[str, Any] | None = None
-    ) -> list[ChunkRecord]:
-        """The ``k`` chunks closest to ``query``, with their slots.
+    def retrieve(self, query: str, retrieval: Retrieval) -> list[ChunkRecord]:
+        """The chunks ``retrieval`` finds for ``query``, with their slots (without, and
+        flagged as text, when the server answers from text).
 
         Raises:
-            ValueError: ``filter`` is malformed.
+            ValueError: the filter is malformed.
         """
-        if k <= 0:
+        if retrieval.top_k <= 0:
             return []
+        search = retrieval.search
         found = self.store.search(
-            query, k=k, filter=dict(filter) if filter else None, with_slots=not self.use_text
+            query,
+            k=retrieval.top_k,
+            filter=dict(retrieval.filter) if retrieval.filter else None,
+            with_slots=not self.use_text,
+            mode=search.mode,
+            weights=(search.dense_weight, search.lexical_weight),
+            rerank=retrieval.rerank,
         )
         if self.use_text:
             found = [dataclasses.replace(record, use_text=True) for record in found]
@@ -255,9 +279,7 @@ class RagService:
         self,
         turns: Sequence[Turn],
         options: GenerationOptions,
-        *,
-        top_k: int,
-        filter: Mapping[str, Any] | None = None,
+        retrieval: Retrieval,
     ) -> PreparedChat:
         """Retrieves chunks for the latest user message and builds the request's prompt.
 
@@ -275,7 +297,7 @@ class RagService:
                 f"{self.max_prompt_positions:,} positions (about "
                 f"{self.max_prompt_positions * CHARS_PER_POSITION:,} characters at most)"
             )
-        documents = self.retrieve(query, top_k, filter)
+        documents = self.retrieve(query, retrieval)
         answerer = Answerer(self.compressor, RetrievedChunks(documents))
         spec = chat_spec(self.messages(turns, documents))
         # Render the chat template now: a conversation it refuses is a client error.

@@ -7,8 +7,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memrag.store.retrieval import DEFAULT_SEARCH_MODE, SearchSettings
+
 #: Environment variable read for the API key by default.
 API_KEY_ENV = "MEMRAG_API_KEY"
+#: Candidates a chat request reranks by the stored memory when it does not say. Measured on
+#: the default path (docs/RESULTS.md, "The default path").
+DEFAULT_SERVER_RERANK = 5
 #: Longest gathering window of the batcher (milliseconds).
 MAX_BATCH_WINDOW_MS = 1000.0
 
@@ -26,6 +31,12 @@ class ServerSettings:
             memory was made apart answered worse; docs/RESULTS.md, "Answers through memrag
             serve").
         max_top_k: Largest ``top_k`` a request may ask for.
+        search_mode: How chunks are found by default: ``"hybrid"`` (dense and BM25 fused by
+            reciprocal rank), ``"dense"`` or ``"lexical"`` (:mod:`memrag.store.retrieval`).
+        search_weights: ``(dense, lexical)`` weights of a hybrid search.
+        rerank: First-stage candidates reranked by the decoder's likelihood of the question
+            given each one's memory (:class:`~memrag.store.rerank.MemoryReranker`); 0: none.
+        max_rerank: Largest ``rerank`` a request may ask for.
         default_max_tokens: New tokens generated when a request does not say (``None``: the
             answer length of the model's prompt format, 32 for a QA answer without a chat
             template, as measured best; 256 with one).
@@ -74,6 +85,10 @@ class ServerSettings:
     model_aliases: tuple[str, ...] = ("memrag",)
     top_k: int = 1
     max_top_k: int = 16
+    search_mode: str = DEFAULT_SEARCH_MODE
+    search_weights: tuple[float, float] = (1.0, 1.0)
+    rerank: int = DEFAULT_SERVER_RERANK
+    max_rerank: int = 32
     default_max_tokens: int | None = None
     max_tokens: int = 2048
     max_prompt_positions: int = 8192
@@ -113,6 +128,10 @@ class ServerSettings:
             raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
         if not 0 <= self.top_k <= self.max_top_k:
             raise ValueError(f"top_k must be in [0, max_top_k={self.max_top_k}], got {self.top_k}")
+        self.search_settings()  # raises on an unknown mode or weights out of range
+        if not 0 <= self.rerank <= self.max_rerank:
+            raise ValueError(f"rerank must be in [0, max_rerank={self.max_rerank}], got {self.rerank}")
+        object.__setattr__(self, "search_weights", tuple(float(w) for w in self.search_weights))
         if self.default_max_tokens is not None and self.default_max_tokens < 1:
             raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens}")
         if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens:
@@ -134,6 +153,10 @@ class ServerSettings:
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "model_aliases", tuple(self.model_aliases))
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+
+    def search_settings(self) -> SearchSettings:
+        """The default search of a chat request."""
+        return SearchSettings.parse(self.search_mode, self.search_weights)
 
     @property
     def batching(self) -> bool:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from memrag.compressor.resolve import resolve_compressor
 from memrag.memory.spec import resolve_memory_spec
+from memrag.store.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS
 from memrag.store.compatibility import memory_info
 from memrag.store.database import Database
 from memrag.store.embedder import Embedder, load_embedder
@@ -45,7 +46,9 @@ def new_manifest(
     """The manifest of a new store of ``memory`` made by ``compressor``, indexed by ``embedder``.
 
     ``fidelity`` (``"auto"`` resolved for the memory kind) and ``fidelity_threshold`` (``None``:
-    the method's default) are resolved here; ``options`` are the other :class:`Options` fields.
+    the method's default) are resolved here; ``options`` are the other :class:`Options` fields
+    (``chunk_tokens`` ``None``: :data:`~memrag.store.chunking.DEFAULT_CHUNK_TOKENS`, with
+    :data:`~memrag.store.chunking.DEFAULT_CHUNK_OVERLAP` unless an overlap is given).
 
     Raises:
         ValueError: the compressor cannot make that memory, or an option is out of range.
@@ -56,6 +59,10 @@ def new_manifest(
     if threshold is None:
         threshold = DEFAULT_FIDELITY_THRESHOLDS.get(fidelity, 0.5)
     config = compressor.config
+    if options.get("chunk_tokens") is None:
+        options["chunk_tokens"] = DEFAULT_CHUNK_TOKENS
+        if options.get("chunk_overlap") is None:
+            options["chunk_overlap"] = DEFAULT_CHUNK_OVERLAP
     return Manifest(
         memory=memory_description,
         compressor=CompressorInfo(

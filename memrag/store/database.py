@@ -13,12 +13,15 @@ writes; every write is one transaction. The database is the source of truth of a
 * ``journal``: every vector added or deleted since the last index checkpoint, in order,
   so the FAISS index can be brought up to date from any checkpoint.
 * ``meta``: key/value pairs (schema version, index checkpoint sequence number).
+* ``chunks_lexical``: the lexical (BM25) index over the chunks' text, kept in step by
+  triggers (:mod:`memrag.store.lexical`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -29,8 +32,11 @@ from urllib.parse import quote
 
 import numpy as np
 
+from memrag.store import lexical
 from memrag.store.errors import StoreCorruptError, StoreVersionError
 from memrag.store.metadata import compile_filter, index_rows
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _IN_BATCH = 900  # stay far below SQLite's bound-parameter limit
@@ -200,6 +206,8 @@ class Database:
             with self.transaction() as conn:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     conn.execute(statement)
+                for statement in lexical.LEXICAL_SCHEMA:
+                    conn.execute(statement)
                 conn.execute(
                     "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -259,6 +267,14 @@ class Database:
             columns.update(missing)
         self._columns = _ROW_COLUMNS if "slot_crc32" in columns else _ROW_COLUMNS_WITHOUT_CRC
         self._text_tokens = "text_tokens" in columns
+        triggers = {
+            row[0] for row in self._execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+        self.has_lexical_index = lexical.LEXICAL_TABLE in tables and set(lexical.TRIGGERS) <= triggers
+        if not self.has_lexical_index and not self.read_only:
+            # A store made before the lexical index: built from the chunks' text, once.
+            self.rebuild_lexical_index()
+            logger.info("%s: built the lexical index over the stored chunks' text", self.path)
 
     def close(self) -> None:
         """Closes the connection."""
@@ -566,6 +582,73 @@ class Database:
         with self._lock:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.execute("VACUUM")
+
+    # ------------------------------------------------------------------ lexical index
+    def lexical_search(
+        self, query: str, k: int, filter: dict[str, Any] | None = None
+    ) -> list[tuple[int, float]]:
+        """``(vid, BM25 score)`` of the ``k`` chunks whose text best matches the words of
+        ``query`` (higher is better), among those matching ``filter``; empty when the query
+        has no word to look for.
+
+        Raises:
+            StoreCorruptError: the store has no lexical index (a store made before it,
+                opened read-only: open it for writing once, or ``memrag index verify --repair``).
+        """
+        if not self.has_lexical_index:
+            raise StoreCorruptError(
+                f"{self.path} has no lexical index (a store made before memrag kept one): open "
+                "it for writing once, or run `memrag index verify STORE --repair`, to build it"
+            )
+        match = lexical.match_expression(query)
+        if match is None or k <= 0:
+            return []
+        sql = (
+            f"SELECT rowid, -bm25({lexical.LEXICAL_TABLE}) FROM {lexical.LEXICAL_TABLE} "
+            f"WHERE {lexical.LEXICAL_TABLE} MATCH ?"
+        )
+        params: list[Any] = [match]
+        if filter:
+            condition, filter_params = compile_filter(filter)
+            sql += f" AND rowid IN (SELECT vid FROM chunks WHERE {condition})"
+            params.extend(filter_params)
+        rows = self._execute(sql + " ORDER BY rank LIMIT ?", [*params, int(k)])
+        return [(int(vid), float(score)) for vid, score in rows]
+
+    def lexical_problems(self) -> list[str]:
+        """What is wrong with the lexical index (empty when it is in step with the chunks).
+
+        Read-only: the chunks it holds against the table's (FTS5's own ``integrity-check``,
+        which also compares every token, needs a writable database and runs when there is one).
+        """
+        if not self.has_lexical_index:
+            return [
+                "the lexical index is missing or lacks its triggers (a store made before "
+                "memrag kept one?)"
+            ]
+        sizes = f"{lexical.LEXICAL_TABLE}_docsize"
+        missing = self._execute(f"SELECT count(*) FROM (SELECT vid FROM chunks EXCEPT SELECT id FROM {sizes})")
+        extra = self._execute(f"SELECT count(*) FROM (SELECT id FROM {sizes} EXCEPT SELECT vid FROM chunks)")
+        if missing[0][0] or extra[0][0]:
+            return [
+                f"the lexical index is out of step with the chunks: {missing[0][0]} chunk(s) "
+                f"missing from it, {extra[0][0]} entry(ies) without a chunk"
+            ]
+        if not self.read_only:
+            try:
+                with self._lock:
+                    self._conn.execute(lexical.INTEGRITY_CHECK)
+            except sqlite3.DatabaseError as err:
+                return [f"the lexical index is out of step with the chunks' text: {err}"]
+        return []
+
+    def rebuild_lexical_index(self) -> None:
+        """Re-makes the lexical index and its triggers from the chunks' text, in one
+        transaction."""
+        with self.transaction() as conn:
+            for statement in (*lexical.DROP, *lexical.LEXICAL_SCHEMA, lexical.REBUILD):
+                conn.execute(statement)
+        self.has_lexical_index = True
 
     def integrity_problems(self) -> list[str]:
         """SQLite's own ``PRAGMA integrity_check`` findings (empty when fine)."""

@@ -196,7 +196,8 @@ class Options:
         fidelity_max_tokens: Reconstruct at most this many tokens of a chunk.
         fidelity_sample_tokens: Average the NLL over this many of them, evenly spaced
             (``None``: all; see :mod:`memrag.store.fidelity`).
-        chunk_tokens: Chunk length in compressor tokens (``None``: the segment length).
+        chunk_tokens: Chunk length in compressor tokens (new stores record it; ``None``, in
+            stores made before: the segment length).
         chunk_overlap: Tokens shared by consecutive chunks of a document (``None``: an
             eighth of the chunk length).
     """

@@ -15,6 +15,8 @@ import numpy as np
 from memrag.compressor.resolve import resolve_compressor
 from memrag.store.chunk_reader import ChunkReader
 from memrag.store.chunking import Chunker
+from memrag.store.retrieval import SearchSettings
+from memrag.store.searching import search_store, vector_search
 from memrag.store.commit import check_batch, commit_batch, delete_chunks, reflag_use_text
 from memrag.store.compatibility import (
     check_compressor_matches,
@@ -76,6 +78,7 @@ class MemoryStore:
         self._embedder = embedder
         self._processor: ChunkProcessor | None = None
         self._chunker: Chunker | None = None
+        self.warned_no_lexical = False
         #: Reads chunks and their memory from the shards, checking each chunk's integrity.
         self.reader = ChunkReader(self.path, manifest, database)
         lock_file = self.path / LOCK_NAME
@@ -85,8 +88,7 @@ class MemoryStore:
         self.live_index = LiveIndex(
             self.path, database, manifest.index, manifest.embedder.dimension, read_only=read_only
         )
-        self._closed = False
-        self._dirty = False
+        self._closed = self._dirty = False
         #: True when :meth:`open` had to rebuild the index (``rebuild_index=True``).
         self.index_was_rebuilt = False
 
@@ -139,9 +141,10 @@ class MemoryStore:
             fidelity_max_tokens: Tokens reconstructed per chunk at most.
             fidelity_sample_tokens: Tokens whose likelihood is averaged, evenly spaced
                 (``None``: all of them; fewer make scoring cheaper with a 262k vocabulary).
-            chunk_tokens: Chunk length for documents added with ``chunk=True`` and by the
-                indexing job (default: the compressor's segment length).
-            chunk_overlap: Tokens shared by consecutive chunks (default: an eighth of a chunk).
+            chunk_tokens: Chunk length for ``chunk=True`` and the indexing job (default:
+                :data:`~memrag.store.chunking.DEFAULT_CHUNK_TOKENS`, several segments).
+            chunk_overlap: Tokens shared by consecutive chunks (default:
+                :data:`~memrag.store.chunking.DEFAULT_CHUNK_OVERLAP`, or an eighth of a chunk).
             lock_timeout: Seconds to wait for the writer lock before raising.
             device: Device for models loaded here.
             dtype: Dtype for a compressor loaded here.
@@ -215,15 +218,8 @@ class MemoryStore:
             check_embedder_matches(root, manifest, embedder)
         database = Database(root / DATABASE_NAME, read_only=read_only)
         store = cls(
-            root,
-            manifest,
-            database,
-            compressor=compressor,
-            embedder=embedder,
-            read_only=read_only,
-            lock_timeout=lock_timeout,
-            device=device,
-            dtype=dtype,
+            root, manifest, database, compressor=compressor, embedder=embedder,
+            read_only=read_only, lock_timeout=lock_timeout, device=device, dtype=dtype,
         )
         try:
             if check:
@@ -293,7 +289,8 @@ class MemoryStore:
 
     @property
     def chunker(self) -> Chunker:
-        """Token-aware chunker with the store's chunk length and overlap."""
+        """Sentence-aware chunker with the store's chunk length and overlap (a store made
+        before chunk lengths were recorded: the compressor's segment length)."""
         if self._chunker is None:
             options = self.manifest.options
             size = options.chunk_tokens or self.manifest.compressor.segment_length
@@ -338,17 +335,28 @@ class MemoryStore:
             return self.reader.records(ordered, with_slots)
 
     def search(
-        self, query: str, k: int = 4, filter: dict | None = None, with_slots: bool = True
+        self, query: str, k: int = 4, filter: dict | None = None, with_slots: bool = True, *,
+        mode: str | None = None, weights: Sequence[float] | str | None = None, rerank: int = 0,
     ) -> list[ChunkRecord]:
-        """The ``k`` chunks closest to ``query`` (score: cosine similarity, higher is closer).
+        """The ``k`` chunks that best match ``query``, best first.
 
         Args:
-            query: The query text (embedded with the store's embedder).
+            query: The query text.
             k: Number of results.
-            filter: Metadata filter (see :mod:`memrag.store.metadata`), e.g. ``{"lang": "en"}``.
+            filter: Metadata filter (:mod:`memrag.store.metadata`), e.g. ``{"lang": "en"}``.
             with_slots: Also load each chunk's slots.
+            mode: ``"hybrid"`` (default), ``"dense"`` or ``"lexical"``
+                (:mod:`memrag.store.retrieval`); the filter applies to every mode.
+            weights: ``(dense, lexical)`` weights of a hybrid search (default equal).
+            rerank: Rerank this many first-stage candidates (at least ``k``) by the decoder's
+                likelihood of the query given each one's memory (text without ``with_slots``),
+                :class:`~memrag.store.rerank.MemoryReranker`. 0: none.
+
+        Raises:
+            ValueError: an unknown mode, weights out of range, or a negative ``rerank``.
         """
-        return self.search_by_vector(self.embedder.embed_query(query), k, filter, with_slots)
+        settings = SearchSettings.parse(mode, weights)
+        return search_store(self, query, k, filter, with_slots, settings, rerank)
 
     def search_by_vector(
         self,
@@ -357,21 +365,9 @@ class MemoryStore:
         filter: dict | None = None,
         with_slots: bool = True,
     ) -> list[ChunkRecord]:
-        """Like :meth:`search`, for a query vector of the store's dimension."""
-        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        if query.shape[1] != self.dimension:
-            raise ValueError(
-                f"query vector has dimension {query.shape[1]}, the store's vectors {self.dimension}"
-            )
-        if k <= 0:
-            return []
-        self.refresh()
-        allowed = self.db.filter_vids(filter) if filter else None
-        if allowed is not None and len(allowed) == 0:
-            return []
-        with self.live_index.lock.read():
-            hits = self.live_index.search(query[0], k, allowed)
-            return self.reader.scored_records(hits, with_slots)
+        """The ``k`` chunks whose vectors are closest to a query vector of the store's
+        dimension (a dense search; score: cosine similarity)."""
+        return vector_search(self, vector, k, filter, with_slots)
 
     # ------------------------------------------------------------------ writing
     @contextlib.contextmanager

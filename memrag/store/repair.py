@@ -27,6 +27,7 @@ class RepairReport:
     """What :func:`repair_store` did."""
 
     index_rebuilt: bool = False
+    lexical_rebuilt: bool = False
     recompressed: int = 0
     text_only: int = 0
     shards_removed: int = 0
@@ -36,7 +37,8 @@ class RepairReport:
     def summary(self) -> str:
         """One line for people."""
         return (
-            f"index rebuilt: {'yes' if self.index_rebuilt else 'no'}; chunks re-compressed: "
+            f"index rebuilt: {'yes' if self.index_rebuilt else 'no'}; lexical index rebuilt: "
+            f"{'yes' if self.lexical_rebuilt else 'no'}; chunks re-compressed: "
             f"{self.recompressed}; "
             f"chunks now served as text: {self.text_only}; damaged shards removed: "
             f"{self.shards_removed}; "
@@ -83,6 +85,10 @@ def repair_store(
         result.index_rebuilt = store.index_was_rebuilt
         damaged = bad_shards(result.before)
         with store.writing():
+            if "lexical" in result.before.parts():
+                if store.db.lexical_problems():  # opening for writing re-makes a missing one
+                    store.db.rebuild_lexical_index()
+                result.lexical_rebuilt = True
             if damaged:
                 rows = [
                     r

@@ -28,7 +28,7 @@ class Finding:
     """One thing :func:`verify_store` found.
 
     Attributes:
-        part: ``manifest``, ``database``, ``shard``, ``index`` or ``debris``.
+        part: ``manifest``, ``database``, ``lexical``, ``shard``, ``index`` or ``debris``.
         path: The file concerned.
         message: What is wrong.
         chunk_ids: Chunks affected (for a bad shard), possibly truncated to the first 20.
@@ -128,6 +128,8 @@ def verify_store(path: str | Path, *, full: bool = True) -> VerifyReport:
             for message in db.integrity_problems():
                 report.problems.append(Finding("database", str(db.path), message))
         report.stats.update(db.counts())
+        for message in db.lexical_problems():
+            report.problems.append(Finding("lexical", str(db.path), message))
         if manifest is not None:
             _verify_shards(root, manifest, db, report, full)
             _verify_index(root, manifest, db, report)

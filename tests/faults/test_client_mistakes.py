@@ -82,6 +82,39 @@ def test_bad_filters_are_400_naming_the_operator(server, filter_, expected: str)
     assert expected in _error(response)["message"]
 
 
+@pytest.mark.parametrize(
+    ("options", "param", "expected"),
+    [
+        ({"search_mode": "semantic"}, "memrag.search_mode", "unknown search mode 'semantic'"),
+        ({"search_weights": [1.0]}, "memrag.search_weights", "two numbers"),
+        ({"search_weights": [-1.0, 1.0]}, "memrag.search_weights", "dense_weight must be"),
+        ({"search_weights": [0, 0]}, "memrag.search_weights", "at least one list"),
+        ({"rerank": 33}, "memrag.rerank", "at most 32"),
+    ],
+)
+def test_bad_search_options_are_400_naming_the_field(server, options, param, expected) -> None:
+    response = _chat(server, memrag=options)
+    assert response.status_code == 400, response.text
+    error = _error(response)
+    assert error["param"] == param and expected in error["message"]
+    assert _chat(server, memrag={"rerank": -1}).status_code == 400
+
+
+def test_every_search_mode_and_reranking_answer_with_the_filter(server) -> None:
+    defaults = httpx.get(server.base_url + "/healthz", timeout=10).json()["defaults"]
+    assert defaults["search_mode"] == "hybrid" and defaults["rerank"] == 5
+    for options in ({"search_mode": "dense"}, {"search_mode": "lexical"},
+                    {"search_mode": "hybrid", "search_weights": [0.2, 1.0], "rerank": 3},
+                    {"rerank": 0}):
+        response = _chat(
+            server, "Was ist Berlin?", memrag={**options, "filter": {"lang": "de"}, "top_k": 3}
+        )
+        assert response.status_code == 200, response.text
+        assert [d["id"] for d in response.json()["memrag_documents"]] == ["berlin"]
+    lexical = _chat(server, "Eiffel Tower 1889", memrag={"search_mode": "lexical", "top_k": 1})
+    assert [d["id"] for d in lexical.json()["memrag_documents"]] == ["tower"]
+
+
 def test_in_with_thousands_of_values_works(server) -> None:
     values = [f"lang-{i}" for i in range(5000)] + ["de"]
     response = _chat(server, memrag={"filter": {"lang": {"$in": values}}, "top_k": 3})

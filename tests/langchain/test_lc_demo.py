@@ -74,10 +74,10 @@ def test_demo_answers_from_slots_and_from_text(lc_compressor) -> None:
 
 def test_demo_answers_from_kv_memory_and_from_text(lc_compressor) -> None:
     lines: list[str] = []
-    # The tiny model's context (1,024 positions) holds a whole demo passage's cache for the
-    # passages picked here (its byte-level tokenizer cuts a long paragraph into more).
+    # The tiny model's context (1,024 positions) holds one whole demo passage's cache (its
+    # byte-level tokenizer cuts a long paragraph into more tokens), not two.
     report = run_demo(
-        _settings(memory="kv-exact", questions=1, passages=3),
+        _settings(memory="kv-exact", questions=1, passages=3, k=1),
         compressor=lc_compressor,
         embedding=EMBEDDER,
         say=lines.append,

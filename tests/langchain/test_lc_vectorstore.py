@@ -68,8 +68,11 @@ def test_a_long_text_is_one_chunk_of_several_segments(vectorstore, lc_compressor
 
 
 def test_scores_filters_and_thresholds(vectorstore) -> None:
-    pairs = vectorstore.similarity_search_with_score("capital of France", k=3)
+    pairs = vectorstore.similarity_search_with_score("capital of France", k=3, search_mode="dense")
     assert pairs[0][0].id == "paris"
+    for mode in ("hybrid", "lexical"):
+        found = vectorstore.similarity_search("capital of France", k=3, search_mode=mode)
+        assert found[0].id == "paris"
     scores = [score for _, score in pairs]
     assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1.0001 for s in scores)
     relevance = vectorstore.similarity_search_with_relevance_scores("capital of France", k=3)
@@ -136,7 +139,9 @@ def test_delete_and_bad_input(vectorstore) -> None:
 
 
 def test_chunk_bookkeeping_stays_out_of_metadata(tmp_path, lc_compressor) -> None:
-    store = MemoryStore.create(tmp_path / "s", lc_compressor, "hashing:64", fidelity="none")
+    store = MemoryStore.create(
+        tmp_path / "s", lc_compressor, "hashing:64", fidelity="none", chunk_tokens=24
+    )
     long_text = " ".join(TEXTS.values()) * 2
     chunk_ids = store.add([long_text], ids=["doc"], metadatas=[{"lang": "en"}], chunk=True)
     assert len(chunk_ids) > 1 and "source_id" in store.get(chunk_ids[:1])[0].metadata

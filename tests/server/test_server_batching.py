@@ -107,8 +107,8 @@ def test_a_failing_row_fails_alone_with_an_openai_error(start_server, monkeypatc
 
     real_prepare = RagService.prepare
 
-    def prepare(service, turns, options, **kwargs):
-        prepared = real_prepare(service, turns, options, **kwargs)
+    def prepare(service, turns, options, retrieval):
+        prepared = real_prepare(service, turns, options, retrieval)
         if "damaged" in turns[-1].text:
             width = service.compressor.hidden_size + 1
             prepared.prompt = [Slots(tensor=__import__("torch").zeros(3, width), kind="embedding")

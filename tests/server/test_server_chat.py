@@ -12,6 +12,18 @@ from server_helpers import DOCUMENTS, demo_store, http_client, openai_client
 QUESTION = "When was the Eiffel Tower completed?"
 
 
+def served(store, question: str, k: int, *, context: str = "memory"):
+    """The chunks a default server retrieves for ``question`` (its search and reranking: from
+    memory, or from text with ``context="text"``)."""
+    from memrag.server import ServerSettings
+
+    defaults = ServerSettings()
+    return store.search(
+        question, k=k, with_slots=context == "memory", mode=defaults.search_mode,
+        weights=defaults.search_weights, rerank=defaults.rerank,
+    )
+
+
 def chain_answer(store, question: str, *, k: int, max_tokens: int) -> str:
     """The LangChain RAG chain's greedy answer over the same store (the shared splice path)."""
     from langchain_core.documents import Document
@@ -20,7 +32,7 @@ def chain_answer(store, question: str, *, k: int, max_tokens: int) -> str:
     from memrag.langchain import ChatMemrag, create_rag_chain
 
     def retrieve(query: str) -> list[Document]:
-        return [Document(r.text, id=r.id) for r in store.search(query, k=k, with_slots=False)]
+        return [Document(r.text, id=r.id) for r in served(store, query, k)]
 
     chat = ChatMemrag(source=store, max_tokens=max_tokens)
     return create_rag_chain(RunnableLambda(retrieve), chat).invoke(question)
@@ -44,7 +56,7 @@ def test_completion_with_the_openai_client(server, server_store):
     )
     used = completion.model_extra["memrag_documents"]
     assert [d["id"] for d in used] == [
-        r.id for r in server_store.search(QUESTION, k=3, with_slots=False)
+        r.id for r in served(server_store, QUESTION, 3)
     ]
     assert used[0]["id"] == "tower"
     assert {d["spliced"] for d in used} == {"slots"}
@@ -272,7 +284,7 @@ def eval_answer(store, question: str, *, k: int, max_tokens: int) -> str:
     from memrag.prompts import ANSWER_STOP, qa_prompt
 
     compressor = store.compressor
-    contexts = [r.context() for r in store.search(question, k=k, with_slots=True)]
+    contexts = [r.context() for r in served(store, question, k)]
     options = GenerationOptions(max_new_tokens=max_tokens, stop=ANSWER_STOP)
     prompt = qa_prompt(compressor.tokenizer, contexts, question)
     return compressor.generate([prompt], options)[0].text
@@ -345,7 +357,7 @@ def test_text_context_serves_every_chunk_as_its_text(start_server, server_store)
     from memrag.generation import GenerationOptions
     from memrag.prompts import ANSWER_STOP, qa_prompt
 
-    texts = [r.text for r in server_store.search(QUESTION, k=3, with_slots=False)]
+    texts = [r.text for r in served(server_store, QUESTION, 3, context="text")]
     prompt = qa_prompt(server_store.compressor.tokenizer, texts, QUESTION)
     expected = server_store.compressor.generate([prompt], GenerationOptions(max_new_tokens=6, stop=ANSWER_STOP))
     assert completion.choices[0].message.content == expected[0].text
@@ -363,12 +375,12 @@ def test_the_server_builds_the_prompt_chatmemrag_parses(server_store) -> None:
 
     from memrag.langchain import ChatMemrag, format_docs, prepare_question
     from memrag.rag.formatting import DEFAULT_QA_TEMPLATE
-    from memrag.server.service import RagService, RetrievedChunks, Turn
+    from memrag.server.service import RagService, RetrievedChunks, Retrieval, Turn
 
     service = RagService(server_store)
     question = "Where is <memrag:x#00> Paris?"  # a forged marker stays text on both sides
     turns = [Turn("system", "Be brief."), Turn("user", "Hi"), Turn("assistant", "Hello"), Turn("user", question)]
-    prepared = service.prepare(turns, service.options(max_tokens=4), top_k=2)
+    prepared = service.prepare(turns, service.options(max_tokens=4), Retrieval(top_k=2))
     assert len(prepared.documents) == 2
     chat = ChatMemrag(
         source=RetrievedChunks(prepared.documents),

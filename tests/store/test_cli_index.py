@@ -46,7 +46,7 @@ def test_index_commands_end_to_end(
     report = json.loads(_ok(runner, "index", "build", "--corpus", str(corpus), *common, "--json"))
     assert (
         report["chunks_written"] == 0
-        and report["chunks_unchanged"] > 8
+        and report["chunks_unchanged"] >= 8
         and len(report["skipped"]) == 1
     )
 
@@ -57,10 +57,22 @@ def test_index_commands_end_to_end(
     )
     assert "served as text" in _ok(runner, "index", "info", str(store))
 
-    hits = json.loads(
-        _ok(runner, "index", "search", str(store), "Document 3.", "-k", "3", "--json")
-    )
+    doc3 = json.loads(corpus.read_text().splitlines()[3])["text"]
+    hits = json.loads(_ok(runner, "index", "search", str(store), doc3, "-k", "3", "--json"))
     assert hits[0]["id"] == "doc3#0" and hits[0]["num_slots"] > 0 and len(hits) == 3
+    for mode in ("dense", "lexical"):
+        found = json.loads(
+            _ok(runner, "index", "search", str(store), doc3, "--search", mode, "-k", "2", "--json")
+        )
+        assert found[0]["id"] == "doc3#0"
+    reranked = json.loads(
+        _ok(runner, "index", "search", str(store), doc3, "--rerank", "4", "-k", "2", "--json")
+    )
+    assert len(reranked) == 2 and all(r["score"] < 0 for r in reranked)  # log-probabilities
+    bad = runner.invoke(app, ["index", "search", str(store), "x", "--search", "fuzzy"])
+    assert bad.exit_code != 0 and "unknown search mode 'fuzzy'" in bad.output
+    bad = runner.invoke(app, ["index", "search", str(store), "x", "--search-weights", "1"])
+    assert bad.exit_code != 0 and "two numbers" in bad.output
     filtered = json.loads(
         _ok(
             runner,

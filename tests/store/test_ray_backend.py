@@ -25,6 +25,7 @@ def test_ray_backend_equals_local_backend(tmp_path: Path, saved_compressor: Path
         compressor=str(saved_compressor),
         embedder="hashing:64",
         options=options,
+        create_options={"chunk_tokens": 24},
     )
     distributed = build_index(
         corpus,
@@ -33,6 +34,7 @@ def test_ray_backend_equals_local_backend(tmp_path: Path, saved_compressor: Path
         embedder="hashing:64",
         backend="ray",
         options=options,
+        create_options={"chunk_tokens": 24},
         ray_options=RayOptions(
             num_workers=2,
             num_cpus_per_worker=1,
@@ -60,6 +62,7 @@ def test_ray_backend_equals_local_backend(tmp_path: Path, saved_compressor: Path
         tmp_path / "ray",
         backend="ray",
         options=options,
+        create_options={"chunk_tokens": 24},
         ray_options=RayOptions(
             num_workers=1, init_kwargs={"object_store_memory": 100 * 1024 * 1024}
         ),

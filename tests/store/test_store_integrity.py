@@ -254,6 +254,12 @@ def test_kill_9_during_build_then_resume(tmp_path: Path, saved_compressor: Path,
     interrupted = MemoryStore.open(store, read_only=True)
     done_before = len(interrupted)
     assert done_before > 0
+    # The lexical index holds exactly the committed chunks (it commits with them).
+    committed = {r.id: r.text for r in interrupted.search("x", k=1000, mode="dense", with_slots=False)}
+    assert len(committed) == done_before
+    for chunk_id, text in committed.items():
+        found = interrupted.search(text, k=1000, mode="lexical", with_slots=False)
+        assert chunk_id in {r.id for r in found} and {r.id for r in found} <= set(committed)
     compressor = Compressor.from_pretrained(saved_compressor)
     resumed = build_index(
         corpus,

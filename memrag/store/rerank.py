@@ -1,0 +1,72 @@
+"""Reranking by the stored memory: candidates ordered by how likely the frozen decoder finds
+the question after reading each one (UPR, Sachan et al., arXiv 2204.07496).
+
+A chunk's K/V memory is the cache prefix the decoder reads it from, so scoring a candidate
+costs one short prefill (the instruction and the question, a few dozen tokens) against that
+prefix, not a pass over the chunk's text; all candidates go through the one splice path
+(:func:`memrag.scoring.target_logits`) in one batch. A chunk without memory (or flagged to be
+served as text) is scored from its text, as it would be answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from memrag.store.records import ChunkRecord
+
+if TYPE_CHECKING:
+    from memrag.protocols import DecodingModel
+
+#: Candidates reranked by default when reranking is asked for without a number.
+DEFAULT_RERANK_CANDIDATES = 5
+
+
+class MemoryReranker:
+    """Scores and orders candidate chunks by the decoder's log-likelihood of the question.
+
+    Args:
+        compressor: The compressor whose frozen decoder reads the store's memory.
+        batch_size: Candidates scored per decoder pass.
+    """
+
+    def __init__(self, compressor: DecodingModel, *, batch_size: int = 8) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.compressor = compressor
+        self.batch_size = batch_size
+
+    def scores(self, question: str, records: Sequence[ChunkRecord]) -> list[float]:
+        """Mean log-probability per question token given each record (higher: the record is
+        more likely what the question asks about), in input order."""
+        from memrag.prompts import question_likelihood_prompt, question_target_ids
+        from memrag.scoring import target_logits, token_losses
+
+        if not records:
+            return []
+        target = question_target_ids(self.compressor.tokenizer, question)
+        if not target:
+            raise ValueError("cannot rerank for an empty question")
+        found: list[float] = []
+        for start in range(0, len(records), self.batch_size):
+            batch = records[start : start + self.batch_size]
+            prompts = [question_likelihood_prompt(r.context()) for r in batch]
+            with torch.inference_mode():
+                logits = target_logits(self.compressor, prompts, [target] * len(batch))
+            losses, counts = token_losses(logits)
+            found.extend(-float(loss) / max(count, 1) for loss, count in zip(losses, counts))
+        return found
+
+    def rerank(self, question: str, records: Sequence[ChunkRecord], k: int) -> list[ChunkRecord]:
+        """The ``k`` best ``records`` by :meth:`scores`, best first (ties keep the first-stage
+        order); each one's ``score`` becomes its reranking score."""
+        scored = self.scores(question, records)
+        order = sorted(range(len(records)), key=lambda i: -scored[i])[:k]
+        chosen: list[ChunkRecord] = []
+        for i in order:
+            record: Any = records[i]
+            record.score = scored[i]
+            chosen.append(record)
+        return chosen
