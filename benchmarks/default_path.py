@@ -22,6 +22,7 @@ chunks), EM / F1 / contains, first-token time p50/p90 (streamed), bytes per pass
 
 Writes ``<out>/default_path.json`` (settings, machine, figures, every answer) and
 ``<out>/default_path.md``; the store is kept in ``<out>/store`` (ignored by git) and reused.
+``--summarize DIR... --out FILE`` joins several runs into one table.
 """
 
 from __future__ import annotations
@@ -220,9 +221,50 @@ def store_figures(store: Path, passages: int) -> dict[str, Any]:
     }
 
 
+def summary(folders: list[Path]) -> str:
+    """One table over several runs' reports: per corpus, memory and text through the served
+    retrieval beside the own-passage ceiling, with the ratios the targets name."""
+    lines = [
+        "| corpus | options | passages / chunks | questions | arm | recall@1 | recall@5 | EM | F1 "
+        "| contains | F1 / ceiling | F1 / text's | first token p50 | bytes / passage | "
+        "bytes / text token |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
+    ]
+    for folder in folders:
+        report = json.loads((folder / "default_path.json").read_text(encoding="utf-8"))
+        rows = {row["arm"]: row for row in report["results"]}
+        top = report.get("ceiling", {}).get("f1")
+        text = rows.get("text", {}).get("f1")
+        for arm, row in rows.items():
+            served = "recall_at_1" in row
+            options = " ".join(
+                filter(None, (report["settings"]["build_args"], report["settings"]["serve_args"]))
+            )
+            lines.append(
+                f"| {report['settings']['corpus']} | {f'`{options}`' if options else 'defaults'} | "
+                f"{report['passages']:,} / "
+                f"{report['store']['chunks']:,} | {report['questions']} | {arm} | "
+                + (f"{row['recall_at_1']:.1f} | {report['recall_at_5']:.1f} | " if served else " | | ")
+                + f"{row['exact_match']:.1f} | {row['f1']:.1f} | {row['contains']:.1f} | "
+                + (f"{row['f1'] / top:.2f}" if top else "")
+                + " | "
+                + (f"{row['f1'] / text:.2f}" if text and served else "")
+                + " | "
+                + (f"{row['first_token_p50_s']:.2f} s" if served else "")
+                + " | "
+                + (f"{report['store']['bytes_per_passage']:,.0f} | "
+                   f"{report['store']['bytes_per_text_token']:,.0f}" if arm == "memory" else " | ")
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--corpus", choices=sorted(CORPORA), required=True)
+    parser.add_argument("--summarize", nargs="+", default=None, metavar="OUT",
+                        help="print one table over these runs' reports (and write --out)")
+    parser.add_argument("--corpus", choices=sorted(CORPORA))
     parser.add_argument("--data", default=None, help="override the corpus's data file")
     parser.add_argument("--limit", type=int, default=500, help="questions (seeded sample)")
     parser.add_argument("--seed", type=int, default=0)
@@ -234,8 +276,16 @@ def main() -> None:
                         "matching the server's search (default: the store's defaults)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--build-only", action="store_true", help="build the store and stop")
+    parser.add_argument("--store", default=None, help="the store (default <out>/store; reused)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.summarize:
+        table = summary([Path(f) for f in args.summarize])
+        Path(args.out).write_text(table, encoding="utf-8")
+        print(table)
+        return
+    if args.corpus is None:
+        parser.error("--corpus is required (or --summarize)")
 
     data, title = CORPORA[args.corpus]
     data = args.data or data
@@ -244,7 +294,7 @@ def main() -> None:
     log = out / "log.txt"
     passages, questions = select(data, title, args.limit, args.seed)
     corpus_file, questions_file = write_inputs(out / "store-inputs", passages, questions)
-    store = out / "store"
+    store = Path(args.store) if args.store else out / "store"
     build_s = build(corpus_file, store, args.threads, args.build_args.split(), log)
     if args.build_only:
         return

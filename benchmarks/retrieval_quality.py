@@ -4,8 +4,9 @@ reranking by the stored memory, with what each costs.
 ``quality``: for the questions of ``benchmarks/default_path.py`` (its ``store-inputs/questions.jsonl``)
 over its store, recall@1 and recall@5 of the question's own passage for each first stage, and
 for the hybrid top-``--rerank`` reranked by the decoder's likelihood of the question given each
-candidate's memory (replacing the order, or fused with it by reciprocal rank); search time
-p50 per mode, reranking time p50, and the question-only first-token time (the decoder's
+candidate's memory (replacing the order, fused with it by reciprocal rank, content tokens only,
+three candidates); the time of each search and each reranking (p50), and the question-only
+first-token time (the decoder's
 prefill of the question prompt without any passage, one new token), so reranking's cost is
 a ratio measured in the same run.
 
@@ -68,12 +69,17 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     questions = list(iter_qa_records(args.questions))[: args.limit]
     store = MemoryStore.open(args.store, read_only=True)
     store.search("warm up", k=1, with_slots=False)
-    reranker = MemoryReranker(store.compressor)
-    found: dict[str, list[int]] = {name: [] for name in FIRST_STAGES}
-    rerank_arms = ("hybrid 1:1 + rerank", "hybrid 1:1 + rerank fused")
-    found.update({name: [] for name in rerank_arms})
-    times: dict[str, list[float]] = {name: [] for name in FIRST_STAGES}
-    rerank_s, question_only_s = [], []
+    rerank_arms = {
+        f"hybrid + rerank {args.rerank}": (args.rerank, False, False),
+        f"hybrid + rerank {args.rerank}, fused with the first stage": (args.rerank, False, True),
+        f"hybrid + rerank {args.rerank}, content tokens only": (args.rerank, True, False),
+        "hybrid + rerank 3": (3, False, False),
+        "hybrid + rerank 10": (10, False, False),
+    }
+    rerankers = {content: MemoryReranker(store.compressor, content_only=content) for content in (False, True)}
+    found: dict[str, list[int]] = {name: [] for name in [*FIRST_STAGES, *rerank_arms]}
+    times: dict[str, list[float]] = {name: [] for name in found}
+    question_only_s = []
     for record in questions:
         gold = passage_id(record.context)
         for name, (mode, weights) in FIRST_STAGES.items():
@@ -82,18 +88,22 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             times[name].append(time.perf_counter() - started)
             ids = [h.metadata.get("source_id") for h in hits]
             found[name].append(ids.index(gold) + 1 if gold in ids else 0)
-        candidates = store.search(record.question, k=args.rerank, with_slots=True)
-        started = time.perf_counter()
-        scores = reranker.scores(record.question, candidates)
-        rerank_s.append(time.perf_counter() - started)
-        ids = [c.metadata.get("source_id") for c in candidates]
-        replaced = [ids[i] for i in sorted(range(len(ids)), key=lambda i: -scores[i])]
-        by_score = sorted(range(len(ids)), key=lambda i: -scores[i])
-        fused_order = reciprocal_rank_fusion(
-            [[(i, 0.0) for i in range(len(ids))], [(i, 0.0) for i in by_score]], [1.0, 1.0], len(ids)
-        )
-        fused = [ids[i] for i, _ in fused_order]
-        for name, order in zip(rerank_arms, (replaced, fused)):
+        candidates = {
+            count: store.search(record.question, k=count, with_slots=True)
+            for count in {count for count, _, _ in rerank_arms.values()}
+        }
+        for name, (count, content, fused) in rerank_arms.items():
+            mine = candidates[count]
+            started = time.perf_counter()
+            scores = rerankers[content].scores(record.question, mine)
+            times[name].append(time.perf_counter() - started)
+            ids = [c.metadata.get("source_id") for c in mine]
+            by_score = sorted(range(len(ids)), key=lambda i: -scores[i])
+            if fused:
+                first = [(i, 0.0) for i in range(len(ids))]
+                by_score = [i for i, _ in reciprocal_rank_fusion(
+                    [first, [(i, 0.0) for i in by_score]], [1.0, 1.0], len(ids))]
+            order = [ids[i] for i in by_score]
             found[name].append(order.index(gold) + 1 if gold in order else 0)
         prompt = qa_prompt(store.compressor.tokenizer, [], record.question)
         started = time.perf_counter()
@@ -105,7 +115,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         name: {
             "recall_at_1": 100 * sum(r == 1 for r in ranks) / n,
             "recall_at_5": 100 * sum(0 < r <= 5 for r in ranks) / n,
-            "search_ms_p50": milliseconds(times.get(name, [])),
+            "ms_p50": milliseconds(times[name]),
+            "over_question_only": statistics.median(times[name]) / statistics.median(question_only_s),
         }
         for name, ranks in found.items()
     }
@@ -115,9 +126,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         "questions": len(questions),
         "chunks": len(store),
         "results": table,
-        "rerank_ms_p50": milliseconds(rerank_s),
         "question_only_first_token_ms_p50": milliseconds(question_only_s),
-        "rerank_over_question_only": statistics.median(rerank_s) / statistics.median(question_only_s),
     }
 
 
@@ -159,6 +168,34 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The quality report as a table (the latency report as one line)."""
+    env = report["environment"]
+    head = f"{env['machine']}, {env['cpus']} cores, {env['torch_threads']} torch thread(s)"
+    if "results" not in report:
+        p50 = report["search_ms_p50"]
+        return (
+            f"{report['chunks']:,} chunks, {report['queries']} queries ({head}): search p50 "
+            f"dense {p50['dense']:.1f} ms, lexical {p50['lexical']:.1f} ms, hybrid "
+            f"{p50['hybrid']:.1f} ms; hybrid adds {report['hybrid_adds_ms_p50']:.1f} ms\n"
+        )
+    lines = [
+        f"{report['questions']} questions over {report['chunks']:,} chunks ({head}); the "
+        f"question-only first token takes {report['question_only_first_token_ms_p50']:.0f} ms "
+        "(p50)",
+        "",
+        "| retrieval | recall@1 | recall@5 | ms (p50) | x question-only first token |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in report["results"].items():
+        recall5 = f"{row['recall_at_5']:.1f}" if "rerank" not in name else ""
+        lines.append(
+            f"| {name} | {row['recall_at_1']:.1f} | {recall5} | {row['ms_p50']:.1f} | "
+            f"{row['over_question_only']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     commands = parser.add_subparsers(required=True)
@@ -182,7 +219,8 @@ def main() -> None:
     report = args.func(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in report.items() if k != "settings"}, indent=1))
+    Path(args.out).with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+    print(markdown(report))
 
 
 if __name__ == "__main__":

@@ -52,11 +52,14 @@ def target_logits(
     targets: Sequence[Sequence[int]],
     *,
     keep: int | None = None,
+    target_offsets: Sequence[int] | None = None,
 ) -> TargetLogits:
     """Logits of the frozen decoder that predict each row's target tokens (teacher forcing).
 
     Prompts go through :meth:`Compressor.build`, the one splice path: embedding slots and
-    text as ``inputs_embeds``, K/V memory as a (differentiable) cache prefix. Only the logits
+    text as ``inputs_embeds``, K/V memory as a (differentiable) cache prefix. With
+    ``target_offsets`` (rows of equal-length targets), only the logits predicting those
+    target tokens are computed, ``labels`` holding just them. Otherwise only the logits
     of the last ``keep`` positions are computed (default ``max(len(target)) + 1``: the
     vocabulary projection dominates the cost of short targets after long prompts).
     """
@@ -64,17 +67,32 @@ def target_logits(
     assert batch.labels is not None
     cached = batch.cache.get_seq_length() if batch.cache is not None else 0
     length = batch.inputs_embeds.shape[1] - cached
+    if target_offsets is not None:
+        width = len(targets[0])
+        if any(len(t) != width for t in targets) or not all(0 <= o < width for o in target_offsets):
+            raise ValueError("target_offsets needs targets of one length and offsets inside them")
+        offsets = torch.as_tensor(list(target_offsets), dtype=torch.long)
+        positions = (length - width - 1 + offsets).to(batch.inputs_embeds.device)
+        output = _decode(compressor, batch, cached, positions)
+        labels = batch.labels[:, -width:][:, offsets.to(batch.labels.device)]
+        return TargetLogits(output.logits.float(), labels)
     keep = min(keep or max(len(t) for t in targets) + 1, length)
     # Positions as an index tensor, not an int: HF then gathers a contiguous slice of the
     # hidden states, so the vocabulary projection is one matrix product. With an int it is a
     # strided view, and matmul falls back to a batched product that copies the (vocab x
     # hidden) weight once per row (seconds per step on CPU).
     positions = torch.arange(length - keep, length, device=batch.inputs_embeds.device)
+    output = _decode(compressor, batch, cached, positions)
+    return TargetLogits(output.logits[:, :-1].float(), batch.labels[:, -(keep - 1) :])
+
+
+def _decode(compressor: DecodingModel, batch: Any, cached: int, positions: torch.Tensor) -> Any:
+    """The frozen decoder over ``batch`` (after its cached prefix), logits at ``positions``."""
     inputs: dict[str, Any] = {}
     if batch.cache is not None:
         inputs[cache_argument(compressor.causal_lm)] = batch.cache
     with compressor.decoder_mode() as decoder:
-        output = decoder(
+        return decoder(
             inputs_embeds=batch.inputs_embeds[:, cached:],
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids[:, cached:],
@@ -82,7 +100,6 @@ def target_logits(
             logits_to_keep=positions,
             **inputs,
         )
-    return TargetLogits(output.logits[:, :-1].float(), batch.labels[:, -(keep - 1) :])
 
 
 def token_losses(student: TargetLogits) -> tuple[torch.Tensor, list[int]]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from memrag.store.lexical import STOP_WORDS
 from memrag.store.records import ChunkRecord
 
 if TYPE_CHECKING:
@@ -30,17 +31,37 @@ class MemoryReranker:
     Args:
         compressor: The compressor whose frozen decoder reads the store's memory.
         batch_size: Candidates scored per decoder pass.
+        content_only: Score only the question's content tokens (:meth:`content_offsets`).
     """
 
-    def __init__(self, compressor: DecodingModel, *, batch_size: int = 8) -> None:
+    def __init__(
+        self, compressor: DecodingModel, *, batch_size: int = 8, content_only: bool = False
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.compressor = compressor
         self.batch_size = batch_size
+        self.content_only = content_only
+
+    def content_offsets(self, target: Sequence[int]) -> list[int]:
+        """Offsets of the question tokens scored: all of them, or with ``content_only`` those
+        that say what it is about (not stop words or punctuation; all when there are none),
+        so the vocabulary projection runs on fewer positions (measured: a fifth faster, a
+        little less often right; docs/RESULTS.md, "The default path")."""
+        if not self.content_only:
+            return list(range(len(target)))
+        tokenizer = self.compressor.tokenizer
+        kept = []
+        for offset, token in enumerate(target):
+            word = tokenizer.decode([token]).strip().lower()
+            if any(ch.isalnum() for ch in word) and word not in STOP_WORDS:
+                kept.append(offset)
+        return kept or list(range(len(target)))
 
     def scores(self, question: str, records: Sequence[ChunkRecord]) -> list[float]:
-        """Mean log-probability per question token given each record (higher: the record is
-        more likely what the question asks about), in input order."""
+        """Mean log-probability per scored question token (:meth:`content_offsets`) given
+        each record (higher: the record is more likely what the
+        question asks about), in input order."""
         from memrag.prompts import question_likelihood_prompt, question_target_ids
         from memrag.scoring import target_logits, token_losses
 
@@ -49,12 +70,15 @@ class MemoryReranker:
         target = question_target_ids(self.compressor.tokenizer, question)
         if not target:
             raise ValueError("cannot rerank for an empty question")
+        offsets = self.content_offsets(target)
         found: list[float] = []
         for start in range(0, len(records), self.batch_size):
             batch = records[start : start + self.batch_size]
             prompts = [question_likelihood_prompt(r.context()) for r in batch]
             with torch.inference_mode():
-                logits = target_logits(self.compressor, prompts, [target] * len(batch))
+                logits = target_logits(
+                    self.compressor, prompts, [target] * len(batch), target_offsets=offsets
+                )
             losses, counts = token_losses(logits)
             found.extend(-float(loss) / max(count, 1) for loss, count in zip(losses, counts))
         return found

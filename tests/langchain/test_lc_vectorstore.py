@@ -245,3 +245,29 @@ def test_chain_over_the_vector_store_equals_direct_splice(
         lc_compressor.tokenizer, [{"role": "user", "content": qa_parts(contexts, question)}]
     )
     assert result["answer"] == lc_compressor.generate([prompt], GenerationOptions(8))[0].text
+
+
+def test_the_retriever_takes_search_modes_and_reranking(vectorstore) -> None:
+    question = "capital of France"
+    for mode in ("dense", "lexical", "hybrid"):
+        retriever = vectorstore.as_retriever(k=2, search_kwargs={"search_mode": mode})
+        assert retriever.invoke(question)[0].id == "paris"
+    first_stage = vectorstore.similarity_search(question, k=3)
+    reranked = vectorstore.as_retriever(k=2, search_kwargs={"rerank": 3}).invoke(question)
+    expected = vectorstore.store.search(question, k=2, rerank=3)  # scored from memory
+    assert [d.id for d in reranked] == [r.id for r in expected]
+    assert {d.id for d in reranked} <= {d.id for d in first_stage}
+    weighted = vectorstore.similarity_search_with_score(
+        question, k=3, search_mode="hybrid", search_weights=(0.0, 1.0)
+    )
+    assert [d.id for d, _ in weighted] == [
+        d.id for d in vectorstore.similarity_search(question, k=3, search_mode="lexical")
+    ]
+    with pytest.raises(ValueError, match="unknown search mode"):
+        vectorstore.similarity_search(question, search_mode="fuzzy")
+    with pytest.raises(ValueError, match="unknown search mode"):
+        MemragVectorStore(vectorstore.store, search_mode="fuzzy")
+    dense_store = MemragVectorStore(vectorstore.store, search_mode="dense")
+    assert [d.id for d in dense_store.similarity_search(question, k=3)] == [
+        d.id for d in vectorstore.similarity_search(question, k=3, search_mode="dense")
+    ]
