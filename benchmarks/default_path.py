@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serve_quality import MEMRAG, Server  # noqa: E402
 
+from memrag.utils.machine import cpu_model  # noqa: E402
+
 CORPORA = {
     "squad": ("../shared/data/squad_v1.1/dev.jsonl.gz", None),
     "superbowl": ("../shared/data/squad_v1.1/dev.jsonl.gz", "Super_Bowl_50"),
@@ -303,7 +305,7 @@ def main() -> None:
     gold = [passage_id(r.context) for r in questions]
     report: dict[str, Any] = {
         "settings": vars(args),
-        "environment": {"machine": platform.processor() or platform.machine(),
+        "environment": {"machine": cpu_model(),
                         "cpus": os.cpu_count(), "python": platform.python_version()},
         "passages": len(passages), "questions": len(questions), "build_s": build_s,
         "store": store_figures(store, len(passages)),

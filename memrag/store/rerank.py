@@ -21,8 +21,9 @@ from memrag.store.records import ChunkRecord
 if TYPE_CHECKING:
     from memrag.protocols import DecodingModel
 
-#: Candidates reranked by default when reranking is asked for without a number.
-DEFAULT_RERANK_CANDIDATES = 5
+#: Question tokens scored at most (the first ones): a question is a few dozen tokens; a longer
+#: query (a pasted document) would otherwise cost a prefill of all of it per candidate.
+MAX_SCORED_TOKENS = 64
 
 
 class MemoryReranker:
@@ -59,15 +60,15 @@ class MemoryReranker:
         return kept or list(range(len(target)))
 
     def scores(self, question: str, records: Sequence[ChunkRecord]) -> list[float]:
-        """Mean log-probability per scored question token (:meth:`content_offsets`) given
-        each record (higher: the record is more likely what the
+        """Mean log-probability per scored question token (:meth:`content_offsets`; the first
+        :data:`MAX_SCORED_TOKENS`) given each record (higher: the record is more likely what the
         question asks about), in input order."""
         from memrag.prompts import question_likelihood_prompt, question_target_ids
         from memrag.scoring import target_logits, token_losses
 
         if not records:
             return []
-        target = question_target_ids(self.compressor.tokenizer, question)
+        target = question_target_ids(self.compressor.tokenizer, question)[:MAX_SCORED_TOKENS]
         if not target:
             raise ValueError("cannot rerank for an empty question")
         offsets = self.content_offsets(target)
