@@ -401,7 +401,7 @@ def search(
         with MemoryStore.open(store, read_only=True, device=device) as opened:
             records = opened.search(
                 query, k=k, filter=where, with_slots=True, mode=search.mode,
-                weights=(search.dense_weight, search.lexical_weight), rerank=rerank,
+                weights=search.weights, rerank=rerank,
             )
     if as_json:
         _echo_json(

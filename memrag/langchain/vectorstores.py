@@ -28,7 +28,7 @@ from memrag.langchain.embeddings import (
     to_store_embedder,
 )
 from memrag.store.metadata import RESERVED_KEYS
-from memrag.store.retrieval import SearchSettings
+from memrag.store.retrieval import SearchSettings, check_rerank
 from memrag.store.records import ChunkRecord
 
 if TYPE_CHECKING:
@@ -125,9 +125,7 @@ class MemragVectorStore(VectorStore):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.search = SearchSettings.parse(search_mode, search_weights)
-        if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
-            raise ValueError(f"rerank must be a whole number >= 0, got {rerank!r}")
-        self.rerank = rerank
+        self.rerank = check_rerank(rerank)
         self.store = store
         self.batch_size = batch_size
         self.show_progress = show_progress

@@ -239,7 +239,7 @@ class RagService:
             filter=dict(retrieval.filter) if retrieval.filter else None,
             with_slots=not self.use_text,
             mode=search.mode,
-            weights=(search.dense_weight, search.lexical_weight),
+            weights=search.weights,
             rerank=retrieval.rerank,
         )
         if self.use_text:

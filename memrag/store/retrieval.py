@@ -88,6 +88,17 @@ class SearchSettings:
         return max(4 * k, MIN_FUSION_CANDIDATES)
 
 
+def check_rerank(rerank: object) -> int:
+    """``rerank`` (candidates reranked by memory, 0: none) when it is a whole number >= 0.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
+        raise ValueError(f"rerank must be a whole number of candidates >= 0, got {rerank!r}")
+    return rerank
+
+
 def reciprocal_rank_fusion(
     lists: Sequence[Sequence[tuple[int, float]]], weights: Sequence[float], k: int
 ) -> list[tuple[int, float]]:

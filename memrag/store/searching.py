@@ -11,7 +11,7 @@ import numpy as np
 
 from memrag.store.records import ChunkRecord
 from memrag.store.rerank import MemoryReranker
-from memrag.store.retrieval import SearchSettings, reciprocal_rank_fusion
+from memrag.store.retrieval import SearchSettings, check_rerank, reciprocal_rank_fusion
 
 if TYPE_CHECKING:
     from memrag.store.memory_store import MemoryStore
@@ -36,8 +36,7 @@ def search_store(
     Raises:
         ValueError: ``rerank`` is negative.
     """
-    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
-        raise ValueError(f"rerank must be a whole number of candidates >= 0, got {rerank!r}")
+    check_rerank(rerank)
     if k <= 0:
         return []
     settings = _usable(store, settings)
@@ -45,7 +44,8 @@ def search_store(
     if vector is None and settings.mode != "lexical":
         vector = np.asarray(store.embedder.embed_query(query), dtype=np.float32).reshape(-1)
     store.refresh()
-    allowed = store.db.filter_vids(filter) if filter else None
+    # The dense list needs the filter's vids; the lexical one applies the filter in its query.
+    allowed = store.db.filter_vids(filter) if filter and settings.mode != "lexical" else None
     if allowed is not None and len(allowed) == 0:
         return []
     with store.live_index.lock.read():
